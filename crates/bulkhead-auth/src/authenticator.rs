@@ -1,0 +1,168 @@
+//! Turning a bearer credential into a [`TenantScope`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bulkhead_core::{ApiKeyRecord, Principal, PrincipalKind, RequestId, Tenant, TenantId, TenantStatus, Timestamp};
+
+use crate::apikey::ApiKeyDigest;
+use crate::jwt::JwtVerifier;
+use crate::scope::{FailureAttribution, TenantScope};
+
+/// The store could not answer a lookup.
+#[derive(Debug, thiserror::Error)]
+#[error("directory lookup failed: {0}")]
+pub struct DirectoryError(pub String);
+
+/// What authentication needs to know from the control store.
+#[async_trait]
+pub trait Directory: Send + Sync {
+    /// A live (not deleted) tenant by id.
+    async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, DirectoryError>;
+    /// An API key by digest, with its live tenant.
+    async fn api_key(&self, digest: &ApiKeyDigest) -> Result<Option<(ApiKeyRecord, Tenant)>, DirectoryError>;
+}
+
+/// Why authentication failed. The HTTP layer maps every variant to one of
+/// a few deliberately vague answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential.
+    Missing,
+    /// The credential is not valid (malformed, unknown, revoked, expired,
+    /// bad signature, unknown tenant…); the reason is in the log and audit only.
+    Invalid(&'static str),
+    /// The credential is valid but its tenant is suspended.
+    Suspended,
+    /// `X-Tenant-ID` names another tenant than the credential.
+    TenantMismatch,
+    /// The store failed.
+    Unavailable,
+}
+
+/// A failed authentication, with the tenant to audit it against when the
+/// failure can be attributed to one.
+#[derive(Debug)]
+pub struct AuthError {
+    /// What went wrong.
+    pub failure: AuthFailure,
+    /// The tenant whose chain records it, if known.
+    pub attribution: Option<FailureAttribution>,
+}
+
+impl AuthError {
+    fn new(failure: AuthFailure) -> Self {
+        Self {
+            failure,
+            attribution: None,
+        }
+    }
+
+    fn attributed(failure: AuthFailure, tenant: &Tenant, principal: String, reason: &'static str, rid: &RequestId) -> Self {
+        Self {
+            failure,
+            attribution: Some(FailureAttribution::new(tenant, principal, reason, rid.clone())),
+        }
+    }
+}
+
+/// Authenticates tenant-plane requests.
+pub struct Authenticator {
+    jwt: JwtVerifier,
+    directory: Arc<dyn Directory>,
+}
+
+impl Authenticator {
+    /// From verified issuer keys and the directory.
+    pub fn new(jwt: JwtVerifier, directory: Arc<dyn Directory>) -> Self {
+        Self { jwt, directory }
+    }
+
+    /// Authenticates `bearer` (an API key or a JWT) and checks the optional
+    /// `X-Tenant-ID` header against it.
+    pub async fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        tenant_header: Option<&str>,
+        request_id: &RequestId,
+    ) -> Result<TenantScope, AuthError> {
+        let bearer = bearer.ok_or_else(|| AuthError::new(AuthFailure::Missing))?;
+        let (tenant, principal) = if bearer.starts_with(crate::apikey::PREFIX) {
+            self.api_key(bearer, request_id).await?
+        } else {
+            self.jwt(bearer, request_id).await?
+        };
+        if let Some(header) = tenant_header {
+            if header != tenant.id.as_str() {
+                return Err(AuthError::attributed(
+                    AuthFailure::TenantMismatch,
+                    &tenant,
+                    principal.id().to_owned(),
+                    "tenant_header_mismatch",
+                    request_id,
+                ));
+            }
+        }
+        if tenant.status == TenantStatus::Suspended {
+            return Err(AuthError::attributed(
+                AuthFailure::Suspended,
+                &tenant,
+                principal.id().to_owned(),
+                "tenant_suspended",
+                request_id,
+            ));
+        }
+        Ok(TenantScope::mint(&tenant, principal, request_id.clone()))
+    }
+
+    async fn api_key(&self, bearer: &str, rid: &RequestId) -> Result<(Tenant, Principal), AuthError> {
+        let digest = ApiKeyDigest::of_presented(bearer)
+            .ok_or_else(|| AuthError::new(AuthFailure::Invalid("api_key_malformed")))?;
+        let (record, tenant) = self
+            .directory
+            .api_key(&digest)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "api key lookup failed");
+                AuthError::new(AuthFailure::Unavailable)
+            })?
+            .ok_or_else(|| AuthError::new(AuthFailure::Invalid("api_key_unknown")))?;
+        let principal_id = format!("key:{}", record.id);
+        if record.revoked_at.is_some() {
+            return Err(AuthError::attributed(
+                AuthFailure::Invalid("api_key_revoked"),
+                &tenant,
+                principal_id,
+                "api_key_revoked",
+                rid,
+            ));
+        }
+        if !record.is_usable(Timestamp::now()) {
+            return Err(AuthError::attributed(
+                AuthFailure::Invalid("api_key_expired"),
+                &tenant,
+                principal_id,
+                "api_key_expired",
+                rid,
+            ));
+        }
+        Ok((tenant, Principal::new(principal_id, PrincipalKind::ApiKey, record.roles)))
+    }
+
+    async fn jwt(&self, bearer: &str, _rid: &RequestId) -> Result<(Tenant, Principal), AuthError> {
+        let token = self
+            .jwt
+            .verify(bearer)
+            .map_err(|r| AuthError::new(AuthFailure::Invalid(r.code())))?;
+        let tenant = self
+            .directory
+            .tenant(&token.tenant)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "tenant lookup failed");
+                AuthError::new(AuthFailure::Unavailable)
+            })?
+            .ok_or_else(|| AuthError::new(AuthFailure::Invalid("jwt_unknown_tenant")))?;
+        Ok((tenant, Principal::new(token.subject, PrincipalKind::Jwt, token.roles)))
+    }
+}

@@ -1,0 +1,1269 @@
+//! The `bulkhead.toml` model, its validation, and the embedded defaults.
+//!
+//! Loading runs in two phases. Phase one deserialises the TOML with
+//! `deny_unknown_fields` everywhere; serde stops at the first structural
+//! error (unknown key, wrong type), which is reported with its key path.
+//! Phase two checks meaning (references between tables, residency, secret
+//! references, algorithm allow-lists) and reports *every* error it finds,
+//! each with the key path at fault, e.g.
+//! `auth.jwt[0].algorithms[1]: "none" is not allowed`.
+//!
+//! Secrets are never literal in the file: a secret key takes `"env:NAME"`,
+//! and the environment is passed in as a function so this crate stays free
+//! of I/O and tests can supply their own.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::money::Usd;
+use crate::{Region, SecretString};
+
+/// One configuration error, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Key path such as `auth.jwt[0].algorithms[1]`; empty for the file as a whole.
+    pub path: String,
+    /// What is wrong, in words a person can act on.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All errors found in one configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// A secret written as `"env:NAME"`; the value is filled in by [`load`].
+#[derive(Clone)]
+pub struct ConfigSecret {
+    env: String,
+    value: SecretString,
+}
+
+impl ConfigSecret {
+    /// The environment variable it is read from.
+    pub fn env_name(&self) -> &str {
+        &self.env
+    }
+
+    /// The secret value (non-empty once loaded).
+    pub fn value(&self) -> &SecretString {
+        &self.value
+    }
+
+    /// A secret with a known value, for tests and generated defaults.
+    pub fn from_value(env: &str, value: SecretString) -> Self {
+        Self {
+            env: env.to_owned(),
+            value,
+        }
+    }
+}
+
+impl fmt::Debug for ConfigSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "env:{}", self.env)
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+impl<'de> Deserialize<'de> for ConfigSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.strip_prefix("env:") {
+            Some(name) if is_env_name(name) => Ok(Self {
+                env: name.to_owned(),
+                value: SecretString::new(String::new()),
+            }),
+            _ => Err(serde::de::Error::custom(
+                "secrets are not written in the file: use \"env:NAME\" to read one from the environment variable NAME",
+            )),
+        }
+    }
+}
+
+/// Connection names (vault entries): `[a-z0-9_-]{1,64}`.
+pub fn is_connection_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Names of providers, models, tools and agents: `[A-Za-z0-9._-]{1,64}`.
+fn is_resource_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[operator]`
+    #[serde(default)]
+    pub operator: OperatorConfig,
+    /// `[auth]`
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// `[[providers]]`
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    /// `[[models]]`
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// `[[embedding_models]]`
+    #[serde(default)]
+    pub embedding_models: Vec<EmbeddingModelConfig>,
+    /// `[[tools]]`
+    #[serde(default)]
+    pub tools: Vec<ToolConfig>,
+    /// `[[agents]]`
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    /// `[knowledge]`
+    #[serde(default)]
+    pub knowledge: Option<KnowledgeConfig>,
+    /// `[quotas]`
+    #[serde(default)]
+    pub quotas: QuotasConfig,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// `[policies]`
+    #[serde(default)]
+    pub policies: Option<PoliciesConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Data directory (control database, tenant partitions, key files).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Region of tenants created without one.
+    #[serde(default = "default_region")]
+    pub default_region: Region,
+    /// Whole-request timeout in seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_s: u64,
+    /// Largest accepted request body in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".bulkhead")
+}
+fn default_region() -> Region {
+    // "local" names the machine the embedded default runs on; it matches no
+    // provider unless the operator tags one so, which keeps residency strict.
+    Region::local()
+}
+/// Long enough for a model call on the later agent paths; short enough that
+/// a stuck request frees its connection.
+fn default_request_timeout() -> u64 {
+    30
+}
+/// 1 MiB: large JSON bodies are refused early; document upload paths raise
+/// their own limits.
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            default_region: default_region(),
+            request_timeout_s: default_request_timeout(),
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+/// `[operator]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Bearer token of the operator plane; generated into the data
+    /// directory when absent.
+    pub token: Option<ConfigSecret>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Trusted JWT issuers.
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuerConfig>,
+}
+
+/// JWT signing algorithms bulkhead accepts. `none` is deliberately absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JwtAlgorithm {
+    /// HMAC SHA-256.
+    HS256,
+    /// HMAC SHA-384.
+    HS384,
+    /// HMAC SHA-512.
+    HS512,
+    /// RSA PKCS#1 v1.5 SHA-256.
+    RS256,
+    /// RSA PKCS#1 v1.5 SHA-384.
+    RS384,
+    /// RSA PKCS#1 v1.5 SHA-512.
+    RS512,
+    /// RSA-PSS SHA-256.
+    PS256,
+    /// RSA-PSS SHA-384.
+    PS384,
+    /// RSA-PSS SHA-512.
+    PS512,
+    /// ECDSA P-256 SHA-256.
+    ES256,
+    /// ECDSA P-384 SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// The key family an algorithm needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    /// A shared HMAC secret.
+    Hmac,
+    /// An RSA public key.
+    Rsa,
+    /// An EC public key.
+    Ec,
+    /// An Ed25519 public key.
+    Ed,
+}
+
+impl JwtAlgorithm {
+    const ALL: [JwtAlgorithm; 12] = [
+        JwtAlgorithm::HS256,
+        JwtAlgorithm::HS384,
+        JwtAlgorithm::HS512,
+        JwtAlgorithm::RS256,
+        JwtAlgorithm::RS384,
+        JwtAlgorithm::RS512,
+        JwtAlgorithm::PS256,
+        JwtAlgorithm::PS384,
+        JwtAlgorithm::PS512,
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::ES384,
+        JwtAlgorithm::EdDSA,
+    ];
+
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::HS384 => "HS384",
+            JwtAlgorithm::HS512 => "HS512",
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::RS384 => "RS384",
+            JwtAlgorithm::RS512 => "RS512",
+            JwtAlgorithm::PS256 => "PS256",
+            JwtAlgorithm::PS384 => "PS384",
+            JwtAlgorithm::PS512 => "PS512",
+            JwtAlgorithm::ES256 => "ES256",
+            JwtAlgorithm::ES384 => "ES384",
+            JwtAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    /// Parses a JOSE name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// The key family the algorithm verifies with.
+    pub fn family(self) -> KeyFamily {
+        match self {
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => KeyFamily::Hmac,
+            JwtAlgorithm::ES256 | JwtAlgorithm::ES384 => KeyFamily::Ec,
+            JwtAlgorithm::EdDSA => KeyFamily::Ed,
+            _ => KeyFamily::Rsa,
+        }
+    }
+}
+
+/// Where an issuer's verification key comes from.
+#[derive(Debug, Clone)]
+pub enum JwtKeySource {
+    /// A shared secret (HS* only).
+    Secret(ConfigSecret),
+    /// A PEM public key file.
+    PublicKeyFile(PathBuf),
+    /// A JWKS JSON file; keys are chosen by `kid`.
+    JwksFile(PathBuf),
+}
+
+/// One `[[auth.jwt]]` issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuerConfig {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `aud`.
+    pub audience: String,
+    /// Algorithm allow-list, as written.
+    #[serde(rename = "algorithms")]
+    pub algorithm_names: Vec<String>,
+    /// HMAC secret (`env:NAME`).
+    pub secret: Option<ConfigSecret>,
+    /// PEM public key file.
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS file.
+    pub jwks_file: Option<PathBuf>,
+    /// Claim holding the tenant id.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    /// Claim holding the roles (array of strings).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Clock-skew leeway for `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_s: u64,
+    /// Validated algorithms (filled by [`load`]).
+    #[serde(skip)]
+    pub algorithms: Vec<JwtAlgorithm>,
+}
+
+impl JwtIssuerConfig {
+    /// The key source, once validated (exactly one is set).
+    pub fn key_source(&self) -> Option<JwtKeySource> {
+        match (&self.secret, &self.public_key_file, &self.jwks_file) {
+            (Some(s), None, None) => Some(JwtKeySource::Secret(s.clone())),
+            (None, Some(p), None) => Some(JwtKeySource::PublicKeyFile(p.clone())),
+            (None, None, Some(p)) => Some(JwtKeySource::JwksFile(p.clone())),
+            _ => None,
+        }
+    }
+}
+
+fn default_tenant_claim() -> String {
+    "tenant_id".into()
+}
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+/// 30 s absorbs ordinary clock skew without extending a token's life much.
+fn default_leeway() -> u64 {
+    30
+}
+
+/// Provider wire formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI-compatible chat completions.
+    Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+}
+
+/// Where a provider's key comes from.
+#[derive(Debug, Clone)]
+pub enum ProviderCredential {
+    /// A platform key from the environment.
+    Env(ConfigSecret),
+    /// The calling tenant's own key, from its vault connection.
+    Tenant(String),
+}
+
+impl<'de> Deserialize<'de> for ProviderCredential {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(conn) = s.strip_prefix("tenant:") {
+            if is_connection_name(conn) {
+                return Ok(ProviderCredential::Tenant(conn.to_owned()));
+            }
+            return Err(serde::de::Error::custom(
+                "\"tenant:CONNECTION\" needs a connection name of 1-64 characters [a-z0-9_-]",
+            ));
+        }
+        ConfigSecret::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&s))
+            .map(ProviderCredential::Env)
+            .map_err(|_| {
+                serde::de::Error::custom(
+                    "credential must be \"env:NAME\" (a platform key) or \"tenant:CONNECTION\" (the tenant's own key)",
+                )
+            })
+    }
+}
+
+/// `[[providers]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Name used by models.
+    pub name: String,
+    /// Wire format.
+    pub kind: ProviderKind,
+    /// Base URL.
+    pub base_url: String,
+    /// Residency region.
+    pub region: Region,
+    /// Key source; absent for keyless local servers.
+    pub credential: Option<ProviderCredential>,
+    /// Upstream timeout in seconds.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout_s: u64,
+}
+
+/// Model calls can be slow; a minute covers long completions.
+fn default_provider_timeout() -> u64 {
+    60
+}
+
+/// `[[models]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name clients send as `model`.
+    pub name: String,
+    /// Provider name.
+    pub provider: String,
+    /// Name sent upstream.
+    pub upstream: String,
+    /// USD per million input tokens.
+    pub price_input_per_mtok: Option<Usd>,
+    /// USD per million output tokens.
+    pub price_output_per_mtok: Option<Usd>,
+    /// USD per million cached input tokens.
+    pub price_cached_input_per_mtok: Option<Usd>,
+}
+
+/// `[[embedding_models]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingModelConfig {
+    /// Name.
+    pub name: String,
+    /// Provider name.
+    pub provider: String,
+    /// Name sent upstream.
+    pub upstream: String,
+    /// Vector dimensions.
+    pub dimensions: u32,
+    /// USD per million input tokens.
+    pub price_input_per_mtok: Option<Usd>,
+}
+
+/// Tool kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolKind {
+    /// Slack `chat.postMessage`.
+    Slack,
+    /// Jira issue creation.
+    Jira,
+    /// GitHub issue creation.
+    Github,
+    /// Generic HTTP.
+    Http,
+}
+
+/// Tool risk levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    /// Reads only.
+    Read,
+    /// Changes something.
+    Write,
+    /// Deletes or cannot be undone.
+    Destructive,
+}
+
+/// Tool approval modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalMode {
+    /// Never asks.
+    Never,
+    /// Always asks.
+    Always,
+    /// Policy decides.
+    Policy,
+}
+
+/// `[[tools]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    /// Name the model sees.
+    pub name: String,
+    /// Connector kind.
+    pub kind: ToolKind,
+    /// Base URL.
+    pub base_url: Option<String>,
+    /// Residency region.
+    pub region: Region,
+    /// Vault connection of the calling tenant.
+    pub connection: Option<String>,
+    /// Hosts an `http` tool may reach (`host:port`).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Risk level.
+    pub risk: Option<Risk>,
+    /// Approval mode.
+    pub approval: Option<ApprovalMode>,
+    /// Human description shown to the model.
+    pub description: Option<String>,
+}
+
+/// `[[agents]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Model alias.
+    pub model: String,
+    /// Inline prompt template.
+    pub prompt: Option<String>,
+    /// Prompt template file (under the prompts directory).
+    pub prompt_file: Option<PathBuf>,
+    /// Tool names.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Knowledge collections.
+    #[serde(default)]
+    pub knowledge: Vec<String>,
+    /// Maximum model calls per run.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+}
+
+/// Enough for multi-tool tasks; small enough to stop a looping model early.
+fn default_max_steps() -> u32 {
+    8
+}
+
+/// `[knowledge]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeConfig {
+    /// One embedding model name or a list (one per region).
+    pub embedding_model: Option<OneOrMany>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// As a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[quotas]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// `[quotas.default]`, per tenant.
+    #[serde(default)]
+    pub default: QuotaValues,
+}
+
+/// Per-tenant limits; `None` means unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaValues {
+    /// Tenant-plane requests per minute.
+    pub requests_per_minute: Option<u64>,
+    /// Model tokens per minute.
+    pub tokens_per_minute: Option<u64>,
+    /// Concurrent agent runs.
+    pub concurrent_runs: Option<u64>,
+    /// Tool calls per minute.
+    pub tool_calls_per_minute: Option<u64>,
+    /// Daily budget.
+    pub daily_budget_usd: Option<Usd>,
+    /// Monthly budget.
+    pub monthly_budget_usd: Option<Usd>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Where counters live.
+    #[serde(default)]
+    pub backend: LimitsBackend,
+    /// Redis URL for the `redis` backend.
+    pub redis_url: Option<String>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            backend: LimitsBackend::Memory,
+            redis_url: None,
+        }
+    }
+}
+
+/// Limit counter backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsBackend {
+    /// In-process.
+    #[default]
+    Memory,
+    /// Shared through Redis.
+    Redis,
+}
+
+/// `[policies]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// Platform Cedar policies.
+    pub file: PathBuf,
+}
+
+/// Parses and validates a configuration file's text. `env` answers
+/// `env:NAME` references.
+pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let de = toml::Deserializer::new(text);
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut path = e.path().to_string();
+        let message = e.inner().message().to_owned();
+        // serde reports an unknown key at its parent table; name the key itself.
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            if let Some(key) = rest.split('`').next() {
+                if path == "." {
+                    path = key.to_owned();
+                } else if !path.ends_with(key) {
+                    path = format!("{path}.{key}");
+                }
+            }
+        }
+        if path == "." {
+            path.clear();
+        }
+        let location = e
+            .inner()
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        ConfigErrors(vec![ConfigError {
+            path,
+            message: format!("{message}{location}"),
+        }])
+    })?;
+    validate(&mut config, env)?;
+    Ok(config)
+}
+
+/// The embedded default: no file, listen on 127.0.0.1:8080, data in
+/// `./.bulkhead`, no issuers, an operator token generated on first start.
+pub fn embedded_default() -> Config {
+    Config::default()
+}
+
+fn resolve(
+    secret: &mut ConfigSecret,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Errors,
+) {
+    match env(&secret.env) {
+        Some(v) if !v.is_empty() => secret.value = SecretString::new(v),
+        Some(_) => errors.push(path, format!("environment variable {} is empty", secret.env)),
+        None => errors.push(path, format!("environment variable {} is not set", secret.env)),
+    }
+}
+
+fn check_unique<'a>(
+    names: impl Iterator<Item = &'a str>,
+    table: &str,
+    errors: &mut Errors,
+) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for (i, name) in names.enumerate() {
+        if !is_resource_name(name) {
+            errors.push(
+                format!("{table}[{i}].name"),
+                format!("{name:?} is not a valid name (1-64 characters of letters, digits, '.', '_', '-')"),
+            );
+        }
+        if !seen.insert(name.to_owned()) {
+            errors.push(format!("{table}[{i}].name"), format!("duplicate name {name:?}"));
+        }
+    }
+    seen
+}
+
+fn check_url(url: &str, path: &str, errors: &mut Errors) {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {}
+        _ => errors.push(path, format!("{url:?} is not an http:// or https:// URL")),
+    }
+}
+
+/// Operator-chosen secrets shorter than this are refused; 16 characters of
+/// a random token are far beyond guessing over the network.
+const MIN_OPERATOR_TOKEN: usize = 16;
+/// RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
+const MIN_HMAC_SECRET: usize = 32;
+
+fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigErrors> {
+    let mut errors = Errors(Vec::new());
+
+    if config.server.request_timeout_s == 0 {
+        errors.push("server.request_timeout_s", "must be at least 1");
+    }
+    if config.server.max_body_bytes < 1024 {
+        errors.push("server.max_body_bytes", "must be at least 1024");
+    }
+    if config.server.data_dir.as_os_str().is_empty() {
+        errors.push("server.data_dir", "must not be empty");
+    }
+
+    if let Some(token) = &mut config.operator.token {
+        resolve(token, "operator.token", env, &mut errors);
+        let len = token.value.expose().chars().count();
+        if len > 0 && len < MIN_OPERATOR_TOKEN {
+            errors.push(
+                "operator.token",
+                format!("the token must be at least {MIN_OPERATOR_TOKEN} characters"),
+            );
+        }
+    }
+
+    validate_issuers(config, env, &mut errors);
+    validate_resources(config, env, &mut errors);
+
+    if errors.0.is_empty() { Ok(()) } else { Err(ConfigErrors(errors.0)) }
+}
+
+fn validate_issuers(config: &mut Config, env: &dyn Fn(&str) -> Option<String>, errors: &mut Errors) {
+    let mut issuers = BTreeSet::new();
+    for (i, jwt) in config.auth.jwt.iter_mut().enumerate() {
+        let p = format!("auth.jwt[{i}]");
+        if jwt.issuer.trim().is_empty() {
+            errors.push(format!("{p}.issuer"), "must not be empty");
+        } else if !issuers.insert(jwt.issuer.clone()) {
+            errors.push(format!("{p}.issuer"), format!("issuer {:?} is configured twice", jwt.issuer));
+        }
+        if jwt.audience.trim().is_empty() {
+            errors.push(format!("{p}.audience"), "must not be empty");
+        }
+        if jwt.tenant_claim.is_empty() {
+            errors.push(format!("{p}.tenant_claim"), "must not be empty");
+        }
+        if jwt.roles_claim.is_empty() {
+            errors.push(format!("{p}.roles_claim"), "must not be empty");
+        }
+        if jwt.leeway_s > 300 {
+            errors.push(format!("{p}.leeway_s"), "must be at most 300 seconds");
+        }
+        jwt.algorithms.clear();
+        if jwt.algorithm_names.is_empty() {
+            errors.push(format!("{p}.algorithms"), "list at least one algorithm");
+        }
+        for (j, name) in jwt.algorithm_names.iter().enumerate() {
+            let ap = format!("{p}.algorithms[{j}]");
+            if name.eq_ignore_ascii_case("none") {
+                errors.push(ap, "\"none\" is not allowed");
+            } else if let Some(alg) = JwtAlgorithm::parse(name) {
+                if jwt.algorithms.contains(&alg) {
+                    errors.push(ap, format!("{name:?} is listed twice"));
+                } else {
+                    jwt.algorithms.push(alg);
+                }
+            } else {
+                errors.push(
+                    ap,
+                    format!(
+                        "unknown algorithm {name:?}; use one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+                    ),
+                );
+            }
+        }
+        let sources = [jwt.secret.is_some(), jwt.public_key_file.is_some(), jwt.jwks_file.is_some()]
+            .into_iter()
+            .filter(|s| *s)
+            .count();
+        if sources != 1 {
+            errors.push(
+                p.clone(),
+                "set exactly one of secret, public_key_file, jwks_file",
+            );
+            continue;
+        }
+        let hmac = jwt.secret.is_some();
+        for (j, alg) in jwt.algorithm_names.iter().enumerate() {
+            let Some(alg) = JwtAlgorithm::parse(alg) else { continue };
+            let is_hmac = alg.family() == KeyFamily::Hmac;
+            if hmac && !is_hmac {
+                errors.push(
+                    format!("{p}.algorithms[{j}]"),
+                    format!("{} needs public_key_file or jwks_file, not a secret", alg.as_str()),
+                );
+            } else if !hmac && is_hmac {
+                // HMAC with a public key would let anyone who has the public
+                // key sign tokens: the classic algorithm-confusion attack.
+                errors.push(
+                    format!("{p}.algorithms[{j}]"),
+                    format!("{} needs a secret; HMAC with a public key is not allowed", alg.as_str()),
+                );
+            }
+        }
+        if let Some(secret) = &mut jwt.secret {
+            resolve(secret, &format!("{p}.secret"), env, errors);
+            let len = secret.value.expose().len();
+            if len > 0 && len < MIN_HMAC_SECRET {
+                errors.push(
+                    format!("{p}.secret"),
+                    format!("an HMAC secret must be at least {MIN_HMAC_SECRET} bytes (RFC 7518 §3.2)"),
+                );
+            }
+        }
+    }
+}
+
+fn validate_resources(config: &mut Config, env: &dyn Fn(&str) -> Option<String>, errors: &mut Errors) {
+    let providers = check_unique(config.providers.iter().map(|p| p.name.as_str()), "providers", errors);
+    let mut provider_region: BTreeMap<&str, &Region> = BTreeMap::new();
+    for (i, p) in config.providers.iter_mut().enumerate() {
+        check_url(&p.base_url, &format!("providers[{i}].base_url"), errors);
+        if p.timeout_s == 0 {
+            errors.push(format!("providers[{i}].timeout_s"), "must be at least 1");
+        }
+        if let Some(ProviderCredential::Env(secret)) = &mut p.credential {
+            resolve(secret, &format!("providers[{i}].credential"), env, errors);
+        }
+    }
+    for p in &config.providers {
+        provider_region.insert(&p.name, &p.region);
+    }
+
+    let models = check_unique(config.models.iter().map(|m| m.name.as_str()), "models", errors);
+    let mut model_region: BTreeMap<&str, &Region> = BTreeMap::new();
+    for (i, m) in config.models.iter().enumerate() {
+        if m.upstream.trim().is_empty() {
+            errors.push(format!("models[{i}].upstream"), "must not be empty");
+        }
+        match provider_region.get(m.provider.as_str()) {
+            Some(r) => {
+                model_region.insert(&m.name, r);
+            }
+            None => errors.push(
+                format!("models[{i}].provider"),
+                format!("unknown provider {:?}", m.provider),
+            ),
+        }
+    }
+    let _ = models;
+
+    let embeddings = check_unique(
+        config.embedding_models.iter().map(|m| m.name.as_str()),
+        "embedding_models",
+        errors,
+    );
+    for (i, m) in config.embedding_models.iter().enumerate() {
+        if !providers.contains(&m.provider) {
+            errors.push(
+                format!("embedding_models[{i}].provider"),
+                format!("unknown provider {:?}", m.provider),
+            );
+        }
+        if m.dimensions == 0 {
+            errors.push(format!("embedding_models[{i}].dimensions"), "must be at least 1");
+        }
+    }
+    if let Some(k) = &config.knowledge {
+        if let Some(list) = &k.embedding_model {
+            for (j, name) in list.to_vec().iter().enumerate() {
+                if !embeddings.contains(name) {
+                    let path = match list {
+                        OneOrMany::One(_) => "knowledge.embedding_model".to_owned(),
+                        OneOrMany::Many(_) => format!("knowledge.embedding_model[{j}]"),
+                    };
+                    errors.push(path, format!("unknown embedding model {name:?}"));
+                }
+            }
+        }
+    }
+
+    check_unique(config.tools.iter().map(|t| t.name.as_str()), "tools", errors);
+    let mut tool_region: BTreeMap<&str, &Region> = BTreeMap::new();
+    for (i, t) in config.tools.iter().enumerate() {
+        let p = format!("tools[{i}]");
+        tool_region.insert(&t.name, &t.region);
+        match &t.base_url {
+            Some(url) => check_url(url, &format!("{p}.base_url"), errors),
+            None if t.kind != ToolKind::Http => {
+                errors.push(format!("{p}.base_url"), "is required for this tool kind")
+            }
+            None => {}
+        }
+        match &t.connection {
+            Some(c) if !is_connection_name(c) => errors.push(
+                format!("{p}.connection"),
+                format!("{c:?} is not a connection name (1-64 characters [a-z0-9_-])"),
+            ),
+            None if t.kind != ToolKind::Http => {
+                errors.push(format!("{p}.connection"), "is required for this tool kind")
+            }
+            _ => {}
+        }
+        if t.kind == ToolKind::Http {
+            if t.allowed_hosts.is_empty() {
+                errors.push(format!("{p}.allowed_hosts"), "an http tool needs at least one allowed host");
+            }
+        } else if !t.allowed_hosts.is_empty() {
+            errors.push(format!("{p}.allowed_hosts"), "only http tools take allowed_hosts");
+        }
+        for (j, h) in t.allowed_hosts.iter().enumerate() {
+            let ok = h
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                errors.push(format!("{p}.allowed_hosts[{j}]"), format!("{h:?} is not \"host:port\""));
+            }
+        }
+    }
+
+    check_unique(config.agents.iter().map(|a| a.name.as_str()), "agents", errors);
+    for (i, a) in config.agents.iter().enumerate() {
+        let p = format!("agents[{i}]");
+        match (&a.prompt, &a.prompt_file) {
+            (Some(_), Some(_)) => errors.push(p.clone(), "set prompt or prompt_file, not both"),
+            (None, None) => errors.push(p.clone(), "set prompt or prompt_file"),
+            (None, Some(f)) if f.is_absolute() || f.components().any(|c| c.as_os_str() == "..") => {
+                errors.push(
+                    format!("{p}.prompt_file"),
+                    "must be a relative path inside the prompts directory",
+                )
+            }
+            _ => {}
+        }
+        if a.max_steps == 0 || a.max_steps > 100 {
+            errors.push(format!("{p}.max_steps"), "must be between 1 and 100");
+        }
+        let region = model_region.get(a.model.as_str()).copied();
+        if region.is_none() {
+            errors.push(format!("{p}.model"), format!("unknown model {:?}", a.model));
+        }
+        for (j, tool) in a.tools.iter().enumerate() {
+            match (tool_region.get(tool.as_str()), region) {
+                (None, _) => errors.push(format!("{p}.tools[{j}]"), format!("unknown tool {tool:?}")),
+                (Some(tr), Some(mr)) if tr != &mr => errors.push(
+                    format!("{p}.tools[{j}]"),
+                    format!(
+                        "tool {tool:?} is in region {tr:?} but the agent's model {:?} is in region {mr:?}: a tenant's data may only flow to resources of its own region",
+                        a.model,
+                        tr = tr.as_str(),
+                        mr = mr.as_str()
+                    ),
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    if config.limits.backend == LimitsBackend::Redis {
+        match &config.limits.redis_url {
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {}
+            Some(u) => errors.push("limits.redis_url", format!("{u:?} is not a redis:// URL")),
+            None => errors.push("limits.redis_url", "is required when backend = \"redis\""),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "JWT_SECRET" => Some("0123456789abcdef0123456789abcdef".into()),
+            "OP" => Some("operator-token-0123456789".into()),
+            "SHORT" => Some("short".into()),
+            "EMPTY" => Some(String::new()),
+            "KEY" => Some("sk-test".into()),
+            _ => None,
+        }
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match load(text, &env) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    /// One table-driven check: each input yields exactly these error lines
+    /// (each line's prefix up to the message start).
+    fn check(text: &str, expected: &[&str]) {
+        let got = errors(text);
+        assert_eq!(got.len(), expected.len(), "input:\n{text}\ngot: {got:#?}");
+        for (g, e) in got.iter().zip(expected) {
+            assert!(g.starts_with(e), "expected {e:?}, got {g:?}");
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let c = load("", &env).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.data_dir, PathBuf::from(".bulkhead"));
+        assert!(c.operator.token.is_none());
+    }
+
+    #[test]
+    fn full_contract_example_loads() {
+        let text = r#"
+[server]
+listen   = "127.0.0.1:9000"
+data_dir = "/tmp/x"
+[operator]
+token = "env:OP"
+[[auth.jwt]]
+issuer       = "https://idp.example.com"
+audience     = "bulkhead"
+algorithms   = ["HS256"]
+secret       = "env:JWT_SECRET"
+tenant_claim = "tenant_id"
+roles_claim  = "roles"
+[[providers]]
+name       = "openai-eu"
+kind       = "openai"
+base_url   = "https://api.openai.com/v1"
+region     = "eu"
+credential = "env:KEY"
+[[providers]]
+name = "own"
+kind = "anthropic"
+base_url = "https://api.anthropic.com"
+region = "eu"
+credential = "tenant:anthropic"
+[[models]]
+name     = "small"
+provider = "openai-eu"
+upstream = "gpt-4o-mini"
+price_input_per_mtok  = "0.15"
+price_output_per_mtok = "0.60"
+[[tools]]
+name       = "notify"
+kind       = "slack"
+base_url   = "https://slack.com/api"
+region     = "eu"
+connection = "slack"
+[[tools]]
+name = "web"
+kind = "http"
+region = "eu"
+allowed_hosts = ["example.com:443"]
+[[agents]]
+name      = "support"
+model     = "small"
+prompt    = "You are the assistant of {{ tenant.name }}."
+tools     = ["notify", "web"]
+max_steps = 8
+[[embedding_models]]
+name = "embed"
+provider = "openai-eu"
+upstream = "text-embedding-3-small"
+dimensions = 1536
+price_input_per_mtok = "0.02"
+[knowledge]
+embedding_model = "embed"
+[quotas.default]
+requests_per_minute = 600
+daily_budget_usd = "50"
+[limits]
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379"
+[policies]
+file = "policies.cedar"
+"#;
+        let c = load(text, &env).unwrap();
+        assert_eq!(c.operator.token.unwrap().value().expose(), "operator-token-0123456789");
+        assert_eq!(c.auth.jwt[0].algorithms, vec![JwtAlgorithm::HS256]);
+        assert_eq!(
+            c.models[0].price_output_per_mtok.unwrap().micros(),
+            600_000
+        );
+        assert!(matches!(c.providers[1].credential, Some(ProviderCredential::Tenant(ref n)) if n == "anthropic"));
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        let jwt = |algs: &str, key: &str| {
+            format!(
+                "[[auth.jwt]]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = {algs}\n{key}\n"
+            )
+        };
+        check("[server]\nlisten = 5\n", &["server.listen: invalid type"]);
+        check("[server]\nbogus = 1\n", &["server.bogus: unknown field"]);
+        check("surprise = true\n", &["surprise: unknown field"]);
+        check("[server\n", &["invalid table header"]);
+        check("[server]\nlisten = \"nope\"\n", &["server.listen: invalid socket address"]);
+        check("[operator]\ntoken = \"plain-text-token\"\n", &["operator.token: secrets are not written in the file"]);
+        check("[operator]\ntoken = \"env:MISSING\"\n", &["operator.token: environment variable MISSING is not set"]);
+        check("[operator]\ntoken = \"env:EMPTY\"\n", &["operator.token: environment variable EMPTY is empty"]);
+        check("[operator]\ntoken = \"env:SHORT\"\n", &["operator.token: the token must be at least 16"]);
+        check(
+            &jwt(r#"["HS256", "none"]"#, "secret = \"env:JWT_SECRET\""),
+            &["auth.jwt[0].algorithms[1]: \"none\" is not allowed"],
+        );
+        check(
+            &jwt(r#"["HS256", "XX1"]"#, "secret = \"env:JWT_SECRET\""),
+            &["auth.jwt[0].algorithms[1]: unknown algorithm"],
+        );
+        check(
+            &jwt(r#"["RS256", "HS256"]"#, "public_key_file = \"k.pem\""),
+            &["auth.jwt[0].algorithms[1]: HS256 needs a secret"],
+        );
+        check(
+            &jwt(r#"["RS256"]"#, "secret = \"env:JWT_SECRET\""),
+            &["auth.jwt[0].algorithms[0]: RS256 needs public_key_file"],
+        );
+        check(&jwt(r#"["HS256"]"#, "secret = \"env:SHORT\""), &["auth.jwt[0].secret: an HMAC secret must be at least 32"]);
+        check(&jwt(r#"["HS256"]"#, ""), &["auth.jwt[0]: set exactly one of"]);
+        check(&jwt("[]", "jwks_file = \"j.json\""), &["auth.jwt[0].algorithms: list at least one"]);
+        check(
+            "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\nregion = \"EU\"\n",
+            &["providers[0].region: region must be"],
+        );
+        check(
+            "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\nregion = \"eu\"\ncredential = \"sk-live\"\n",
+            &["providers[0].credential: credential must be"],
+        );
+        check(
+            "[[models]]\nname = \"m\"\nprovider = \"ghost\"\nupstream = \"u\"\nprice_input_per_mtok = \"0.1\"\n",
+            &["models[0].provider: unknown provider \"ghost\""],
+        );
+        check(
+            "[[models]]\nname = \"m\"\nprovider = \"p\"\nupstream = \"u\"\nprice_input_per_mtok = \"-1\"\n",
+            &["models[0].price_input_per_mtok: expected a non-negative decimal"],
+        );
+        check("[limits]\nbackend = \"redis\"\n", &["limits.redis_url: is required"]);
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_at_once() {
+        let text = r#"
+[[auth.jwt]]
+issuer = ""
+audience = "a"
+algorithms = ["none", "HS256"]
+secret = "env:MISSING"
+[[providers]]
+name = "p-eu"
+kind = "openai"
+base_url = "https://x"
+region = "eu"
+[[models]]
+name = "m"
+provider = "p-eu"
+upstream = "u"
+[[tools]]
+name = "slack-us"
+kind = "slack"
+base_url = "https://slack.com/api"
+region = "us"
+connection = "slack"
+[[agents]]
+name = "a"
+model = "m"
+prompt = "hi"
+tools = ["slack-us", "ghost"]
+"#;
+        check(
+            text,
+            &[
+                "auth.jwt[0].issuer: must not be empty",
+                "auth.jwt[0].algorithms[0]: \"none\" is not allowed",
+                "auth.jwt[0].secret: environment variable MISSING is not set",
+                "agents[0].tools[0]: tool \"slack-us\" is in region \"us\" but the agent's model \"m\" is in region \"eu\"",
+                "agents[0].tools[1]: unknown tool \"ghost\"",
+            ],
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! UTC timestamps, serialised as RFC 3339.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A point in time, always UTC, with microsecond precision so that it
+/// survives a round trip through text unchanged (hash chains depend on it).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(OffsetDateTime);
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        Self::from_datetime(OffsetDateTime::now_utc())
+    }
+
+    /// Normalises to UTC and truncates to microseconds.
+    pub fn from_datetime(dt: OffsetDateTime) -> Self {
+        let dt = dt.to_offset(time::UtcOffset::UTC);
+        let micros = dt.microsecond();
+        Self(dt.replace_microsecond(micros).unwrap_or(dt))
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn unix_seconds(self) -> i64 {
+        self.0.unix_timestamp()
+    }
+
+    /// Parses RFC 3339 text.
+    pub fn parse(s: &str) -> Result<Self, time::error::Parse> {
+        OffsetDateTime::parse(s, &Rfc3339).map(Self::from_datetime)
+    }
+
+    /// The timestamp `seconds` later.
+    pub fn plus_seconds(self, seconds: i64) -> Self {
+        Self(self.0 + time::Duration::seconds(seconds))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.format(&Rfc3339) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => Err(fmt::Error),
+        }
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(|_| serde::de::Error::custom("expected an RFC 3339 timestamp"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trip_is_exact() {
+        let t = Timestamp::now();
+        assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t);
+        let t = Timestamp::parse("2026-01-02T03:04:05.123456789+02:00").unwrap();
+        assert_eq!(t.to_string(), "2026-01-02T01:04:05.123456Z");
+    }
+}

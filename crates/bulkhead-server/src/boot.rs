@@ -1,0 +1,149 @@
+//! Building the application state from a validated configuration: open the
+//! store, load JWT issuer keys, and settle the operator token.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bulkhead_auth::{Authenticator, JwtVerifier, OperatorAuthenticator};
+use bulkhead_core::SecretString;
+use bulkhead_core::config::Config;
+use bulkhead_store::sqlite::SqliteStore;
+
+use crate::metrics::Metrics;
+use crate::state::{AppState, Settings};
+
+/// File in the data directory holding a generated operator token.
+pub const OPERATOR_TOKEN_FILE: &str = "operator_token";
+
+/// Why the server could not start. Messages name the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// A JWT issuer's keys could not be loaded.
+    #[error("{0}")]
+    Jwt(String),
+    /// The data directory could not be opened.
+    #[error("cannot open the data directory {path}: {message}")]
+    Store {
+        /// Data directory.
+        path: PathBuf,
+        /// Cause.
+        message: String,
+    },
+    /// The operator token file could not be read or written.
+    #[error("operator token file {path}: {message}")]
+    OperatorToken {
+        /// Token file.
+        path: PathBuf,
+        /// Cause.
+        message: String,
+    },
+}
+
+/// Where the operator token came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorTokenSource {
+    /// `[operator] token` in the configuration.
+    Configured,
+    /// Generated now into this file.
+    Generated(PathBuf),
+    /// Read from this file, generated on an earlier start.
+    Existing(PathBuf),
+}
+
+/// A ready-to-serve state.
+pub struct Boot {
+    /// The state.
+    pub state: AppState,
+    /// The store, for callers that need it directly (tests, tools).
+    pub store: SqliteStore,
+    /// Where the operator token came from.
+    pub operator_token: OperatorTokenSource,
+}
+
+/// Loads JWT issuer keys; relative key paths are taken from `base_dir`
+/// (the configuration file's directory).
+pub fn jwt_verifier(config: &Config, base_dir: &Path) -> Result<JwtVerifier, BootError> {
+    let read = |p: &Path| std::fs::read(base_dir.join(p));
+    JwtVerifier::new(&config.auth.jwt, &read).map_err(|errors| {
+        BootError::Jwt(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })
+}
+
+/// Builds the state. `base_dir` resolves relative key-file paths.
+pub fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
+    let jwt = jwt_verifier(config, base_dir)?;
+    let data_dir = &config.server.data_dir;
+    let store = SqliteStore::open(data_dir).map_err(|e| BootError::Store {
+        path: data_dir.clone(),
+        message: e.to_string(),
+    })?;
+    let (token, source) = match &config.operator.token {
+        Some(t) => (t.value().clone(), OperatorTokenSource::Configured),
+        None => operator_token_file(data_dir)?,
+    };
+    let store_arc = Arc::new(store.clone());
+    let state = AppState {
+        control: store_arc.clone(),
+        tenants: store_arc.clone(),
+        auth: Arc::new(Authenticator::new(jwt, store_arc)),
+        operator: Arc::new(OperatorAuthenticator::new(&token)),
+        metrics: Arc::new(Metrics::new()),
+        settings: Arc::new(Settings {
+            request_timeout_s: config.server.request_timeout_s,
+            max_body_bytes: config.server.max_body_bytes,
+            default_region: config.server.default_region.clone(),
+        }),
+    };
+    Ok(Boot {
+        state,
+        store,
+        operator_token: source,
+    })
+}
+
+/// Reads the generated operator token, creating it (mode 0600) on first start.
+pub fn operator_token_file(data_dir: &Path) -> Result<(SecretString, OperatorTokenSource), BootError> {
+    let path = data_dir.join(OPERATOR_TOKEN_FILE);
+    let err = |message: String| BootError::OperatorToken {
+        path: path.clone(),
+        message,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let token = text.trim().to_owned();
+            if token.len() < 16 {
+                return Err(err("the file is empty or truncated; delete it to generate a new token".into()));
+            }
+            return Ok((SecretString::new(token), OperatorTokenSource::Existing(path)));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| err(format!("random source failed: {e}")))?;
+    let token = format!("bkop_{}", bulkhead_core::audit::hex(&bytes));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    // Write to a temporary name and rename, so a crash never leaves a
+    // truncated token file behind.
+    let tmp = data_dir.join(format!(".{OPERATOR_TOKEN_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = options.open(&tmp).map_err(|e| err(e.to_string()))?;
+    file.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    Ok((SecretString::new(token), OperatorTokenSource::Generated(path)))
+}

@@ -1,0 +1,179 @@
+//! The one API error type, and the table of stable error codes.
+//!
+//! Every failure a client can see is an [`ApiError`]; each variant maps to
+//! one HTTP status and one stable `code` (documented in `docs/errors.md`).
+//! Bodies are `application/problem+json` (RFC 9457) and carry the request
+//! id. 5xx bodies never include internal details; those go to the log.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bulkhead_store::StoreError;
+use serde::Serialize;
+
+use crate::request::current_request_id;
+
+/// A client-visible failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body could not be parsed or did not match the schema.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// A path or query parameter is invalid.
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// The request parsed but a value is not acceptable.
+    #[error("{0}")]
+    Validation(String),
+    /// No valid credential.
+    #[error("the request could not be authenticated")]
+    Unauthenticated,
+    /// The tenant is suspended.
+    #[error("this tenant is suspended")]
+    TenantSuspended,
+    /// `X-Tenant-ID` disagrees with the credential.
+    #[error("the X-Tenant-ID header does not match the credential's tenant")]
+    TenantMismatch,
+    /// Authenticated, but the principal's roles do not allow this.
+    #[error("the principal's roles do not allow this action")]
+    Forbidden,
+    /// No such resource, or not this tenant's.
+    #[error("the resource does not exist")]
+    NotFound,
+    /// The method is not allowed on this path.
+    #[error("the method is not allowed on this resource")]
+    MethodNotAllowed,
+    /// A conflicting resource exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is larger than the server accepts.
+    #[error("the request body is too large (limit {0} bytes)")]
+    PayloadTooLarge(usize),
+    /// The body is not JSON.
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// The request took longer than the server allows.
+    #[error("the request did not complete within {0} seconds")]
+    Timeout(u64),
+    /// A dependency (store) is unavailable.
+    #[error("the service is temporarily unavailable")]
+    Unavailable,
+    /// A bug or an unexpected failure; details are logged, not returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidBody(_) | ApiError::InvalidParameter(_) | ApiError::Validation(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::TenantSuspended | ApiError::TenantMismatch | ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidParameter(_) => "invalid_parameter",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::TenantSuspended => "tenant_suspended",
+            ApiError::TenantMismatch => "tenant_mismatch",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::InvalidBody(_) => "Invalid request body",
+            ApiError::InvalidParameter(_) => "Invalid parameter",
+            ApiError::Validation(_) => "Validation failed",
+            ApiError::Unauthenticated => "Unauthenticated",
+            ApiError::TenantSuspended => "Tenant suspended",
+            ApiError::TenantMismatch => "Tenant mismatch",
+            ApiError::Forbidden => "Forbidden",
+            ApiError::NotFound => "Not found",
+            ApiError::MethodNotAllowed => "Method not allowed",
+            ApiError::Conflict(_) => "Conflict",
+            ApiError::PayloadTooLarge(_) => "Payload too large",
+            ApiError::UnsupportedMediaType => "Unsupported media type",
+            ApiError::Timeout(_) => "Timeout",
+            ApiError::Unavailable => "Service unavailable",
+            ApiError::Internal(_) => "Internal error",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+/// The problem body (RFC 9457) with bulkhead's extension members.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type: `urn:bulkhead:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the type.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What happened in this case.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: String,
+    /// The request id (also in the `X-Request-ID` header).
+    pub request_id: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal error");
+        }
+        let body = Problem {
+            kind: format!("urn:bulkhead:problem:{}", self.code()),
+            title: self.title().to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code: self.code().to_owned(),
+            request_id: current_request_id().map(|r| r.to_string()).unwrap_or_default(),
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut res = (status, bytes).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}

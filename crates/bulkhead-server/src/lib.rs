@@ -1,0 +1,31 @@
+//! The HTTP layer of bulkhead.
+//!
+//! Handlers are thin: they extract and validate input, call a store or
+//! domain function with the caller's scope, and map the result to an API
+//! type. Only this crate knows axum.
+
+pub mod boot;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod request;
+pub mod routes;
+pub mod state;
+
+use std::future::Future;
+
+pub use routes::router;
+pub use state::AppState;
+
+/// Serves `state` on a bound listener until `shutdown` completes, then
+/// drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

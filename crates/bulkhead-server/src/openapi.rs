@@ -1,0 +1,55 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{admin, system, tenant};
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A bulkhead API key (bk_...) or a JWT from a configured issuer"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "operator",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The operator token"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "bulkhead", description = "Multi-tenant runtime for AI agents", license(name = "Apache-2.0")),
+    paths(
+        system::healthz, system::metrics, system::openapi,
+        tenant::me, tenant::audit,
+        admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::update_tenant, admin::delete_tenant,
+        admin::create_key, admin::list_keys, admin::revoke_key, admin::operator_audit,
+    ),
+    components(schemas(crate::error::Problem)),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+/// The document as JSON text, built once.
+pub fn document_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default())
+}

@@ -1,0 +1,106 @@
+//! Per-request plumbing: request ids, the tracing span, timeouts and
+//! metrics, applied to every route by one middleware.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bulkhead_core::RequestId;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Header carrying the request id, in and out.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    static REQUEST_ID: RequestId;
+}
+
+/// The id of the request the current task serves, if any.
+pub fn current_request_id() -> Option<RequestId> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Assigns the request id, opens the request span (with an empty
+/// `tenant_id` field that authentication fills in), enforces the timeout
+/// and records metrics.
+pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| RequestId::parse(v).ok())
+        .unwrap_or_else(RequestId::generate);
+    req.extensions_mut().insert(request_id.clone());
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = tracing::field::Empty,
+        tenant_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let timeout_s = state.settings.request_timeout_s;
+    let scoped_id = request_id.clone();
+    let fut = async move {
+        let mut res = match tokio::time::timeout(Duration::from_secs(timeout_s), next.run(req)).await {
+            Ok(res) => res,
+            Err(_) => ApiError::Timeout(timeout_s).into_response(),
+        };
+        // The route template is known only after routing; the inner
+        // middleware hands it back on the response.
+        let route = res
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "unmatched".to_owned());
+        tracing::Span::current().record("route", route.as_str());
+        let status = res.status().as_u16();
+        tracing::Span::current().record("status", status);
+        let elapsed = started.elapsed();
+        tracing::info!(elapsed_us = elapsed.as_micros() as u64, "request finished");
+        state.metrics.observe_request(method.as_str(), &route, status, elapsed);
+        if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+            res.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        res
+    };
+    REQUEST_ID.scope(scoped_id, fut.instrument(span)).await
+}
+
+/// Copies the matched route template onto the response for the outer
+/// middleware's span and metrics.
+pub async fn expose_matched_path(req: Request, next: Next) -> Response {
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let mut res = next.run(req).await;
+    if let Some(m) = matched {
+        res.extensions_mut().insert(m);
+    }
+    res
+}
+
+/// Answers paths no route matches.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// Turns axum's bare 405 into a problem body.
+pub async fn method_not_allowed(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if res.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED && !is_problem(&res) {
+        return ApiError::MethodNotAllowed.into_response();
+    }
+    res
+}
+
+fn is_problem(res: &Response) -> bool {
+    res.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
+}

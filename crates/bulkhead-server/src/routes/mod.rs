@@ -1,0 +1,51 @@
+//! The router: every route, its middleware, and the fallback.
+//!
+//! Authentication is not a layer here but an extractor on each handler
+//! ([`crate::extract::TenantCtx`] or [`crate::extract::OperatorCtx`]);
+//! a handler without one is public, and the public handlers are exactly
+//! those in [`PUBLIC_ROUTES`] (a test checks the list against the OpenAPI
+//! document's security requirements).
+
+pub mod admin;
+pub mod system;
+pub mod tenant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get};
+
+use crate::request;
+use crate::state::AppState;
+
+/// Routes that need no credential.
+pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/metrics", "/openapi.json"];
+
+/// Builds the application router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi))
+        .route("/v1/me", get(tenant::me))
+        .route("/v1/audit", get(tenant::audit))
+        .route("/admin/v1/tenants", get(admin::list_tenants).post(admin::create_tenant))
+        .route(
+            "/admin/v1/tenants/{id}",
+            get(admin::get_tenant)
+                .patch(admin::update_tenant)
+                .delete(admin::delete_tenant),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/api-keys",
+            get(admin::list_keys).post(admin::create_key),
+        )
+        .route("/admin/v1/tenants/{id}/api-keys/{key_id}", delete(admin::revoke_key))
+        .route("/admin/v1/audit", get(admin::operator_audit))
+        .route_layer(axum::middleware::from_fn(request::expose_matched_path))
+        .fallback(request::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(request::method_not_allowed))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), request::middleware))
+        .with_state(state)
+}

@@ -1,0 +1,37 @@
+//! Shared application state: one `Clone` struct of `Arc`s.
+
+use std::sync::Arc;
+
+use bulkhead_auth::{Authenticator, OperatorAuthenticator};
+use bulkhead_core::Region;
+use bulkhead_store::{ControlStore, TenantStore};
+
+use crate::metrics::Metrics;
+
+/// Settings the HTTP layer reads on every request.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Whole-request timeout.
+    pub request_timeout_s: u64,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Region of tenants created without one.
+    pub default_region: Region,
+}
+
+/// Everything handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    /// Control plane store.
+    pub control: Arc<dyn ControlStore>,
+    /// Tenant data store.
+    pub tenants: Arc<dyn TenantStore>,
+    /// Tenant-plane authentication.
+    pub auth: Arc<Authenticator>,
+    /// Operator-plane authentication.
+    pub operator: Arc<OperatorAuthenticator>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Request settings.
+    pub settings: Arc<Settings>,
+}

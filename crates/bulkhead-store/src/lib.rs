@@ -1,0 +1,141 @@
+//! Storage for bulkhead.
+//!
+//! Two traits describe everything the layers above may do with stored
+//! state. [`ControlStore`] holds the control plane (tenants, API keys, the
+//! operator's audit chain) and answers authentication lookups; its methods
+//! take an [`OperatorScope`]. [`TenantStore`] holds each tenant's own data
+//! and takes a [`TenantScope`]: there is no method that accepts a tenant id
+//! as a string, so tenant data cannot be reached without authentication.
+//!
+//! The embedded implementation ([`sqlite::SqliteStore`]) gives every tenant
+//! its own directory and SQLite database, named by the tenant's internal
+//! [`bulkhead_core::TenantUid`]. A PostgreSQL implementation (row-level
+//! security) is meant to implement the same traits and pass the same
+//! conformance suite (`tests/it/conformance.rs`).
+
+pub mod migrate;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use bulkhead_auth::{Directory, FailureAttribution, OperatorScope, TenantScope};
+use bulkhead_core::audit::{AuditEvent, NewAuditEvent};
+use bulkhead_core::tenant::TenantPatch;
+use bulkhead_core::{ApiKeyId, ApiKeyRecord, Isolation, Region, Role, Tenant, TenantId, Timestamp};
+
+pub use bulkhead_auth::ApiKeyDigest;
+
+/// Store failures. `NotFound` is also what another tenant's resource
+/// produces: callers cannot tell the two apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such resource (or not visible to this scope).
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was violated.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database or file system failed.
+    #[error("storage failure: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+/// Result alias.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A tenant to create.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    /// Public id.
+    pub id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// Region.
+    pub region: Region,
+    /// Isolation mode.
+    pub isolation: Isolation,
+}
+
+/// An API key to record (the key itself never reaches the store).
+#[derive(Debug, Clone)]
+pub struct NewApiKeyRecord {
+    /// Key id.
+    pub id: ApiKeyId,
+    /// Digest of the key.
+    pub digest: ApiKeyDigest,
+    /// Optional label.
+    pub name: Option<String>,
+    /// Roles.
+    pub roles: Vec<Role>,
+    /// Expiry.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A page of a chain: events with `seq > after`, at most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// Exclusive lower bound on `seq`.
+    pub after: u64,
+    /// Maximum number of events.
+    pub limit: u32,
+}
+
+/// The control plane. Every mutation appends its event to the operator's
+/// chain in the same transaction, and mirrors it into the tenant's chain
+/// when it concerns one tenant.
+#[async_trait]
+pub trait ControlStore: Directory {
+    /// Creates a tenant and its empty partition.
+    async fn create_tenant(&self, op: &OperatorScope, new: NewTenant) -> StoreResult<Tenant>;
+    /// One tenant.
+    async fn get_tenant(&self, op: &OperatorScope, id: &TenantId) -> StoreResult<Tenant>;
+    /// All tenants, by id.
+    async fn list_tenants(&self, op: &OperatorScope) -> StoreResult<Vec<Tenant>>;
+    /// Changes a tenant.
+    async fn update_tenant(&self, op: &OperatorScope, id: &TenantId, patch: TenantPatch) -> StoreResult<Tenant>;
+    /// Erases a tenant: its keys, its partition and everything in it.
+    async fn delete_tenant(&self, op: &OperatorScope, id: &TenantId) -> StoreResult<Tenant>;
+    /// Records a new API key.
+    async fn create_api_key(
+        &self,
+        op: &OperatorScope,
+        tenant: &TenantId,
+        key: NewApiKeyRecord,
+    ) -> StoreResult<ApiKeyRecord>;
+    /// A tenant's keys (never the keys themselves).
+    async fn list_api_keys(&self, op: &OperatorScope, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes a key; revoking twice is not an error.
+    async fn revoke_api_key(&self, op: &OperatorScope, tenant: &TenantId, key: ApiKeyId) -> StoreResult<ApiKeyRecord>;
+    /// Appends an operator event that is not a store mutation (e.g. a
+    /// refused request).
+    async fn append_operator_audit(
+        &self,
+        op: &OperatorScope,
+        tenant: Option<&TenantId>,
+        event: NewAuditEvent,
+    ) -> StoreResult<AuditEvent>;
+    /// A page of the operator's chain.
+    async fn operator_audit(&self, op: &OperatorScope, page: Page) -> StoreResult<Vec<AuditEvent>>;
+}
+
+/// Tenant data, reachable only through a scope.
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    /// Appends an event to the scope's tenant chain.
+    async fn append_audit(&self, scope: &TenantScope, event: NewAuditEvent) -> StoreResult<AuditEvent>;
+    /// Appends an attributed authentication failure to that tenant's chain.
+    async fn append_failure(&self, failure: &FailureAttribution, event: NewAuditEvent) -> StoreResult<AuditEvent>;
+    /// A page of the scope's tenant chain.
+    async fn audit(&self, scope: &TenantScope, page: Page) -> StoreResult<Vec<AuditEvent>>;
+}

@@ -1,0 +1,160 @@
+//! One tenant's partition: a directory with its own SQLite database.
+//!
+//! The directory is named by the tenant's internal uid (a UUID, so it is a
+//! safe path component by construction), and the database records which
+//! tenant and uid it belongs to; opening checks both, so a partition can
+//! never be served to the wrong tenant even if files were moved by hand.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bulkhead_core::audit::{AuditEvent, GENESIS_HASH, NewAuditEvent};
+use bulkhead_core::{TenantId, TenantUid};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{Page, StoreError, StoreResult, migrate};
+
+/// Schema of a tenant database, one entry per version.
+const MIGRATIONS: &[&str] = &[
+    // v1: partition identity and the tenant's audit chain. Events are kept
+    // whole as their canonical JSON so export and verification read exactly
+    // what was hashed.
+    "CREATE TABLE partition (
+        tenant_id  TEXT NOT NULL,
+        tenant_uid TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE audit (
+        seq   INTEGER PRIMARY KEY,
+        event TEXT NOT NULL,
+        hash  TEXT NOT NULL
+    ) STRICT;",
+];
+
+/// File name of the tenant database inside its partition directory.
+pub const DB_FILE: &str = "tenant.db";
+
+/// An open partition.
+pub struct Partition {
+    tenant: TenantId,
+    conn: Mutex<Connection>,
+}
+
+/// The directory of partition `uid` under `root`.
+pub fn dir(root: &Path, uid: TenantUid) -> PathBuf {
+    root.join("tenants").join(uid.to_string())
+}
+
+pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    // WAL lets readers proceed during a write; FULL makes every commit
+    // durable before we answer (audit events must survive a power cut).
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+impl Partition {
+    /// Creates the partition of a new tenant (the directory must not exist).
+    pub fn create(root: &Path, tenant: &TenantId, uid: TenantUid) -> StoreResult<Self> {
+        let dir = dir(root, uid);
+        super::create_private_dir(&dir)?;
+        let mut conn = Connection::open(dir.join(DB_FILE))?;
+        configure(&conn)?;
+        migrate::apply(&mut conn, "tenant", MIGRATIONS)?;
+        conn.execute(
+            "INSERT INTO partition (tenant_id, tenant_uid) VALUES (?1, ?2)",
+            params![tenant.as_str(), uid.to_string()],
+        )?;
+        Ok(Self {
+            tenant: tenant.clone(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Opens an existing partition, checking that it belongs to `tenant`/`uid`.
+    pub fn open(root: &Path, tenant: &TenantId, uid: TenantUid) -> StoreResult<Self> {
+        let path = dir(root, uid).join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::NotFound);
+        }
+        let mut conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&conn)?;
+        migrate::apply(&mut conn, "tenant", MIGRATIONS)?;
+        let owner: Option<(String, String)> = conn
+            .query_row("SELECT tenant_id, tenant_uid FROM partition", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        match owner {
+            Some((t, u)) if t == tenant.as_str() && u == uid.to_string() => Ok(Self {
+                tenant: tenant.clone(),
+                conn: Mutex::new(conn),
+            }),
+            _ => Err(StoreError::Internal(format!(
+                "partition {} does not belong to tenant {tenant}",
+                path.display()
+            ))),
+        }
+    }
+
+    fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Connection>> {
+        self.conn
+            .lock()
+            .map_err(|_| StoreError::Internal("partition lock poisoned".into()))
+    }
+
+    /// Appends an event to this tenant's chain.
+    pub fn append(&self, principal: &str, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let sealed = append_chain(&tx, Some(self.tenant.clone()), principal, event)?;
+        tx.commit()?;
+        Ok(sealed)
+    }
+
+    /// A page of this tenant's chain.
+    pub fn page(&self, page: Page) -> StoreResult<Vec<AuditEvent>> {
+        let conn = self.lock()?;
+        read_page(&conn, page)
+    }
+}
+
+/// Appends to the `audit` table of the database `tx` belongs to.
+pub(crate) fn append_chain(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: Option<TenantId>,
+    principal: &str,
+    event: NewAuditEvent,
+) -> StoreResult<AuditEvent> {
+    let last: Option<(i64, String)> = tx
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let (seq, hash) = last
+        .map(|(s, h)| (s as u64, h))
+        .unwrap_or((0, GENESIS_HASH.to_owned()));
+    let sealed = AuditEvent::seal(event, tenant, principal, seq, &hash);
+    let text = serde_json::to_string(&sealed).map_err(|e| StoreError::Internal(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO audit (seq, event, hash) VALUES (?1, ?2, ?3)",
+        params![sealed.seq as i64, text, sealed.hash],
+    )?;
+    Ok(sealed)
+}
+
+/// Reads a page of the `audit` table of `conn`.
+pub(crate) fn read_page(conn: &Connection, page: Page) -> StoreResult<Vec<AuditEvent>> {
+    let mut stmt = conn.prepare_cached("SELECT event FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = stmt.query_map(params![page.after as i64, page.limit as i64], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let text = row?;
+        out.push(serde_json::from_str(&text).map_err(|e| StoreError::Internal(format!("corrupt audit event: {e}")))?);
+    }
+    Ok(out)
+}
