@@ -25,7 +25,11 @@ impl ApiKeyDigest {
     /// bulkhead key (so malformed input never reaches the store).
     pub fn of_presented(key: &str) -> Option<Self> {
         let body = key.strip_prefix(PREFIX)?;
-        if body.len() != BODY_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if body.len() != BODY_LEN
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return None;
         }
         Some(Self(Sha256::digest(key.as_bytes()).into()))
@@ -88,7 +92,10 @@ mod tests {
         assert!(a.plaintext.expose().starts_with("bk_"));
         assert_eq!(a.plaintext.expose().len(), 3 + BODY_LEN);
         assert_ne!(a.plaintext.expose(), b.plaintext.expose());
-        assert_eq!(ApiKeyDigest::of_presented(a.plaintext.expose()), Some(a.digest));
+        assert_eq!(
+            ApiKeyDigest::of_presented(a.plaintext.expose()),
+            Some(a.digest)
+        );
     }
 
     #[test]

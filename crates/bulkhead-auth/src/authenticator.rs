@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bulkhead_core::{ApiKeyRecord, Principal, PrincipalKind, RequestId, Tenant, TenantId, TenantStatus, Timestamp};
+use bulkhead_core::{
+    ApiKeyRecord, Principal, PrincipalKind, RequestId, Tenant, TenantId, TenantStatus, Timestamp,
+};
 
 use crate::apikey::ApiKeyDigest;
 use crate::jwt::JwtVerifier;
@@ -20,7 +22,10 @@ pub trait Directory: Send + Sync {
     /// A live (not deleted) tenant by id.
     async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, DirectoryError>;
     /// An API key by digest, with its live tenant.
-    async fn api_key(&self, digest: &ApiKeyDigest) -> Result<Option<(ApiKeyRecord, Tenant)>, DirectoryError>;
+    async fn api_key(
+        &self,
+        digest: &ApiKeyDigest,
+    ) -> Result<Option<(ApiKeyRecord, Tenant)>, DirectoryError>;
 }
 
 /// Why authentication failed. The HTTP layer maps every variant to one of
@@ -58,10 +63,21 @@ impl AuthError {
         }
     }
 
-    fn attributed(failure: AuthFailure, tenant: &Tenant, principal: String, reason: &'static str, rid: &RequestId) -> Self {
+    fn attributed(
+        failure: AuthFailure,
+        tenant: &Tenant,
+        principal: String,
+        reason: &'static str,
+        rid: &RequestId,
+    ) -> Self {
         Self {
             failure,
-            attribution: Some(FailureAttribution::new(tenant, principal, reason, rid.clone())),
+            attribution: Some(FailureAttribution::new(
+                tenant,
+                principal,
+                reason,
+                rid.clone(),
+            )),
         }
     }
 }
@@ -115,7 +131,11 @@ impl Authenticator {
         Ok(TenantScope::mint(&tenant, principal, request_id.clone()))
     }
 
-    async fn api_key(&self, bearer: &str, rid: &RequestId) -> Result<(Tenant, Principal), AuthError> {
+    async fn api_key(
+        &self,
+        bearer: &str,
+        rid: &RequestId,
+    ) -> Result<(Tenant, Principal), AuthError> {
         let digest = ApiKeyDigest::of_presented(bearer)
             .ok_or_else(|| AuthError::new(AuthFailure::Invalid("api_key_malformed")))?;
         let (record, tenant) = self
@@ -146,7 +166,10 @@ impl Authenticator {
                 rid,
             ));
         }
-        Ok((tenant, Principal::new(principal_id, PrincipalKind::ApiKey, record.roles)))
+        Ok((
+            tenant,
+            Principal::new(principal_id, PrincipalKind::ApiKey, record.roles),
+        ))
     }
 
     async fn jwt(&self, bearer: &str, _rid: &RequestId) -> Result<(Tenant, Principal), AuthError> {
@@ -163,6 +186,9 @@ impl Authenticator {
                 AuthError::new(AuthFailure::Unavailable)
             })?
             .ok_or_else(|| AuthError::new(AuthFailure::Invalid("jwt_unknown_tenant")))?;
-        Ok((tenant, Principal::new(token.subject, PrincipalKind::Jwt, token.roles)))
+        Ok((
+            tenant,
+            Principal::new(token.subject, PrincipalKind::Jwt, token.roles),
+        ))
     }
 }

@@ -139,7 +139,11 @@ impl JwtVerifier {
                 Err(e) => errors.push(e),
             }
         }
-        if errors.is_empty() { Ok(Self { issuers: out }) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(Self { issuers: out })
+        } else {
+            Err(errors)
+        }
     }
 
     /// Whether any issuer is configured.
@@ -235,15 +239,24 @@ fn load_issuer(
         message,
     };
     let keys = match cfg.key_source() {
-        None => return Err(err("", "set exactly one of secret, public_key_file, jwks_file".into())),
+        None => {
+            return Err(err(
+                "",
+                "set exactly one of secret, public_key_file, jwks_file".into(),
+            ));
+        }
         Some(JwtKeySource::Secret(secret)) => vec![IssuerKey {
             kid: None,
             family: KeyFamily::Hmac,
             key: DecodingKey::from_secret(secret.value().expose().as_bytes()),
         }],
         Some(JwtKeySource::PublicKeyFile(path)) => {
-            let pem = read_file(&path)
-                .map_err(|e| err(".public_key_file", format!("cannot read {}: {e}", path.display())))?;
+            let pem = read_file(&path).map_err(|e| {
+                err(
+                    ".public_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
             let family = match families.as_slice() {
                 [first, rest @ ..] if rest.iter().all(|f| f == first) => *first,
                 _ => {
@@ -265,20 +278,35 @@ fn load_issuer(
             .map_err(|e| {
                 err(
                     ".public_key_file",
-                    format!("{} is not a PEM public key of the algorithms' type: {e}", path.display()),
+                    format!(
+                        "{} is not a PEM public key of the algorithms' type: {e}",
+                        path.display()
+                    ),
                 )
             })?;
-            vec![IssuerKey { kid: None, family, key }]
+            vec![IssuerKey {
+                kid: None,
+                family,
+                key,
+            }]
         }
         Some(JwtKeySource::JwksFile(path)) => {
             let bytes = read_file(&path)
                 .map_err(|e| err(".jwks_file", format!("cannot read {}: {e}", path.display())))?;
-            let set: JwkSet = serde_json::from_slice(&bytes)
-                .map_err(|e| err(".jwks_file", format!("{} is not a JWKS document: {e}", path.display())))?;
+            let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| {
+                err(
+                    ".jwks_file",
+                    format!("{} is not a JWKS document: {e}", path.display()),
+                )
+            })?;
             let mut keys = Vec::new();
             for (k, jwk) in set.keys.iter().enumerate() {
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| err(".jwks_file", format!("key {k} of {} is unusable: {e}", path.display())))?;
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                    err(
+                        ".jwks_file",
+                        format!("key {k} of {} is unusable: {e}", path.display()),
+                    )
+                })?;
                 let family = match &jwk.algorithm {
                     jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
                     jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => KeyFamily::Ec,
@@ -286,7 +314,10 @@ fn load_issuer(
                     jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) => {
                         return Err(err(
                             ".jwks_file",
-                            format!("key {k} of {} is a symmetric key; JWKS files hold public keys only", path.display()),
+                            format!(
+                                "key {k} of {} is a symmetric key; JWKS files hold public keys only",
+                                path.display()
+                            ),
                         ));
                     }
                 };
@@ -297,7 +328,10 @@ fn load_issuer(
                 });
             }
             if keys.is_empty() {
-                return Err(err(".jwks_file", format!("{} holds no keys", path.display())));
+                return Err(err(
+                    ".jwks_file",
+                    format!("{} holds no keys", path.display()),
+                ));
             }
             keys
         }

@@ -39,7 +39,12 @@ mod tests {
         let auth = OperatorAuthenticator::new(&SecretString::new("operator-token-123456".into()));
         let rid = RequestId::generate();
         assert!(auth.verify(Some("operator-token-123456"), &rid).is_some());
-        for bad in [None, Some(""), Some("operator-token-12345"), Some("operator-token-1234567")] {
+        for bad in [
+            None,
+            Some(""),
+            Some("operator-token-12345"),
+            Some("operator-token-1234567"),
+        ] {
             assert!(auth.verify(bad, &rid).is_none(), "{bad:?}");
         }
     }

@@ -1,7 +1,9 @@
 //! The capability types: tenant scope, operator scope and failure
 //! attribution. None of them can be built outside this crate.
 
-use bulkhead_core::{Principal, PrincipalKind, Region, RequestId, Role, Tenant, TenantId, TenantUid};
+use bulkhead_core::{
+    Principal, PrincipalKind, Region, RequestId, Role, Tenant, TenantId, TenantUid,
+};
 
 /// Proof that the current request acts for exactly one tenant, as one
 /// principal. Store APIs for tenant data take it as their first argument.
@@ -84,7 +86,11 @@ impl OperatorScope {
     pub fn act_for_tenant(&self, tenant: &Tenant) -> TenantScope {
         TenantScope::mint(
             tenant,
-            Principal::new(OPERATOR_PRINCIPAL, PrincipalKind::Operator, vec![Role::Admin]),
+            Principal::new(
+                OPERATOR_PRINCIPAL,
+                PrincipalKind::Operator,
+                vec![Role::Admin],
+            ),
             self.request_id.clone(),
         )
     }
@@ -103,7 +109,12 @@ pub struct FailureAttribution {
 }
 
 impl FailureAttribution {
-    pub(crate) fn new(tenant: &Tenant, principal: String, reason: &'static str, request_id: RequestId) -> Self {
+    pub(crate) fn new(
+        tenant: &Tenant,
+        principal: String,
+        reason: &'static str,
+        request_id: RequestId,
+    ) -> Self {
         Self {
             tenant: tenant.id.clone(),
             uid: tenant.uid,

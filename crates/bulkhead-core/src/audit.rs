@@ -247,7 +247,10 @@ pub fn verify_chain<'a>(
     for e in events {
         if let Some(expected) = expected_seq {
             if e.seq != expected {
-                return Err(ChainError::Gap { seq: e.seq, expected });
+                return Err(ChainError::Gap {
+                    seq: e.seq,
+                    expected,
+                });
             }
         }
         match &tenant {
@@ -280,8 +283,13 @@ mod tests {
                 .last()
                 .map(|e| (e.seq, e.hash.clone()))
                 .unwrap_or((0, GENESIS_HASH.to_owned()));
-            let new = NewAuditEvent::new("x.do", format!("t:{i}"), Outcome::Success, RequestId::generate())
-                .with_details(serde_json::json!({"i": i}));
+            let new = NewAuditEvent::new(
+                "x.do",
+                format!("t:{i}"),
+                Outcome::Success,
+                RequestId::generate(),
+            )
+            .with_details(serde_json::json!({"i": i}));
             out.push(AuditEvent::seal(new, tenant.clone(), "key:1", seq, &prev));
         }
         out
@@ -296,27 +304,48 @@ mod tests {
     fn every_kind_of_tampering_is_caught() {
         let mut c = chain(4);
         c[2].target = "t:evil".into();
-        assert_eq!(verify_chain(&c, GENESIS_HASH), Err(ChainError::HashMismatch { seq: 3 }));
+        assert_eq!(
+            verify_chain(&c, GENESIS_HASH),
+            Err(ChainError::HashMismatch { seq: 3 })
+        );
 
         let mut c = chain(4);
         c.remove(1);
-        assert_eq!(verify_chain(&c, GENESIS_HASH), Err(ChainError::Gap { seq: 3, expected: 2 }));
+        assert_eq!(
+            verify_chain(&c, GENESIS_HASH),
+            Err(ChainError::Gap {
+                seq: 3,
+                expected: 2
+            })
+        );
 
         let mut c = chain(4);
         c[1].target = "t:evil".into();
         c[1].hash = c[1].compute_hash();
-        assert_eq!(verify_chain(&c, GENESIS_HASH), Err(ChainError::Broken { seq: 3 }));
+        assert_eq!(
+            verify_chain(&c, GENESIS_HASH),
+            Err(ChainError::Broken { seq: 3 })
+        );
 
         let mut c = chain(3);
         c[1].tenant = Some(TenantId::parse("other").unwrap());
-        assert_eq!(verify_chain(&c, GENESIS_HASH), Err(ChainError::ForeignTenant { seq: 2 }));
+        assert_eq!(
+            verify_chain(&c, GENESIS_HASH),
+            Err(ChainError::ForeignTenant { seq: 2 })
+        );
     }
 
     #[test]
     fn serialised_events_verify_after_a_round_trip() {
         let c = chain(3);
-        let text: Vec<String> = c.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
-        let back: Vec<AuditEvent> = text.iter().map(|t| serde_json::from_str(t).unwrap()).collect();
+        let text: Vec<String> = c
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        let back: Vec<AuditEvent> = text
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
         assert_eq!(verify_chain(&back, GENESIS_HASH), Ok(3));
     }
 }

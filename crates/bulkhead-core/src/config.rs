@@ -126,8 +126,7 @@ impl<'de> Deserialize<'de> for ConfigSecret {
 pub fn is_connection_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
@@ -135,8 +134,7 @@ pub fn is_connection_name(s: &str) -> bool {
 fn is_resource_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -748,8 +746,14 @@ fn resolve(
 ) {
     match env(&secret.env) {
         Some(v) if !v.is_empty() => secret.value = SecretString::new(v),
-        Some(_) => errors.push(path, format!("environment variable {} is empty", secret.env)),
-        None => errors.push(path, format!("environment variable {} is not set", secret.env)),
+        Some(_) => errors.push(
+            path,
+            format!("environment variable {} is empty", secret.env),
+        ),
+        None => errors.push(
+            path,
+            format!("environment variable {} is not set", secret.env),
+        ),
     }
 }
 
@@ -767,7 +771,10 @@ fn check_unique<'a>(
             );
         }
         if !seen.insert(name.to_owned()) {
-            errors.push(format!("{table}[{i}].name"), format!("duplicate name {name:?}"));
+            errors.push(
+                format!("{table}[{i}].name"),
+                format!("duplicate name {name:?}"),
+            );
         }
     }
     seen
@@ -816,17 +823,28 @@ fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result
     validate_issuers(config, env, &mut errors);
     validate_resources(config, env, &mut errors);
 
-    if errors.0.is_empty() { Ok(()) } else { Err(ConfigErrors(errors.0)) }
+    if errors.0.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors.0))
+    }
 }
 
-fn validate_issuers(config: &mut Config, env: &dyn Fn(&str) -> Option<String>, errors: &mut Errors) {
+fn validate_issuers(
+    config: &mut Config,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Errors,
+) {
     let mut issuers = BTreeSet::new();
     for (i, jwt) in config.auth.jwt.iter_mut().enumerate() {
         let p = format!("auth.jwt[{i}]");
         if jwt.issuer.trim().is_empty() {
             errors.push(format!("{p}.issuer"), "must not be empty");
         } else if !issuers.insert(jwt.issuer.clone()) {
-            errors.push(format!("{p}.issuer"), format!("issuer {:?} is configured twice", jwt.issuer));
+            errors.push(
+                format!("{p}.issuer"),
+                format!("issuer {:?} is configured twice", jwt.issuer),
+            );
         }
         if jwt.audience.trim().is_empty() {
             errors.push(format!("{p}.audience"), "must not be empty");
@@ -863,10 +881,14 @@ fn validate_issuers(config: &mut Config, env: &dyn Fn(&str) -> Option<String>, e
                 );
             }
         }
-        let sources = [jwt.secret.is_some(), jwt.public_key_file.is_some(), jwt.jwks_file.is_some()]
-            .into_iter()
-            .filter(|s| *s)
-            .count();
+        let sources = [
+            jwt.secret.is_some(),
+            jwt.public_key_file.is_some(),
+            jwt.jwks_file.is_some(),
+        ]
+        .into_iter()
+        .filter(|s| *s)
+        .count();
         if sources != 1 {
             errors.push(
                 p.clone(),
@@ -876,19 +898,27 @@ fn validate_issuers(config: &mut Config, env: &dyn Fn(&str) -> Option<String>, e
         }
         let hmac = jwt.secret.is_some();
         for (j, alg) in jwt.algorithm_names.iter().enumerate() {
-            let Some(alg) = JwtAlgorithm::parse(alg) else { continue };
+            let Some(alg) = JwtAlgorithm::parse(alg) else {
+                continue;
+            };
             let is_hmac = alg.family() == KeyFamily::Hmac;
             if hmac && !is_hmac {
                 errors.push(
                     format!("{p}.algorithms[{j}]"),
-                    format!("{} needs public_key_file or jwks_file, not a secret", alg.as_str()),
+                    format!(
+                        "{} needs public_key_file or jwks_file, not a secret",
+                        alg.as_str()
+                    ),
                 );
             } else if !hmac && is_hmac {
                 // HMAC with a public key would let anyone who has the public
                 // key sign tokens: the classic algorithm-confusion attack.
                 errors.push(
                     format!("{p}.algorithms[{j}]"),
-                    format!("{} needs a secret; HMAC with a public key is not allowed", alg.as_str()),
+                    format!(
+                        "{} needs a secret; HMAC with a public key is not allowed",
+                        alg.as_str()
+                    ),
                 );
             }
         }
@@ -898,15 +928,25 @@ fn validate_issuers(config: &mut Config, env: &dyn Fn(&str) -> Option<String>, e
             if len > 0 && len < MIN_HMAC_SECRET {
                 errors.push(
                     format!("{p}.secret"),
-                    format!("an HMAC secret must be at least {MIN_HMAC_SECRET} bytes (RFC 7518 §3.2)"),
+                    format!(
+                        "an HMAC secret must be at least {MIN_HMAC_SECRET} bytes (RFC 7518 §3.2)"
+                    ),
                 );
             }
         }
     }
 }
 
-fn validate_resources(config: &mut Config, env: &dyn Fn(&str) -> Option<String>, errors: &mut Errors) {
-    let providers = check_unique(config.providers.iter().map(|p| p.name.as_str()), "providers", errors);
+fn validate_resources(
+    config: &mut Config,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Errors,
+) {
+    let providers = check_unique(
+        config.providers.iter().map(|p| p.name.as_str()),
+        "providers",
+        errors,
+    );
     let mut provider_region: BTreeMap<&str, &Region> = BTreeMap::new();
     for (i, p) in config.providers.iter_mut().enumerate() {
         check_url(&p.base_url, &format!("providers[{i}].base_url"), errors);
@@ -921,7 +961,11 @@ fn validate_resources(config: &mut Config, env: &dyn Fn(&str) -> Option<String>,
         provider_region.insert(&p.name, &p.region);
     }
 
-    let models = check_unique(config.models.iter().map(|m| m.name.as_str()), "models", errors);
+    let models = check_unique(
+        config.models.iter().map(|m| m.name.as_str()),
+        "models",
+        errors,
+    );
     let mut model_region: BTreeMap<&str, &Region> = BTreeMap::new();
     for (i, m) in config.models.iter().enumerate() {
         if m.upstream.trim().is_empty() {
@@ -952,7 +996,10 @@ fn validate_resources(config: &mut Config, env: &dyn Fn(&str) -> Option<String>,
             );
         }
         if m.dimensions == 0 {
-            errors.push(format!("embedding_models[{i}].dimensions"), "must be at least 1");
+            errors.push(
+                format!("embedding_models[{i}].dimensions"),
+                "must be at least 1",
+            );
         }
     }
     if let Some(k) = &config.knowledge {
@@ -969,7 +1016,11 @@ fn validate_resources(config: &mut Config, env: &dyn Fn(&str) -> Option<String>,
         }
     }
 
-    check_unique(config.tools.iter().map(|t| t.name.as_str()), "tools", errors);
+    check_unique(
+        config.tools.iter().map(|t| t.name.as_str()),
+        "tools",
+        errors,
+    );
     let mut tool_region: BTreeMap<&str, &Region> = BTreeMap::new();
     for (i, t) in config.tools.iter().enumerate() {
         let p = format!("tools[{i}]");
@@ -993,22 +1044,35 @@ fn validate_resources(config: &mut Config, env: &dyn Fn(&str) -> Option<String>,
         }
         if t.kind == ToolKind::Http {
             if t.allowed_hosts.is_empty() {
-                errors.push(format!("{p}.allowed_hosts"), "an http tool needs at least one allowed host");
+                errors.push(
+                    format!("{p}.allowed_hosts"),
+                    "an http tool needs at least one allowed host",
+                );
             }
         } else if !t.allowed_hosts.is_empty() {
-            errors.push(format!("{p}.allowed_hosts"), "only http tools take allowed_hosts");
+            errors.push(
+                format!("{p}.allowed_hosts"),
+                "only http tools take allowed_hosts",
+            );
         }
         for (j, h) in t.allowed_hosts.iter().enumerate() {
-            let ok = h
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            let ok = h.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
             if !ok {
-                errors.push(format!("{p}.allowed_hosts[{j}]"), format!("{h:?} is not \"host:port\""));
+                errors.push(
+                    format!("{p}.allowed_hosts[{j}]"),
+                    format!("{h:?} is not \"host:port\""),
+                );
             }
         }
     }
 
-    check_unique(config.agents.iter().map(|a| a.name.as_str()), "agents", errors);
+    check_unique(
+        config.agents.iter().map(|a| a.name.as_str()),
+        "agents",
+        errors,
+    );
     for (i, a) in config.agents.iter().enumerate() {
         let p = format!("agents[{i}]");
         match (&a.prompt, &a.prompt_file) {
@@ -1163,31 +1227,46 @@ redis_url = "redis://127.0.0.1:6379"
 file = "policies.cedar"
 "#;
         let c = load(text, &env).unwrap();
-        assert_eq!(c.operator.token.unwrap().value().expose(), "operator-token-0123456789");
-        assert_eq!(c.auth.jwt[0].algorithms, vec![JwtAlgorithm::HS256]);
         assert_eq!(
-            c.models[0].price_output_per_mtok.unwrap().micros(),
-            600_000
+            c.operator.token.unwrap().value().expose(),
+            "operator-token-0123456789"
         );
-        assert!(matches!(c.providers[1].credential, Some(ProviderCredential::Tenant(ref n)) if n == "anthropic"));
+        assert_eq!(c.auth.jwt[0].algorithms, vec![JwtAlgorithm::HS256]);
+        assert_eq!(c.models[0].price_output_per_mtok.unwrap().micros(), 600_000);
+        assert!(
+            matches!(c.providers[1].credential, Some(ProviderCredential::Tenant(ref n)) if n == "anthropic")
+        );
     }
 
     #[test]
     fn bad_files_name_the_key() {
         let jwt = |algs: &str, key: &str| {
-            format!(
-                "[[auth.jwt]]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = {algs}\n{key}\n"
-            )
+            format!("[[auth.jwt]]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = {algs}\n{key}\n")
         };
         check("[server]\nlisten = 5\n", &["server.listen: invalid type"]);
         check("[server]\nbogus = 1\n", &["server.bogus: unknown field"]);
         check("surprise = true\n", &["surprise: unknown field"]);
         check("[server\n", &["invalid table header"]);
-        check("[server]\nlisten = \"nope\"\n", &["server.listen: invalid socket address"]);
-        check("[operator]\ntoken = \"plain-text-token\"\n", &["operator.token: secrets are not written in the file"]);
-        check("[operator]\ntoken = \"env:MISSING\"\n", &["operator.token: environment variable MISSING is not set"]);
-        check("[operator]\ntoken = \"env:EMPTY\"\n", &["operator.token: environment variable EMPTY is empty"]);
-        check("[operator]\ntoken = \"env:SHORT\"\n", &["operator.token: the token must be at least 16"]);
+        check(
+            "[server]\nlisten = \"nope\"\n",
+            &["server.listen: invalid socket address"],
+        );
+        check(
+            "[operator]\ntoken = \"plain-text-token\"\n",
+            &["operator.token: secrets are not written in the file"],
+        );
+        check(
+            "[operator]\ntoken = \"env:MISSING\"\n",
+            &["operator.token: environment variable MISSING is not set"],
+        );
+        check(
+            "[operator]\ntoken = \"env:EMPTY\"\n",
+            &["operator.token: environment variable EMPTY is empty"],
+        );
+        check(
+            "[operator]\ntoken = \"env:SHORT\"\n",
+            &["operator.token: the token must be at least 16"],
+        );
         check(
             &jwt(r#"["HS256", "none"]"#, "secret = \"env:JWT_SECRET\""),
             &["auth.jwt[0].algorithms[1]: \"none\" is not allowed"],
@@ -1204,9 +1283,18 @@ file = "policies.cedar"
             &jwt(r#"["RS256"]"#, "secret = \"env:JWT_SECRET\""),
             &["auth.jwt[0].algorithms[0]: RS256 needs public_key_file"],
         );
-        check(&jwt(r#"["HS256"]"#, "secret = \"env:SHORT\""), &["auth.jwt[0].secret: an HMAC secret must be at least 32"]);
-        check(&jwt(r#"["HS256"]"#, ""), &["auth.jwt[0]: set exactly one of"]);
-        check(&jwt("[]", "jwks_file = \"j.json\""), &["auth.jwt[0].algorithms: list at least one"]);
+        check(
+            &jwt(r#"["HS256"]"#, "secret = \"env:SHORT\""),
+            &["auth.jwt[0].secret: an HMAC secret must be at least 32"],
+        );
+        check(
+            &jwt(r#"["HS256"]"#, ""),
+            &["auth.jwt[0]: set exactly one of"],
+        );
+        check(
+            &jwt("[]", "jwks_file = \"j.json\""),
+            &["auth.jwt[0].algorithms: list at least one"],
+        );
         check(
             "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\nregion = \"EU\"\n",
             &["providers[0].region: region must be"],
@@ -1223,7 +1311,10 @@ file = "policies.cedar"
             "[[models]]\nname = \"m\"\nprovider = \"p\"\nupstream = \"u\"\nprice_input_per_mtok = \"-1\"\n",
             &["models[0].price_input_per_mtok: expected a non-negative decimal"],
         );
-        check("[limits]\nbackend = \"redis\"\n", &["limits.redis_url: is required"]);
+        check(
+            "[limits]\nbackend = \"redis\"\n",
+            &["limits.redis_url: is required"],
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum IdError {
     /// The tenant id does not follow the grammar.
-    #[error("tenant id must be 1-63 characters of lowercase letters, digits and '-', not starting or ending with '-'")]
+    #[error(
+        "tenant id must be 1-63 characters of lowercase letters, digits and '-', not starting or ending with '-'"
+    )]
     Tenant,
     /// The region does not follow the grammar.
     #[error("region must be 1-32 characters of lowercase letters, digits and '-'")]
@@ -33,8 +35,7 @@ pub enum IdError {
 fn is_label(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
@@ -217,9 +218,23 @@ mod tests {
             assert!(TenantId::parse(ok).is_ok(), "{ok} should be valid");
         }
         for bad in [
-            "", "-a", "a-", "Acme", "a_b", "a.b", "../x", "a/b", "é", " a", &"a".repeat(64),
+            "",
+            "-a",
+            "a-",
+            "Acme",
+            "a_b",
+            "a.b",
+            "../x",
+            "a/b",
+            "é",
+            " a",
+            &"a".repeat(64),
         ] {
-            assert_eq!(TenantId::parse(bad), Err(IdError::Tenant), "{bad:?} should be refused");
+            assert_eq!(
+                TenantId::parse(bad),
+                Err(IdError::Tenant),
+                "{bad:?} should be refused"
+            );
         }
     }
 

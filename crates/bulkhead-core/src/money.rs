@@ -100,7 +100,17 @@ mod tests {
             assert_eq!(u.micros(), micros);
             assert_eq!(u.to_string(), back);
         }
-        for bad in ["", ".5", "5.", "-1", "1e3", "0.1234567", "abc", "1.2.3", "99999999999999999999"] {
+        for bad in [
+            "",
+            ".5",
+            "5.",
+            "-1",
+            "1e3",
+            "0.1234567",
+            "abc",
+            "1.2.3",
+            "99999999999999999999",
+        ] {
             assert_eq!(Usd::parse(bad), Err(MoneyError), "{bad:?}");
         }
     }

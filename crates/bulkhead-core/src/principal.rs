@@ -119,7 +119,11 @@ mod tests {
     fn roles_parse_and_dedupe() {
         assert_eq!("approver".parse::<Role>(), Ok(Role::Approver));
         assert!("root".parse::<Role>().is_err());
-        let p = Principal::new("u", PrincipalKind::Jwt, vec![Role::Viewer, Role::Admin, Role::Viewer]);
+        let p = Principal::new(
+            "u",
+            PrincipalKind::Jwt,
+            vec![Role::Viewer, Role::Admin, Role::Viewer],
+        );
         assert_eq!(p.roles(), &[Role::Admin, Role::Viewer]);
         assert!(p.has_role(Role::Admin) && !p.has_role(Role::Member));
     }

@@ -82,7 +82,10 @@ pub struct TenantPatch {
 impl TenantPatch {
     /// Whether the patch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.region.is_none() && self.isolation.is_none() && self.status.is_none()
+        self.name.is_none()
+            && self.region.is_none()
+            && self.isolation.is_none()
+            && self.status.is_none()
     }
 }
 

@@ -109,7 +109,9 @@ pub fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
 }
 
 /// Reads the generated operator token, creating it (mode 0600) on first start.
-pub fn operator_token_file(data_dir: &Path) -> Result<(SecretString, OperatorTokenSource), BootError> {
+pub fn operator_token_file(
+    data_dir: &Path,
+) -> Result<(SecretString, OperatorTokenSource), BootError> {
     let path = data_dir.join(OPERATOR_TOKEN_FILE);
     let err = |message: String| BootError::OperatorToken {
         path: path.clone(),
@@ -119,9 +121,14 @@ pub fn operator_token_file(data_dir: &Path) -> Result<(SecretString, OperatorTok
         Ok(text) => {
             let token = text.trim().to_owned();
             if token.len() < 16 {
-                return Err(err("the file is empty or truncated; delete it to generate a new token".into()));
+                return Err(err(
+                    "the file is empty or truncated; delete it to generate a new token".into(),
+                ));
             }
-            return Ok((SecretString::new(token), OperatorTokenSource::Existing(path)));
+            return Ok((
+                SecretString::new(token),
+                OperatorTokenSource::Existing(path),
+            ));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e.to_string())),
@@ -145,5 +152,8 @@ pub fn operator_token_file(data_dir: &Path) -> Result<(SecretString, OperatorTok
         .and_then(|()| file.sync_all())
         .map_err(|e| err(e.to_string()))?;
     std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
-    Ok((SecretString::new(token), OperatorTokenSource::Generated(path)))
+    Ok((
+        SecretString::new(token),
+        OperatorTokenSource::Generated(path),
+    ))
 }

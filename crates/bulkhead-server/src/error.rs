@@ -70,7 +70,9 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ApiError::TenantSuspended | ApiError::TenantMismatch | ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::TenantSuspended | ApiError::TenantMismatch | ApiError::Forbidden => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -164,12 +166,16 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
             code: self.code().to_owned(),
-            request_id: current_request_id().map(|r| r.to_string()).unwrap_or_default(),
+            request_id: current_request_id()
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut res = (status, bytes).into_response();
-        res.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

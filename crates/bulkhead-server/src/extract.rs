@@ -77,8 +77,13 @@ fn request_id(parts: &Parts) -> RequestId {
 /// well-formed `Bearer` value. Anything else counts as no credential at all
 /// for the operator plane and as an invalid one for the tenant plane.
 fn bearer(parts: &Parts) -> Result<Option<&str>, ()> {
-    let mut values = parts.headers.get_all(axum::http::header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else { return Ok(None) };
+    let mut values = parts
+        .headers
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
     if values.next().is_some() {
         return Err(());
     }

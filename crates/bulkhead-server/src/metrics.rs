@@ -54,16 +54,32 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("bulkhead");
         let requests = Family::<HttpLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            requests.clone(),
+        );
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             // 100 µs to ~3 s in doublings.
             Histogram::new(exponential_buckets(0.0001, 2.0, 16))
         });
-        registry.register("http_request_duration_seconds", "Request latency by route", latency.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Request latency by route",
+            latency.clone(),
+        );
         let auth_failures = Family::<ReasonLabels, Counter>::default();
-        registry.register("auth_failures", "Refused authentications by internal reason", auth_failures.clone());
+        registry.register(
+            "auth_failures",
+            "Refused authentications by internal reason",
+            auth_failures.clone(),
+        );
         let tenant_requests = Family::<TenantLabels, Counter>::default();
-        registry.register("tenant_requests", "Authenticated tenant-plane requests by tenant", tenant_requests.clone());
+        registry.register(
+            "tenant_requests",
+            "Authenticated tenant-plane requests by tenant",
+            tenant_requests.clone(),
+        );
         Self {
             registry,
             requests,
@@ -83,21 +99,27 @@ impl Metrics {
             })
             .inc();
         self.latency
-            .get_or_create(&RouteLabels { route: route.to_owned() })
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
     /// Records a refused authentication.
     pub fn auth_failure(&self, reason: &str) {
         self.auth_failures
-            .get_or_create(&ReasonLabels { reason: reason.to_owned() })
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
             .inc();
     }
 
     /// Records an authenticated tenant request.
     pub fn tenant_request(&self, tenant: &str) {
         self.tenant_requests
-            .get_or_create(&TenantLabels { tenant: tenant.to_owned() })
+            .get_or_create(&TenantLabels {
+                tenant: tenant.to_owned(),
+            })
             .inc();
     }
 

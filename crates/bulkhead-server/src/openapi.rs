@@ -17,7 +17,9 @@ impl Modify for Security {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("A bulkhead API key (bk_...) or a JWT from a configured issuer"))
+                    .description(Some(
+                        "A bulkhead API key (bk_...) or a JWT from a configured issuer",
+                    ))
                     .build(),
             ),
         );

@@ -49,10 +49,11 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     let timeout_s = state.settings.request_timeout_s;
     let scoped_id = request_id.clone();
     let fut = async move {
-        let mut res = match tokio::time::timeout(Duration::from_secs(timeout_s), next.run(req)).await {
-            Ok(res) => res,
-            Err(_) => ApiError::Timeout(timeout_s).into_response(),
-        };
+        let mut res =
+            match tokio::time::timeout(Duration::from_secs(timeout_s), next.run(req)).await {
+                Ok(res) => res,
+                Err(_) => ApiError::Timeout(timeout_s).into_response(),
+            };
         // The route template is known only after routing; the inner
         // middleware hands it back on the response.
         let route = res
@@ -65,7 +66,9 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         tracing::Span::current().record("status", status);
         let elapsed = started.elapsed();
         tracing::info!(elapsed_us = elapsed.as_micros() as u64, "request finished");
-        state.metrics.observe_request(method.as_str(), &route, status, elapsed);
+        state
+            .metrics
+            .observe_request(method.as_str(), &route, status, elapsed);
         if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
             res.headers_mut().insert(REQUEST_ID_HEADER, v);
         }

@@ -103,7 +103,12 @@ pub trait ControlStore: Directory {
     /// All tenants, by id.
     async fn list_tenants(&self, op: &OperatorScope) -> StoreResult<Vec<Tenant>>;
     /// Changes a tenant.
-    async fn update_tenant(&self, op: &OperatorScope, id: &TenantId, patch: TenantPatch) -> StoreResult<Tenant>;
+    async fn update_tenant(
+        &self,
+        op: &OperatorScope,
+        id: &TenantId,
+        patch: TenantPatch,
+    ) -> StoreResult<Tenant>;
     /// Erases a tenant: its keys, its partition and everything in it.
     async fn delete_tenant(&self, op: &OperatorScope, id: &TenantId) -> StoreResult<Tenant>;
     /// Records a new API key.
@@ -114,9 +119,18 @@ pub trait ControlStore: Directory {
         key: NewApiKeyRecord,
     ) -> StoreResult<ApiKeyRecord>;
     /// A tenant's keys (never the keys themselves).
-    async fn list_api_keys(&self, op: &OperatorScope, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>>;
+    async fn list_api_keys(
+        &self,
+        op: &OperatorScope,
+        tenant: &TenantId,
+    ) -> StoreResult<Vec<ApiKeyRecord>>;
     /// Revokes a key; revoking twice is not an error.
-    async fn revoke_api_key(&self, op: &OperatorScope, tenant: &TenantId, key: ApiKeyId) -> StoreResult<ApiKeyRecord>;
+    async fn revoke_api_key(
+        &self,
+        op: &OperatorScope,
+        tenant: &TenantId,
+        key: ApiKeyId,
+    ) -> StoreResult<ApiKeyRecord>;
     /// Appends an operator event that is not a store mutation (e.g. a
     /// refused request).
     async fn append_operator_audit(
@@ -133,9 +147,17 @@ pub trait ControlStore: Directory {
 #[async_trait]
 pub trait TenantStore: Send + Sync {
     /// Appends an event to the scope's tenant chain.
-    async fn append_audit(&self, scope: &TenantScope, event: NewAuditEvent) -> StoreResult<AuditEvent>;
+    async fn append_audit(
+        &self,
+        scope: &TenantScope,
+        event: NewAuditEvent,
+    ) -> StoreResult<AuditEvent>;
     /// Appends an attributed authentication failure to that tenant's chain.
-    async fn append_failure(&self, failure: &FailureAttribution, event: NewAuditEvent) -> StoreResult<AuditEvent>;
+    async fn append_failure(
+        &self,
+        failure: &FailureAttribution,
+        event: NewAuditEvent,
+    ) -> StoreResult<AuditEvent>;
     /// A page of the scope's tenant chain.
     async fn audit(&self, scope: &TenantScope, page: Page) -> StoreResult<Vec<AuditEvent>>;
 }

@@ -40,7 +40,9 @@ mod tests {
         apply(&mut conn, "test", &m[..1]).unwrap();
         apply(&mut conn, "test", &m).unwrap();
         apply(&mut conn, "test", &m).unwrap();
-        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, 2);
         let err = apply(&mut conn, "test", &m[..1]).unwrap_err();
         assert!(err.to_string().contains("newer than this binary"), "{err}");
@@ -49,12 +51,21 @@ mod tests {
     #[test]
     fn a_failing_migration_leaves_the_previous_version() {
         let mut conn = Connection::open_in_memory().unwrap();
-        let m = ["CREATE TABLE a (x INTEGER)", "CREATE TABLE b (y INTEGER); SYNTAX ERROR"];
+        let m = [
+            "CREATE TABLE a (x INTEGER)",
+            "CREATE TABLE b (y INTEGER); SYNTAX ERROR",
+        ];
         assert!(apply(&mut conn, "test", &m).is_err());
-        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, 1);
         let b: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'b'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'b'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(b, 0);
     }

@@ -1,2 +1,77 @@
-//! placeholder
-fn main() {}
+//! The `bulkhead` binary: `serve`, `check`, and operator commands that act
+//! through the HTTP API.
+
+mod client;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// bulkhead: a multi-tenant runtime for AI agents.
+#[derive(Parser)]
+#[command(name = "bulkhead", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded defaults without --config).
+    Serve(commands::ServeArgs),
+    /// Validate a configuration file; exit 1 with every error, naming its key.
+    Check(commands::CheckArgs),
+    /// Manage tenants through the operator API.
+    #[command(subcommand)]
+    Tenant(commands::TenantCommand),
+    /// Manage tenant API keys through the operator API.
+    #[command(subcommand)]
+    Key(commands::KeyCommand),
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => commands::serve(args),
+        Command::Check(args) => commands::check(args),
+        Command::Tenant(cmd) => commands::tenant(cmd),
+        Command::Key(cmd) => commands::key(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

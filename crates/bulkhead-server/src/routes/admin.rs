@@ -8,7 +8,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bulkhead_auth::apikey;
 use bulkhead_core::tenant::{TenantPatch, validate_tenant_name};
-use bulkhead_core::{ApiKeyId, ApiKeyRecord, Isolation, Region, Role, Tenant, TenantId, TenantStatus, Timestamp};
+use bulkhead_core::{
+    ApiKeyId, ApiKeyRecord, Isolation, Region, Role, Tenant, TenantId, TenantStatus, Timestamp,
+};
 use bulkhead_store::{NewApiKeyRecord, NewTenant};
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +98,9 @@ pub async fn create_tenant(
             NewTenant {
                 id: body.id,
                 name,
-                region: body.region.unwrap_or_else(|| state.settings.default_region.clone()),
+                region: body
+                    .region
+                    .unwrap_or_else(|| state.settings.default_region.clone()),
                 isolation: body.isolation.unwrap_or(Isolation::Shared),
             },
         )
@@ -281,14 +285,19 @@ pub async fn create_key(
     let id = tenant_id(&id)?;
     let roles = body.roles.unwrap_or_else(|| vec![Role::Member]);
     if roles.is_empty() {
-        return Err(ApiError::Validation("roles must name at least one role".into()));
+        return Err(ApiError::Validation(
+            "roles must name at least one role".into(),
+        ));
     }
     if let Some(name) = &body.name {
-        validate_tenant_name(name).map_err(|m| ApiError::Validation(m.replace("name", "key name")))?;
+        validate_tenant_name(name)
+            .map_err(|m| ApiError::Validation(m.replace("name", "key name")))?;
     }
     if let Some(exp) = body.expires_at {
         if exp <= Timestamp::now() {
-            return Err(ApiError::Validation("expires_at must be in the future".into()));
+            return Err(ApiError::Validation(
+                "expires_at must be in the future".into(),
+            ));
         }
     }
     let new = apikey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;

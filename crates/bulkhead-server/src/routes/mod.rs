@@ -29,7 +29,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(system::openapi))
         .route("/v1/me", get(tenant::me))
         .route("/v1/audit", get(tenant::audit))
-        .route("/admin/v1/tenants", get(admin::list_tenants).post(admin::create_tenant))
+        .route(
+            "/admin/v1/tenants",
+            get(admin::list_tenants).post(admin::create_tenant),
+        )
         .route(
             "/admin/v1/tenants/{id}",
             get(admin::get_tenant)
@@ -40,12 +43,18 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/tenants/{id}/api-keys",
             get(admin::list_keys).post(admin::create_key),
         )
-        .route("/admin/v1/tenants/{id}/api-keys/{key_id}", delete(admin::revoke_key))
+        .route(
+            "/admin/v1/tenants/{id}/api-keys/{key_id}",
+            delete(admin::revoke_key),
+        )
         .route("/admin/v1/audit", get(admin::operator_audit))
         .route_layer(axum::middleware::from_fn(request::expose_matched_path))
         .fallback(request::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(request::method_not_allowed))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), request::middleware))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request::middleware,
+        ))
         .with_state(state)
 }

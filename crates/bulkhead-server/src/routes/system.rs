@@ -36,5 +36,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// The OpenAPI 3.1 document of this API, generated from the code.
 #[utoipa::path(get, path = "/openapi.json", tag = "system", responses((status = 200, description = "OpenAPI document")))]
 pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document_json())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document_json(),
+    )
 }

@@ -60,7 +60,9 @@ impl AuditQuery {
     pub fn page(&self) -> Result<Page, ApiError> {
         let limit = self.limit.unwrap_or(100);
         if limit == 0 || limit > MAX_AUDIT_PAGE {
-            return Err(ApiError::InvalidParameter(format!("limit must be between 1 and {MAX_AUDIT_PAGE}")));
+            return Err(ApiError::InvalidParameter(format!(
+                "limit must be between 1 and {MAX_AUDIT_PAGE}"
+            )));
         }
         Ok(Page {
             after: self.after.unwrap_or(0),

@@ -18,16 +18,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
-use bulkhead_auth::{ApiKeyDigest, Directory, DirectoryError, FailureAttribution, OperatorScope, TenantScope};
+use bulkhead_auth::{
+    ApiKeyDigest, Directory, DirectoryError, FailureAttribution, OperatorScope, TenantScope,
+};
 use bulkhead_core::audit::{AuditEvent, NewAuditEvent, Outcome};
 use bulkhead_core::tenant::TenantPatch;
 use bulkhead_core::{
-    ApiKeyId, ApiKeyRecord, Isolation, Region, Role, Tenant, TenantId, TenantStatus, TenantUid, Timestamp,
+    ApiKeyId, ApiKeyRecord, Isolation, Region, Role, Tenant, TenantId, TenantStatus, TenantUid,
+    Timestamp,
 };
 use rusqlite::{Connection, params};
 use serde_json::json;
 
-use crate::{ControlStore, NewApiKeyRecord, NewTenant, Page, StoreError, StoreResult, TenantStore, migrate};
+use crate::{
+    ControlStore, NewApiKeyRecord, NewTenant, Page, StoreError, StoreResult, TenantStore, migrate,
+};
 use partition::Partition;
 
 const CONTROL_MIGRATIONS: &[&str] = &[
@@ -121,16 +126,26 @@ fn tenant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
             "active" => TenantStatus::Active,
             _ => TenantStatus::Suspended,
         },
-        created_at: parse(Timestamp::parse(&r.get::<_, String>("created_at")?), "timestamp")?,
-        updated_at: parse(Timestamp::parse(&r.get::<_, String>("updated_at")?), "timestamp")?,
+        created_at: parse(
+            Timestamp::parse(&r.get::<_, String>("created_at")?),
+            "timestamp",
+        )?,
+        updated_at: parse(
+            Timestamp::parse(&r.get::<_, String>("updated_at")?),
+            "timestamp",
+        )?,
     })
 }
 
 fn opt_time(s: Option<String>) -> rusqlite::Result<Option<Timestamp>> {
-    s.map(|s| parse(Timestamp::parse(&s), "timestamp")).transpose()
+    s.map(|s| parse(Timestamp::parse(&s), "timestamp"))
+        .transpose()
 }
 
-fn key_from_row(r: &rusqlite::Row<'_>, tenant: &TenantId) -> rusqlite::Result<([u8; 32], ApiKeyRecord)> {
+fn key_from_row(
+    r: &rusqlite::Row<'_>,
+    tenant: &TenantId,
+) -> rusqlite::Result<([u8; 32], ApiKeyRecord)> {
     let digest: Vec<u8> = r.get("digest")?;
     let digest: [u8; 32] = parse(digest.try_into().map_err(|_| "bad length"), "key digest")?;
     let roles: String = r.get("roles")?;
@@ -141,7 +156,10 @@ fn key_from_row(r: &rusqlite::Row<'_>, tenant: &TenantId) -> rusqlite::Result<([
             tenant: tenant.clone(),
             name: r.get("name")?,
             roles: parse(serde_json::from_str::<Vec<Role>>(&roles), "roles")?,
-            created_at: parse(Timestamp::parse(&r.get::<_, String>("created_at")?), "timestamp")?,
+            created_at: parse(
+                Timestamp::parse(&r.get::<_, String>("created_at")?),
+                "timestamp",
+            )?,
             expires_at: opt_time(r.get("expires_at")?)?,
             revoked_at: opt_time(r.get("revoked_at")?)?,
         },
@@ -209,7 +227,9 @@ impl SqliteStore {
         F: FnOnce(&SqliteStore) -> StoreResult<T> + Send + 'static,
     {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || f(&this)).await.map_err(internal)?
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(internal)?
     }
 
     /// Runs `f` in a control-database transaction holding the index write
@@ -257,7 +277,11 @@ impl SqliteStore {
     }
 
     fn live_tenant(&self, id: &TenantId) -> StoreResult<Tenant> {
-        self.read_index()?.tenants.get(id).cloned().ok_or(StoreError::NotFound)
+        self.read_index()?
+            .tenants
+            .get(id)
+            .cloned()
+            .ok_or(StoreError::NotFound)
     }
 
     /// Mirrors an operator action into the tenant's own chain.
@@ -281,15 +305,23 @@ fn load_index(conn: &Connection) -> StoreResult<DirIndex> {
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let uid: String = r.get("tenant_uid")?;
-        let Some(tenant) = by_uid.get(&uid) else { continue };
+        let Some(tenant) = by_uid.get(&uid) else {
+            continue;
+        };
         let (digest, record) = key_from_row(r, tenant)?;
         index.keys.insert(digest, record);
     }
     Ok(index)
 }
 
-fn op_event(op: &OperatorScope, action: &str, target: String, details: serde_json::Value) -> NewAuditEvent {
-    NewAuditEvent::new(action, target, Outcome::Success, op.request_id().clone()).with_details(details)
+fn op_event(
+    op: &OperatorScope,
+    action: &str,
+    target: String,
+    details: serde_json::Value,
+) -> NewAuditEvent {
+    NewAuditEvent::new(action, target, Outcome::Success, op.request_id().clone())
+        .with_details(details)
 }
 
 fn tenant_json(t: &Tenant) -> serde_json::Value {
@@ -301,12 +333,19 @@ fn tenant_json(t: &Tenant) -> serde_json::Value {
 #[async_trait]
 impl Directory for SqliteStore {
     async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>, DirectoryError> {
-        let index = self.read_index().map_err(|e| DirectoryError(e.to_string()))?;
+        let index = self
+            .read_index()
+            .map_err(|e| DirectoryError(e.to_string()))?;
         Ok(index.tenants.get(id).cloned())
     }
 
-    async fn api_key(&self, digest: &ApiKeyDigest) -> Result<Option<(ApiKeyRecord, Tenant)>, DirectoryError> {
-        let index = self.read_index().map_err(|e| DirectoryError(e.to_string()))?;
+    async fn api_key(
+        &self,
+        digest: &ApiKeyDigest,
+    ) -> Result<Option<(ApiKeyRecord, Tenant)>, DirectoryError> {
+        let index = self
+            .read_index()
+            .map_err(|e| DirectoryError(e.to_string()))?;
         Ok(index
             .keys
             .get(digest.as_bytes())
@@ -388,7 +427,12 @@ impl ControlStore for SqliteStore {
         Ok(all)
     }
 
-    async fn update_tenant(&self, op: &OperatorScope, id: &TenantId, patch: TenantPatch) -> StoreResult<Tenant> {
+    async fn update_tenant(
+        &self,
+        op: &OperatorScope,
+        id: &TenantId,
+        patch: TenantPatch,
+    ) -> StoreResult<Tenant> {
         let op = op.clone();
         let id = id.clone();
         self.blocking(move |s| {
@@ -519,22 +563,40 @@ impl ControlStore for SqliteStore {
         .await
     }
 
-    async fn list_api_keys(&self, _op: &OperatorScope, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>> {
+    async fn list_api_keys(
+        &self,
+        _op: &OperatorScope,
+        tenant: &TenantId,
+    ) -> StoreResult<Vec<ApiKeyRecord>> {
         let index = self.read_index()?;
         if !index.tenants.contains_key(tenant) {
             return Err(StoreError::NotFound);
         }
-        let mut keys: Vec<ApiKeyRecord> = index.keys.values().filter(|k| &k.tenant == tenant).cloned().collect();
+        let mut keys: Vec<ApiKeyRecord> = index
+            .keys
+            .values()
+            .filter(|k| &k.tenant == tenant)
+            .cloned()
+            .collect();
         keys.sort_by_key(|k| k.id);
         Ok(keys)
     }
 
-    async fn revoke_api_key(&self, op: &OperatorScope, tenant: &TenantId, key: ApiKeyId) -> StoreResult<ApiKeyRecord> {
+    async fn revoke_api_key(
+        &self,
+        op: &OperatorScope,
+        tenant: &TenantId,
+        key: ApiKeyId,
+    ) -> StoreResult<ApiKeyRecord> {
         let op = op.clone();
         let tenant_id = tenant.clone();
         self.blocking(move |s| {
             let (tenant, record, event) = s.control_tx(|tx, index| {
-                let t = index.tenants.get(&tenant_id).cloned().ok_or(StoreError::NotFound)?;
+                let t = index
+                    .tenants
+                    .get(&tenant_id)
+                    .cloned()
+                    .ok_or(StoreError::NotFound)?;
                 let (digest, mut record) = index
                     .keys
                     .iter()
@@ -574,11 +636,17 @@ impl ControlStore for SqliteStore {
     ) -> StoreResult<AuditEvent> {
         let principal = op.principal_id();
         let tenant = tenant.cloned();
-        self.blocking(move |s| s.control_tx(|tx, _| partition::append_chain(tx, tenant, principal, event)))
-            .await
+        self.blocking(move |s| {
+            s.control_tx(|tx, _| partition::append_chain(tx, tenant, principal, event))
+        })
+        .await
     }
 
-    async fn operator_audit(&self, _op: &OperatorScope, page: Page) -> StoreResult<Vec<AuditEvent>> {
+    async fn operator_audit(
+        &self,
+        _op: &OperatorScope,
+        page: Page,
+    ) -> StoreResult<Vec<AuditEvent>> {
         self.blocking(move |s| {
             let conn = s
                 .inner
@@ -593,7 +661,11 @@ impl ControlStore for SqliteStore {
 
 #[async_trait]
 impl TenantStore for SqliteStore {
-    async fn append_audit(&self, scope: &TenantScope, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+    async fn append_audit(
+        &self,
+        scope: &TenantScope,
+        event: NewAuditEvent,
+    ) -> StoreResult<AuditEvent> {
         let tenant = scope.tenant().clone();
         let uid = scope.partition();
         let principal = scope.principal().id().to_owned();
@@ -601,7 +673,11 @@ impl TenantStore for SqliteStore {
             .await
     }
 
-    async fn append_failure(&self, failure: &FailureAttribution, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+    async fn append_failure(
+        &self,
+        failure: &FailureAttribution,
+        event: NewAuditEvent,
+    ) -> StoreResult<AuditEvent> {
         let tenant = failure.tenant().clone();
         let uid = failure.partition();
         let principal = failure.principal().to_owned();
@@ -612,6 +688,7 @@ impl TenantStore for SqliteStore {
     async fn audit(&self, scope: &TenantScope, page: Page) -> StoreResult<Vec<AuditEvent>> {
         let tenant = scope.tenant().clone();
         let uid = scope.partition();
-        self.blocking(move |s| s.partition(&tenant, uid)?.page(page)).await
+        self.blocking(move |s| s.partition(&tenant, uid)?.page(page))
+            .await
     }
 }

@@ -131,9 +131,11 @@ pub(crate) fn append_chain(
     event: NewAuditEvent,
 ) -> StoreResult<AuditEvent> {
     let last: Option<(i64, String)> = tx
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     let (seq, hash) = last
         .map(|(s, h)| (s as u64, h))
@@ -149,12 +151,18 @@ pub(crate) fn append_chain(
 
 /// Reads a page of the `audit` table of `conn`.
 pub(crate) fn read_page(conn: &Connection, page: Page) -> StoreResult<Vec<AuditEvent>> {
-    let mut stmt = conn.prepare_cached("SELECT event FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-    let rows = stmt.query_map(params![page.after as i64, page.limit as i64], |r| r.get::<_, String>(0))?;
+    let mut stmt =
+        conn.prepare_cached("SELECT event FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = stmt.query_map(params![page.after as i64, page.limit as i64], |r| {
+        r.get::<_, String>(0)
+    })?;
     let mut out = Vec::new();
     for row in rows {
         let text = row?;
-        out.push(serde_json::from_str(&text).map_err(|e| StoreError::Internal(format!("corrupt audit event: {e}")))?);
+        out.push(
+            serde_json::from_str(&text)
+                .map_err(|e| StoreError::Internal(format!("corrupt audit event: {e}")))?,
+        );
     }
     Ok(out)
 }

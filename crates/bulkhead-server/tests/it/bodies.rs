@@ -1,0 +1,227 @@
+//! Bad input: every malformed request answers a 4xx problem and writes
+//! nothing; request ids; unknown paths and methods.
+
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+async fn operator_events(app: &TestApp) -> usize {
+    app.call("GET", "/admin/v1/audit", Some(OPERATOR_TOKEN), None)
+        .await
+        .body["events"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn malformed_tenant_bodies_are_refused_and_write_nothing() {
+    let app = TestApp::new().await;
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!({"id": 5}), 400, "invalid_body"),
+        (json!({}), 400, "invalid_body"),
+        (json!({"id": "acme", "colour": "red"}), 400, "invalid_body"),
+        (json!({"id": "Bad_Id"}), 400, "invalid_body"),
+        (json!({"id": "-acme"}), 400, "invalid_body"),
+        (json!({"id": "a".repeat(64)}), 400, "invalid_body"),
+        (json!({"id": "acme", "region": "EU!"}), 400, "invalid_body"),
+        (
+            json!({"id": "acme", "isolation": "hard"}),
+            400,
+            "invalid_body",
+        ),
+        (json!({"id": "acme", "name": ""}), 400, "validation_failed"),
+        (
+            json!({"id": "acme", "name": "a\u{0}b"}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"id": "acme", "name": "x".repeat(201)}),
+            400,
+            "validation_failed",
+        ),
+        (json!([1, 2]), 400, "invalid_body"),
+    ];
+    for (body, status, code) in cases {
+        let r = app
+            .call(
+                "POST",
+                "/admin/v1/tenants",
+                Some(OPERATOR_TOKEN),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        r.assert_problem(status, code);
+    }
+    let raw = |content_type: Option<&str>, body: Vec<u8>| {
+        let mut req = Request::post("/admin/v1/tenants")
+            .header("authorization", format!("Bearer {OPERATOR_TOKEN}"));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    app.request(raw(Some("application/json"), b"{\"id\": \"acme\"".to_vec()))
+        .await
+        .assert_problem(400, "invalid_body");
+    app.request(raw(None, b"{\"id\": \"acme\"}".to_vec()))
+        .await
+        .assert_problem(415, "unsupported_media_type");
+    app.request(raw(Some("text/plain"), b"{\"id\": \"acme\"}".to_vec()))
+        .await
+        .assert_problem(415, "unsupported_media_type");
+    let big = format!(
+        "{{\"id\": \"acme\", \"name\": \"{}\"}}",
+        "x".repeat(BODY_LIMIT)
+    );
+    let r = app
+        .request(raw(Some("application/json"), big.into_bytes()))
+        .await;
+    r.assert_problem(413, "payload_too_large");
+
+    let list = app
+        .call("GET", "/admin/v1/tenants", Some(OPERATOR_TOKEN), None)
+        .await;
+    assert_eq!(list.body["tenants"], json!([]));
+    assert_eq!(
+        operator_events(&app).await,
+        0,
+        "a refused request left an audit event"
+    );
+    let partitions = std::fs::read_dir(app.dir.path().join("data/tenants"))
+        .unwrap()
+        .count();
+    assert_eq!(partitions, 0, "a refused request left a partition behind");
+}
+
+#[tokio::test]
+async fn duplicate_tenants_conflict_and_bad_patches_change_nothing() {
+    let app = TestApp::new().await;
+    let created = app.create_tenant("acme", "eu").await;
+    let r = app
+        .call(
+            "POST",
+            "/admin/v1/tenants",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"id": "acme"})),
+        )
+        .await;
+    r.assert_problem(409, "conflict");
+    let events = operator_events(&app).await;
+    for (body, code) in [
+        (json!({}), "validation_failed"),
+        (json!({"status": "deleted"}), "invalid_body"),
+        (json!({"name": "ok", "owner": "me"}), "invalid_body"),
+        (json!({"region": 3}), "invalid_body"),
+        (json!({"name": "  "}), "validation_failed"),
+    ] {
+        let r = app
+            .call(
+                "PATCH",
+                "/admin/v1/tenants/acme",
+                Some(OPERATOR_TOKEN),
+                Some(body.clone()),
+            )
+            .await;
+        r.assert_problem(400, code);
+    }
+    let now = app
+        .call("GET", "/admin/v1/tenants/acme", Some(OPERATOR_TOKEN), None)
+        .await;
+    assert_eq!(now.body, created, "a refused patch changed the tenant");
+    assert_eq!(operator_events(&app).await, events);
+    for missing in [
+        "/admin/v1/tenants/nobody",
+        "/admin/v1/tenants/NOT_VALID",
+        "/admin/v1/tenants/%2e%2e",
+    ] {
+        app.call("GET", missing, Some(OPERATOR_TOKEN), None)
+            .await
+            .assert_problem(404, "not_found");
+        app.call("DELETE", missing, Some(OPERATOR_TOKEN), None)
+            .await
+            .assert_problem(404, "not_found");
+    }
+    let r = app
+        .call(
+            "DELETE",
+            "/admin/v1/tenants/acme/api-keys/not-a-uuid",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    r.assert_problem(404, "not_found");
+}
+
+#[tokio::test]
+async fn query_parameters_are_validated() {
+    let app = TestApp::new().await;
+    app.create_tenant("acme", "eu").await;
+    let (_, key) = app.api_key("acme", &["viewer"]).await;
+    for q in [
+        "limit=0",
+        "limit=1001",
+        "limit=abc",
+        "after=-1",
+        "colour=red",
+    ] {
+        let r = app
+            .call("GET", &format!("/v1/audit?{q}"), Some(&key), None)
+            .await;
+        r.assert_problem(400, "invalid_parameter");
+    }
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_when_well_formed_and_generated_otherwise() {
+    let app = TestApp::new().await;
+    let r = app
+        .call_with(
+            "GET",
+            "/healthz",
+            None,
+            None,
+            &[("x-request-id", "client-abc.123")],
+        )
+        .await;
+    assert_eq!(r.headers.get("x-request-id").unwrap(), "client-abc.123");
+    let r = app
+        .call_with("GET", "/v1/me", None, None, &[("x-request-id", "trace-42")])
+        .await;
+    assert_eq!(r.body["request_id"], "trace-42");
+    for bad in ["has space", "", &"x".repeat(200), "semi;colon"] {
+        let r = app
+            .call_with("GET", "/healthz", None, None, &[("x-request-id", bad)])
+            .await;
+        let got = r
+            .headers
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(got, bad);
+        assert!(bulkhead_core::RequestId::parse(&got).is_ok());
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_answer_problems() {
+    let app = TestApp::new().await;
+    app.call("GET", "/nope", None, None)
+        .await
+        .assert_problem(404, "not_found");
+    app.call("GET", "/v1/tenants/acme/me", None, None)
+        .await
+        .assert_problem(404, "not_found");
+    app.call("PUT", "/v1/me", None, None)
+        .await
+        .assert_problem(405, "method_not_allowed");
+    app.call("DELETE", "/admin/v1/tenants", Some(OPERATOR_TOKEN), None)
+        .await
+        .assert_problem(405, "method_not_allowed");
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the HTTP layer, in-process through the router
+//! (one test binary for the crate).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod api_keys;
+mod bodies;
+mod jwt;
+mod lifecycle;
+mod matrix;
+mod support;

@@ -1,0 +1,396 @@
+//! The isolation matrix: every endpoint, called with the owner's
+//! credential, another tenant's, forged ones, and none.
+//!
+//! A new endpoint joins by adding a row to [`rows`]; the coverage test
+//! fails until every route in the OpenAPI document has a row.
+
+use std::collections::BTreeSet;
+
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Plane {
+    Public,
+    Tenant,
+    Operator,
+}
+
+struct Row {
+    method: &'static str,
+    /// The route template as in the OpenAPI document.
+    template: &'static str,
+    /// The concrete path called.
+    path: String,
+    body: Option<Value>,
+    plane: Plane,
+    /// Status for the rightful caller.
+    ok: u16,
+}
+
+/// Ids the rows refer to.
+struct Fixture {
+    owner_key: String,
+    other_key: String,
+    owner_key_id: String,
+}
+
+fn rows(f: &Fixture) -> Vec<Row> {
+    let row = |method, template, path: &str, body: Option<Value>, plane, ok| Row {
+        method,
+        template,
+        path: path.to_owned(),
+        body,
+        plane,
+        ok,
+    };
+    vec![
+        row("GET", "/healthz", "/healthz", None, Plane::Public, 200),
+        row("GET", "/metrics", "/metrics", None, Plane::Public, 200),
+        row(
+            "GET",
+            "/openapi.json",
+            "/openapi.json",
+            None,
+            Plane::Public,
+            200,
+        ),
+        row("GET", "/v1/me", "/v1/me", None, Plane::Tenant, 200),
+        row("GET", "/v1/audit", "/v1/audit", None, Plane::Tenant, 200),
+        row(
+            "GET",
+            "/admin/v1/tenants",
+            "/admin/v1/tenants",
+            None,
+            Plane::Operator,
+            200,
+        ),
+        row(
+            "POST",
+            "/admin/v1/tenants",
+            "/admin/v1/tenants",
+            Some(json!({"id": "fresh", "region": "eu"})),
+            Plane::Operator,
+            201,
+        ),
+        row(
+            "GET",
+            "/admin/v1/tenants/{id}",
+            "/admin/v1/tenants/acme",
+            None,
+            Plane::Operator,
+            200,
+        ),
+        row(
+            "PATCH",
+            "/admin/v1/tenants/{id}",
+            "/admin/v1/tenants/acme",
+            Some(json!({"name": "Acme Renamed"})),
+            Plane::Operator,
+            200,
+        ),
+        row(
+            "DELETE",
+            "/admin/v1/tenants/{id}",
+            "/admin/v1/tenants/doomed",
+            None,
+            Plane::Operator,
+            204,
+        ),
+        row(
+            "GET",
+            "/admin/v1/tenants/{id}/api-keys",
+            "/admin/v1/tenants/acme/api-keys",
+            None,
+            Plane::Operator,
+            200,
+        ),
+        row(
+            "POST",
+            "/admin/v1/tenants/{id}/api-keys",
+            "/admin/v1/tenants/acme/api-keys",
+            Some(json!({"roles": ["viewer"]})),
+            Plane::Operator,
+            201,
+        ),
+        row(
+            "DELETE",
+            "/admin/v1/tenants/{id}/api-keys/{key_id}",
+            &format!("/admin/v1/tenants/acme/api-keys/{}", f.owner_key_id),
+            None,
+            Plane::Operator,
+            204,
+        ),
+        row(
+            "GET",
+            "/admin/v1/audit",
+            "/admin/v1/audit",
+            None,
+            Plane::Operator,
+            200,
+        ),
+    ]
+}
+
+/// Credentials that must never authenticate anything.
+fn forged(f: &Fixture) -> Vec<(&'static str, String)> {
+    let valid_hs = hs_token(&claims(HS_ISSUER, "acme"));
+    let stripped = format!("{}.", valid_hs.rsplit_once('.').unwrap().0);
+    let mut tampered = claims(HS_ISSUER, "acme");
+    tampered["roles"] = json!(["admin"]);
+    let (h, _, s) = {
+        let mut parts = valid_hs.split('.');
+        (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        )
+    };
+    let swapped_payload = format!("{h}.{}.{s}", b64(&serde_json::to_vec(&tampered).unwrap()));
+    let mut owner_key_flipped = f.owner_key.clone();
+    let last = owner_key_flipped.pop().unwrap();
+    owner_key_flipped.push(if last == 'A' { 'B' } else { 'A' });
+    vec![
+        ("unknown api key", format!("bk_{}", "A".repeat(43))),
+        ("truncated api key", f.owner_key[..20].to_owned()),
+        ("api key with one character changed", owner_key_flipped),
+        ("garbage", "not-a-token".to_owned()),
+        (
+            "alg none",
+            raw_token(
+                &json!({"alg": "none", "typ": "JWT"}),
+                &claims(HS_ISSUER, "acme"),
+                "",
+            ),
+        ),
+        (
+            "hmac signed with the RSA public key",
+            sign(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(&key_pem("rsa_public.pem")),
+                None,
+                &claims(RS_ISSUER, "acme"),
+            ),
+        ),
+        (
+            "wrong hmac secret",
+            sign(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(b"not-the-secret-not-the-secret-00"),
+                None,
+                &claims(HS_ISSUER, "acme"),
+            ),
+        ),
+        ("signature stripped", stripped),
+        ("payload swapped", swapped_payload),
+        (
+            "operator token on the tenant plane",
+            OPERATOR_TOKEN.to_owned(),
+        ),
+    ]
+}
+
+async fn fixture(app: &TestApp) -> Fixture {
+    app.create_tenant("acme", "eu").await;
+    app.create_tenant("globex", "eu").await;
+    app.create_tenant("doomed", "eu").await;
+    let (owner_key_id, owner_key) = app.api_key("acme", &["admin"]).await;
+    let (_, other_key) = app.api_key("globex", &["admin"]).await;
+    Fixture {
+        owner_key,
+        other_key,
+        owner_key_id,
+    }
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_wrong_and_missing_credentials() {
+    let app = TestApp::new().await;
+    let f = fixture(&app).await;
+    let ops_before = app
+        .call("GET", "/admin/v1/audit", Some(OPERATOR_TOKEN), None)
+        .await
+        .body["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    let forged = forged(&f);
+    let owner_jwt = hs_token(&claims(HS_ISSUER, "acme"));
+    for row in rows(&f) {
+        let call = |token: Option<String>| {
+            let app = &app;
+            let row = &row;
+            async move {
+                app.call(row.method, &row.path, token.as_deref(), row.body.clone())
+                    .await
+            }
+        };
+        match row.plane {
+            Plane::Public => {
+                assert_eq!(
+                    call(None).await.status,
+                    row.ok,
+                    "{} {}",
+                    row.method,
+                    row.path
+                );
+                for (name, token) in &forged {
+                    assert_eq!(
+                        call(Some(token.clone())).await.status,
+                        row.ok,
+                        "{name} on {}",
+                        row.path
+                    );
+                }
+            }
+            Plane::Tenant => {
+                call(None).await.assert_problem(401, "unauthenticated");
+                for (name, token) in &forged {
+                    let r = call(Some(token.clone())).await;
+                    assert_eq!(
+                        r.status, 401,
+                        "{name} on {} {}: {}",
+                        row.method, row.path, r.body
+                    );
+                    r.assert_problem(401, "unauthenticated");
+                    assert_eq!(
+                        r.body["detail"], "the request could not be authenticated",
+                        "{name}"
+                    );
+                }
+                // Another tenant's credential sees only its own tenant.
+                let r = call(Some(f.other_key.clone())).await;
+                assert!(
+                    r.status == 404 || (r.status == row.ok && !r.body.to_string().contains("acme")),
+                    "{} {} with another tenant's key leaked: {} {}",
+                    row.method,
+                    row.path,
+                    r.status,
+                    r.body
+                );
+                // The owner, by API key and by JWT.
+                for token in [&f.owner_key, &owner_jwt] {
+                    let r = call(Some(token.clone())).await;
+                    assert_eq!(r.status, row.ok, "{} {}: {}", row.method, row.path, r.body);
+                    assert!(!r.body.to_string().contains("globex"), "{}", r.body);
+                }
+                // Owner credential with another tenant's header.
+                let r = app
+                    .call_with(
+                        row.method,
+                        &row.path,
+                        Some(&f.owner_key),
+                        row.body.clone(),
+                        &[("x-tenant-id", "globex")],
+                    )
+                    .await;
+                r.assert_problem(403, "tenant_mismatch");
+            }
+            Plane::Operator => {
+                call(None).await.assert_problem(401, "unauthenticated");
+                for (name, token) in &forged {
+                    if token == OPERATOR_TOKEN {
+                        continue;
+                    }
+                    let r = call(Some(token.clone())).await;
+                    assert_eq!(
+                        r.status, 401,
+                        "{name} on {} {}: {}",
+                        row.method, row.path, r.body
+                    );
+                }
+                for token in [&f.owner_key, &f.other_key, &owner_jwt] {
+                    call(Some(token.clone()))
+                        .await
+                        .assert_problem(401, "unauthenticated");
+                }
+            }
+        }
+    }
+    // No refused call changed anything: the operator chain holds only the
+    // fixture's own events.
+    let ops_after = app
+        .call("GET", "/admin/v1/audit", Some(OPERATOR_TOKEN), None)
+        .await
+        .body["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        ops_before, ops_after,
+        "a refused request was recorded as an operator action"
+    );
+
+    // Finally the operator succeeds on every operator row (mutations last).
+    for row in rows(&f).into_iter().filter(|r| r.plane == Plane::Operator) {
+        let r = app
+            .call(
+                row.method,
+                &row.path,
+                Some(OPERATOR_TOKEN),
+                row.body.clone(),
+            )
+            .await;
+        assert_eq!(
+            r.status, row.ok,
+            "operator {} {}: {}",
+            row.method, row.path, r.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_matrix_covers_every_route_of_the_api() {
+    let app = TestApp::new().await;
+    let doc = app.call("GET", "/openapi.json", None, None).await.body;
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let f = Fixture {
+        owner_key: String::new(),
+        other_key: String::new(),
+        owner_key_id: String::new(),
+    };
+    let tested: BTreeSet<(String, String)> = rows(&f)
+        .iter()
+        .map(|r| (r.method.to_owned(), r.template.to_owned()))
+        .collect();
+    assert_eq!(
+        documented, tested,
+        "every documented route needs a row in the isolation matrix"
+    );
+
+    // Every route except the named public ones requires a credential.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let public = bulkhead_server::routes::PUBLIC_ROUTES.contains(&path.as_str());
+            assert_eq!(
+                op.get("security").is_none(),
+                public,
+                "{method} {path}: security requirement does not match PUBLIC_ROUTES"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn another_tenants_audit_is_invisible() {
+    let app = TestApp::new().await;
+    let f = fixture(&app).await;
+    let mine = app.audit(&f.owner_key).await;
+    let theirs = app.audit(&f.other_key).await;
+    assert!(!mine.is_empty() && !theirs.is_empty());
+    assert!(mine.iter().all(|e| e["tenant"] == "acme"), "{mine:?}");
+    assert!(theirs.iter().all(|e| e["tenant"] == "globex"), "{theirs:?}");
+    let my_ids: BTreeSet<&str> = mine.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert!(
+        theirs
+            .iter()
+            .all(|e| !my_ids.contains(e["id"].as_str().unwrap()))
+    );
+}
