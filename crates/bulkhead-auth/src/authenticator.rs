@@ -108,16 +108,16 @@ impl Authenticator {
         } else {
             self.jwt(bearer, request_id).await?
         };
-        if let Some(header) = tenant_header {
-            if header != tenant.id.as_str() {
-                return Err(AuthError::attributed(
-                    AuthFailure::TenantMismatch,
-                    &tenant,
-                    principal.id().to_owned(),
-                    "tenant_header_mismatch",
-                    request_id,
-                ));
-            }
+        if let Some(header) = tenant_header
+            && header != tenant.id.as_str()
+        {
+            return Err(AuthError::attributed(
+                AuthFailure::TenantMismatch,
+                &tenant,
+                principal.id().to_owned(),
+                "tenant_header_mismatch",
+                request_id,
+            ));
         }
         if tenant.status == TenantStatus::Suspended {
             return Err(AuthError::attributed(

@@ -245,13 +245,13 @@ pub fn verify_chain<'a>(
     let mut tenant: Option<Option<TenantId>> = None;
     let mut count = 0;
     for e in events {
-        if let Some(expected) = expected_seq {
-            if e.seq != expected {
-                return Err(ChainError::Gap {
-                    seq: e.seq,
-                    expected,
-                });
-            }
+        if let Some(expected) = expected_seq
+            && e.seq != expected
+        {
+            return Err(ChainError::Gap {
+                seq: e.seq,
+                expected,
+            });
         }
         match &tenant {
             None => tenant = Some(e.tenant.clone()),

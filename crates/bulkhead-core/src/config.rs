@@ -703,13 +703,13 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         let mut path = e.path().to_string();
         let message = e.inner().message().to_owned();
         // serde reports an unknown key at its parent table; name the key itself.
-        if let Some(rest) = message.strip_prefix("unknown field `") {
-            if let Some(key) = rest.split('`').next() {
-                if path == "." {
-                    path = key.to_owned();
-                } else if !path.ends_with(key) {
-                    path = format!("{path}.{key}");
-                }
+        if let Some(rest) = message.strip_prefix("unknown field `")
+            && let Some(key) = rest.split('`').next()
+        {
+            if path == "." {
+                path = key.to_owned();
+            } else if !path.ends_with(key) {
+                path = format!("{path}.{key}");
             }
         }
         if path == "." {
@@ -1002,16 +1002,18 @@ fn validate_resources(
             );
         }
     }
-    if let Some(k) = &config.knowledge {
-        if let Some(list) = &k.embedding_model {
-            for (j, name) in list.to_vec().iter().enumerate() {
-                if !embeddings.contains(name) {
-                    let path = match list {
-                        OneOrMany::One(_) => "knowledge.embedding_model".to_owned(),
-                        OneOrMany::Many(_) => format!("knowledge.embedding_model[{j}]"),
-                    };
-                    errors.push(path, format!("unknown embedding model {name:?}"));
-                }
+    if let Some(list) = config
+        .knowledge
+        .as_ref()
+        .and_then(|k| k.embedding_model.as_ref())
+    {
+        for (j, name) in list.to_vec().iter().enumerate() {
+            if !embeddings.contains(name) {
+                let path = match list {
+                    OneOrMany::One(_) => "knowledge.embedding_model".to_owned(),
+                    OneOrMany::Many(_) => format!("knowledge.embedding_model[{j}]"),
+                };
+                errors.push(path, format!("unknown embedding model {name:?}"));
             }
         }
     }

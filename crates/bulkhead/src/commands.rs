@@ -251,7 +251,6 @@ pub enum KeyCommand {
     },
 }
 
-#[allow(clippy::print_stdout)]
 fn print(value: &Value) -> anyhow::Result<ExitCode> {
     if !value.is_null() {
         println!("{}", serde_json::to_string_pretty(value)?);

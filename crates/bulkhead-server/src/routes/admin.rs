@@ -293,12 +293,10 @@ pub async fn create_key(
         validate_tenant_name(name)
             .map_err(|m| ApiError::Validation(m.replace("name", "key name")))?;
     }
-    if let Some(exp) = body.expires_at {
-        if exp <= Timestamp::now() {
-            return Err(ApiError::Validation(
-                "expires_at must be in the future".into(),
-            ));
-        }
+    if body.expires_at.is_some_and(|exp| exp <= Timestamp::now()) {
+        return Err(ApiError::Validation(
+            "expires_at must be in the future".into(),
+        ));
     }
     let new = apikey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
     let record = state

@@ -1,0 +1,7 @@
+//! Store tests: the conformance suite every backend must pass, run here
+//! against the embedded SQLite store, plus SQLite-specific recovery tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod conformance;
+mod sqlite;

@@ -1,0 +1,122 @@
+//! The conformance suite on the SQLite store, and what only the embedded
+//! layout can show: files on disk, crash leftovers, moved partitions.
+
+use bulkhead_store::sqlite::SqliteStore;
+use bulkhead_store::{ControlStore, StoreError, TenantStore};
+
+use crate::conformance::{self, create, op, scope, tid};
+
+fn open(dir: &std::path::Path) -> SqliteStore {
+    SqliteStore::open(dir).unwrap()
+}
+
+#[tokio::test]
+async fn conformance_tenants_crud() {
+    conformance::tenants_crud(open).await;
+}
+
+#[tokio::test]
+async fn conformance_partitions_are_isolated() {
+    conformance::partitions_are_isolated(open).await;
+}
+
+#[tokio::test]
+async fn conformance_deleted_tenants_leave_nothing_behind() {
+    conformance::deleted_tenants_leave_nothing_behind(open).await;
+}
+
+#[tokio::test]
+async fn conformance_api_keys_lifecycle() {
+    conformance::api_keys_lifecycle(open).await;
+}
+
+#[tokio::test]
+async fn conformance_chains_survive_restart_and_concurrency() {
+    conformance::chains_survive_restart_and_concurrency(open).await;
+}
+
+#[tokio::test]
+async fn orphaned_partitions_are_swept_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    create(&store, "acme").await;
+    drop(store);
+    // What a crash between "partition created" and "tenant committed", or
+    // between "tenant deleted" and "files removed", leaves behind.
+    let orphan = dir
+        .path()
+        .join("tenants")
+        .join(bulkhead_core::TenantUid::generate().to_string());
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("tenant.db"), b"leftover").unwrap();
+    let store = open(dir.path());
+    assert!(!orphan.exists(), "orphan partition survived a restart");
+    let s = scope(&store, "acme").await;
+    assert!(
+        !store
+            .audit(
+                &s,
+                bulkhead_store::Page {
+                    after: 0,
+                    limit: 10
+                }
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_partition_moved_under_another_tenant_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    create(&store, "acme").await;
+    create(&store, "globex").await;
+    let a = scope(&store, "acme").await;
+    let g = scope(&store, "globex").await;
+    drop(store);
+    // Someone copies acme's database over globex's.
+    let tenants = dir.path().join("tenants");
+    let from = tenants.join(a.partition().to_string()).join("tenant.db");
+    let to = tenants.join(g.partition().to_string()).join("tenant.db");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", to.display()));
+    }
+    std::fs::copy(&from, &to).unwrap();
+    let store = open(dir.path());
+    // The scope is still that of a live tenant; only the files are wrong.
+    let r = store
+        .audit(
+            &g,
+            bulkhead_store::Page {
+                after: 0,
+                limit: 10,
+            },
+        )
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::Internal(ref m)) if m.contains("does not belong")),
+        "{:?}",
+        r.map(|v| v.len())
+    );
+}
+
+#[tokio::test]
+async fn partition_directories_are_private_and_named_by_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    create(&store, "acme").await;
+    let a = scope(&store, "acme").await;
+    let part = dir.path().join("tenants").join(a.partition().to_string());
+    assert!(part.join("tenant.db").is_file());
+    assert!(!dir.path().join("tenants").join("acme").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&part).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+    store.delete_tenant(&op(), &tid("acme")).await.unwrap();
+    assert!(!part.exists());
+}

@@ -1,0 +1,147 @@
+//! `bulkhead check` and `serve` with bad configuration: exit status 1 and
+//! every error naming its key.
+
+use crate::support::*;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_reports_every_error_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        r#"
+[[auth.jwt]]
+issuer = "https://idp.test"
+audience = "bulkhead"
+algorithms = ["HS256", "none"]
+secret = "env:CHECK_TEST_UNSET_SECRET"
+
+[[providers]]
+name = "eu"
+kind = "openai"
+base_url = "https://api.example.com/v1"
+region = "eu"
+
+[[models]]
+name = "small"
+provider = "eu"
+upstream = "gpt-4o-mini"
+
+[[tools]]
+name = "notify"
+kind = "slack"
+base_url = "https://slack.com/api"
+region = "us"
+connection = "slack"
+
+[[agents]]
+name = "support"
+model = "small"
+prompt = "hi"
+tools = ["notify"]
+"#,
+    );
+    let out = cli(&["check", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "auth.jwt[0].algorithms[1]: \"none\" is not allowed",
+        "auth.jwt[0].secret: environment variable CHECK_TEST_UNSET_SECRET is not set",
+        "agents[0].tools[0]: tool \"notify\" is in region \"us\"",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.lines().all(|l| l.starts_with(bad.to_str().unwrap())),
+        "{stderr}"
+    );
+
+    let unknown = write(
+        dir.path(),
+        "unknown.toml",
+        "[server]\nlisten = \"127.0.0.1:1\"\nport = 8\n",
+    );
+    let out = cli(&["check", "--config", unknown.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("server.port: unknown field"),
+        "{out:?}"
+    );
+
+    let missing_key = write(
+        dir.path(),
+        "pem.toml",
+        "[[auth.jwt]]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = [\"RS256\"]\npublic_key_file = \"nope.pem\"\n",
+    );
+    let out = cli(&["check", "--config", missing_key.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("auth.jwt[0].public_key_file: cannot read"),
+        "{out:?}"
+    );
+
+    let out = cli(
+        &[
+            "check",
+            "--config",
+            dir.path().join("absent.toml").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read"),
+        "{out:?}"
+    );
+
+    let good = write(
+        dir.path(),
+        "good.toml",
+        "[server]\nlisten = \"127.0.0.1:9999\"\n",
+    );
+    let out = cli(&["check", "--config", good.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn serve_refuses_an_invalid_configuration_without_touching_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[operator]\ntoken = \"literal-secret-in-file\"\n",
+    );
+    let data = dir.path().join("data");
+    let out = cli(
+        &[
+            "serve",
+            "--config",
+            bad.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("operator.token: secrets are not written in the file"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("literal-secret-in-file"),
+        "the rejected secret was echoed"
+    );
+    assert!(!data.exists(), "a refused start created the data directory");
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `bulkhead` binary on a real socket, driven
+//! over HTTP and through its own operator CLI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod check;
+mod e2e;
+mod support;
