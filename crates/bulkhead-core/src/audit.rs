@@ -167,6 +167,7 @@ impl AuditEvent {
 
     /// The canonical bytes the hash is computed over.
     pub fn canonical_bytes(&self) -> Vec<u8> {
+        let details = sorted(&self.details);
         let c = Canonical {
             v: self.v,
             seq: self.seq,
@@ -180,7 +181,7 @@ impl AuditEvent {
             request_id: &self.request_id,
             agent: &self.agent,
             run_id: &self.run_id,
-            details: &self.details,
+            details: &details,
             prev_hash: &self.prev_hash,
         };
         // Serialising plain strings, integers and a `Value` cannot fail.
@@ -190,6 +191,21 @@ impl AuditEvent {
     /// SHA-256 of the canonical bytes, lowercase hex.
     pub fn compute_hash(&self) -> String {
         hex(&Sha256::digest(self.canonical_bytes()))
+    }
+}
+
+/// A copy of `v` with every object's keys in sorted order, so the
+/// canonical bytes do not depend on how a JSON map happens to be ordered
+/// (serde_json's `preserve_order` feature, another language's library).
+fn sorted(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+        }
+        serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
     }
 }
 
@@ -333,6 +349,14 @@ mod tests {
             verify_chain(&c, GENESIS_HASH),
             Err(ChainError::ForeignTenant { seq: 2 })
         );
+    }
+
+    #[test]
+    fn canonical_bytes_sort_object_keys() {
+        let mut e = chain(1).remove(0);
+        e.details = serde_json::json!({"b": 1, "a": {"d": 2, "c": [{"z": 0, "y": 1}]}});
+        let text = String::from_utf8(e.canonical_bytes()).unwrap();
+        assert!(text.contains(r#""details":{"a":{"c":[{"y":1,"z":0}],"d":2},"b":1}"#), "{text}");
     }
 
     #[test]
