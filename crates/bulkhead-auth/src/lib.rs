@@ -21,5 +21,5 @@ pub mod scope;
 pub use apikey::{ApiKeyDigest, NewApiKey};
 pub use authenticator::{AuthError, AuthFailure, Authenticator, Directory, DirectoryError};
 pub use jwt::{JwtSetupError, JwtVerifier};
-pub use operator::OperatorAuthenticator;
+pub use operator::{OperatorAuthenticator, TokenDigest};
 pub use scope::{FailureAttribution, OperatorScope, TenantScope};

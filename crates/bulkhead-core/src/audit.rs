@@ -202,9 +202,16 @@ fn sorted(v: &serde_json::Value) -> serde_json::Value {
         serde_json::Value::Object(map) => {
             let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted(v)))
+                    .collect(),
+            )
         }
-        serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(sorted).collect()),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(sorted).collect())
+        }
         other => other.clone(),
     }
 }
@@ -356,7 +363,10 @@ mod tests {
         let mut e = chain(1).remove(0);
         e.details = serde_json::json!({"b": 1, "a": {"d": 2, "c": [{"z": 0, "y": 1}]}});
         let text = String::from_utf8(e.canonical_bytes()).unwrap();
-        assert!(text.contains(r#""details":{"a":{"c":[{"y":1,"z":0}],"d":2},"b":1}"#), "{text}");
+        assert!(
+            text.contains(r#""details":{"a":{"c":[{"y":1,"z":0}],"d":2},"b":1}"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -199,6 +199,9 @@ pub struct ServerConfig {
     /// Largest accepted request body in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Bearer token `GET /metrics` requires (`env:NAME`); without it the
+    /// metrics are public, which reveals tenant ids in labels.
+    pub metrics_token: Option<ConfigSecret>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -231,6 +234,7 @@ impl Default for ServerConfig {
             default_region: default_region(),
             request_timeout_s: default_request_timeout(),
             max_body_bytes: default_max_body(),
+            metrics_token: None,
         }
     }
 }
@@ -790,9 +794,9 @@ fn check_url(url: &str, path: &str, errors: &mut Errors) {
     }
 }
 
-/// Operator-chosen secrets shorter than this are refused; 16 characters of
-/// a random token are far beyond guessing over the network.
-const MIN_OPERATOR_TOKEN: usize = 16;
+/// Bearer tokens (operator, metrics) shorter than this are refused; 16
+/// characters of a random token are far beyond guessing over the network.
+const MIN_TOKEN: usize = 16;
 /// RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
 const MIN_HMAC_SECRET: usize = 32;
 
@@ -809,13 +813,18 @@ fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result
         errors.push("server.data_dir", "must not be empty");
     }
 
-    if let Some(token) = &mut config.operator.token {
-        resolve(token, "operator.token", env, &mut errors);
+    let tokens = [
+        (&mut config.server.metrics_token, "server.metrics_token"),
+        (&mut config.operator.token, "operator.token"),
+    ];
+    for (token, path) in tokens {
+        let Some(token) = token else { continue };
+        resolve(token, path, env, &mut errors);
         let len = token.value.expose().chars().count();
-        if len > 0 && len < MIN_OPERATOR_TOKEN {
+        if len > 0 && len < MIN_TOKEN {
             errors.push(
-                "operator.token",
-                format!("the token must be at least {MIN_OPERATOR_TOKEN} characters"),
+                path,
+                format!("the token must be at least {MIN_TOKEN} characters"),
             );
         }
     }

@@ -99,6 +99,11 @@ pub fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
             request_timeout_s: config.server.request_timeout_s,
             max_body_bytes: config.server.max_body_bytes,
             default_region: config.server.default_region.clone(),
+            metrics_token: config
+                .server
+                .metrics_token
+                .as_ref()
+                .map(|t| bulkhead_auth::TokenDigest::new(t.value())),
         }),
     };
     Ok(Boot {

@@ -2,14 +2,13 @@
 
 use std::sync::Arc;
 
-use bulkhead_auth::{Authenticator, OperatorAuthenticator};
+use bulkhead_auth::{Authenticator, OperatorAuthenticator, TokenDigest};
 use bulkhead_core::Region;
 use bulkhead_store::{ControlStore, TenantStore};
 
 use crate::metrics::Metrics;
 
 /// Settings the HTTP layer reads on every request.
-#[derive(Debug, Clone)]
 pub struct Settings {
     /// Whole-request timeout.
     pub request_timeout_s: u64,
@@ -17,6 +16,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Region of tenants created without one.
     pub default_region: Region,
+    /// When set, `GET /metrics` requires this bearer token.
+    pub metrics_token: Option<TokenDigest>,
 }
 
 /// Everything handlers need.

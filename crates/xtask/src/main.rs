@@ -32,10 +32,19 @@ fn parse_args() -> anyhow::Result<(String, Args)> {
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
-            "--connections" => out.connections = value("--connections")?.parse().context("--connections")?,
-            "--duration" => out.duration = Duration::from_secs(value("--duration")?.parse().context("--duration")?),
-            "--warmup" => out.warmup = Duration::from_secs(value("--warmup")?.parse().context("--warmup")?),
-            other => bail!("unknown argument {other:?}; usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]"),
+            "--connections" => {
+                out.connections = value("--connections")?.parse().context("--connections")?
+            }
+            "--duration" => {
+                out.duration =
+                    Duration::from_secs(value("--duration")?.parse().context("--duration")?)
+            }
+            "--warmup" => {
+                out.warmup = Duration::from_secs(value("--warmup")?.parse().context("--warmup")?)
+            }
+            other => bail!(
+                "unknown argument {other:?}; usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]"
+            ),
         }
     }
     Ok((task, out))
@@ -90,7 +99,14 @@ secret = "env:BENCH_JWT_SECRET"
 "#,
     )?;
     let mut child = Command::new(root.join("target/release/bulkhead"))
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&config)
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -130,7 +146,9 @@ fn setup(addr: SocketAddr) -> anyhow::Result<(String, String)> {
         .body_mut()
         .read_json()?;
     let key = key["key"].as_str().context("no key")?.to_owned();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let jwt = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({"iss": "https://bench.test", "aud": "bulkhead", "sub": "bench", "exp": now + 3600,
@@ -155,7 +173,8 @@ async fn connection(
 ) -> anyhow::Result<Vec<u32>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut latencies = Vec::with_capacity(100_000);
     while Instant::now() < until {
@@ -176,9 +195,16 @@ async fn connection(
     Ok(latencies)
 }
 
-fn run(addr: SocketAddr, path: &'static str, token: Option<&str>, args: &Args) -> anyhow::Result<Figures> {
+fn run(
+    addr: SocketAddr,
+    path: &'static str,
+    token: Option<&str>,
+    args: &Args,
+) -> anyhow::Result<Figures> {
     // One thread for the load generator, so the server keeps the other core.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let phase = |d: Duration| {
             let until = Instant::now() + d;

@@ -2,10 +2,11 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
 
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Health answer.
@@ -21,16 +22,31 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Metrics in OpenMetrics text (Prometheus scrapes it as-is).
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
+/// Metrics in OpenMetrics text (Prometheus scrapes it as-is). Public
+/// unless `server.metrics_token` is set, then that bearer token is required.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, content_type = "application/openmetrics-text", body = String), (status = 401, body = crate::error::Problem)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(token) = &state.settings.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !token.matches(presented) {
+            state.metrics.auth_failure("metrics_token");
+            return Err(ApiError::Unauthenticated);
+        }
+    }
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.encode(),
-    )
+    ))
 }
 
 /// The OpenAPI 3.1 document of this API, generated from the code.

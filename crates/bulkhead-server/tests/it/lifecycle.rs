@@ -220,3 +220,60 @@ async fn health_and_openapi_are_public() {
     assert!(doc["paths"]["/v1/me"]["get"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test]
+async fn metrics_can_require_a_token() {
+    let app = TestApp::with_server_settings("metrics_token = \"env:METRICS_TOKEN\"").await;
+    app.call("GET", "/metrics", None, None)
+        .await
+        .assert_problem(401, "unauthenticated");
+    app.call("GET", "/metrics", Some(OPERATOR_TOKEN), None)
+        .await
+        .assert_problem(401, "unauthenticated");
+    let r = app.call("GET", "/metrics", Some(METRICS_TOKEN), None).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body
+            .as_str()
+            .unwrap()
+            .contains("bulkhead_auth_failures_total{reason=\"metrics_token\"} 2")
+    );
+}
+
+/// The request timeout, on the real middleware, with tokio's paused clock
+/// instead of a real wait: the slow handler's hour passes instantly.
+#[tokio::test(start_paused = true)]
+async fn slow_requests_time_out_with_a_problem() {
+    use axum::routing::get;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\ndata_dir = \"{}\"\nrequest_timeout_s = 2\n[operator]\ntoken = \"env:OP\"\n",
+        dir.path().join("data").display()
+    );
+    let env = |n: &str| (n == "OP").then(|| OPERATOR_TOKEN.to_owned());
+    let config = bulkhead_core::config::load(&text, &env).unwrap();
+    let state = bulkhead_server::boot::boot(&config, dir.path())
+        .unwrap()
+        .state;
+    let router = axum::Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                "too late"
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            bulkhead_server::request::middleware,
+        ))
+        .with_state(state);
+    let app = TestApp {
+        router,
+        store: bulkhead_store::sqlite::SqliteStore::open(&dir.path().join("other")).unwrap(),
+        dir,
+    };
+    let r = app.call("GET", "/slow", None, None).await;
+    r.assert_problem(504, "timeout");
+    assert!(r.body["detail"].as_str().unwrap().contains("2 seconds"));
+}

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
 pub const HS_SECRET: &str = "hs-secret-for-tests-0123456789abcdef";
 pub const HS_ISSUER: &str = "https://hs.test";
 pub const RS_ISSUER: &str = "https://rs.test";
@@ -115,6 +116,11 @@ fn jwks(dir: &std::path::Path) -> PathBuf {
 
 impl TestApp {
     pub async fn new() -> Self {
+        Self::with_server_settings("").await
+    }
+
+    /// A test app with extra `[server]` lines.
+    pub async fn with_server_settings(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let jwks = jwks(dir.path());
         let text = format!(
@@ -122,6 +128,7 @@ impl TestApp {
 [server]
 data_dir = "{data}"
 max_body_bytes = {BODY_LIMIT}
+{extra}
 [operator]
 token = "env:OP_TOKEN"
 [[auth.jwt]]
@@ -149,6 +156,7 @@ jwks_file = "{jwks}"
         let env = |name: &str| match name {
             "OP_TOKEN" => Some(OPERATOR_TOKEN.to_owned()),
             "HS_SECRET" => Some(HS_SECRET.to_owned()),
+            "METRICS_TOKEN" => Some(METRICS_TOKEN.to_owned()),
             _ => None,
         };
         let config = bulkhead_core::config::load(&text, &env).unwrap();
