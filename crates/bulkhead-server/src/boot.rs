@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use bulkhead_auth::{Authenticator, JwtVerifier, OperatorAuthenticator};
 use bulkhead_core::SecretString;
-use bulkhead_core::config::Config;
+use bulkhead_core::config::{Config, KmsProvider};
 use bulkhead_store::sqlite::SqliteStore;
+use bulkhead_vault::Vault;
+use bulkhead_vault::kms::{KeyProvider, LocalKeyProvider};
+use bulkhead_vault::oauth::HttpRefresher;
 
 use crate::metrics::Metrics;
 use crate::state::{AppState, Settings};
@@ -30,6 +33,9 @@ pub enum BootError {
         /// Cause.
         message: String,
     },
+    /// The key provider could not be opened.
+    #[error("kms: {0}")]
+    Kms(String),
     /// The operator token file could not be read or written.
     #[error("operator token file {path}: {message}")]
     OperatorToken {
@@ -59,6 +65,9 @@ pub struct Boot {
     pub store: SqliteStore,
     /// Where the operator token came from.
     pub operator_token: OperatorTokenSource,
+    /// The operator scope of work the server starts by itself (finishing
+    /// an interrupted key rotation); its audit events say `startup`.
+    pub startup_operator: Option<bulkhead_auth::OperatorScope>,
 }
 
 /// Loads JWT issuer keys; relative key paths are taken from `base_dir`
@@ -89,9 +98,16 @@ pub fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         None => operator_token_file(data_dir)?,
     };
     let store_arc = Arc::new(store.clone());
+    let kms = key_provider(config)?;
+    // reqwest is built without a default TLS crypto provider; ring is the one
+    // the rest of the binary already uses. Installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let refresher = HttpRefresher::new().map_err(|e| BootError::Kms(e.to_string()))?;
+    let vault = Arc::new(Vault::new(kms, store_arc.clone(), Arc::new(refresher)));
     let state = AppState {
         control: store_arc.clone(),
         tenants: store_arc.clone(),
+        vault,
         auth: Arc::new(Authenticator::new(jwt, store_arc)),
         operator: Arc::new(OperatorAuthenticator::new(&token)),
         metrics: Arc::new(Metrics::new()),
@@ -106,11 +122,33 @@ pub fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
                 .map(|t| bulkhead_auth::TokenDigest::new(t.value())),
         }),
     };
+    let startup_operator = bulkhead_core::RequestId::parse("startup")
+        .ok()
+        .and_then(|rid| state.operator.verify(Some(token.expose()), &rid));
     Ok(Boot {
         state,
         store,
         operator_token: source,
+        startup_operator,
     })
+}
+
+/// Opens the configured key provider.
+pub fn key_provider(config: &Config) -> Result<Arc<dyn KeyProvider>, BootError> {
+    match config.kms.provider {
+        KmsProvider::Local => {
+            std::fs::create_dir_all(&config.server.data_dir).map_err(|e| BootError::Store {
+                path: config.server.data_dir.clone(),
+                message: e.to_string(),
+            })?;
+            let kms = LocalKeyProvider::open(&config.server.data_dir)
+                .map_err(|e| BootError::Kms(e.to_string()))?;
+            Ok(Arc::new(kms))
+        }
+        KmsProvider::AwsKms => Err(BootError::Kms(
+            "kms.provider = \"aws-kms\" needs a build with the aws-kms feature".into(),
+        )),
+    }
 }
 
 /// Reads the generated operator token, creating it (mode 0600) on first start.

@@ -126,6 +126,29 @@ impl ApiError {
     }
 }
 
+impl From<bulkhead_vault::VaultError> for ApiError {
+    fn from(e: bulkhead_vault::VaultError) -> Self {
+        use bulkhead_vault::VaultError;
+        match e {
+            VaultError::NotFound => ApiError::NotFound,
+            VaultError::Conflict => {
+                ApiError::Conflict("the credential changed concurrently; retry".into())
+            }
+            VaultError::NeedsReauth => {
+                ApiError::Conflict("the credential needs new tokens from a tenant admin".into())
+            }
+            VaultError::Kms(k) => {
+                tracing::error!(error = %k, "key provider failure");
+                ApiError::Unavailable
+            }
+            VaultError::Integrity => {
+                ApiError::Internal("a stored credential failed its integrity check".into())
+            }
+            VaultError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

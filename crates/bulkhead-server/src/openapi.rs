@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, system, tenant};
+use crate::routes::{admin, credentials, kms, system, tenant};
 
 struct Security;
 
@@ -44,6 +44,10 @@ impl Modify for Security {
         tenant::me, tenant::audit,
         admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::update_tenant, admin::delete_tenant,
         admin::create_key, admin::list_keys, admin::revoke_key, admin::operator_audit,
+        credentials::put, credentials::list, credentials::delete,
+        credentials::operator_put, credentials::operator_list, credentials::operator_delete,
+        credentials::platform_put, credentials::platform_list, credentials::platform_delete,
+        kms::rotate, kms::rewrap, kms::rotate_tenant_key,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&Security)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bulkhead_auth::{Authenticator, OperatorAuthenticator, TokenDigest};
 use bulkhead_core::Region;
 use bulkhead_store::{ControlStore, TenantStore};
+use bulkhead_vault::Vault;
 
 use crate::metrics::Metrics;
 
@@ -27,6 +28,8 @@ pub struct AppState {
     pub control: Arc<dyn ControlStore>,
     /// Tenant data store.
     pub tenants: Arc<dyn TenantStore>,
+    /// The credential vault.
+    pub vault: Arc<Vault>,
     /// Tenant-plane authentication.
     pub auth: Arc<Authenticator>,
     /// Operator-plane authentication.

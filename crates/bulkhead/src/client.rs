@@ -119,6 +119,16 @@ impl Client {
         self.finish(&format!("POST {path}"), res)
     }
 
+    /// PUT a JSON body.
+    pub fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let res = self
+            .agent
+            .put(self.url(path))
+            .header("authorization", format!("Bearer {}", self.token))
+            .send_json(body);
+        self.finish(&format!("PUT {path}"), res)
+    }
+
     /// PATCH a JSON body.
     pub fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let res = self

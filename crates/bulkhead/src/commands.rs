@@ -130,6 +130,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             OperatorTokenSource::Existing(p) => tracing::info!(path = %p.display(), "operator token read from file"),
         }
+        if let Some(op) = boot.startup_operator.clone() {
+            // Finish a key-encryption-key rotation a crash interrupted.
+            let vault = boot.state.vault.clone();
+            tokio::spawn(async move {
+                match vault.rewrap_all(&op).await {
+                    Ok(r) if r.rewrapped > 0 => {
+                        tracing::info!(rewrapped = r.rewrapped, key_version = r.key_version, "finished an interrupted key rotation")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "could not finish the interrupted key rotation; run `bulkhead kms rewrap`"),
+                }
+            });
+        }
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
@@ -202,6 +215,13 @@ pub enum TenantCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Rotate a tenant's data key and re-encrypt its credentials.
+    RotateKey {
+        /// Tenant id.
+        id: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Delete a tenant and erase all its data.
     Delete {
         /// Tenant id.
@@ -209,6 +229,167 @@ pub enum TenantCommand {
         #[command(flatten)]
         conn: Connection,
     },
+}
+
+/// `bulkhead secret ...`
+#[derive(Subcommand)]
+pub enum SecretCommand {
+    /// Store a credential. The secret is read from standard input, never
+    /// from the command line: `api_key`/`bearer` take the raw value, `basic`
+    /// the password (with --username), `json` a whole credential body.
+    Set {
+        /// Tenant id (or --platform).
+        #[arg(
+            long,
+            required_unless_present = "platform",
+            conflicts_with = "platform"
+        )]
+        tenant: Option<String>,
+        /// Store one of the platform's own credentials instead.
+        #[arg(long)]
+        platform: bool,
+        /// Connection name.
+        name: String,
+        /// api_key, bearer, basic, or json (the body on stdin).
+        #[arg(long, default_value = "api_key")]
+        kind: String,
+        /// User name for `basic`.
+        #[arg(long)]
+        username: Option<String>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// List credentials (metadata only).
+    List {
+        /// Tenant id (or --platform).
+        #[arg(
+            long,
+            required_unless_present = "platform",
+            conflicts_with = "platform"
+        )]
+        tenant: Option<String>,
+        /// The platform's own credentials.
+        #[arg(long)]
+        platform: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Delete a credential.
+    Delete {
+        /// Tenant id (or --platform).
+        #[arg(
+            long,
+            required_unless_present = "platform",
+            conflicts_with = "platform"
+        )]
+        tenant: Option<String>,
+        /// The platform's own credentials.
+        #[arg(long)]
+        platform: bool,
+        /// Connection name.
+        name: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+/// `bulkhead kms ...`
+#[derive(Subcommand)]
+pub enum KmsCommand {
+    /// Rotate the key-encryption key and re-wrap every data key, online.
+    Rotate {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Finish an interrupted rotation (re-wrap without rotating).
+    Rewrap {
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+fn credentials_path(tenant: &Option<String>, platform: bool) -> anyhow::Result<String> {
+    match (tenant, platform) {
+        (_, true) => Ok("/admin/v1/platform/credentials".to_owned()),
+        (Some(t), false) => Ok(format!("/admin/v1/tenants/{}/credentials", seg(t))),
+        (None, false) => anyhow::bail!("name a tenant with --tenant, or use --platform"),
+    }
+}
+
+fn read_stdin_secret() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read the secret from standard input")?;
+    let trimmed = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if trimmed.is_empty() {
+        anyhow::bail!(
+            "no secret on standard input (pipe it in: `printf %s \"$TOKEN\" | bulkhead secret set ...`)"
+        );
+    }
+    Ok(trimmed.to_owned())
+}
+
+pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SecretCommand::Set {
+            tenant,
+            platform,
+            name,
+            kind,
+            username,
+            conn,
+        } => {
+            let base = credentials_path(&tenant, platform)?;
+            let value = read_stdin_secret()?;
+            let body = match kind.as_str() {
+                "api_key" | "bearer" => json!({"kind": kind, "secret": value}),
+                "basic" => {
+                    let username = username.context("--kind basic needs --username")?;
+                    json!({"kind": "basic", "username": username, "password": value})
+                }
+                "json" => serde_json::from_str(&value)
+                    .context("standard input is not a JSON credential body")?,
+                other => anyhow::bail!("--kind {other:?}: use api_key, bearer, basic or json"),
+            };
+            let client = Client::new(&conn)?;
+            let path = format!("{base}/{}", seg(&name));
+            let res = client.put(&path, &body);
+            drop(body);
+            print(&res?)
+        }
+        SecretCommand::List {
+            tenant,
+            platform,
+            conn,
+        } => print(&Client::new(&conn)?.get(&credentials_path(&tenant, platform)?)?),
+        SecretCommand::Delete {
+            tenant,
+            platform,
+            name,
+            conn,
+        } => {
+            let path = format!("{}/{}", credentials_path(&tenant, platform)?, seg(&name));
+            Client::new(&conn)?.delete(&path)?;
+            eprintln!("deleted credential {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn kms(cmd: KmsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KmsCommand::Rotate { conn } => {
+            print(&Client::new(&conn)?.post("/admin/v1/kms/rotate", &json!({}))?)
+        }
+        KmsCommand::Rewrap { conn } => {
+            print(&Client::new(&conn)?.post("/admin/v1/kms/rewrap", &json!({}))?)
+        }
+    }
 }
 
 /// `bulkhead key ...`
@@ -325,6 +506,10 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
         TenantCommand::Resume { id, conn } => print(&Client::new(&conn)?.patch(
             &format!("/admin/v1/tenants/{}", seg(&id)),
             &json!({"status": "active"}),
+        )?),
+        TenantCommand::RotateKey { id, conn } => print(&Client::new(&conn)?.post(
+            &format!("/admin/v1/tenants/{}/data-key/rotate", seg(&id)),
+            &json!({}),
         )?),
         TenantCommand::Delete { id, conn } => {
             Client::new(&conn)?.delete(&format!("/admin/v1/tenants/{}", seg(&id)))?;

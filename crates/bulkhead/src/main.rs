@@ -42,6 +42,12 @@ enum Command {
     /// Manage tenant API keys through the operator API.
     #[command(subcommand)]
     Key(commands::KeyCommand),
+    /// Store, list and delete credentials (secrets are read from stdin).
+    #[command(subcommand)]
+    Secret(commands::SecretCommand),
+    /// Rotate the vault's key-encryption key.
+    #[command(subcommand)]
+    Kms(commands::KmsCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
         Command::Check(args) => commands::check(args),
         Command::Tenant(cmd) => commands::tenant(cmd),
         Command::Key(cmd) => commands::key(cmd),
+        Command::Secret(cmd) => commands::secret(cmd),
+        Command::Kms(cmd) => commands::kms(cmd),
     };
     match result {
         Ok(code) => code,

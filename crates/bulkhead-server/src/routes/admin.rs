@@ -105,6 +105,15 @@ pub async fn create_tenant(
             },
         )
         .await?;
+    // The tenant's data key is made now; if the key provider fails, the
+    // vault makes it on first use instead, so the tenant is still usable.
+    if let Err(e) = state
+        .vault
+        .ensure_tenant_key(&op.act_for_tenant(&tenant))
+        .await
+    {
+        tracing::error!(error = %e, tenant = %tenant.id, "could not create the tenant's data key");
+    }
     let location = format!("/admin/v1/tenants/{}", tenant.id);
     Ok((
         StatusCode::CREATED,
@@ -195,7 +204,10 @@ pub async fn delete_tenant(
     OperatorCtx(op): OperatorCtx,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.control.delete_tenant(&op, &tenant_id(&id)?).await?;
+    let tenant = state.control.delete_tenant(&op, &tenant_id(&id)?).await?;
+    state
+        .vault
+        .forget(bulkhead_vault::store::KeyOwner::Tenant(tenant.uid));
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,12 +7,14 @@
 //! document's security requirements).
 
 pub mod admin;
+pub mod credentials;
+pub mod kms;
 pub mod system;
 pub mod tenant;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post, put};
 
 use crate::request;
 use crate::state::AppState;
@@ -48,6 +50,33 @@ pub fn router(state: AppState) -> Router {
             delete(admin::revoke_key),
         )
         .route("/admin/v1/audit", get(admin::operator_audit))
+        .route("/v1/credentials", get(credentials::list))
+        .route(
+            "/v1/credentials/{connection}",
+            put(credentials::put).delete(credentials::delete),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/credentials",
+            get(credentials::operator_list),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/credentials/{connection}",
+            put(credentials::operator_put).delete(credentials::operator_delete),
+        )
+        .route(
+            "/admin/v1/platform/credentials",
+            get(credentials::platform_list),
+        )
+        .route(
+            "/admin/v1/platform/credentials/{connection}",
+            put(credentials::platform_put).delete(credentials::platform_delete),
+        )
+        .route("/admin/v1/kms/rotate", post(kms::rotate))
+        .route("/admin/v1/kms/rewrap", post(kms::rewrap))
+        .route(
+            "/admin/v1/tenants/{id}/data-key/rotate",
+            post(kms::rotate_tenant_key),
+        )
         .route_layer(axum::middleware::from_fn(request::expose_matched_path))
         .fallback(request::not_found)
         .layer(DefaultBodyLimit::max(body_limit))

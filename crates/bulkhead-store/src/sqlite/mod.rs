@@ -12,6 +12,7 @@
 //! updated under its write lock right after each commit.
 
 pub mod partition;
+mod vault;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,30 @@ const CONTROL_MIGRATIONS: &[&str] = &[
         seq   INTEGER PRIMARY KEY,
         event TEXT NOT NULL,
         hash  TEXT NOT NULL
+    ) STRICT;",
+    // v2: wrapped data keys (one row per owner and version; the owner is a
+    // tenant uid or 'platform') and the platform's own credentials.
+    "CREATE TABLE data_keys (
+        owner       TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        provider    TEXT NOT NULL,
+        key_id      TEXT NOT NULL,
+        key_version INTEGER NOT NULL,
+        wrapped     BLOB NOT NULL,
+        created_at  TEXT NOT NULL,
+        PRIMARY KEY (owner, version)
+    ) STRICT;
+    CREATE TABLE platform_credentials (
+        connection   TEXT PRIMARY KEY,
+        kind         TEXT NOT NULL,
+        version      INTEGER NOT NULL,
+        dek_version  INTEGER NOT NULL,
+        ciphertext   BLOB NOT NULL,
+        status       TEXT NOT NULL,
+        expires_at   TEXT,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        last_used_at TEXT
     ) STRICT;",
 ];
 
@@ -260,6 +285,20 @@ impl SqliteStore {
         tx.commit()?;
         *index = staged;
         Ok(out)
+    }
+
+    /// Checkpoints the control database's WAL and truncates it.
+    fn checkpoint(&self) -> StoreResult<()> {
+        let conn = self.control()?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn control(&self) -> StoreResult<std::sync::MutexGuard<'_, Connection>> {
+        self.inner
+            .control
+            .lock()
+            .map_err(|_| StoreError::Internal("control lock poisoned".into()))
     }
 
     fn partition(&self, tenant: &TenantId, uid: TenantUid) -> StoreResult<Arc<Partition>> {
@@ -489,6 +528,10 @@ impl ControlStore for SqliteStore {
         self.blocking(move |s| {
             let tenant = s.control_tx(|tx, index| {
                 let t = index.tenants.remove(&id).ok_or(StoreError::NotFound)?;
+                // Crypto-shredding: the wrapped data keys go first, in the same
+                // transaction; without them nothing the tenant stored can be
+                // decrypted, wherever copies of its files may be.
+                tx.execute("DELETE FROM data_keys WHERE owner = ?1", params![t.uid.to_string()])?;
                 // api_keys rows go with the tenant row (ON DELETE CASCADE).
                 tx.execute("DELETE FROM tenants WHERE uid = ?1", params![t.uid.to_string()])?;
                 index.keys.retain(|_, k| k.tenant != t.id);
@@ -496,6 +539,9 @@ impl ControlStore for SqliteStore {
                 partition::append_chain(tx, Some(t.id.clone()), op.principal_id(), event)?;
                 Ok(t)
             })?;
+            // Push the deletion out of the write-ahead log too, so no older
+            // frame still holds the wrapped keys.
+            s.checkpoint()?;
             s.inner
                 .partitions
                 .lock()

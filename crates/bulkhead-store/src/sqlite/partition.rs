@@ -28,6 +28,20 @@ const MIGRATIONS: &[&str] = &[
         event TEXT NOT NULL,
         hash  TEXT NOT NULL
     ) STRICT;",
+    // v2: the tenant's credentials, sealed under its data key (which lives
+    // in the control database, so deleting it shreds these rows anywhere).
+    "CREATE TABLE credentials (
+        connection   TEXT PRIMARY KEY,
+        kind         TEXT NOT NULL,
+        version      INTEGER NOT NULL,
+        dek_version  INTEGER NOT NULL,
+        ciphertext   BLOB NOT NULL,
+        status       TEXT NOT NULL,
+        expires_at   TEXT,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        last_used_at TEXT
+    ) STRICT;",
 ];
 
 /// File name of the tenant database inside its partition directory.
@@ -50,6 +64,9 @@ pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted rows (credentials, keys) are overwritten rather than left in
+    // free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())
 }
@@ -99,6 +116,20 @@ impl Partition {
                 path.display()
             ))),
         }
+    }
+
+    /// Runs `f` on the partition's connection.
+    pub(crate) fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut conn = self.lock()?;
+        f(&mut conn)
+    }
+
+    /// The tenant this partition belongs to.
+    pub(crate) fn tenant(&self) -> &TenantId {
+        &self.tenant
     }
 
     fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Connection>> {

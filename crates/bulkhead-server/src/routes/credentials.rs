@@ -1,0 +1,270 @@
+//! Credentials: write-only over the API. Tenant admins manage their
+//! tenant's (`/v1/credentials`); the operator can set a tenant's
+//! (`/admin/v1/tenants/{id}/credentials`) and manages the platform's own
+//! (`/admin/v1/platform/credentials`). No route ever returns a secret.
+
+use axum::Json as AxumJson;
+use axum::extract::State;
+use axum::http::StatusCode;
+use bulkhead_auth::TenantScope;
+use bulkhead_core::{Role, TenantId};
+use bulkhead_vault::credential::{ConnectionName, CredentialMeta, CredentialWire};
+use bulkhead_vault::store::CredScope;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
+use crate::state::AppState;
+
+/// A credential's metadata, never its secret.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CredentialBody {
+    /// Connection name.
+    pub connection: String,
+    /// `api_key`, `bearer`, `basic` or `oauth2`.
+    pub kind: String,
+    /// Write version.
+    pub version: u64,
+    /// `active` or `needs_reauth`.
+    pub status: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// RFC 3339, when last used for an outbound request.
+    pub last_used_at: Option<String>,
+    /// RFC 3339, OAuth2 access-token expiry.
+    pub expires_at: Option<String>,
+}
+
+impl From<CredentialMeta> for CredentialBody {
+    fn from(m: CredentialMeta) -> Self {
+        Self {
+            connection: m.connection,
+            kind: m.kind.as_str().to_owned(),
+            version: m.version,
+            status: m.status.as_str().to_owned(),
+            created_at: m.created_at.to_string(),
+            updated_at: m.updated_at.to_string(),
+            last_used_at: m.last_used_at.map(|t| t.to_string()),
+            expires_at: m.expires_at.map(|t| t.to_string()),
+        }
+    }
+}
+
+/// A list of credentials.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CredentialList {
+    /// By connection name.
+    pub credentials: Vec<CredentialBody>,
+}
+
+/// The `PUT` body, one of:
+/// `{"kind": "api_key", "secret": "..."}`, `{"kind": "bearer", "secret": "..."}`,
+/// `{"kind": "basic", "username": "...", "password": "..."}`,
+/// `{"kind": "oauth2", "access_token", "refresh_token", "expires_at", "token_url", "client_id", "client_secret", "scope"}`.
+/// Which fields apply depends on `kind`; others are refused.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct PutCredential {
+    /// `api_key`, `bearer`, `basic` or `oauth2`.
+    kind: String,
+    /// `api_key`, `bearer`: the secret (at most 64 KiB).
+    secret: Option<String>,
+    /// `basic`.
+    username: Option<String>,
+    /// `basic`.
+    password: Option<String>,
+    /// `oauth2`.
+    access_token: Option<String>,
+    /// `oauth2`.
+    refresh_token: Option<String>,
+    /// `oauth2`, RFC 3339.
+    expires_at: Option<String>,
+    /// `oauth2`, http(s) URL of the token endpoint.
+    token_url: Option<String>,
+    /// `oauth2`.
+    client_id: Option<String>,
+    /// `oauth2`.
+    client_secret: Option<String>,
+    /// `oauth2`.
+    scope: Option<String>,
+}
+
+pub(crate) fn connection(raw: &str) -> Result<ConnectionName, ApiError> {
+    ConnectionName::parse(raw).map_err(|e| ApiError::InvalidParameter(e.to_string()))
+}
+
+fn require_admin(scope: &TenantScope) -> Result<(), ApiError> {
+    if scope.principal().has_role(Role::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+pub(crate) async fn put_in(
+    state: &AppState,
+    scope: CredScope<'_>,
+    name: &str,
+    body: CredentialWire,
+) -> Result<(StatusCode, AxumJson<CredentialBody>), ApiError> {
+    let name = connection(name)?;
+    let secret = body.into_secret().map_err(|e| ApiError::Validation(e.0))?;
+    let (meta, created) = state.vault.put(scope, &name, &secret).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, AxumJson(meta.into())))
+}
+
+pub(crate) async fn list_in(
+    state: &AppState,
+    scope: CredScope<'_>,
+) -> Result<AxumJson<CredentialList>, ApiError> {
+    let list = state.vault.list(scope).await?;
+    Ok(AxumJson(CredentialList {
+        credentials: list.into_iter().map(CredentialBody::from).collect(),
+    }))
+}
+
+pub(crate) async fn delete_in(
+    state: &AppState,
+    scope: CredScope<'_>,
+    name: &str,
+) -> Result<StatusCode, ApiError> {
+    // A malformed name cannot exist: answer as for a missing one.
+    let name = ConnectionName::parse(name).map_err(|_| ApiError::NotFound)?;
+    state.vault.delete(scope, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stores a credential for the caller's tenant (tenant admins). 201 when
+/// new, 200 when replaced; the secret is never returned.
+#[utoipa::path(put, path = "/v1/credentials/{connection}", tag = "credentials", security(("bearer" = [])),
+    params(("connection" = String, Path, description = "Connection name, [a-z0-9_-]{1,64}")),
+    request_body = PutCredential,
+    responses((status = 201, body = CredentialBody), (status = 200, body = CredentialBody),
+        (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem)))]
+pub async fn put(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(name): Path<String>,
+    Json(body): Json<CredentialWire>,
+) -> Result<(StatusCode, AxumJson<CredentialBody>), ApiError> {
+    require_admin(&scope)?;
+    put_in(&state, CredScope::Tenant(&scope), &name, body).await
+}
+
+/// Lists the caller's tenant's credentials: names and metadata only.
+#[utoipa::path(get, path = "/v1/credentials", tag = "credentials", security(("bearer" = [])),
+    responses((status = 200, body = CredentialList), (status = 403, body = crate::error::Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+) -> Result<AxumJson<CredentialList>, ApiError> {
+    require_admin(&scope)?;
+    list_in(&state, CredScope::Tenant(&scope)).await
+}
+
+/// Deletes one of the caller's tenant's credentials.
+#[utoipa::path(delete, path = "/v1/credentials/{connection}", tag = "credentials", security(("bearer" = [])),
+    params(("connection" = String, Path, description = "Connection name")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&scope)?;
+    delete_in(&state, CredScope::Tenant(&scope), &name).await
+}
+
+async fn tenant_scope(
+    state: &AppState,
+    op: &bulkhead_auth::OperatorScope,
+    id: &str,
+) -> Result<TenantScope, ApiError> {
+    let id = TenantId::parse(id).map_err(|_| ApiError::NotFound)?;
+    let tenant = state.control.get_tenant(op, &id).await?;
+    Ok(op.act_for_tenant(&tenant))
+}
+
+/// The operator stores a credential for a tenant.
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/credentials/{connection}", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id"), ("connection" = String, Path, description = "Connection name")),
+    request_body = PutCredential,
+    responses((status = 201, body = CredentialBody), (status = 200, body = CredentialBody), (status = 404, body = crate::error::Problem)))]
+pub async fn operator_put(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path((id, name)): Path<(String, String)>,
+    Json(body): Json<CredentialWire>,
+) -> Result<(StatusCode, AxumJson<CredentialBody>), ApiError> {
+    let scope = tenant_scope(&state, &op, &id).await?;
+    put_in(&state, CredScope::Tenant(&scope), &name, body).await
+}
+
+/// The operator lists a tenant's credentials (metadata only).
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/credentials", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 200, body = CredentialList), (status = 404, body = crate::error::Problem)))]
+pub async fn operator_list(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path(id): Path<String>,
+) -> Result<AxumJson<CredentialList>, ApiError> {
+    let scope = tenant_scope(&state, &op, &id).await?;
+    list_in(&state, CredScope::Tenant(&scope)).await
+}
+
+/// The operator deletes a tenant's credential.
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/credentials/{connection}", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id"), ("connection" = String, Path, description = "Connection name")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+pub async fn operator_delete(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let scope = tenant_scope(&state, &op, &id).await?;
+    delete_in(&state, CredScope::Tenant(&scope), &name).await
+}
+
+/// Stores one of the platform's own credentials (e.g. a model provider key).
+#[utoipa::path(put, path = "/admin/v1/platform/credentials/{connection}", tag = "operator", security(("operator" = [])),
+    params(("connection" = String, Path, description = "Connection name")),
+    request_body = PutCredential,
+    responses((status = 201, body = CredentialBody), (status = 200, body = CredentialBody), (status = 400, body = crate::error::Problem)))]
+pub async fn platform_put(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path(name): Path<String>,
+    Json(body): Json<CredentialWire>,
+) -> Result<(StatusCode, AxumJson<CredentialBody>), ApiError> {
+    put_in(&state, CredScope::Platform(&op), &name, body).await
+}
+
+/// Lists the platform's credentials (metadata only).
+#[utoipa::path(get, path = "/admin/v1/platform/credentials", tag = "operator", security(("operator" = [])),
+    responses((status = 200, body = CredentialList)))]
+pub async fn platform_list(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+) -> Result<AxumJson<CredentialList>, ApiError> {
+    list_in(&state, CredScope::Platform(&op)).await
+}
+
+/// Deletes one of the platform's credentials.
+#[utoipa::path(delete, path = "/admin/v1/platform/credentials/{connection}", tag = "operator", security(("operator" = [])),
+    params(("connection" = String, Path, description = "Connection name")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+pub async fn platform_delete(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    delete_in(&state, CredScope::Platform(&op), &name).await
+}

@@ -1,0 +1,113 @@
+//! Key rotation on the operator plane.
+
+use axum::Json as AxumJson;
+use axum::extract::State;
+use bulkhead_core::TenantId;
+use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_vault::store::CredScope;
+use bulkhead_vault::vault::{DataKeyReport, RewrapReport};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::extract::{OperatorCtx, Path};
+use crate::state::AppState;
+
+/// Result of a key-encryption-key rotation or re-wrap pass.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RewrapBody {
+    /// Provider name.
+    pub provider: String,
+    /// The KEK version now current.
+    pub key_version: u32,
+    /// Data keys re-wrapped by this call.
+    pub rewrapped: u64,
+}
+
+/// Result of a data-key rotation.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DataKeyBody {
+    /// The tenant.
+    pub tenant: String,
+    /// The data-key version now current.
+    pub dek_version: u32,
+    /// Credentials re-encrypted by this call.
+    pub reencrypted: u64,
+    /// Old data-key versions deleted.
+    pub retired: u64,
+}
+
+async fn record(
+    state: &AppState,
+    op: &bulkhead_auth::OperatorScope,
+    action: &str,
+    r: &RewrapReport,
+) -> Result<RewrapBody, ApiError> {
+    let provider = state.vault.kms().name().to_owned();
+    let event = NewAuditEvent::new(
+        action,
+        format!("kms:{provider}"),
+        Outcome::Success,
+        op.request_id().clone(),
+    )
+    .with_details(json!({"key_version": r.key_version, "rewrapped": r.rewrapped}));
+    state.control.append_operator_audit(op, None, event).await?;
+    Ok(RewrapBody {
+        provider,
+        key_version: r.key_version,
+        rewrapped: r.rewrapped,
+    })
+}
+
+/// Rotates the key-encryption key and re-wraps every data key under the
+/// new version, online. Safe to call again after an interruption.
+#[utoipa::path(post, path = "/admin/v1/kms/rotate", tag = "operator", security(("operator" = [])),
+    responses((status = 200, body = RewrapBody), (status = 503, body = crate::error::Problem)))]
+pub async fn rotate(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+) -> Result<AxumJson<RewrapBody>, ApiError> {
+    let report = state.vault.rotate_kek(&op).await?;
+    Ok(AxumJson(record(&state, &op, "kms.rotate", &report).await?))
+}
+
+/// Re-wraps data keys not yet under the current key-encryption key
+/// (finishes an interrupted rotation) without rotating again.
+#[utoipa::path(post, path = "/admin/v1/kms/rewrap", tag = "operator", security(("operator" = [])),
+    responses((status = 200, body = RewrapBody), (status = 503, body = crate::error::Problem)))]
+pub async fn rewrap(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+) -> Result<AxumJson<RewrapBody>, ApiError> {
+    let report = state.vault.rewrap_all(&op).await?;
+    Ok(AxumJson(record(&state, &op, "kms.rewrap", &report).await?))
+}
+
+/// Rotates one tenant's data key: a new version, every credential
+/// re-encrypted under it, the old version deleted. Resumes if interrupted.
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/data-key/rotate", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 200, body = DataKeyBody), (status = 404, body = crate::error::Problem)))]
+pub async fn rotate_tenant_key(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path(id): Path<String>,
+) -> Result<AxumJson<DataKeyBody>, ApiError> {
+    let id = TenantId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    let tenant = state.control.get_tenant(&op, &id).await?;
+    let scope = op.act_for_tenant(&tenant);
+    let DataKeyReport {
+        dek_version,
+        reencrypted,
+        retired,
+    } = state
+        .vault
+        .rotate_data_key(CredScope::Tenant(&scope))
+        .await?;
+    Ok(AxumJson(DataKeyBody {
+        tenant: id.to_string(),
+        dek_version,
+        reencrypted,
+        retired,
+    }))
+}
