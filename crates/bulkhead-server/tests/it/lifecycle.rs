@@ -51,6 +51,7 @@ async fn suspension_blocks_and_resumption_restores() {
         actions,
         [
             "tenant.create:success",
+            "data_key.create:success",
             "api_key.create:success",
             "tenant.update:success",
             "auth.failure:denied",
@@ -64,7 +65,7 @@ async fn deleting_a_tenant_erases_it_and_a_new_one_starts_empty() {
     let app = TestApp::new().await;
     app.create_tenant("acme", "eu").await;
     let (_, old_key) = app.api_key("acme", &["admin"]).await;
-    assert_eq!(app.audit(&old_key).await.len(), 2);
+    assert_eq!(app.audit(&old_key).await.len(), 3);
     let partitions = app.dir.path().join("data/tenants");
     assert_eq!(std::fs::read_dir(&partitions).unwrap().count(), 1);
 
@@ -99,7 +100,7 @@ async fn deleting_a_tenant_erases_it_and_a_new_one_starts_empty() {
     let events = app.audit(&new_key).await;
     assert_eq!(
         events.len(),
-        2,
+        3,
         "the re-created tenant sees old events: {events:?}"
     );
     assert_eq!(events[0]["details"]["region"], "us");
@@ -145,7 +146,7 @@ async fn audit_chains_verify_and_page() {
         assert_eq!(r.status, 200);
     }
     let events = parse_events(&app.audit(&key).await);
-    assert_eq!(verify_chain(&events, GENESIS_HASH), Ok(5));
+    assert_eq!(verify_chain(&events, GENESIS_HASH), Ok(6));
     assert!(
         events
             .iter()

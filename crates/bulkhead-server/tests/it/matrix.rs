@@ -26,8 +26,9 @@ struct Row {
     path: String,
     body: Option<Value>,
     plane: Plane,
-    /// Status for the rightful caller.
-    ok: u16,
+    /// Status for the rightful caller: the owner's API-key call, then the
+    /// owner's JWT call (tenant plane); operator rows use the first.
+    ok: [u16; 2],
 }
 
 /// Ids the rows refer to.
@@ -38,14 +39,23 @@ struct Fixture {
 }
 
 fn rows(f: &Fixture) -> Vec<Row> {
-    let row = |method, template, path: &str, body: Option<Value>, plane, ok| Row {
+    let row = |method, template, path: &str, body: Option<Value>, plane, ok: u16| Row {
         method,
         template,
         path: path.to_owned(),
         body,
         plane,
-        ok,
+        ok: [ok, ok],
     };
+    let twice = |method, template, path: &str, body: Option<Value>, first: u16, second: u16| Row {
+        method,
+        template,
+        path: path.to_owned(),
+        body,
+        plane: Plane::Tenant,
+        ok: [first, second],
+    };
+    let secret = json!({"kind": "api_key", "secret": "matrix-secret-value"});
     vec![
         row("GET", "/healthz", "/healthz", None, Plane::Public, 200),
         row("GET", "/metrics", "/metrics", None, Plane::Public, 200),
@@ -127,6 +137,102 @@ fn rows(f: &Fixture) -> Vec<Row> {
             "GET",
             "/admin/v1/audit",
             "/admin/v1/audit",
+            None,
+            Plane::Operator,
+            200,
+        ),
+        twice(
+            "PUT",
+            "/v1/credentials/{connection}",
+            "/v1/credentials/slack",
+            Some(secret.clone()),
+            201,
+            200,
+        ),
+        row(
+            "GET",
+            "/v1/credentials",
+            "/v1/credentials",
+            None,
+            Plane::Tenant,
+            200,
+        ),
+        twice(
+            "DELETE",
+            "/v1/credentials/{connection}",
+            "/v1/credentials/slack",
+            None,
+            204,
+            404,
+        ),
+        row(
+            "PUT",
+            "/admin/v1/tenants/{id}/credentials/{connection}",
+            "/admin/v1/tenants/acme/credentials/ops",
+            Some(secret.clone()),
+            Plane::Operator,
+            201,
+        ),
+        row(
+            "GET",
+            "/admin/v1/tenants/{id}/credentials",
+            "/admin/v1/tenants/acme/credentials",
+            None,
+            Plane::Operator,
+            200,
+        ),
+        row(
+            "DELETE",
+            "/admin/v1/tenants/{id}/credentials/{connection}",
+            "/admin/v1/tenants/acme/credentials/ops",
+            None,
+            Plane::Operator,
+            204,
+        ),
+        row(
+            "PUT",
+            "/admin/v1/platform/credentials/{connection}",
+            "/admin/v1/platform/credentials/openai",
+            Some(secret),
+            Plane::Operator,
+            201,
+        ),
+        row(
+            "GET",
+            "/admin/v1/platform/credentials",
+            "/admin/v1/platform/credentials",
+            None,
+            Plane::Operator,
+            200,
+        ),
+        row(
+            "DELETE",
+            "/admin/v1/platform/credentials/{connection}",
+            "/admin/v1/platform/credentials/openai",
+            None,
+            Plane::Operator,
+            204,
+        ),
+        row(
+            "POST",
+            "/admin/v1/kms/rotate",
+            "/admin/v1/kms/rotate",
+            None,
+            Plane::Operator,
+            200,
+        ),
+        row(
+            "POST",
+            "/admin/v1/kms/rewrap",
+            "/admin/v1/kms/rewrap",
+            None,
+            Plane::Operator,
+            200,
+        ),
+        row(
+            "POST",
+            "/admin/v1/tenants/{id}/data-key/rotate",
+            "/admin/v1/tenants/acme/data-key/rotate",
             None,
             Plane::Operator,
             200,
@@ -217,7 +323,9 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
         .unwrap()
         .len();
     let forged = forged(&f);
-    let owner_jwt = hs_token(&claims(HS_ISSUER, "acme"));
+    let mut admin_claims = claims(HS_ISSUER, "acme");
+    admin_claims["roles"] = json!(["admin"]);
+    let owner_jwt = hs_token(&admin_claims);
     for row in rows(&f) {
         let call = |token: Option<String>| {
             let app = &app;
@@ -231,7 +339,7 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
             Plane::Public => {
                 assert_eq!(
                     call(None).await.status,
-                    row.ok,
+                    row.ok[0],
                     "{} {}",
                     row.method,
                     row.path
@@ -239,7 +347,7 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
                 for (name, token) in &forged {
                     assert_eq!(
                         call(Some(token.clone())).await.status,
-                        row.ok,
+                        row.ok[0],
                         "{name} on {}",
                         row.path
                     );
@@ -263,7 +371,8 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
                 // Another tenant's credential sees only its own tenant.
                 let r = call(Some(f.other_key.clone())).await;
                 assert!(
-                    r.status == 404 || (r.status == row.ok && !r.body.to_string().contains("acme")),
+                    r.status == 404
+                        || (row.ok.contains(&r.status) && !r.body.to_string().contains("acme")),
                     "{} {} with another tenant's key leaked: {} {}",
                     row.method,
                     row.path,
@@ -271,9 +380,9 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
                     r.body
                 );
                 // The owner, by API key and by JWT.
-                for token in [&f.owner_key, &owner_jwt] {
+                for (token, ok) in [&f.owner_key, &owner_jwt].into_iter().zip(row.ok) {
                     let r = call(Some(token.clone())).await;
-                    assert_eq!(r.status, row.ok, "{} {}: {}", row.method, row.path, r.body);
+                    assert_eq!(r.status, ok, "{} {}: {}", row.method, row.path, r.body);
                     assert!(!r.body.to_string().contains("globex"), "{}", r.body);
                 }
                 // Owner credential with another tenant's header.
@@ -334,7 +443,7 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
             )
             .await;
         assert_eq!(
-            r.status, row.ok,
+            r.status, row.ok[0],
             "operator {} {}: {}",
             row.method, row.path, r.body
         );
