@@ -60,6 +60,10 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(15);
 impl HttpRefresher {
     /// Builds the client.
     pub fn new() -> Result<Self, RefreshError> {
+        // reqwest is built without a default TLS crypto provider (one fewer
+        // C library to compile); ring is the one the workspace already uses.
+        // Installing is process-wide and a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(REFRESH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
