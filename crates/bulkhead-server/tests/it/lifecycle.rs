@@ -268,9 +268,10 @@ async fn slow_requests_time_out_with_a_problem() {
             state.clone(),
             bulkhead_server::request::middleware,
         ))
-        .with_state(state);
+        .with_state(state.clone());
     let app = TestApp {
         router,
+        state,
         store: bulkhead_store::sqlite::SqliteStore::open(&dir.path().join("other")).unwrap(),
         dir,
     };

@@ -5,6 +5,8 @@
 
 mod api_keys;
 mod bodies;
+mod credentials;
+mod fakes;
 mod jwt;
 mod lifecycle;
 mod matrix;

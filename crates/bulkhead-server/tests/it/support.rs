@@ -36,6 +36,7 @@ pub fn key_pem(name: &str) -> Vec<u8> {
 
 pub struct TestApp {
     pub router: Router,
+    pub state: bulkhead_server::AppState,
     pub store: SqliteStore,
     pub dir: tempfile::TempDir,
 }
@@ -127,7 +128,7 @@ impl TestApp {
             r#"
 [server]
 data_dir = "{data}"
-max_body_bytes = {BODY_LIMIT}
+{limit}
 {extra}
 [operator]
 token = "env:OP_TOKEN"
@@ -150,6 +151,11 @@ algorithms = ["ES256", "EdDSA", "RS256"]
 jwks_file = "{jwks}"
 "#,
             data = dir.path().join("data").display(),
+            limit = if extra.contains("max_body_bytes") {
+                String::new()
+            } else {
+                format!("max_body_bytes = {BODY_LIMIT}")
+            },
             rsa = key_path("rsa_public.pem").display(),
             jwks = jwks.display(),
         );
@@ -162,7 +168,8 @@ jwks_file = "{jwks}"
         let config = bulkhead_core::config::load(&text, &env).unwrap();
         let boot = boot::boot(&config, dir.path()).unwrap();
         Self {
-            router: bulkhead_server::router(boot.state),
+            router: bulkhead_server::router(boot.state.clone()),
+            state: boot.state,
             store: boot.store,
             dir,
         }
@@ -251,6 +258,15 @@ jwks_file = "{jwks}"
             r.body["id"].as_str().unwrap().to_owned(),
             r.body["key"].as_str().unwrap().to_owned(),
         )
+    }
+
+    /// A tenant scope for `key`, the way the HTTP layer gets one.
+    pub async fn scope(&self, key: &str) -> bulkhead_auth::TenantScope {
+        self.state
+            .auth
+            .authenticate(Some(key), None, &bulkhead_core::RequestId::generate())
+            .await
+            .unwrap()
     }
 
     pub async fn audit(&self, token: &str) -> Vec<Value> {

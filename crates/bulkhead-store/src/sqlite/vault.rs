@@ -208,10 +208,8 @@ fn put(
             r.get(0)
         })
         .optional()?;
-    if let Some(v) = expected {
-        if current != Some(v as i64) {
-            return Ok(false);
-        }
+    if expected.is_some_and(|v| current != Some(v as i64)) {
+        return Ok(false);
     }
     tx.execute(
         table.upsert(),
