@@ -152,13 +152,14 @@ pub trait VaultStore: Send + Sync {
         key_version: u32,
         limit: u32,
     ) -> VsResult<Vec<StoredDataKey>>;
-    /// Replaces a wrapped key if it still equals `old`; false if it changed or vanished.
-    async fn rewrap_data_key(
+    /// Replaces wrapped keys in one transaction, each only if it still equals
+    /// the stored one it was read as (compare-and-swap); returns how many
+    /// were replaced.
+    async fn rewrap_data_keys(
         &self,
         op: &OperatorScope,
-        key: &StoredDataKey,
-        new: &WrappedKey,
-    ) -> VsResult<bool>;
+        keys: &[(StoredDataKey, WrappedKey)],
+    ) -> VsResult<u64>;
 
     /// One credential.
     async fn credential(

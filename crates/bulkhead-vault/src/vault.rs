@@ -285,6 +285,17 @@ impl Vault {
         .map_err(|e| VaultError::Internal(e.to_string()))
     }
 
+    /// Decrypts a stored credential of `scope` (the data-key lookup, cached,
+    /// and the AEAD open; no store write, no audit event: callers that hand
+    /// the secret to an outbound request use [`Vault::use_credential`]).
+    pub async fn decrypt(
+        &self,
+        scope: CredScope<'_>,
+        c: &StoredCredential,
+    ) -> Result<CredentialSecret, VaultError> {
+        self.open(scope, c).await
+    }
+
     async fn open(
         &self,
         scope: CredScope<'_>,
@@ -626,16 +637,16 @@ impl Vault {
             if batch.is_empty() {
                 return Ok(report);
             }
-            let mut progressed = false;
+            let mut pairs = Vec::with_capacity(batch.len());
             for key in batch {
                 let ctx = context(&key.owner, key.version);
                 let dek = self.kms.unwrap(&key.wrapped, &ctx).await?;
                 let new = self.kms.wrap(&dek, &ctx).await?;
-                if self.store.rewrap_data_key(op, &key, &new).await? {
-                    report.rewrapped += 1;
-                    progressed = true;
-                }
+                pairs.push((key, new));
             }
+            let done = self.store.rewrap_data_keys(op, &pairs).await?;
+            report.rewrapped += done;
+            let progressed = done > 0;
             if !progressed {
                 // Every candidate changed under us; the next pass sees their
                 // new state. Stop rather than spin if that keeps happening.

@@ -413,29 +413,35 @@ impl VaultStore for SqliteStore {
         .map_err(vs)
     }
 
-    async fn rewrap_data_key(
+    async fn rewrap_data_keys(
         &self,
         _op: &OperatorScope,
-        key: &StoredDataKey,
-        new: &WrappedKey,
-    ) -> VsResult<bool> {
-        let (key, new) = (key.clone(), new.clone());
+        keys: &[(StoredDataKey, WrappedKey)],
+    ) -> VsResult<u64> {
+        let keys = keys.to_vec();
         self.blocking(move |s| {
-            let conn = s.control()?;
-            let n = conn.execute(
-                "UPDATE data_keys SET provider = ?1, key_id = ?2, key_version = ?3, wrapped = ?4
-                 WHERE owner = ?5 AND version = ?6 AND wrapped = ?7",
-                params![
-                    new.provider,
-                    new.key_id,
-                    new.key_version,
-                    new.ciphertext,
-                    key.owner.as_text(),
-                    key.version,
-                    key.wrapped.ciphertext
-                ],
-            )?;
-            Ok(n == 1)
+            let mut conn = s.control()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut done = 0;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE data_keys SET provider = ?1, key_id = ?2, key_version = ?3, wrapped = ?4
+                     WHERE owner = ?5 AND version = ?6 AND wrapped = ?7",
+                )?;
+                for (key, new) in &keys {
+                    done += stmt.execute(params![
+                        new.provider,
+                        new.key_id,
+                        new.key_version,
+                        new.ciphertext,
+                        key.owner.as_text(),
+                        key.version,
+                        key.wrapped.ciphertext
+                    ])? as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(done)
         })
         .await
         .map_err(vs)

@@ -420,7 +420,10 @@ async fn an_interrupted_kek_rotation_resumes_after_a_restart() {
     };
     let dek = e.kms.unwrap(&first.wrapped, &ctx).await.unwrap();
     let new = e.kms.wrap(&dek, &ctx).await.unwrap();
-    assert!(e.store.rewrap_data_key(&op(), first, &new).await.unwrap());
+    let swap = [(first.clone(), new)];
+    assert_eq!(e.store.rewrap_data_keys(&op(), &swap).await.unwrap(), 1);
+    // A second swap against the old value finds nothing to replace.
+    assert_eq!(e.store.rewrap_data_keys(&op(), &swap).await.unwrap(), 0);
     let Env {
         dir,
         store,
@@ -481,13 +484,12 @@ impl VaultStore for FailingStore {
     ) -> VsResult<Vec<StoredDataKey>> {
         self.inner.stale_data_keys(op, p, k, v, limit).await
     }
-    async fn rewrap_data_key(
+    async fn rewrap_data_keys(
         &self,
         op: &OperatorScope,
-        key: &StoredDataKey,
-        new: &WrappedKey,
-    ) -> VsResult<bool> {
-        self.inner.rewrap_data_key(op, key, new).await
+        keys: &[(StoredDataKey, WrappedKey)],
+    ) -> VsResult<u64> {
+        self.inner.rewrap_data_keys(op, keys).await
     }
     async fn credential(
         &self,
