@@ -5,4 +5,5 @@
 
 mod check;
 mod e2e;
+mod secrets;
 mod support;

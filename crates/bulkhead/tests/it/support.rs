@@ -101,6 +101,27 @@ pub fn cli<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Outpu
     cmd.output().unwrap()
 }
 
+/// Runs the CLI with `input` on its standard input.
+pub fn cli_stdin<S: AsRef<std::ffi::OsStr>>(args: &[S], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("BULKHEAD_OPERATOR_TOKEN")
+        .env_remove("BULKHEAD_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Runs the CLI and parses its JSON output; the command must succeed.
 pub fn cli_json<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Value {
     let out = cli(args, env);
