@@ -313,9 +313,12 @@ impl VaultStore for SqliteStore {
         let owner = Owner::of(scope);
         let key = key.clone();
         self.blocking(move |s| {
-            s.owner_alive(&owner)?;
             {
+                // Checked under the control lock, which a tenant deletion
+                // holds for its whole transaction: a key can never be added
+                // for a tenant whose keys were just shredded.
                 let mut conn = s.control()?;
+                s.owner_alive(&owner)?;
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let exists: Option<i64> = tx
                     .query_row(
