@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bulkhead_auth::{Authenticator, JwtVerifier, OperatorAuthenticator};
 use bulkhead_core::SecretString;
-use bulkhead_core::config::{Config, KmsProvider};
+use bulkhead_core::config::{Config, KmsConfig, KmsProvider};
 use bulkhead_store::sqlite::SqliteStore;
 use bulkhead_vault::Vault;
 use bulkhead_vault::kms::{KeyProvider, LocalKeyProvider};
@@ -85,8 +85,9 @@ pub fn jwt_verifier(config: &Config, base_dir: &Path) -> Result<JwtVerifier, Boo
     })
 }
 
-/// Builds the state. `base_dir` resolves relative key-file paths.
-pub fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
+/// Builds the state. `base_dir` resolves relative key-file paths. Async
+/// because a remote key provider's client is set up here.
+pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     let jwt = jwt_verifier(config, base_dir)?;
     let data_dir = &config.server.data_dir;
     let store = SqliteStore::open(data_dir).map_err(|e| BootError::Store {
@@ -98,7 +99,7 @@ pub fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         None => operator_token_file(data_dir)?,
     };
     let store_arc = Arc::new(store.clone());
-    let kms = key_provider(config)?;
+    let kms = key_provider(config).await?;
     // reqwest is built without a default TLS crypto provider; ring is the one
     // the rest of the binary already uses. Installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -134,7 +135,7 @@ pub fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
 }
 
 /// Opens the configured key provider.
-pub fn key_provider(config: &Config) -> Result<Arc<dyn KeyProvider>, BootError> {
+pub async fn key_provider(config: &Config) -> Result<Arc<dyn KeyProvider>, BootError> {
     match config.kms.provider {
         KmsProvider::Local => {
             std::fs::create_dir_all(&config.server.data_dir).map_err(|e| BootError::Store {
@@ -145,10 +146,37 @@ pub fn key_provider(config: &Config) -> Result<Arc<dyn KeyProvider>, BootError> 
                 .map_err(|e| BootError::Kms(e.to_string()))?;
             Ok(Arc::new(kms))
         }
-        KmsProvider::AwsKms => Err(BootError::Kms(
-            "kms.provider = \"aws-kms\" needs a build with the aws-kms feature".into(),
-        )),
+        KmsProvider::AwsKms => aws_kms_provider(&config.kms).await,
     }
+}
+
+/// The AWS KMS provider: one SDK client, credentials from the standard AWS
+/// chain. Makes no request yet; a wrong key or missing credentials fail the
+/// first wrap or unwrap.
+#[cfg(feature = "aws-kms")]
+async fn aws_kms_provider(kms: &KmsConfig) -> Result<Arc<dyn KeyProvider>, BootError> {
+    use bulkhead_vault::aws_kms::AwsKmsProvider;
+    // Validation already requires both; this only avoids an unwrap.
+    let (Some(key_id), Some(region)) = (&kms.key_id, &kms.region) else {
+        return Err(BootError::Kms(
+            "kms.key_id and kms.region are required for provider \"aws-kms\"".into(),
+        ));
+    };
+    let provider = AwsKmsProvider::new(key_id.clone(), region.clone(), kms.endpoint_url.clone())
+        .await
+        .map_err(|e| BootError::Kms(e.to_string()))?;
+    tracing::info!(key_id = %key_id, region = %region, "key-encryption keys held by AWS KMS");
+    Ok(Arc::new(provider))
+}
+
+/// Without the `aws-kms` feature the provider is not compiled in.
+#[cfg(not(feature = "aws-kms"))]
+async fn aws_kms_provider(_kms: &KmsConfig) -> Result<Arc<dyn KeyProvider>, BootError> {
+    Err(BootError::Kms(
+        "kms.provider = \"aws-kms\" needs a build with the aws-kms feature \
+         (cargo build --release -p bulkhead --features aws-kms)"
+            .into(),
+    ))
 }
 
 /// Reads the generated operator token, creating it (mode 0600) on first start.
@@ -199,4 +227,32 @@ pub fn operator_token_file(
         SecretString::new(token),
         OperatorTokenSource::Generated(path),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `kms.provider = "aws-kms"` builds the AWS provider when the feature
+    /// is compiled in (without a request: the endpoint is a closed port),
+    /// and is a clear start-up error when it is not.
+    #[tokio::test]
+    async fn the_aws_kms_provider_follows_the_feature() {
+        let text = "[kms]\nprovider = \"aws-kms\"\nkey_id = \"alias/bulkhead\"\n\
+                    region = \"eu-west-1\"\nendpoint_url = \"http://127.0.0.1:9\"\n";
+        let config = bulkhead_core::config::load(text, &|_| None).unwrap();
+        let result = key_provider(&config).await;
+        #[cfg(feature = "aws-kms")]
+        {
+            let kms = result.unwrap();
+            assert_eq!(kms.name(), "aws-kms");
+            assert_eq!(kms.current(), ("alias/bulkhead".to_owned(), 1));
+        }
+        #[cfg(not(feature = "aws-kms"))]
+        assert!(
+            matches!(&result, Err(BootError::Kms(m)) if m.contains("aws-kms feature")),
+            "{:?}",
+            result.err()
+        );
+    }
 }

@@ -137,6 +137,9 @@ impl From<bulkhead_vault::VaultError> for ApiError {
             VaultError::NeedsReauth => {
                 ApiError::Conflict("the credential needs new tokens from a tenant admin".into())
             }
+            // The configured provider cannot do this (`kms rotate` on
+            // aws-kms); the message tells the operator what to do instead.
+            VaultError::Kms(bulkhead_vault::KmsError::Unsupported(m)) => ApiError::Conflict(m),
             VaultError::Kms(k) => {
                 tracing::error!(error = %k, "key provider failure");
                 ApiError::Unavailable
@@ -204,5 +207,22 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_vault::{KmsError, VaultError};
+
+    #[test]
+    fn an_unsupported_key_operation_is_a_conflict_that_says_why() {
+        let e = ApiError::from(VaultError::Kms(KmsError::Unsupported(
+            "enable automatic key rotation".into(),
+        )));
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert_eq!(e.to_string(), "enable automatic key rotation");
+        let e = ApiError::from(VaultError::Kms(KmsError::Backend("down".into())));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -15,6 +15,8 @@
 //! a model (`Vault::redact`).
 
 pub mod aead;
+#[cfg(feature = "aws-kms")]
+pub mod aws_kms;
 pub mod credential;
 pub mod kms;
 pub mod oauth;

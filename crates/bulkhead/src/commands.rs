@@ -122,7 +122,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let boot = boot::boot(&config, &base)?;
+        let boot = boot::boot(&config, &base).await?;
         match &boot.operator_token {
             OperatorTokenSource::Configured => tracing::info!("operator token taken from the configuration"),
             OperatorTokenSource::Generated(p) => {

@@ -62,7 +62,9 @@ async fn record(
 /// Rotates the key-encryption key and re-wraps every data key under the
 /// new version, online. Safe to call again after an interruption.
 #[utoipa::path(post, path = "/admin/v1/kms/rotate", tag = "operator", security(("operator" = [])),
-    responses((status = 200, body = RewrapBody), (status = 503, body = crate::error::Problem)))]
+    responses((status = 200, body = RewrapBody),
+        (status = 409, description = "the key provider rotates keys itself (aws-kms)", body = crate::error::Problem),
+        (status = 503, body = crate::error::Problem)))]
 pub async fn rotate(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,

@@ -254,6 +254,7 @@ async fn slow_requests_time_out_with_a_problem() {
     let env = |n: &str| (n == "OP").then(|| OPERATOR_TOKEN.to_owned());
     let config = bulkhead_core::config::load(&text, &env).unwrap();
     let state = bulkhead_server::boot::boot(&config, dir.path())
+        .await
         .unwrap()
         .state;
     let router = axum::Router::new()

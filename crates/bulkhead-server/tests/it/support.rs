@@ -166,7 +166,7 @@ jwks_file = "{jwks}"
             _ => None,
         };
         let config = bulkhead_core::config::load(&text, &env).unwrap();
-        let boot = boot::boot(&config, dir.path()).unwrap();
+        let boot = boot::boot(&config, dir.path()).await.unwrap();
         Self {
             router: bulkhead_server::router(boot.state.clone()),
             state: boot.state,
