@@ -90,6 +90,49 @@ const CONTROL_MIGRATIONS: &[&str] = &[
     ) STRICT;",
 ];
 
+/// Open partitions, least recently used evicted first. Each open partition
+/// holds three file descriptors (database, WAL, shared memory) and a page
+/// cache; 512 keeps about 1,500 descriptors open however many tenants
+/// exist, while the busy ones stay open. An evicted partition closes when
+/// its last in-flight user drops it.
+const MAX_OPEN_PARTITIONS: usize = 512;
+
+struct PartitionCache {
+    open: HashMap<TenantUid, (Arc<Partition>, u64)>,
+    clock: u64,
+    capacity: usize,
+}
+
+impl PartitionCache {
+    fn get(&mut self, uid: TenantUid) -> Option<Arc<Partition>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.open.get_mut(&uid).map(|(p, used)| {
+            *used = clock;
+            p.clone()
+        })
+    }
+
+    fn insert(&mut self, uid: TenantUid, p: Arc<Partition>) {
+        self.clock += 1;
+        if self.open.len() >= self.capacity && !self.open.contains_key(&uid) {
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(u, _)| *u);
+            if let Some(oldest) = oldest {
+                self.open.remove(&oldest);
+            }
+        }
+        self.open.insert(uid, (p, self.clock));
+    }
+
+    fn remove(&mut self, uid: TenantUid) {
+        self.open.remove(&uid);
+    }
+}
+
 #[derive(Default)]
 struct DirIndex {
     tenants: HashMap<TenantId, Tenant>,
@@ -100,7 +143,7 @@ struct Inner {
     root: PathBuf,
     control: Mutex<Connection>,
     index: RwLock<DirIndex>,
-    partitions: Mutex<HashMap<TenantUid, Arc<Partition>>>,
+    partitions: Mutex<PartitionCache>,
 }
 
 /// The embedded SQLite store. Cheap to clone.
@@ -196,6 +239,12 @@ impl SqliteStore {
     /// migrations, loads the directory index and removes partitions left
     /// behind by an interrupted tenant deletion.
     pub fn open(root: &Path) -> StoreResult<Self> {
+        Self::open_with_limit(root, MAX_OPEN_PARTITIONS)
+    }
+
+    /// [`SqliteStore::open`] keeping at most `max_open_partitions` tenant
+    /// databases open at once.
+    pub fn open_with_limit(root: &Path, max_open_partitions: usize) -> StoreResult<Self> {
         create_private_dir(&root.join("tenants"))?;
         let mut conn = Connection::open(root.join("control.db"))?;
         partition::configure(&conn)?;
@@ -206,7 +255,11 @@ impl SqliteStore {
                 root: root.to_owned(),
                 control: Mutex::new(conn),
                 index: RwLock::new(index),
-                partitions: Mutex::new(HashMap::new()),
+                partitions: Mutex::new(PartitionCache {
+                    open: HashMap::new(),
+                    clock: 0,
+                    capacity: max_open_partitions.max(1),
+                }),
             }),
         };
         store.sweep_orphans()?;
@@ -307,8 +360,8 @@ impl SqliteStore {
             .partitions
             .lock()
             .map_err(|_| StoreError::Internal("partition cache poisoned".into()))?;
-        if let Some(p) = cache.get(&uid) {
-            return Ok(p.clone());
+        if let Some(p) = cache.get(uid) {
+            return Ok(p);
         }
         let p = Arc::new(Partition::open(&self.inner.root, tenant, uid)?);
         cache.insert(uid, p.clone());
@@ -546,7 +599,7 @@ impl ControlStore for SqliteStore {
                 .partitions
                 .lock()
                 .map_err(|_| StoreError::Internal("partition cache poisoned".into()))?
-                .remove(&tenant.uid);
+                .remove(tenant.uid);
             let dir = partition::dir(&s.inner.root, tenant.uid);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 // The tenant is gone from the control plane; the directory is
