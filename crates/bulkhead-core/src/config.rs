@@ -474,11 +474,26 @@ pub struct ProviderConfig {
     /// Upstream timeout in seconds.
     #[serde(default = "default_provider_timeout")]
     pub timeout_s: u64,
+    /// Retries after a 429 or 5xx answer (not after a stream has started).
+    #[serde(default = "default_provider_retries")]
+    pub max_retries: u32,
+    /// Most calls in flight to this provider at once; more wait their turn.
+    #[serde(default = "default_provider_concurrency")]
+    pub max_concurrency: u32,
 }
 
 /// Model calls can be slow; a minute covers long completions.
 fn default_provider_timeout() -> u64 {
     60
+}
+/// Two retries ride out a brief overload without tripling a long outage.
+fn default_provider_retries() -> u32 {
+    2
+}
+/// Enough parallelism for a small fleet; protects the upstream account's
+/// own rate limits from one process's burst.
+fn default_provider_concurrency() -> u32 {
+    64
 }
 
 /// `[[models]]`
@@ -990,6 +1005,15 @@ fn validate_resources(
         check_url(&p.base_url, &format!("providers[{i}].base_url"), errors);
         if p.timeout_s == 0 {
             errors.push(format!("providers[{i}].timeout_s"), "must be at least 1");
+        }
+        if p.max_retries > 10 {
+            errors.push(format!("providers[{i}].max_retries"), "must be at most 10");
+        }
+        if p.max_concurrency == 0 {
+            errors.push(
+                format!("providers[{i}].max_concurrency"),
+                "must be at least 1",
+            );
         }
         if let Some(ProviderCredential::Env(secret)) = &mut p.credential {
             resolve(secret, &format!("providers[{i}].credential"), env, errors);

@@ -29,6 +29,17 @@ impl Timestamp {
         self.0.unix_timestamp()
     }
 
+    /// Microseconds since the Unix epoch (for ordered storage).
+    pub fn unix_micros(self) -> i64 {
+        (self.0.unix_timestamp_nanos() / 1000) as i64
+    }
+
+    /// The UTC calendar day, `YYYY-MM-DD`.
+    pub fn day(self) -> String {
+        let d = self.0.date();
+        format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+    }
+
     /// Parses RFC 3339 text.
     pub fn parse(s: &str) -> Result<Self, time::error::Parse> {
         OffsetDateTime::parse(s, &Rfc3339).map(Self::from_datetime)
@@ -78,5 +89,7 @@ mod tests {
         assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t);
         let t = Timestamp::parse("2026-01-02T03:04:05.123456789+02:00").unwrap();
         assert_eq!(t.to_string(), "2026-01-02T01:04:05.123456Z");
+        assert_eq!(t.day(), "2026-01-02");
+        assert_eq!(t.unix_micros() % 1_000_000, 123_456);
     }
 }

@@ -105,10 +105,17 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let refresher = HttpRefresher::new().map_err(|e| BootError::Kms(e.to_string()))?;
     let vault = Arc::new(Vault::new(kms, store_arc.clone(), Arc::new(refresher)));
+    let catalog = Arc::new(bulkhead_gateway::Catalog::from_config(config));
+    let gateway = Arc::new(
+        bulkhead_gateway::Gateway::new(catalog.clone(), vault.clone(), store_arc.clone())
+            .map_err(|e| BootError::Kms(format!("model gateway: {e}")))?,
+    );
     let state = AppState {
         control: store_arc.clone(),
         tenants: store_arc.clone(),
         vault,
+        gateway,
+        catalog,
         auth: Arc::new(Authenticator::new(jwt, store_arc)),
         operator: Arc::new(OperatorAuthenticator::new(&token)),
         metrics: Arc::new(Metrics::new()),

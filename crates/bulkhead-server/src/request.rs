@@ -47,13 +47,19 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     );
     let started = Instant::now();
     let timeout_s = state.settings.request_timeout_s;
+    // Model calls are bounded by their provider's timeout and retries
+    // instead: a long completion must not be cut by the generic limit.
+    let bounded = req.uri().path() != crate::routes::openai::CHAT_PATH;
     let scoped_id = request_id.clone();
     let fut = async move {
-        let mut res =
+        let mut res = if bounded {
             match tokio::time::timeout(Duration::from_secs(timeout_s), next.run(req)).await {
                 Ok(res) => res,
                 Err(_) => ApiError::Timeout(timeout_s).into_response(),
-            };
+            }
+        } else {
+            next.run(req).await
+        };
         // The route template is known only after routing; the inner
         // middleware hands it back on the response.
         let route = res

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bulkhead_auth::{Authenticator, OperatorAuthenticator, TokenDigest};
 use bulkhead_core::Region;
+use bulkhead_gateway::{Catalog, Gateway};
 use bulkhead_store::{ControlStore, TenantStore};
 use bulkhead_vault::Vault;
 
@@ -30,6 +31,10 @@ pub struct AppState {
     pub tenants: Arc<dyn TenantStore>,
     /// The credential vault.
     pub vault: Arc<Vault>,
+    /// The model gateway.
+    pub gateway: Arc<Gateway>,
+    /// The configured models.
+    pub catalog: Arc<Catalog>,
     /// Tenant-plane authentication.
     pub auth: Arc<Authenticator>,
     /// Operator-plane authentication.

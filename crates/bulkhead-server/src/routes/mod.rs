@@ -9,8 +9,10 @@
 pub mod admin;
 pub mod credentials;
 pub mod kms;
+pub mod openai;
 pub mod system;
 pub mod tenant;
+pub mod usage;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -18,6 +20,10 @@ use axum::routing::{delete, get, post, put};
 
 use crate::request;
 use crate::state::AppState;
+
+/// Chat requests carry whole conversations (long contexts, tool results):
+/// they get a larger body limit than the rest of the API.
+const CHAT_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Routes that need no credential.
 pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/metrics", "/openapi.json"];
@@ -70,6 +76,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/admin/v1/platform/credentials/{connection}",
             put(credentials::platform_put).delete(credentials::platform_delete),
+        )
+        .route(
+            openai::CHAT_PATH,
+            post(openai::chat).layer(DefaultBodyLimit::max(CHAT_BODY_LIMIT)),
+        )
+        .route("/v1/models", get(openai::models))
+        .route("/v1/usage", get(usage::usage))
+        .route(
+            "/admin/v1/tenants/{id}/models",
+            get(usage::get_models).put(usage::put_models),
         )
         .route("/admin/v1/kms/rotate", post(kms::rotate))
         .route("/admin/v1/kms/rewrap", post(kms::rewrap))

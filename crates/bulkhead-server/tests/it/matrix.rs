@@ -237,6 +237,34 @@ fn rows(f: &Fixture) -> Vec<Row> {
             Plane::Operator,
             200,
         ),
+        twice(
+            "POST",
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            Some(
+                json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}),
+            ),
+            404,
+            404,
+        ),
+        row("GET", "/v1/models", "/v1/models", None, Plane::Tenant, 200),
+        row("GET", "/v1/usage", "/v1/usage", None, Plane::Tenant, 200),
+        row(
+            "PUT",
+            "/admin/v1/tenants/{id}/models",
+            "/admin/v1/tenants/acme/models",
+            Some(json!({"allowed": null})),
+            Plane::Operator,
+            200,
+        ),
+        row(
+            "GET",
+            "/admin/v1/tenants/{id}/models",
+            "/admin/v1/tenants/acme/models",
+            None,
+            Plane::Operator,
+            200,
+        ),
     ]
 }
 
@@ -354,7 +382,7 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
                 }
             }
             Plane::Tenant => {
-                call(None).await.assert_problem(401, "unauthenticated");
+                call(None).await.assert_refusal(401, "unauthenticated");
                 for (name, token) in &forged {
                     let r = call(Some(token.clone())).await;
                     assert_eq!(
@@ -362,11 +390,9 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
                         "{name} on {} {}: {}",
                         row.method, row.path, r.body
                     );
-                    r.assert_problem(401, "unauthenticated");
-                    assert_eq!(
-                        r.body["detail"], "the request could not be authenticated",
-                        "{name}"
-                    );
+                    r.assert_refusal(401, "unauthenticated");
+                    let detail = r.body.get("detail").unwrap_or(&r.body["error"]["message"]);
+                    assert_eq!(detail, "the request could not be authenticated", "{name}");
                 }
                 // Another tenant's credential sees only its own tenant.
                 let r = call(Some(f.other_key.clone())).await;
@@ -395,10 +421,10 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
                         &[("x-tenant-id", "globex")],
                     )
                     .await;
-                r.assert_problem(403, "tenant_mismatch");
+                r.assert_refusal(403, "tenant_mismatch");
             }
             Plane::Operator => {
-                call(None).await.assert_problem(401, "unauthenticated");
+                call(None).await.assert_refusal(401, "unauthenticated");
                 for (name, token) in &forged {
                     if token == OPERATOR_TOKEN {
                         continue;
@@ -413,7 +439,7 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
                 for token in [&f.owner_key, &f.other_key, &owner_jwt] {
                     call(Some(token.clone()))
                         .await
-                        .assert_problem(401, "unauthenticated");
+                        .assert_refusal(401, "unauthenticated");
                 }
             }
         }

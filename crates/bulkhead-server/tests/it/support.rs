@@ -52,6 +52,26 @@ impl Resp {
         self.body["code"].as_str().unwrap_or("")
     }
 
+    /// Asserts a refusal in either error format: a problem body with this
+    /// code, or (on the OpenAI-compatible paths) an OpenAI error whose code
+    /// is the OpenAI equivalent.
+    pub fn assert_refusal(&self, status: u16, code: &str) {
+        if self.body.get("error").is_some() {
+            assert_eq!(self.status, status, "body: {}", self.body);
+            let expected = if code == "unauthenticated" {
+                "invalid_api_key"
+            } else {
+                code
+            };
+            assert_eq!(self.body["error"]["code"], expected, "body: {}", self.body);
+            assert!(
+                self.body["error"]["message"].is_string() && self.body["error"]["type"].is_string()
+            );
+        } else {
+            self.assert_problem(status, code);
+        }
+    }
+
     /// Asserts a problem response with this status and code.
     pub fn assert_problem(&self, status: u16, code: &str) {
         assert_eq!(self.status, status, "body: {}", self.body);

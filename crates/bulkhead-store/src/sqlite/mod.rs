@@ -11,6 +11,7 @@
 //! authenticating a request costs a hash-map lookup, not a query. The map is
 //! updated under its write lock right after each commit.
 
+mod gateway;
 pub mod partition;
 mod vault;
 

@@ -42,6 +42,29 @@ const MIGRATIONS: &[&str] = &[
         updated_at   TEXT NOT NULL,
         last_used_at TEXT
     ) STRICT;",
+    // v3: model usage (one row per call) and tenant settings (JSON values).
+    "CREATE TABLE usage (
+        id            TEXT PRIMARY KEY,
+        time          TEXT NOT NULL,
+        ts_micros     INTEGER NOT NULL,
+        day           TEXT NOT NULL,
+        request_id    TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        provider      TEXT NOT NULL,
+        region        TEXT NOT NULL,
+        input_tokens  INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        cost_nanos    INTEGER NOT NULL,
+        latency_ms    INTEGER NOT NULL,
+        status        TEXT NOT NULL,
+        stream        INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX usage_by_time ON usage (ts_micros);
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// File name of the tenant database inside its partition directory.

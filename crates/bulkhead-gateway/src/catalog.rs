@@ -1,0 +1,125 @@
+//! Providers and models from the configuration, resolved once at start.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_core::config::{Config, ProviderCredential, ProviderKind};
+use bulkhead_core::money::Usd;
+use bulkhead_core::{Region, SecretString};
+use tokio::sync::Semaphore;
+
+/// Where a provider's key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// No key (a local server).
+    None,
+    /// The platform's key, resolved from the environment at start.
+    Platform(SecretString),
+    /// The calling tenant's own key, from this vault connection.
+    Tenant(String),
+}
+
+/// One upstream provider.
+#[derive(Debug)]
+pub struct Provider {
+    /// Name.
+    pub name: String,
+    /// Wire format.
+    pub kind: ProviderKind,
+    /// Base URL without a trailing slash.
+    pub base_url: String,
+    /// Residency region.
+    pub region: Region,
+    /// Key source.
+    pub key: KeySource,
+    /// Per-attempt timeout (and idle timeout between stream chunks).
+    pub timeout: Duration,
+    /// Retries after 429/5xx.
+    pub max_retries: u32,
+    /// Caps calls in flight.
+    pub permits: Arc<Semaphore>,
+}
+
+/// One model alias.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The name clients send.
+    pub name: String,
+    /// Its provider.
+    pub provider: Arc<Provider>,
+    /// The name sent upstream.
+    pub upstream: String,
+    /// USD per million input tokens.
+    pub price_input: Usd,
+    /// USD per million output tokens.
+    pub price_output: Usd,
+    /// USD per million cached input tokens (input price when unset).
+    pub price_cached: Usd,
+}
+
+/// All models by alias.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    models: BTreeMap<String, Model>,
+}
+
+impl Catalog {
+    /// From a validated configuration (references are known to resolve).
+    pub fn from_config(config: &Config) -> Self {
+        let providers: BTreeMap<String, Arc<Provider>> = config
+            .providers
+            .iter()
+            .map(|p| {
+                let key = match &p.credential {
+                    None => KeySource::None,
+                    Some(ProviderCredential::Env(secret)) => {
+                        KeySource::Platform(secret.value().clone())
+                    }
+                    Some(ProviderCredential::Tenant(conn)) => KeySource::Tenant(conn.clone()),
+                };
+                let provider = Provider {
+                    name: p.name.clone(),
+                    kind: p.kind,
+                    base_url: p.base_url.trim_end_matches('/').to_owned(),
+                    region: p.region.clone(),
+                    key,
+                    timeout: Duration::from_secs(p.timeout_s),
+                    max_retries: p.max_retries,
+                    permits: Arc::new(Semaphore::new(p.max_concurrency as usize)),
+                };
+                (p.name.clone(), Arc::new(provider))
+            })
+            .collect();
+        let models = config
+            .models
+            .iter()
+            .filter_map(|m| {
+                let provider = providers.get(&m.provider)?.clone();
+                let price_input = m.price_input_per_mtok.unwrap_or_default();
+                Some((
+                    m.name.clone(),
+                    Model {
+                        name: m.name.clone(),
+                        provider,
+                        upstream: m.upstream.clone(),
+                        price_input,
+                        price_output: m.price_output_per_mtok.unwrap_or_default(),
+                        price_cached: m.price_cached_input_per_mtok.unwrap_or(price_input),
+                    },
+                ))
+            })
+            .collect();
+        Self { models }
+    }
+
+    /// A model by alias.
+    pub fn get(&self, name: &str) -> Option<&Model> {
+        self.models.get(name)
+    }
+
+    /// Every model, by alias.
+    pub fn all(&self) -> impl Iterator<Item = &Model> {
+        self.models.values()
+    }
+}

@@ -1,0 +1,95 @@
+//! Gateway errors, each with the OpenAI error `type` and `code` the
+//! OpenAI-compatible endpoints answer with.
+
+/// Why a model call did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Unknown model, or one the tenant may not use (indistinguishable).
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    /// The model's provider is outside the tenant's region.
+    #[error(
+        "model `{model}` is served from region `{provider_region}`, but this tenant's data must stay in region `{tenant_region}`"
+    )]
+    Residency {
+        /// Model alias.
+        model: String,
+        /// Provider region.
+        provider_region: String,
+        /// Tenant region.
+        tenant_region: String,
+    },
+    /// The request body is not a valid chat completion request.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The tenant has not stored the credential this provider needs.
+    #[error("this model uses the tenant's own key, and connection `{0}` has no usable credential")]
+    MissingCredential(String),
+    /// The upstream kept answering 429.
+    #[error("the model provider is rate limiting; retry later")]
+    UpstreamRateLimited {
+        /// Seconds to wait, from the provider.
+        retry_after: Option<u64>,
+    },
+    /// The upstream did not answer in time.
+    #[error("the model provider did not answer within {0} seconds")]
+    UpstreamTimeout(u64),
+    /// The upstream answered with an error or nonsense.
+    #[error("the model provider failed: {0}")]
+    Upstream(String),
+    /// A bug or a store failure.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::ModelNotFound(_) => 404,
+            GatewayError::Residency { .. } => 403,
+            GatewayError::InvalidRequest(_) | GatewayError::MissingCredential(_) => 400,
+            GatewayError::UpstreamRateLimited { .. } => 429,
+            GatewayError::UpstreamTimeout(_) => 504,
+            GatewayError::Upstream(_) => 502,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// OpenAI error `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::ModelNotFound(_)
+            | GatewayError::InvalidRequest(_)
+            | GatewayError::MissingCredential(_) => "invalid_request_error",
+            GatewayError::Residency { .. } => "permission_error",
+            GatewayError::UpstreamRateLimited { .. } => "rate_limit_error",
+            GatewayError::UpstreamTimeout(_) | GatewayError::Upstream(_) => "upstream_error",
+            GatewayError::Internal(_) => "server_error",
+        }
+    }
+
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::ModelNotFound(_) => "model_not_found",
+            GatewayError::Residency { .. } => "residency_violation",
+            GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::MissingCredential(_) => "credential_missing",
+            GatewayError::UpstreamRateLimited { .. } => "rate_limit_exceeded",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::Upstream(_) => "upstream_error",
+            GatewayError::Internal(_) => "internal",
+        }
+    }
+
+    /// The status recorded in the usage row for a failed call.
+    pub fn usage_status(&self) -> &'static str {
+        match self {
+            GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::Upstream(_) => "upstream_error",
+            _ => "error",
+        }
+    }
+}

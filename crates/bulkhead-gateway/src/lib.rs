@@ -1,0 +1,27 @@
+//! The model gateway.
+//!
+//! Every model call is bound to a tenant scope: the model must be one the
+//! tenant may use, its provider must sit in the tenant's region (refused,
+//! never rerouted), the key is the platform's or the tenant's own (from the
+//! vault), and every call leaves a usage row and an audit event in the
+//! tenant's partition — also when the upstream fails or the client goes
+//! away mid-stream.
+//!
+//! Clients speak the OpenAI Chat Completions format; OpenAI-compatible
+//! providers receive it as it came (model name replaced), Anthropic
+//! providers get it translated to the Messages API and back (`anthropic`).
+
+pub mod anthropic;
+pub mod catalog;
+pub mod error;
+pub mod service;
+pub mod sse;
+pub mod store;
+pub mod upstream;
+pub mod usage;
+
+pub use catalog::{Catalog, Model, Provider};
+pub use error::GatewayError;
+pub use service::{ChatOutcome, Gateway};
+pub use store::GatewayStore;
+pub use usage::{UsageRecord, UsageSummary};

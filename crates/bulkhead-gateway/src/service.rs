@@ -1,0 +1,509 @@
+//! The gateway service: resolve, check, call, translate, record.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bulkhead_auth::TenantScope;
+use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_core::config::ProviderKind;
+use bulkhead_core::{SecretString, Timestamp};
+use bulkhead_vault::credential::{ConnectionName, CredentialSecret};
+use bulkhead_vault::store::CredScope;
+use bulkhead_vault::{Vault, VaultError};
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use crate::anthropic::{self, StreamTranslator};
+use crate::catalog::{Catalog, KeySource, Model};
+use crate::error::GatewayError;
+use crate::sse;
+use crate::store::GatewayStore;
+use crate::upstream::Upstream;
+use crate::usage::{Tokens, UsageRecord, UsageSummary, cost_nanos, nanos_to_usd};
+
+/// What a chat completion returns.
+pub enum ChatOutcome {
+    /// A whole `chat.completion` object.
+    Complete(Value),
+    /// SSE bytes, ending with `data: [DONE]` (or an error event).
+    Stream(mpsc::Receiver<Vec<u8>>),
+}
+
+/// Chunks buffered between the upstream reader and a slow client; beyond
+/// this the reader waits (backpressure) instead of growing memory.
+const STREAM_BUFFER: usize = 32;
+
+/// The model gateway.
+pub struct Gateway {
+    catalog: Arc<Catalog>,
+    upstream: Upstream,
+    vault: Arc<Vault>,
+    store: Arc<dyn GatewayStore>,
+}
+
+fn now_unix() -> u64 {
+    Timestamp::now().unix_seconds().max(0) as u64
+}
+
+fn openai_tokens(usage: &Value) -> Tokens {
+    let n = |p: &str| usage.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    Tokens {
+        input: n("/prompt_tokens"),
+        output: n("/completion_tokens"),
+        cached: n("/prompt_tokens_details/cached_tokens"),
+    }
+}
+
+/// One call's bookkeeping, recorded exactly once whatever happens.
+struct Call {
+    scope: TenantScope,
+    model: Model,
+    started: Instant,
+    time: Timestamp,
+    stream: bool,
+}
+
+impl Call {
+    fn record(&self, tokens: Tokens, status: &str) -> (UsageRecord, NewAuditEvent) {
+        let m = &self.model;
+        let usage = UsageRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            time: self.time,
+            request_id: self.scope.request_id().to_string(),
+            model: m.name.clone(),
+            provider: m.provider.name.clone(),
+            region: m.provider.region.to_string(),
+            tokens,
+            cost_nanos: cost_nanos(tokens, m.price_input, m.price_output, m.price_cached),
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            status: status.to_owned(),
+            stream: self.stream,
+        };
+        let outcome = if status == "ok" {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let event = NewAuditEvent::new("model.call", format!("model:{}", m.name), outcome, self.scope.request_id().clone())
+            .with_details(json!({
+                "provider": usage.provider, "region": usage.region, "upstream_model": m.upstream,
+                "input_tokens": tokens.input, "output_tokens": tokens.output, "cached_tokens": tokens.cached,
+                "cost_usd": nanos_to_usd(usage.cost_nanos), "latency_ms": usage.latency_ms,
+                "status": status, "stream": self.stream,
+            }));
+        (usage, event)
+    }
+
+    async fn finish(&self, store: &dyn GatewayStore, tokens: Tokens, status: &str) {
+        let (usage, event) = self.record(tokens, status);
+        if let Err(e) = store.record_usage(&self.scope, &usage, event).await {
+            // The call happened; losing its row is an operator alarm, not a client error.
+            tracing::error!(error = %e, model = %usage.model, "could not record model usage");
+        }
+    }
+}
+
+impl Gateway {
+    /// A gateway over the configured catalog.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        vault: Arc<Vault>,
+        store: Arc<dyn GatewayStore>,
+    ) -> Result<Self, GatewayError> {
+        Ok(Self {
+            catalog,
+            upstream: Upstream::new()?,
+            vault,
+            store,
+        })
+    }
+
+    /// The models this tenant may use: allowed for it and served from its region.
+    pub async fn models(&self, scope: &TenantScope) -> Result<Vec<Model>, GatewayError> {
+        let allowed = self
+            .store
+            .allowed_models(scope)
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Ok(self
+            .catalog
+            .all()
+            .filter(|m| allowed.as_ref().is_none_or(|a| a.contains(&m.name)))
+            .filter(|m| &m.provider.region == scope.region())
+            .cloned()
+            .collect())
+    }
+
+    /// The tenant's model allow-list (`None`: every model).
+    pub async fn allowed(&self, scope: &TenantScope) -> Result<Option<Vec<String>>, GatewayError> {
+        self.store
+            .allowed_models(scope)
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))
+    }
+
+    /// Replaces the tenant's model allow-list.
+    pub async fn set_allowed(
+        &self,
+        scope: &TenantScope,
+        models: Option<Vec<String>>,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayError> {
+        self.store
+            .set_allowed_models(scope, models, event)
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))
+    }
+
+    /// Usage by day and model.
+    pub async fn usage(
+        &self,
+        scope: &TenantScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<UsageSummary>, GatewayError> {
+        self.store
+            .usage_summary(scope, from, to)
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))
+    }
+
+    async fn resolve(&self, scope: &TenantScope, name: &str) -> Result<Model, GatewayError> {
+        let model = self
+            .catalog
+            .get(name)
+            .cloned()
+            .ok_or_else(|| GatewayError::ModelNotFound(name.to_owned()))?;
+        let allowed = self
+            .store
+            .allowed_models(scope)
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        if allowed.is_some_and(|a| !a.contains(&model.name)) {
+            return Err(GatewayError::ModelNotFound(name.to_owned()));
+        }
+        if &model.provider.region != scope.region() {
+            let err = GatewayError::Residency {
+                model: model.name.clone(),
+                provider_region: model.provider.region.to_string(),
+                tenant_region: scope.region().to_string(),
+            };
+            let event = NewAuditEvent::new(
+                "model.call",
+                format!("model:{}", model.name),
+                Outcome::Denied,
+                scope.request_id().clone(),
+            )
+            .with_details(
+                json!({"reason": "residency", "provider": model.provider.name,
+                "provider_region": model.provider.region, "tenant_region": scope.region()}),
+            );
+            if let Err(e) = self.store.append_audit(scope, event).await {
+                tracing::error!(error = %e, "could not audit a residency refusal");
+            }
+            return Err(err);
+        }
+        Ok(model)
+    }
+
+    async fn key(
+        &self,
+        scope: &TenantScope,
+        model: &Model,
+    ) -> Result<Option<SecretString>, GatewayError> {
+        match &model.provider.key {
+            KeySource::None => Ok(None),
+            KeySource::Platform(k) => Ok(Some(k.clone())),
+            KeySource::Tenant(conn) => {
+                let name = ConnectionName::parse(conn)
+                    .map_err(|_| GatewayError::MissingCredential(conn.clone()))?;
+                let purpose = format!("model:{}", model.name);
+                match self
+                    .vault
+                    .use_credential(CredScope::Tenant(scope), &name, &purpose)
+                    .await
+                {
+                    Ok(CredentialSecret::ApiKey(k)) | Ok(CredentialSecret::Bearer(k)) => {
+                        Ok(Some(k))
+                    }
+                    Ok(CredentialSecret::Oauth2(o)) => Ok(Some(o.access_token)),
+                    Ok(CredentialSecret::Basic { .. })
+                    | Err(VaultError::NotFound)
+                    | Err(VaultError::NeedsReauth) => {
+                        Err(GatewayError::MissingCredential(conn.clone()))
+                    }
+                    Err(e) => Err(GatewayError::Internal(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Runs one chat completion for the scope's tenant.
+    pub async fn chat(
+        &self,
+        scope: &TenantScope,
+        body: Value,
+    ) -> Result<ChatOutcome, GatewayError> {
+        let Value::Object(req) = body else {
+            return Err(GatewayError::InvalidRequest(
+                "the body must be a JSON object".into(),
+            ));
+        };
+        let name = req
+            .get("model")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                GatewayError::InvalidRequest("`model` is required and must be a string".into())
+            })?
+            .to_owned();
+        match req.get("messages") {
+            Some(Value::Array(m)) if !m.is_empty() => {}
+            _ => {
+                return Err(GatewayError::InvalidRequest(
+                    "`messages` must be a non-empty array".into(),
+                ));
+            }
+        }
+        let stream = match req.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(GatewayError::InvalidRequest(
+                    "`stream` must be a boolean".into(),
+                ));
+            }
+        };
+        let wants_usage = req
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let model = self.resolve(scope, &name).await?;
+        let upstream_body = match model.provider.kind {
+            ProviderKind::Openai => {
+                let mut b: Map<String, Value> = req.clone();
+                b.insert("model".into(), Value::String(model.upstream.clone()));
+                if stream {
+                    // Always ask for usage: every call is billed, whatever the client wants to see.
+                    b.insert("stream_options".into(), json!({"include_usage": true}));
+                }
+                Value::Object(b)
+            }
+            ProviderKind::Anthropic => anthropic::to_anthropic(&req, &model.upstream, stream)?,
+        };
+        let key = self.key(scope, &model).await?;
+        let call = Call {
+            scope: scope.clone(),
+            model: model.clone(),
+            started: Instant::now(),
+            time: Timestamp::now(),
+            stream,
+        };
+        let permit = model
+            .provider
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let res = match self
+            .upstream
+            .send(&model.provider, key.as_ref(), &upstream_body)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                call.finish(self.store.as_ref(), Tokens::default(), e.usage_status())
+                    .await;
+                return Err(e);
+            }
+        };
+        if !stream {
+            let result = self.complete(&call, res).await;
+            drop(permit);
+            return match result {
+                Ok((value, tokens)) => {
+                    call.finish(self.store.as_ref(), tokens, "ok").await;
+                    Ok(ChatOutcome::Complete(value))
+                }
+                Err(e) => {
+                    call.finish(self.store.as_ref(), Tokens::default(), e.usage_status())
+                        .await;
+                    Err(e)
+                }
+            };
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (tokens, status) = pump(&call, res, &tx, wants_usage).await;
+            call.finish(store.as_ref(), tokens, status).await;
+        });
+        Ok(ChatOutcome::Stream(rx))
+    }
+
+    async fn complete(
+        &self,
+        call: &Call,
+        res: reqwest::Response,
+    ) -> Result<(Value, Tokens), GatewayError> {
+        let provider = &call.model.provider;
+        let bytes = tokio::time::timeout(provider.timeout, res.bytes())
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout(provider.timeout.as_secs()))?
+            .map_err(|e| GatewayError::Upstream(e.without_url().to_string()))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            GatewayError::Upstream("the provider answered with malformed JSON".into())
+        })?;
+        match provider.kind {
+            ProviderKind::Openai => {
+                let Value::Object(mut obj) = value else {
+                    return Err(GatewayError::Upstream(
+                        "the provider answered with a non-object".into(),
+                    ));
+                };
+                if !obj.get("choices").is_some_and(Value::is_array) {
+                    return Err(GatewayError::Upstream(
+                        "the provider's answer has no choices".into(),
+                    ));
+                }
+                let tokens = openai_tokens(obj.get("usage").unwrap_or(&Value::Null));
+                obj.insert("model".into(), Value::String(call.model.name.clone()));
+                Ok((Value::Object(obj), tokens))
+            }
+            ProviderKind::Anthropic => {
+                anthropic::from_anthropic(&value, &call.model.name, now_unix())
+            }
+        }
+    }
+}
+
+fn error_event(code: &str, message: &str) -> Vec<u8> {
+    sse::data(
+        &json!({"error": {"message": message, "type": "upstream_error", "code": code}}).to_string(),
+    )
+}
+
+/// Moves a streamed answer from the provider to the client, translating
+/// and counting tokens; returns what to record. Stops reading the provider
+/// when the client goes away.
+async fn pump(
+    call: &Call,
+    res: reqwest::Response,
+    tx: &mpsc::Sender<Vec<u8>>,
+    wants_usage: bool,
+) -> (Tokens, &'static str) {
+    let provider = &call.model.provider;
+    let alias = call.model.name.clone();
+    let mut body = res.bytes_stream();
+    let mut parser = sse::Parser::default();
+    let mut tokens = Tokens::default();
+    let mut translator = StreamTranslator::new(&alias, now_unix());
+    let mut done = false;
+    loop {
+        let next = match tokio::time::timeout(provider.timeout, body.next()).await {
+            Err(_) => {
+                let _ = tx
+                    .send(error_event(
+                        "upstream_timeout",
+                        "the model provider stopped sending",
+                    ))
+                    .await;
+                return (tokens, "upstream_timeout");
+            }
+            Ok(n) => n,
+        };
+        let chunk = match next {
+            None => break,
+            Some(Ok(c)) => c,
+            Some(Err(_)) => break,
+        };
+        let Ok(events) = parser.feed(&chunk) else {
+            let _ = tx
+                .send(error_event(
+                    "upstream_error",
+                    "the provider sent an oversized event",
+                ))
+                .await;
+            return (tokens, "upstream_error");
+        };
+        for ev in events {
+            let out: Vec<Vec<u8>> = match provider.kind {
+                ProviderKind::Openai => {
+                    if ev.data.trim() == "[DONE]" {
+                        done = true;
+                        vec![]
+                    } else {
+                        match serde_json::from_str::<Value>(&ev.data) {
+                            Ok(Value::Object(mut obj)) => {
+                                if let Some(u) = obj.get("usage").filter(|u| !u.is_null()) {
+                                    tokens = openai_tokens(u);
+                                }
+                                let usage_only = obj
+                                    .get("choices")
+                                    .and_then(Value::as_array)
+                                    .is_some_and(Vec::is_empty);
+                                obj.insert("model".into(), Value::String(alias.clone()));
+                                if usage_only && !wants_usage {
+                                    vec![]
+                                } else {
+                                    vec![sse::data(&Value::Object(obj).to_string())]
+                                }
+                            }
+                            _ => {
+                                let _ = tx
+                                    .send(error_event(
+                                        "upstream_error",
+                                        "the provider sent malformed JSON",
+                                    ))
+                                    .await;
+                                return (tokens, "upstream_error");
+                            }
+                        }
+                    }
+                }
+                ProviderKind::Anthropic => match translator.on_event(&ev) {
+                    Ok(chunks) => {
+                        tokens = translator.tokens;
+                        if translator.finished {
+                            done = true;
+                        }
+                        chunks.iter().map(|c| sse::data(&c.to_string())).collect()
+                    }
+                    Err(e) => {
+                        let _ = tx.send(error_event("upstream_error", &e.to_string())).await;
+                        return (tokens, "upstream_error");
+                    }
+                },
+            };
+            for bytes in out {
+                if tx.send(bytes).await.is_err() {
+                    return (tokens, "client_disconnected");
+                }
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    if !done {
+        let _ = tx
+            .send(error_event(
+                "upstream_stream_cut",
+                "the model provider ended the stream early",
+            ))
+            .await;
+        return (tokens, "upstream_error");
+    }
+    if provider.kind == ProviderKind::Anthropic && wants_usage {
+        let _ = tx
+            .send(sse::data(&translator.usage_chunk().to_string()))
+            .await;
+    }
+    if tx.send(sse::data("[DONE]")).await.is_err() {
+        return (tokens, "client_disconnected");
+    }
+    (tokens, "ok")
+}

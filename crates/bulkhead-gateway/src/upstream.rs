@@ -1,0 +1,148 @@
+//! Calls to providers: one pooled HTTP client, per-provider concurrency
+//! caps, timeouts, and retries with jittered backoff on 429 and 5xx that
+//! honour `Retry-After`.
+
+use std::time::Duration;
+
+use bulkhead_core::SecretString;
+use bulkhead_core::config::ProviderKind;
+use serde_json::Value;
+
+use crate::catalog::Provider;
+use crate::error::GatewayError;
+
+/// Anthropic API version header value this gateway speaks.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+/// The longest `Retry-After` we wait out ourselves; longer ones go back to
+/// the client as a 429, since holding the request would tie up a
+/// connection for no gain.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+/// First backoff step; doubled per attempt, then jittered ±50 %.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+
+/// The shared HTTP client.
+pub struct Upstream {
+    client: reqwest::Client,
+}
+
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = if getrandom::fill(&mut b).is_ok() {
+        u16::from_le_bytes(b)
+    } else {
+        u16::MAX / 2
+    };
+    // 0.5× … 1.5×
+    d.mul_f64(0.5 + f64::from(r) / f64::from(u16::MAX))
+}
+
+fn retry_after(res: &reqwest::Response) -> Option<u64> {
+    res.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// The provider's error message, from either wire format, without echoing
+/// anything but the message itself.
+pub fn error_message(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    v.pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(|m| m.chars().take(300).collect())
+        .unwrap_or_else(|| "no error message".to_owned())
+}
+
+impl Upstream {
+    /// Builds the client (connection pooling across all providers).
+    pub fn new() -> Result<Self, GatewayError> {
+        // reqwest is built without a default TLS provider; ring is the
+        // workspace's. A second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Ok(Self { client })
+    }
+
+    /// Sends `body` to the provider and returns a successful response
+    /// (headers received). Retries 429, 5xx and connection failures.
+    pub async fn send(
+        &self,
+        provider: &Provider,
+        key: Option<&SecretString>,
+        body: &Value,
+    ) -> Result<reqwest::Response, GatewayError> {
+        let url = match provider.kind {
+            ProviderKind::Openai => format!("{}/chat/completions", provider.base_url),
+            ProviderKind::Anthropic => format!("{}/v1/messages", provider.base_url),
+        };
+        let mut attempt = 0;
+        loop {
+            let mut req = self.client.post(&url).json(body);
+            match (provider.kind, key) {
+                (ProviderKind::Openai, Some(k)) => req = req.bearer_auth(k.expose()),
+                (ProviderKind::Anthropic, Some(k)) => req = req.header("x-api-key", k.expose()),
+                (_, None) => {}
+            }
+            if provider.kind == ProviderKind::Anthropic {
+                req = req.header("anthropic-version", ANTHROPIC_VERSION);
+            }
+            let outcome = tokio::time::timeout(provider.timeout, req.send()).await;
+            let (retryable, wait, err) = match outcome {
+                Err(_) => (
+                    true,
+                    None,
+                    GatewayError::UpstreamTimeout(provider.timeout.as_secs()),
+                ),
+                Ok(Err(e)) => (
+                    e.is_connect() || e.is_timeout(),
+                    None,
+                    GatewayError::Upstream(e.without_url().to_string()),
+                ),
+                Ok(Ok(res)) if res.status().is_success() => return Ok(res),
+                Ok(Ok(res)) => {
+                    let status = res.status();
+                    let after = retry_after(&res);
+                    let body = tokio::time::timeout(provider.timeout, res.bytes())
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                    let message = body.as_deref().map(error_message).unwrap_or_default();
+                    if status.as_u16() == 429 {
+                        (
+                            true,
+                            after,
+                            GatewayError::UpstreamRateLimited { retry_after: after },
+                        )
+                    } else if status.is_server_error() {
+                        (
+                            true,
+                            after,
+                            GatewayError::Upstream(format!("HTTP {}: {message}", status.as_u16())),
+                        )
+                    } else {
+                        (
+                            false,
+                            None,
+                            GatewayError::Upstream(format!("HTTP {}: {message}", status.as_u16())),
+                        )
+                    }
+                }
+            };
+            if !retryable || attempt >= provider.max_retries {
+                return Err(err);
+            }
+            let backoff = match wait {
+                Some(s) if Duration::from_secs(s) > MAX_RETRY_WAIT => return Err(err),
+                Some(s) => Duration::from_secs(s),
+                None => jitter(BACKOFF_BASE * 2u32.pow(attempt)),
+            };
+            tracing::info!(provider = %provider.name, attempt, wait_ms = backoff.as_millis() as u64, error = %err, "retrying the model provider");
+            tokio::time::sleep(backoff).await;
+            attempt += 1;
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Usage records: one per model call, with its cost in fixed point.
+
+use bulkhead_core::Timestamp;
+use bulkhead_core::money::Usd;
+use serde::Serialize;
+
+/// Token counts of one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tokens {
+    /// Input (prompt) tokens, cached ones included.
+    pub input: u64,
+    /// Output (completion) tokens.
+    pub output: u64,
+    /// Input tokens served from the provider's cache.
+    pub cached: u64,
+}
+
+/// One model call, as recorded in the tenant's partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageRecord {
+    /// Record id (UUIDv7).
+    pub id: String,
+    /// When the call started.
+    pub time: Timestamp,
+    /// Request id.
+    pub request_id: String,
+    /// Model alias.
+    pub model: String,
+    /// Provider name.
+    pub provider: String,
+    /// Provider region.
+    pub region: String,
+    /// Tokens.
+    pub tokens: Tokens,
+    /// Cost in nano-dollars (1e-9 USD): small calls cost fractions of a micro-dollar.
+    pub cost_nanos: u64,
+    /// Wall time in milliseconds.
+    pub latency_ms: u64,
+    /// `ok`, `upstream_error`, `upstream_timeout`, `upstream_rate_limited`,
+    /// `client_disconnected`, `error`.
+    pub status: String,
+    /// Whether it was a streamed call.
+    pub stream: bool,
+}
+
+/// Cost of `tokens` at the given per-million prices, in nano-dollars,
+/// rounded half up. Cached input tokens are priced separately from the
+/// rest of the input.
+pub fn cost_nanos(tokens: Tokens, input: Usd, output: Usd, cached: Usd) -> u64 {
+    let uncached = tokens.input.saturating_sub(tokens.cached) as u128;
+    // micro-dollars per million tokens == pico-dollars per token; /1000 gives nanos.
+    let picos = uncached * input.micros() as u128
+        + tokens.cached as u128 * cached.micros() as u128
+        + tokens.output as u128 * output.micros() as u128;
+    u64::try_from((picos + 500) / 1000).unwrap_or(u64::MAX)
+}
+
+/// Nano-dollars as a decimal string of dollars (`"0.000001500"`).
+pub fn nanos_to_usd(nanos: u64) -> String {
+    format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
+}
+
+/// One aggregate line of `GET /v1/usage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageSummary {
+    /// UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Model alias.
+    pub model: String,
+    /// Calls.
+    pub requests: u64,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cached input tokens.
+    pub cached_tokens: u64,
+    /// Cost in nano-dollars.
+    pub cost_nanos: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_are_exact_fixed_point() {
+        let p = |s: &str| Usd::parse(s).unwrap();
+        let t = Tokens {
+            input: 1000,
+            output: 500,
+            cached: 200,
+        };
+        // (800 × 0.15 + 200 × 0.075 + 500 × 0.60) / 1e6 USD = 435 µ$ = 435,000 nano-dollars.
+        assert_eq!(cost_nanos(t, p("0.15"), p("0.60"), p("0.075")), 435_000);
+        assert_eq!(nanos_to_usd(435_000), "0.000435000");
+        let one = Tokens {
+            input: 1,
+            output: 0,
+            cached: 0,
+        };
+        assert_eq!(
+            cost_nanos(one, p("0.0015"), p("0"), p("0")),
+            2,
+            "1.5 nanos rounds half up"
+        );
+        assert_eq!(cost_nanos(Tokens::default(), p("10"), p("10"), p("10")), 0);
+    }
+}

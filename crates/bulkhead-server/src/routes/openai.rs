@@ -1,0 +1,201 @@
+//! The OpenAI-compatible endpoints: `POST /v1/chat/completions` and
+//! `GET /v1/models`. Their errors, authentication failures included, use
+//! OpenAI's shape `{"error": {"message", "type", "code"}}` so the official
+//! SDKs understand them.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bulkhead_auth::TenantScope;
+use bulkhead_gateway::{ChatOutcome, GatewayError};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::extract::TenantCtx;
+use crate::state::AppState;
+
+/// The chat completions path (the request middleware leaves its timeout
+/// to the provider settings).
+pub const CHAT_PATH: &str = "/v1/chat/completions";
+
+/// An error in OpenAI's shape.
+pub struct OpenAiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    code: &'static str,
+    retry_after: Option<u64>,
+}
+
+impl From<GatewayError> for OpenAiError {
+    fn from(e: GatewayError) -> Self {
+        if let GatewayError::Internal(m) = &e {
+            tracing::error!(error = %m, "gateway internal error");
+        }
+        let retry_after = match &e {
+            GatewayError::UpstreamRateLimited { retry_after } => *retry_after,
+            _ => None,
+        };
+        let message = match &e {
+            GatewayError::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        Self {
+            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message,
+            kind: e.kind(),
+            code: e.code(),
+            retry_after,
+        }
+    }
+}
+
+impl From<ApiError> for OpenAiError {
+    fn from(e: ApiError) -> Self {
+        let (kind, code) = match &e {
+            ApiError::Unauthenticated => ("invalid_request_error", "invalid_api_key"),
+            ApiError::TenantSuspended | ApiError::TenantMismatch | ApiError::Forbidden => {
+                ("permission_error", e.code())
+            }
+            ApiError::Internal(_) | ApiError::Unavailable => ("server_error", e.code()),
+            _ => ("invalid_request_error", e.code()),
+        };
+        Self {
+            status: e.status(),
+            message: e.to_string(),
+            kind,
+            code,
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": null}});
+        let mut res = (self.status, axum::Json(body)).into_response();
+        if let Some(v) = self
+            .retry_after
+            .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+        {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// Tenant authentication with OpenAI-shaped failures.
+pub struct OpenAiTenant(pub TenantScope);
+
+impl FromRequestParts<AppState> for OpenAiTenant {
+    type Rejection = OpenAiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, OpenAiError> {
+        TenantCtx::from_request_parts(parts, state)
+            .await
+            .map(|TenantCtx(s)| OpenAiTenant(s))
+            .map_err(OpenAiError::from)
+    }
+}
+
+/// Creates a chat completion (OpenAI Chat Completions format, streaming
+/// with `stream: true`).
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "models", security(("bearer" = [])),
+    request_body(content = Object, description = "An OpenAI chat completion request"),
+    responses((status = 200, description = "A chat.completion, or an SSE stream of chat.completion.chunk"),
+        (status = 400, description = "OpenAI-style error"), (status = 401, description = "OpenAI-style error"),
+        (status = 403, description = "Residency refusal"), (status = 404, description = "model_not_found"),
+        (status = 429, description = "Upstream rate limit"), (status = 502, description = "Upstream failure")))]
+pub async fn chat(
+    State(state): State<AppState>,
+    OpenAiTenant(scope): OpenAiTenant,
+    body: Bytes,
+) -> Response {
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return OpenAiError::from(GatewayError::InvalidRequest(format!(
+                "the body is not valid JSON: {e}"
+            )))
+            .into_response();
+        }
+    };
+    // The call runs in its own task: if the client goes away, or the
+    // connection drops, the call still completes and its usage is recorded.
+    let gateway = state.gateway.clone();
+    let task = tokio::spawn(async move { gateway.chat(&scope, value).await });
+    match task.await {
+        Ok(Ok(ChatOutcome::Complete(v))) => axum::Json(v).into_response(),
+        Ok(Ok(ChatOutcome::Stream(rx))) => {
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, Infallible>(Bytes::from(b)), rx))
+            });
+            let mut res = Response::new(Body::from_stream(stream));
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            res
+        }
+        Ok(Err(e)) => OpenAiError::from(e).into_response(),
+        Err(e) => OpenAiError::from(GatewayError::Internal(e.to_string())).into_response(),
+    }
+}
+
+/// One model in `GET /v1/models`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ModelObject {
+    /// The alias to send as `model`.
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Always 0 (configuration has no creation date).
+    pub created: u64,
+    /// Always `bulkhead`.
+    pub owned_by: &'static str,
+}
+
+/// The model list.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Models this tenant may use.
+    pub data: Vec<ModelObject>,
+}
+
+/// Lists the models the calling tenant may use (allowed for it and served
+/// from its region).
+#[utoipa::path(get, path = "/v1/models", tag = "models", security(("bearer" = [])),
+    responses((status = 200, body = ModelList), (status = 401, description = "OpenAI-style error")))]
+pub async fn models(
+    State(state): State<AppState>,
+    OpenAiTenant(scope): OpenAiTenant,
+) -> Result<axum::Json<ModelList>, OpenAiError> {
+    let models = state.gateway.models(&scope).await?;
+    Ok(axum::Json(ModelList {
+        object: "list",
+        data: models
+            .into_iter()
+            .map(|m| ModelObject {
+                id: m.name,
+                object: "model",
+                created: 0,
+                owned_by: "bulkhead",
+            })
+            .collect(),
+    }))
+}

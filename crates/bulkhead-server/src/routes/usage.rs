@@ -1,0 +1,232 @@
+//! Usage reports (`GET /v1/usage`) and the per-tenant model allow-list on
+//! the operator plane.
+
+use axum::Json as AxumJson;
+use axum::extract::State;
+use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_core::{TenantId, Timestamp};
+use bulkhead_gateway::usage::nanos_to_usd;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::extract::{Json, OperatorCtx, Path, Query, TenantCtx};
+use crate::state::AppState;
+
+/// `GET /v1/usage` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// Start, inclusive: `YYYY-MM-DD` or RFC 3339 (default: 30 days ago).
+    pub from: Option<String>,
+    /// End, exclusive: `YYYY-MM-DD` or RFC 3339 (default: now).
+    pub to: Option<String>,
+}
+
+fn instant(s: &str, name: &str) -> Result<Timestamp, ApiError> {
+    let text = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_owned()
+    };
+    Timestamp::parse(&text).map_err(|_| {
+        ApiError::InvalidParameter(format!(
+            "`{name}` must be YYYY-MM-DD or an RFC 3339 timestamp"
+        ))
+    })
+}
+
+/// One line of the report.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsageLine {
+    /// UTC day (absent in the total).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    /// Model alias (absent in the total).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Calls.
+    pub requests: u64,
+    /// Input tokens (cached included).
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cached input tokens.
+    pub cached_tokens: u64,
+    /// Cost, USD, decimal string with nine decimals.
+    pub cost_usd: String,
+}
+
+/// The usage report.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsageReport {
+    /// Start of the period (RFC 3339).
+    pub from: String,
+    /// End of the period (RFC 3339).
+    pub to: String,
+    /// By day and model.
+    pub usage: Vec<UsageLine>,
+    /// Sum of all lines.
+    pub total: UsageLine,
+}
+
+/// The calling tenant's model usage by day and model, with cost.
+#[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("bearer" = [])), params(UsageQuery),
+    responses((status = 200, body = UsageReport), (status = 400, body = crate::error::Problem)))]
+pub async fn usage(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Query(q): Query<UsageQuery>,
+) -> Result<AxumJson<UsageReport>, ApiError> {
+    let to = match &q.to {
+        Some(t) => instant(t, "to")?,
+        None => Timestamp::now().plus_seconds(1),
+    };
+    let from = match &q.from {
+        Some(f) => instant(f, "from")?,
+        None => to.plus_seconds(-30 * 86_400),
+    };
+    if from >= to {
+        return Err(ApiError::InvalidParameter(
+            "`from` must be before `to`".into(),
+        ));
+    }
+    let rows = state
+        .gateway
+        .usage(&scope, from, to)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut total = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let usage = rows
+        .into_iter()
+        .map(|r| {
+            total.0 += r.requests;
+            total.1 += r.input_tokens;
+            total.2 += r.output_tokens;
+            total.3 += r.cached_tokens;
+            total.4 += r.cost_nanos;
+            UsageLine {
+                day: Some(r.day),
+                model: Some(r.model),
+                requests: r.requests,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cached_tokens: r.cached_tokens,
+                cost_usd: nanos_to_usd(r.cost_nanos),
+            }
+        })
+        .collect();
+    Ok(AxumJson(UsageReport {
+        from: from.to_string(),
+        to: to.to_string(),
+        usage,
+        total: UsageLine {
+            day: None,
+            model: None,
+            requests: total.0,
+            input_tokens: total.1,
+            output_tokens: total.2,
+            cached_tokens: total.3,
+            cost_usd: nanos_to_usd(total.4),
+        },
+    }))
+}
+
+/// `PUT /admin/v1/tenants/{id}/models` body.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutModels {
+    /// Model aliases the tenant may use; `null` allows every model.
+    pub allowed: Option<Vec<String>>,
+}
+
+/// A tenant's model access.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TenantModels {
+    /// Tenant id.
+    pub tenant: String,
+    /// The allow-list; `null` means every model.
+    pub allowed: Option<Vec<String>>,
+    /// What the tenant can call now: allowed and in its region.
+    pub available: Vec<String>,
+}
+
+async fn answer(
+    state: &AppState,
+    scope: &bulkhead_auth::TenantScope,
+) -> Result<TenantModels, ApiError> {
+    let allowed = state
+        .gateway
+        .allowed(scope)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let available = state
+        .gateway
+        .models(scope)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    Ok(TenantModels {
+        tenant: scope.tenant().to_string(),
+        allowed,
+        available,
+    })
+}
+
+async fn tenant_scope(
+    state: &AppState,
+    op: &bulkhead_auth::OperatorScope,
+    id: &str,
+) -> Result<bulkhead_auth::TenantScope, ApiError> {
+    let id = TenantId::parse(id).map_err(|_| ApiError::NotFound)?;
+    let tenant = state.control.get_tenant(op, &id).await?;
+    Ok(op.act_for_tenant(&tenant))
+}
+
+/// A tenant's model allow-list and what it can use now.
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/models", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 200, body = TenantModels), (status = 404, body = crate::error::Problem)))]
+pub async fn get_models(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path(id): Path<String>,
+) -> Result<AxumJson<TenantModels>, ApiError> {
+    let scope = tenant_scope(&state, &op, &id).await?;
+    Ok(AxumJson(answer(&state, &scope).await?))
+}
+
+/// Replaces a tenant's model allow-list (`null`: every model).
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/models", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id")), request_body = PutModels,
+    responses((status = 200, body = TenantModels), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+pub async fn put_models(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path(id): Path<String>,
+    Json(body): Json<PutModels>,
+) -> Result<AxumJson<TenantModels>, ApiError> {
+    let scope = tenant_scope(&state, &op, &id).await?;
+    if let Some(list) = &body.allowed {
+        for name in list {
+            if state.catalog.get(name).is_none() {
+                return Err(ApiError::Validation(format!("unknown model {name:?}")));
+            }
+        }
+    }
+    let event = NewAuditEvent::new(
+        "tenant.models",
+        format!("tenant:{id}"),
+        Outcome::Success,
+        op.request_id().clone(),
+    )
+    .with_details(json!({"allowed": body.allowed}));
+    state
+        .gateway
+        .set_allowed(&scope, body.allowed, event)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(AxumJson(answer(&state, &scope).await?))
+}

@@ -1,0 +1,186 @@
+//! The gateway's storage in the embedded layout: usage rows and tenant
+//! settings in the tenant's own partition, each write with its audit event.
+
+use async_trait::async_trait;
+use bulkhead_auth::TenantScope;
+use bulkhead_core::Timestamp;
+use bulkhead_core::audit::NewAuditEvent;
+use bulkhead_gateway::store::{GatewayStore, GatewayStoreError};
+use bulkhead_gateway::usage::{UsageRecord, UsageSummary};
+use rusqlite::{OptionalExtension, params};
+
+use super::SqliteStore;
+use super::partition;
+use crate::StoreError;
+
+fn gw(e: StoreError) -> GatewayStoreError {
+    GatewayStoreError(e.to_string())
+}
+
+/// Settings key of the model allow-list.
+const ALLOWED_MODELS: &str = "allowed_models";
+
+impl SqliteStore {
+    /// Runs `f` in a write transaction on the scope's partition, with the
+    /// principal for its audit events.
+    fn tenant_tx<T: Send + 'static>(
+        &self,
+        scope: &TenantScope,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &str) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let p = self.partition(scope.tenant(), scope.partition())?;
+        let principal = scope.principal().id().to_owned();
+        p.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&tx, &principal)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+}
+
+#[async_trait]
+impl GatewayStore for SqliteStore {
+    async fn record_usage(
+        &self,
+        scope: &TenantScope,
+        usage: &UsageRecord,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayStoreError> {
+        let (scope, u) = (scope.clone(), usage.clone());
+        self.blocking(move |s| {
+            s.tenant_tx(&scope, |tx, principal| {
+                tx.execute(
+                    "INSERT INTO usage (id, time, ts_micros, day, request_id, model, provider, region, input_tokens,
+                       output_tokens, cached_tokens, cost_nanos, latency_ms, status, stream)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    params![
+                        u.id,
+                        u.time.to_string(),
+                        u.time.unix_micros(),
+                        u.time.day(),
+                        u.request_id,
+                        u.model,
+                        u.provider,
+                        u.region,
+                        u.tokens.input as i64,
+                        u.tokens.output as i64,
+                        u.tokens.cached as i64,
+                        u.cost_nanos as i64,
+                        u.latency_ms as i64,
+                        u.status,
+                        u.stream
+                    ],
+                )?;
+                partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(gw)
+    }
+
+    async fn append_audit(
+        &self,
+        scope: &TenantScope,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayStoreError> {
+        crate::TenantStore::append_audit(self, scope, event)
+            .await
+            .map(|_| ())
+            .map_err(gw)
+    }
+
+    async fn usage_summary(
+        &self,
+        scope: &TenantScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<UsageSummary>, GatewayStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT day, model, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_nanos)
+                     FROM usage WHERE ts_micros >= ?1 AND ts_micros < ?2
+                     GROUP BY day, model ORDER BY day, model",
+                )?;
+                let rows = stmt.query_map(params![from.unix_micros(), to.unix_micros()], |r| {
+                    Ok(UsageSummary {
+                        day: r.get(0)?,
+                        model: r.get(1)?,
+                        requests: r.get::<_, i64>(2)? as u64,
+                        input_tokens: r.get::<_, i64>(3)? as u64,
+                        output_tokens: r.get::<_, i64>(4)? as u64,
+                        cached_tokens: r.get::<_, i64>(5)? as u64,
+                        cost_nanos: r.get::<_, i64>(6)? as u64,
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(StoreError::from)
+            })
+        })
+        .await
+        .map_err(gw)
+    }
+
+    async fn allowed_models(
+        &self,
+        scope: &TenantScope,
+    ) -> Result<Option<Vec<String>>, GatewayStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let v: Option<String> = conn
+                    .query_row(
+                        "SELECT value FROM settings WHERE key = ?1",
+                        params![ALLOWED_MODELS],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                v.map(|text| serde_json::from_str::<Vec<String>>(&text))
+                    .transpose()
+                    .map_err(|e| {
+                        StoreError::Internal(format!("corrupt setting {ALLOWED_MODELS}: {e}"))
+                    })
+            })
+        })
+        .await
+        .map_err(gw)
+    }
+
+    async fn set_allowed_models(
+        &self,
+        scope: &TenantScope,
+        models: Option<Vec<String>>,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            s.tenant_tx(&scope, |tx, principal| {
+                match &models {
+                    Some(list) => {
+                        let text = serde_json::to_string(list)
+                            .map_err(|e| StoreError::Internal(e.to_string()))?;
+                        tx.execute(
+                            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                             ON CONFLICT (key) DO UPDATE SET value = ?2",
+                            params![ALLOWED_MODELS, text],
+                        )?;
+                    }
+                    None => {
+                        tx.execute(
+                            "DELETE FROM settings WHERE key = ?1",
+                            params![ALLOWED_MODELS],
+                        )?;
+                    }
+                }
+                partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(gw)
+    }
+}
