@@ -7,6 +7,7 @@ mod api_keys;
 mod bodies;
 mod credentials;
 mod fakes;
+mod gateway;
 mod jwt;
 mod lifecycle;
 mod matrix;

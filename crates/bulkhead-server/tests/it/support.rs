@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+pub const PLATFORM_KEY: &str = "sk-platform-key-0123456789";
 pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
 pub const HS_SECRET: &str = "hs-secret-for-tests-0123456789abcdef";
 pub const HS_ISSUER: &str = "https://hs.test";
@@ -142,6 +143,12 @@ impl TestApp {
 
     /// A test app with extra `[server]` lines.
     pub async fn with_server_settings(extra: &str) -> Self {
+        Self::with_config(extra, "").await
+    }
+
+    /// A test app with extra `[server]` lines and extra top-level tables
+    /// (providers, models…). `env:FAKE_KEY` resolves to [`PLATFORM_KEY`].
+    pub async fn with_config(extra: &str, tables: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let jwks = jwks(dir.path());
         let text = format!(
@@ -169,6 +176,7 @@ issuer = "{JWKS_ISSUER}"
 audience = "{AUDIENCE}"
 algorithms = ["ES256", "EdDSA", "RS256"]
 jwks_file = "{jwks}"
+{tables}
 "#,
             data = dir.path().join("data").display(),
             limit = if extra.contains("max_body_bytes") {
@@ -183,6 +191,7 @@ jwks_file = "{jwks}"
             "OP_TOKEN" => Some(OPERATOR_TOKEN.to_owned()),
             "HS_SECRET" => Some(HS_SECRET.to_owned()),
             "METRICS_TOKEN" => Some(METRICS_TOKEN.to_owned()),
+            "FAKE_KEY" => Some(PLATFORM_KEY.to_owned()),
             _ => None,
         };
         let config = bulkhead_core::config::load(&text, &env).unwrap();
