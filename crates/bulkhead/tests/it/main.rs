@@ -5,5 +5,6 @@
 
 mod check;
 mod e2e;
+mod sdk_openai;
 mod secrets;
 mod support;

@@ -1,0 +1,136 @@
+//! The official OpenAI Python SDK against the real binary, with the fake
+//! provider upstream (OpenAI and Anthropic formats): plain, streaming and
+//! tool-call completions, model listing, errors, and per-tenant isolation.
+
+use std::process::Command;
+
+use bulkhead_testkit::{FakeProvider, Reply};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const PROVIDER_KEY: &str = "sk-fake-provider-key-0123456789";
+
+/// Whether python3 with the `openai` package is available. In CI it must
+/// be (the test fails otherwise); elsewhere the test explains and returns.
+fn sdk_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!ci, "CI=true but python3 cannot import the openai package (.ci/run installs it)");
+        eprintln!("skipping: python3 with the openai package is not installed (pip install openai)");
+    }
+    ok
+}
+
+#[test]
+fn the_official_openai_sdk_works_against_bulkhead() {
+    if !sdk_available() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(FakeProvider::start());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bulkhead.toml");
+    let base = fake.base_url();
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[providers]]
+name = "fake-eu"
+kind = "openai"
+base_url = "{base}/v1"
+region = "eu"
+credential = "env:SDK_TEST_PROVIDER_KEY"
+[[providers]]
+name = "fake-anthropic"
+kind = "anthropic"
+base_url = "{base}"
+region = "eu"
+credential = "env:SDK_TEST_PROVIDER_KEY"
+[[models]]
+name = "small"
+provider = "fake-eu"
+upstream = "gpt-4o-mini"
+price_input_per_mtok = "0.15"
+price_output_per_mtok = "0.60"
+[[models]]
+name = "claude"
+provider = "fake-anthropic"
+upstream = "claude-fake"
+"#
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(&config), &[("SDK_TEST_PROVIDER_KEY", PROVIDER_KEY)]);
+    let d = data.to_str().unwrap().to_owned();
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .map(|s| (*s).to_owned())
+            .chain(["--url".to_owned(), server.url.clone(), "--data-dir".to_owned(), d.clone()])
+            .collect()
+    };
+    for t in ["acme", "globex"] {
+        cli_json(&with(&["tenant", "create", t, "--region", "eu"]), &[]);
+    }
+    let key_a = cli_json(&with(&["key", "create", "--tenant", "acme"]), &[])["key"].as_str().unwrap().to_owned();
+    let key_b = cli_json(&with(&["key", "create", "--tenant", "globex"]), &[])["key"].as_str().unwrap().to_owned();
+    let token = std::fs::read_to_string(data.join("operator_token")).unwrap();
+    let mut res = agent()
+        .put(format!("{}/admin/v1/tenants/globex/models", server.url))
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .send_json(json!({"allowed": ["claude"]}))
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "{}", res.body_mut().read_to_string().unwrap());
+
+    fake.push_all([
+        Reply::text("plain answer from the provider"),
+        Reply::text("streamed answer in pieces"),
+        Reply::tool_call("notify", json!({"text": "hi"})),
+    ]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/sdk/openai_sdk.py");
+    let out = Command::new("python3").arg(&script).args([&server.url, &key_a, &key_b]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "the SDK script failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["models_a"], json!(["claude", "small"]));
+    assert_eq!(seen["models_b"], json!(["claude"]));
+    assert_eq!(seen["plain"]["content"], "plain answer from the provider");
+    assert_eq!(seen["plain"]["model"], "small");
+    assert_eq!(seen["plain"]["finish_reason"], "stop");
+    assert_eq!(seen["stream"]["content"], "streamed answer in pieces");
+    assert_eq!(seen["stream"]["completion_tokens"], 4);
+    assert_eq!(seen["tool_call"], json!({"name": "notify", "arguments": {"text": "hi"}, "finish_reason": "tool_calls"}));
+    assert_eq!(seen["anthropic"], json!({"content": "echo: hello anthropic", "model": "claude"}));
+    assert_eq!(seen["anthropic_stream"], "echo: stream anthropic");
+    assert_eq!(seen["unknown_model"], "model_not_found");
+    assert_eq!(seen["b_small"], "model_not_found");
+    assert_eq!(seen["bad_key"], "invalid_api_key");
+
+    // The provider saw the platform key on every call, and only these calls.
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 5);
+    for r in &reqs {
+        let key = r.header("authorization").map(|h| h.trim_start_matches("Bearer ").to_owned());
+        let key = key.or_else(|| r.header("x-api-key").map(str::to_owned));
+        assert_eq!(key.as_deref(), Some(PROVIDER_KEY));
+    }
+    // Usage: acme's five calls; globex none.
+    let (_, u, _) = get(&format!("{}/v1/usage", server.url), Some(&key_a), &[]);
+    assert_eq!(u["total"]["requests"], 5, "{u}");
+    let (_, u, _) = get(&format!("{}/v1/usage", server.url), Some(&key_b), &[]);
+    assert_eq!(u["total"]["requests"], 0, "{u}");
+    let logs = server.stop();
+    assert!(logs.iter().all(|l| !l.contains(PROVIDER_KEY) && !l.contains(&key_a)));
+    drop(fake);
+}
