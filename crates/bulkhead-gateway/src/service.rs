@@ -18,7 +18,7 @@ use crate::anthropic::{self, StreamTranslator};
 use crate::catalog::{Catalog, KeySource, Model};
 use crate::error::GatewayError;
 use crate::sse;
-use crate::store::GatewayStore;
+use crate::store::{GatewaySettings, GatewayStore};
 use crate::upstream::Upstream;
 use crate::usage::{Tokens, UsageRecord, UsageSummary, cost_nanos, nanos_to_usd};
 
@@ -62,6 +62,8 @@ struct Call {
     started: Instant,
     time: Timestamp,
     stream: bool,
+    /// The request messages, kept only when the tenant opted in.
+    prompt: Option<Value>,
 }
 
 impl Call {
@@ -85,13 +87,22 @@ impl Call {
         } else {
             Outcome::Failure
         };
-        let event = NewAuditEvent::new("model.call", format!("model:{}", m.name), outcome, self.scope.request_id().clone())
-            .with_details(json!({
-                "provider": usage.provider, "region": usage.region, "upstream_model": m.upstream,
-                "input_tokens": tokens.input, "output_tokens": tokens.output, "cached_tokens": tokens.cached,
-                "cost_usd": nanos_to_usd(usage.cost_nanos), "latency_ms": usage.latency_ms,
-                "status": status, "stream": self.stream,
-            }));
+        let mut details = json!({
+            "provider": usage.provider, "region": usage.region, "upstream_model": m.upstream,
+            "input_tokens": tokens.input, "output_tokens": tokens.output, "cached_tokens": tokens.cached,
+            "cost_usd": nanos_to_usd(usage.cost_nanos), "latency_ms": usage.latency_ms,
+            "status": status, "stream": self.stream,
+        });
+        if let Some(p) = &self.prompt {
+            details["messages"] = p.clone();
+        }
+        let event = NewAuditEvent::new(
+            "model.call",
+            format!("model:{}", m.name),
+            outcome,
+            self.scope.request_id().clone(),
+        )
+        .with_details(details);
         (usage, event)
     }
 
@@ -121,11 +132,7 @@ impl Gateway {
 
     /// The models this tenant may use: allowed for it and served from its region.
     pub async fn models(&self, scope: &TenantScope) -> Result<Vec<Model>, GatewayError> {
-        let allowed = self
-            .store
-            .allowed_models(scope)
-            .await
-            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let allowed = self.settings(scope).await?.allowed_models;
         Ok(self
             .catalog
             .all()
@@ -135,10 +142,23 @@ impl Gateway {
             .collect())
     }
 
-    /// The tenant's model allow-list (`None`: every model).
-    pub async fn allowed(&self, scope: &TenantScope) -> Result<Option<Vec<String>>, GatewayError> {
+    /// The tenant's gateway settings.
+    pub async fn settings(&self, scope: &TenantScope) -> Result<GatewaySettings, GatewayError> {
         self.store
-            .allowed_models(scope)
+            .settings(scope)
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))
+    }
+
+    /// Turns keeping prompts in the tenant's audit chain on or off.
+    pub async fn set_audit_prompts(
+        &self,
+        scope: &TenantScope,
+        on: bool,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayError> {
+        self.store
+            .set_audit_prompts(scope, on, event)
             .await
             .map_err(|e| GatewayError::Internal(e.to_string()))
     }
@@ -169,18 +189,26 @@ impl Gateway {
             .map_err(|e| GatewayError::Internal(e.to_string()))
     }
 
-    async fn resolve(&self, scope: &TenantScope, name: &str) -> Result<Model, GatewayError> {
+    async fn resolve(
+        &self,
+        scope: &TenantScope,
+        name: &str,
+    ) -> Result<(Model, GatewaySettings), GatewayError> {
         let model = self
             .catalog
             .get(name)
             .cloned()
             .ok_or_else(|| GatewayError::ModelNotFound(name.to_owned()))?;
-        let allowed = self
+        let settings = self
             .store
-            .allowed_models(scope)
+            .settings(scope)
             .await
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
-        if allowed.is_some_and(|a| !a.contains(&model.name)) {
+        if settings
+            .allowed_models
+            .as_ref()
+            .is_some_and(|a| !a.contains(&model.name))
+        {
             return Err(GatewayError::ModelNotFound(name.to_owned()));
         }
         if &model.provider.region != scope.region() {
@@ -204,7 +232,7 @@ impl Gateway {
             }
             return Err(err);
         }
-        Ok(model)
+        Ok((model, settings))
     }
 
     async fn key(
@@ -279,7 +307,7 @@ impl Gateway {
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let model = self.resolve(scope, &name).await?;
+        let (model, settings) = self.resolve(scope, &name).await?;
         let upstream_body = match model.provider.kind {
             ProviderKind::Openai => {
                 let mut b: Map<String, Value> = req.clone();
@@ -299,6 +327,10 @@ impl Gateway {
             started: Instant::now(),
             time: Timestamp::now(),
             stream,
+            prompt: settings
+                .audit_prompts
+                .then(|| req.get("messages").cloned())
+                .flatten(),
         };
         let permit = model
             .provider

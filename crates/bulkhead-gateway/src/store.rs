@@ -7,6 +7,15 @@ use bulkhead_core::audit::NewAuditEvent;
 
 use crate::usage::{UsageRecord, UsageSummary};
 
+/// A tenant's gateway settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// Model allow-list; `None` means every model.
+    pub allowed_models: Option<Vec<String>>,
+    /// Keep the request messages in the audit event of each call (off by default).
+    pub audit_prompts: bool,
+}
+
 /// Storage failures, as the gateway sees them.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -35,11 +44,15 @@ pub trait GatewayStore: Send + Sync {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<UsageSummary>, GatewayStoreError>;
-    /// The tenant's model allow-list; `None` means every model.
-    async fn allowed_models(
+    /// The tenant's gateway settings (one read per call).
+    async fn settings(&self, scope: &TenantScope) -> Result<GatewaySettings, GatewayStoreError>;
+    /// Turns keeping prompts in the audit chain on or off, with its audit event.
+    async fn set_audit_prompts(
         &self,
         scope: &TenantScope,
-    ) -> Result<Option<Vec<String>>, GatewayStoreError>;
+        on: bool,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayStoreError>;
     /// Replaces the tenant's model allow-list, with its audit event.
     async fn set_allowed_models(
         &self,

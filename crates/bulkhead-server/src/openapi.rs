@@ -48,7 +48,7 @@ impl Modify for Security {
         credentials::operator_put, credentials::operator_list, credentials::operator_delete,
         credentials::platform_put, credentials::platform_list, credentials::platform_delete,
         kms::rotate, kms::rewrap, kms::rotate_tenant_key,
-        openai::chat, openai::models, usage::usage, usage::get_models, usage::put_models,
+        openai::chat, openai::models, usage::usage, usage::get_models, usage::put_models, usage::get_settings, usage::put_settings,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&Security)

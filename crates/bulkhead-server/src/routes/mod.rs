@@ -87,6 +87,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/tenants/{id}/models",
             get(usage::get_models).put(usage::put_models),
         )
+        .route(
+            "/admin/v1/tenants/{id}/settings",
+            get(usage::get_settings).put(usage::put_settings),
+        )
         .route("/admin/v1/kms/rotate", post(kms::rotate))
         .route("/admin/v1/kms/rewrap", post(kms::rewrap))
         .route(

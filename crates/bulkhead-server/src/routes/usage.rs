@@ -157,9 +157,10 @@ async fn answer(
 ) -> Result<TenantModels, ApiError> {
     let allowed = state
         .gateway
-        .allowed(scope)
+        .settings(scope)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .allowed_models;
     let available = state
         .gateway
         .models(scope)
@@ -229,4 +230,79 @@ pub async fn put_models(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(AxumJson(answer(&state, &scope).await?))
+}
+
+/// `PUT /admin/v1/tenants/{id}/settings` body.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutSettings {
+    /// Keep each model call's request messages in the tenant's audit chain
+    /// (off by default: audit events carry no prompt contents).
+    pub audit_prompts: bool,
+}
+
+/// A tenant's gateway settings.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SettingsBody {
+    /// Tenant id.
+    pub tenant: String,
+    /// Whether prompts are kept in the audit chain.
+    pub audit_prompts: bool,
+    /// The model allow-list (`null`: every model).
+    pub allowed_models: Option<Vec<String>>,
+}
+
+async fn settings_body(
+    state: &AppState,
+    scope: &bulkhead_auth::TenantScope,
+) -> Result<SettingsBody, ApiError> {
+    let s = state
+        .gateway
+        .settings(scope)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(SettingsBody {
+        tenant: scope.tenant().to_string(),
+        audit_prompts: s.audit_prompts,
+        allowed_models: s.allowed_models,
+    })
+}
+
+/// A tenant's gateway settings.
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/settings", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 200, body = SettingsBody), (status = 404, body = crate::error::Problem)))]
+pub async fn get_settings(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path(id): Path<String>,
+) -> Result<AxumJson<SettingsBody>, ApiError> {
+    let scope = tenant_scope(&state, &op, &id).await?;
+    Ok(AxumJson(settings_body(&state, &scope).await?))
+}
+
+/// Changes a tenant's gateway settings (the prompt-audit opt-in).
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/settings", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id")), request_body = PutSettings,
+    responses((status = 200, body = SettingsBody), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+pub async fn put_settings(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path(id): Path<String>,
+    Json(body): Json<PutSettings>,
+) -> Result<AxumJson<SettingsBody>, ApiError> {
+    let scope = tenant_scope(&state, &op, &id).await?;
+    let event = NewAuditEvent::new(
+        "tenant.settings",
+        format!("tenant:{id}"),
+        Outcome::Success,
+        op.request_id().clone(),
+    )
+    .with_details(json!({"audit_prompts": body.audit_prompts}));
+    state
+        .gateway
+        .set_audit_prompts(&scope, body.audit_prompts, event)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(AxumJson(settings_body(&state, &scope).await?))
 }

@@ -598,3 +598,109 @@ async fn bad_requests_get_openai_errors_and_bill_nothing() {
         .await;
     r.assert_problem(400, "invalid_parameter");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_is_still_billed() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let fake = FakeProvider::start().await;
+    let app = app_with(&fake).await;
+    app.create_tenant("acme", "eu").await;
+    let (_, key) = app.api_key("acme", &["member"]).await;
+    // Two thousand words stream as two thousand chunks: far more than the
+    // gateway buffers, so the upstream reader is still busy when the client leaves.
+    let long: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
+    fake.push(Reply::text(long.join(" ")).with_usage((12, 2000, 0)));
+    let mut body = chat("small", "tell me a long story");
+    body["stream"] = json!(true);
+    let req = axum::http::Request::post("/v1/chat/completions")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let res = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut stream = res.into_body();
+    let first = stream.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some());
+    drop(stream);
+
+    // The call's task records the usage row when it notices; wait for that
+    // event (bounded), rather than for a fixed time.
+    let mut recorded = None;
+    for _ in 0..500 {
+        let events = app.audit(&key).await;
+        if let Some(e) = events.into_iter().find(|e| e["action"] == "model.call") {
+            recorded = Some(e);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let event = recorded.expect("no usage was recorded for the abandoned stream");
+    assert_eq!(event["details"]["status"], "client_disconnected");
+    assert_eq!(event["details"]["stream"], true);
+    assert_eq!(usage(&app, &key).await["total"]["requests"], 1);
+}
+
+#[tokio::test]
+async fn prompts_reach_the_audit_chain_only_when_the_tenant_opts_in() {
+    let fake = FakeProvider::start().await;
+    let app = app_with(&fake).await;
+    app.create_tenant("acme", "eu").await;
+    let (_, key) = app.api_key("acme", &["member"]).await;
+    let r = app
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat("small", "first secret plan")),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = app
+        .call(
+            "PUT",
+            "/admin/v1/tenants/acme/settings",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"audit_prompts": true})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["audit_prompts"].as_bool()),
+        (200, Some(true)),
+        "{}",
+        r.body
+    );
+    let r = app
+        .call(
+            "PUT",
+            "/admin/v1/tenants/acme/settings",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"audit_prompts": "yes"})),
+        )
+        .await;
+    r.assert_problem(400, "invalid_body");
+    let r = app
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat("small", "second kept plan")),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let calls: Vec<Value> = app
+        .audit(&key)
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "model.call")
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert!(calls[0]["details"].get("messages").is_none());
+    assert!(!calls[0].to_string().contains("first secret plan"));
+    assert_eq!(
+        calls[1]["details"]["messages"][0]["content"],
+        "second kept plan"
+    );
+}

@@ -265,6 +265,22 @@ fn rows(f: &Fixture) -> Vec<Row> {
             Plane::Operator,
             200,
         ),
+        row(
+            "PUT",
+            "/admin/v1/tenants/{id}/settings",
+            "/admin/v1/tenants/acme/settings",
+            Some(json!({"audit_prompts": false})),
+            Plane::Operator,
+            200,
+        ),
+        row(
+            "GET",
+            "/admin/v1/tenants/{id}/settings",
+            "/admin/v1/tenants/acme/settings",
+            None,
+            Plane::Operator,
+            200,
+        ),
     ]
 }
 

@@ -5,9 +5,9 @@ use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::Timestamp;
 use bulkhead_core::audit::NewAuditEvent;
-use bulkhead_gateway::store::{GatewayStore, GatewayStoreError};
+use bulkhead_gateway::store::{GatewaySettings, GatewayStore, GatewayStoreError};
 use bulkhead_gateway::usage::{UsageRecord, UsageSummary};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::SqliteStore;
 use super::partition;
@@ -19,6 +19,8 @@ fn gw(e: StoreError) -> GatewayStoreError {
 
 /// Settings key of the model allow-list.
 const ALLOWED_MODELS: &str = "allowed_models";
+/// Settings key of the prompt-audit opt-in.
+const AUDIT_PROMPTS: &str = "audit_prompts";
 
 impl SqliteStore {
     /// Runs `f` in a write transaction on the scope's partition, with the
@@ -124,26 +126,52 @@ impl GatewayStore for SqliteStore {
         .map_err(gw)
     }
 
-    async fn allowed_models(
-        &self,
-        scope: &TenantScope,
-    ) -> Result<Option<Vec<String>>, GatewayStoreError> {
+    async fn settings(&self, scope: &TenantScope) -> Result<GatewaySettings, GatewayStoreError> {
         let scope = scope.clone();
         self.blocking(move |s| {
             let p = s.partition(scope.tenant(), scope.partition())?;
             p.with_conn(|conn| {
-                let v: Option<String> = conn
-                    .query_row(
-                        "SELECT value FROM settings WHERE key = ?1",
-                        params![ALLOWED_MODELS],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                v.map(|text| serde_json::from_str::<Vec<String>>(&text))
-                    .transpose()
-                    .map_err(|e| {
-                        StoreError::Internal(format!("corrupt setting {ALLOWED_MODELS}: {e}"))
-                    })
+                let mut settings = GatewaySettings::default();
+                let mut stmt =
+                    conn.prepare_cached("SELECT key, value FROM settings WHERE key IN (?1, ?2)")?;
+                let rows = stmt.query_map(params![ALLOWED_MODELS, AUDIT_PROMPTS], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?;
+                for row in rows {
+                    let (key, text) = row?;
+                    let corrupt = |e: serde_json::Error| {
+                        StoreError::Internal(format!("corrupt setting {key}: {e}"))
+                    };
+                    if key == ALLOWED_MODELS {
+                        settings.allowed_models =
+                            Some(serde_json::from_str(&text).map_err(corrupt)?);
+                    } else {
+                        settings.audit_prompts = serde_json::from_str(&text).map_err(corrupt)?;
+                    }
+                }
+                Ok(settings)
+            })
+        })
+        .await
+        .map_err(gw)
+    }
+
+    async fn set_audit_prompts(
+        &self,
+        scope: &TenantScope,
+        on: bool,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            s.tenant_tx(&scope, |tx, principal| {
+                tx.execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = ?2",
+                    params![AUDIT_PROMPTS, if on { "true" } else { "false" }],
+                )?;
+                partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
+                Ok(())
             })
         })
         .await

@@ -21,8 +21,13 @@ fn sdk_available() -> bool {
         .unwrap_or(false);
     if !ok {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-        assert!(!ci, "CI=true but python3 cannot import the openai package (.ci/run installs it)");
-        eprintln!("skipping: python3 with the openai package is not installed (pip install openai)");
+        assert!(
+            !ci,
+            "CI=true but python3 cannot import the openai package (.ci/run installs it)"
+        );
+        eprintln!(
+            "skipping: python3 with the openai package is not installed (pip install openai)"
+        );
     }
     ok
 }
@@ -68,34 +73,59 @@ upstream = "claude-fake"
     )
     .unwrap();
     let data = dir.path().join("data");
-    let server = Server::start(&data, Some(&config), &[("SDK_TEST_PROVIDER_KEY", PROVIDER_KEY)]);
+    let server = Server::start(
+        &data,
+        Some(&config),
+        &[("SDK_TEST_PROVIDER_KEY", PROVIDER_KEY)],
+    );
     let d = data.to_str().unwrap().to_owned();
     let with = |args: &[&str]| -> Vec<String> {
         args.iter()
             .map(|s| (*s).to_owned())
-            .chain(["--url".to_owned(), server.url.clone(), "--data-dir".to_owned(), d.clone()])
+            .chain([
+                "--url".to_owned(),
+                server.url.clone(),
+                "--data-dir".to_owned(),
+                d.clone(),
+            ])
             .collect()
     };
     for t in ["acme", "globex"] {
         cli_json(&with(&["tenant", "create", t, "--region", "eu"]), &[]);
     }
-    let key_a = cli_json(&with(&["key", "create", "--tenant", "acme"]), &[])["key"].as_str().unwrap().to_owned();
-    let key_b = cli_json(&with(&["key", "create", "--tenant", "globex"]), &[])["key"].as_str().unwrap().to_owned();
+    let key_a = cli_json(&with(&["key", "create", "--tenant", "acme"]), &[])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key_b = cli_json(&with(&["key", "create", "--tenant", "globex"]), &[])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let token = std::fs::read_to_string(data.join("operator_token")).unwrap();
     let mut res = agent()
         .put(format!("{}/admin/v1/tenants/globex/models", server.url))
         .header("authorization", format!("Bearer {}", token.trim()))
         .send_json(json!({"allowed": ["claude"]}))
         .unwrap();
-    assert_eq!(res.status().as_u16(), 200, "{}", res.body_mut().read_to_string().unwrap());
+    assert_eq!(
+        res.status().as_u16(),
+        200,
+        "{}",
+        res.body_mut().read_to_string().unwrap()
+    );
 
     fake.push_all([
         Reply::text("plain answer from the provider"),
         Reply::text("streamed answer in pieces"),
         Reply::tool_call("notify", json!({"text": "hi"})),
     ]);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/sdk/openai_sdk.py");
-    let out = Command::new("python3").arg(&script).args([&server.url, &key_a, &key_b]).output().unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/sdk/openai_sdk.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([&server.url, &key_a, &key_b])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "the SDK script failed:\n{}\n{}",
@@ -110,8 +140,14 @@ upstream = "claude-fake"
     assert_eq!(seen["plain"]["finish_reason"], "stop");
     assert_eq!(seen["stream"]["content"], "streamed answer in pieces");
     assert_eq!(seen["stream"]["completion_tokens"], 4);
-    assert_eq!(seen["tool_call"], json!({"name": "notify", "arguments": {"text": "hi"}, "finish_reason": "tool_calls"}));
-    assert_eq!(seen["anthropic"], json!({"content": "echo: hello anthropic", "model": "claude"}));
+    assert_eq!(
+        seen["tool_call"],
+        json!({"name": "notify", "arguments": {"text": "hi"}, "finish_reason": "tool_calls"})
+    );
+    assert_eq!(
+        seen["anthropic"],
+        json!({"content": "echo: hello anthropic", "model": "claude"})
+    );
     assert_eq!(seen["anthropic_stream"], "echo: stream anthropic");
     assert_eq!(seen["unknown_model"], "model_not_found");
     assert_eq!(seen["b_small"], "model_not_found");
@@ -121,7 +157,9 @@ upstream = "claude-fake"
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 5);
     for r in &reqs {
-        let key = r.header("authorization").map(|h| h.trim_start_matches("Bearer ").to_owned());
+        let key = r
+            .header("authorization")
+            .map(|h| h.trim_start_matches("Bearer ").to_owned());
         let key = key.or_else(|| r.header("x-api-key").map(str::to_owned));
         assert_eq!(key.as_deref(), Some(PROVIDER_KEY));
     }
@@ -131,6 +169,9 @@ upstream = "claude-fake"
     let (_, u, _) = get(&format!("{}/v1/usage", server.url), Some(&key_b), &[]);
     assert_eq!(u["total"]["requests"], 0, "{u}");
     let logs = server.stop();
-    assert!(logs.iter().all(|l| !l.contains(PROVIDER_KEY) && !l.contains(&key_a)));
+    assert!(
+        logs.iter()
+            .all(|l| !l.contains(PROVIDER_KEY) && !l.contains(&key_a))
+    );
     drop(fake);
 }
