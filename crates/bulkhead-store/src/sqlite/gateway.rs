@@ -22,7 +22,107 @@ const ALLOWED_MODELS: &str = "allowed_models";
 /// Settings key of the prompt-audit opt-in.
 const AUDIT_PROMPTS: &str = "audit_prompts";
 
+/// One usage row waiting for its batch.
+pub(crate) struct PendingUsage {
+    scope: TenantScope,
+    usage: UsageRecord,
+    event: NewAuditEvent,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// A tenant's rows waiting to be written, and whether a writer is at work.
+#[derive(Default)]
+pub(crate) struct PendingBatch {
+    rows: Vec<PendingUsage>,
+    writing: bool,
+}
+
+fn insert_usage(tx: &rusqlite::Transaction<'_>, u: &UsageRecord) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO usage (id, time, ts_micros, day, request_id, model, provider, region, input_tokens,
+           output_tokens, cached_tokens, cost_nanos, latency_ms, status, stream)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            u.id,
+            u.time.to_string(),
+            u.time.unix_micros(),
+            u.time.day(),
+            u.request_id,
+            u.model,
+            u.provider,
+            u.region,
+            u.tokens.input as i64,
+            u.tokens.output as i64,
+            u.tokens.cached as i64,
+            u.cost_nanos as i64,
+            u.latency_ms as i64,
+            u.status,
+            u.stream
+        ],
+    )?;
+    Ok(())
+}
+
 impl SqliteStore {
+    /// Writes a tenant's pending usage rows batch after batch until none
+    /// is left, then steps down as its writer.
+    async fn write_usage_batches(&self, uid: bulkhead_core::TenantUid) {
+        loop {
+            let rows = {
+                let Ok(mut batches) = self.inner.usage_batches.lock() else {
+                    return;
+                };
+                let Some(pending) = batches.get_mut(&uid) else {
+                    return;
+                };
+                if pending.rows.is_empty() {
+                    pending.writing = false;
+                    batches.remove(&uid);
+                    return;
+                }
+                std::mem::take(&mut pending.rows)
+            };
+            let this = self.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let result = this.write_usage_rows(&rows).map_err(|e| e.to_string());
+                (rows, result)
+            })
+            .await;
+            match written {
+                Ok((rows, result)) => {
+                    for row in rows {
+                        let _ = row.done.send(result.clone());
+                    }
+                }
+                // The blocking task panicked: its rows' senders are dropped,
+                // so their callers see an error instead of waiting forever.
+                Err(e) => tracing::error!(error = %e, "usage writer failed"),
+            }
+        }
+    }
+
+    /// One transaction for a batch: each row with its audit event, in order.
+    fn write_usage_rows(&self, rows: &[PendingUsage]) -> Result<(), StoreError> {
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let p = self.partition(first.scope.tenant(), first.scope.partition())?;
+        p.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for row in rows {
+                insert_usage(&tx, &row.usage)?;
+                partition::append_chain(
+                    &tx,
+                    Some(row.scope.tenant().clone()),
+                    row.scope.principal().id(),
+                    row.event.clone(),
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     /// Runs `f` in a write transaction on the scope's partition, with the
     /// principal for its audit events.
     fn tenant_tx<T: Send + 'static>(
@@ -49,37 +149,37 @@ impl GatewayStore for SqliteStore {
         usage: &UsageRecord,
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError> {
-        let (scope, u) = (scope.clone(), usage.clone());
-        self.blocking(move |s| {
-            s.tenant_tx(&scope, |tx, principal| {
-                tx.execute(
-                    "INSERT INTO usage (id, time, ts_micros, day, request_id, model, provider, region, input_tokens,
-                       output_tokens, cached_tokens, cost_nanos, latency_ms, status, stream)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                    params![
-                        u.id,
-                        u.time.to_string(),
-                        u.time.unix_micros(),
-                        u.time.day(),
-                        u.request_id,
-                        u.model,
-                        u.provider,
-                        u.region,
-                        u.tokens.input as i64,
-                        u.tokens.output as i64,
-                        u.tokens.cached as i64,
-                        u.cost_nanos as i64,
-                        u.latency_ms as i64,
-                        u.status,
-                        u.stream
-                    ],
-                )?;
-                partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
-                Ok(())
-            })
-        })
-        .await
-        .map_err(gw)
+        // Group commit: rows of one tenant that arrive while its previous
+        // batch is being written are written together, in one transaction
+        // and one fsync, by whichever caller found no writer running. Every
+        // caller still returns only once its own row is durable.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut batches = self
+                .inner
+                .usage_batches
+                .lock()
+                .map_err(|_| GatewayStoreError("usage batch lock poisoned".into()))?;
+            let pending = batches.entry(scope.partition()).or_default();
+            pending.rows.push(PendingUsage {
+                scope: scope.clone(),
+                usage: usage.clone(),
+                event,
+                done: done_tx,
+            });
+            !std::mem::replace(&mut pending.writing, true)
+        };
+        if lead {
+            // In its own task, so a caller that is cancelled cannot leave the
+            // tenant without a writer.
+            let this = self.clone();
+            let uid = scope.partition();
+            tokio::spawn(async move { this.write_usage_batches(uid).await });
+        }
+        match done_rx.await {
+            Ok(result) => result.map_err(GatewayStoreError),
+            Err(_) => Err(GatewayStoreError("the usage writer stopped".into())),
+        }
     }
 
     async fn append_audit(

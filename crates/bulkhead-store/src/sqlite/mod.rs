@@ -145,6 +145,7 @@ struct Inner {
     control: Mutex<Connection>,
     index: RwLock<DirIndex>,
     partitions: Mutex<PartitionCache>,
+    usage_batches: Mutex<HashMap<TenantUid, gateway::PendingBatch>>,
 }
 
 /// The embedded SQLite store. Cheap to clone.
@@ -256,6 +257,7 @@ impl SqliteStore {
                 root: root.to_owned(),
                 control: Mutex::new(conn),
                 index: RwLock::new(index),
+                usage_batches: Mutex::new(HashMap::new()),
                 partitions: Mutex::new(PartitionCache {
                     open: HashMap::new(),
                     clock: 0,
