@@ -10,18 +10,25 @@
 //! (data key read and unwrapped through the key provider), and re-wrap
 //! throughput over many tenants, each against the bare cryptography as the
 //! in-run baseline.
+//!
+//! `cargo xtask bench-gateway` measures the model gateway's overhead: chat
+//! completions (plain and streamed) sent straight to the fake model
+//! provider of `bulkhead-testkit` and through the release binary in front
+//! of it, closed-loop and at a fixed request rate.
 
+mod gateway_bench;
+mod load;
 mod vault_bench;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
 use serde_json::{Value, json};
+
+use crate::load::{Load, Target};
 
 struct Args {
     connections: usize,
@@ -73,8 +80,9 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "bench" => bench(&args),
         "bench-vault" => vault_bench::run(std::env::args().skip(2).collect()),
+        "bench-gateway" => gateway_bench::run(std::env::args().skip(2).collect()),
         _ => bail!(
-            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]"
+            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]"
         ),
     }
 }
@@ -98,27 +106,47 @@ impl Drop for Server {
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
 const OPERATOR_TOKEN: &str = "bench-operator-token-0123456789";
 
-fn start_server(dir: &Path) -> anyhow::Result<Server> {
-    let root = workspace_root();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "bulkhead"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release failed");
-    }
-    let config = dir.join("bench.toml");
-    std::fs::write(
-        &config,
-        r#"[operator]
+/// The configuration of the auth bench.
+const AUTH_CONFIG: &str = r#"[operator]
 token = "env:BENCH_OPERATOR_TOKEN"
 [[auth.jwt]]
 issuer = "https://bench.test"
 audience = "bulkhead"
 algorithms = ["HS256"]
 secret = "env:BENCH_JWT_SECRET"
-"#,
-    )?;
+"#;
+
+/// Builds the release binary and starts it on a free loopback port with
+/// `config` (written to `dir`) and a data directory in `dir`. The operator
+/// token is in `BENCH_OPERATOR_TOKEN`; `env` adds variables.
+fn start_server(dir: &Path, config: &str, env: &[(&str, &str)]) -> anyhow::Result<Server> {
+    let root = workspace_root();
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--release", "--quiet", "-p", "bulkhead"])
+        .current_dir(&root);
+    // `cargo run` gives xtask its package's variables; passed on, they
+    // differ from a plain `cargo build` (ring's build script watches
+    // CARGO_MANIFEST_DIR), and each switch between the two rebuilt ring,
+    // rustls, reqwest and the crates above them.
+    for (name, _) in std::env::vars_os() {
+        if let Some(n) = name.to_str()
+            && (n.starts_with("CARGO_PKG_")
+                || n.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    n,
+                    "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+                ))
+        {
+            build.env_remove(n);
+        }
+    }
+    let status = build.status()?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    let config_path = dir.join("bench.toml");
+    std::fs::write(&config_path, config)?;
     let mut child = Command::new(root.join("target/release/bulkhead"))
         .args([
             "--log-format",
@@ -128,11 +156,11 @@ secret = "env:BENCH_JWT_SECRET"
             "127.0.0.1:0",
             "--config",
         ])
-        .arg(&config)
+        .arg(&config_path)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env("BENCH_OPERATOR_TOKEN", OPERATOR_TOKEN)
-        .env("BENCH_JWT_SECRET", JWT_SECRET)
+        .envs(env.iter().copied())
         // Per-request log lines are off so the figures measure request
         // handling, not the terminal.
         .env("RUST_LOG", "info,bulkhead_server::request=warn")
@@ -153,7 +181,9 @@ secret = "env:BENCH_JWT_SECRET"
     bail!("the server exited before listening")
 }
 
-fn setup(addr: SocketAddr) -> anyhow::Result<(String, String)> {
+/// Creates tenant "bench" in region "eu" through the operator API and
+/// returns a new API key of it (role `member`).
+fn create_tenant_key(addr: SocketAddr) -> anyhow::Result<String> {
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
     let base = format!("http://{addr}");
     agent
@@ -166,7 +196,11 @@ fn setup(addr: SocketAddr) -> anyhow::Result<(String, String)> {
         .send_json(json!({"roles": ["member"]}))?
         .body_mut()
         .read_json()?;
-    let key = key["key"].as_str().context("no key")?.to_owned();
+    Ok(key["key"].as_str().context("no key")?.to_owned())
+}
+
+fn setup(addr: SocketAddr) -> anyhow::Result<(String, String)> {
+    let key = create_tenant_key(addr)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -179,87 +213,11 @@ fn setup(addr: SocketAddr) -> anyhow::Result<(String, String)> {
     Ok((key, jwt))
 }
 
-struct Figures {
-    requests: usize,
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
-async fn connection(
-    addr: SocketAddr,
-    path: &'static str,
-    token: Option<String>,
-    until: Instant,
-) -> anyhow::Result<Vec<u32>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let mut latencies = Vec::with_capacity(100_000);
-    while Instant::now() < until {
-        let mut req = hyper::Request::get(path).header("host", addr.to_string());
-        if let Some(t) = &token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = req.body(Empty::<Bytes>::new())?;
-        let started = Instant::now();
-        let res = sender.send_request(req).await?;
-        let status = res.status();
-        res.into_body().collect().await?;
-        latencies.push(started.elapsed().as_micros() as u32);
-        if !status.is_success() {
-            bail!("{path} answered {status}");
-        }
-    }
-    Ok(latencies)
-}
-
-fn run(
-    addr: SocketAddr,
-    path: &'static str,
-    token: Option<&str>,
-    args: &Args,
-) -> anyhow::Result<Figures> {
-    // One thread for the load generator, so the server keeps the other core.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let phase = |d: Duration| {
-            let until = Instant::now() + d;
-            let tasks: Vec<_> = (0..args.connections)
-                .map(|_| tokio::spawn(connection(addr, path, token.map(str::to_owned), until)))
-                .collect();
-            async move {
-                let mut all = Vec::new();
-                for t in tasks {
-                    all.extend(t.await??);
-                }
-                anyhow::Ok(all)
-            }
-        };
-        phase(args.warmup).await?;
-        let started = Instant::now();
-        let mut lat = phase(args.duration).await?;
-        let elapsed = started.elapsed().as_secs_f64();
-        lat.sort_unstable();
-        let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize] as f64;
-        Ok(Figures {
-            requests: lat.len(),
-            rps: lat.len() as f64 / elapsed,
-            p50_us: pct(0.50),
-            p99_us: pct(0.99),
-        })
-    })
-}
-
 #[allow(clippy::print_stdout)]
 fn bench(args: &Args) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("bulkhead-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let server = start_server(&dir)?;
+    let server = start_server(&dir, AUTH_CONFIG, &[("BENCH_JWT_SECRET", JWT_SECRET)])?;
     let (key, jwt) = setup(server.addr)?;
     println!(
         "bulkhead auth bench: {} s per scenario after {} s warm-up, release build, request logs off",
@@ -273,14 +231,16 @@ fn bench(args: &Args) -> anyhow::Result<()> {
         levels.push(1);
     }
     for connections in levels {
-        let level = Args {
+        let level = Load {
             connections,
             duration: args.duration,
             warmup: args.warmup,
+            paced_rps: None,
         };
-        let base = run(server.addr, "/healthz", None, &level)?;
-        let with_key = run(server.addr, "/v1/me", Some(&key), &level)?;
-        let with_jwt = run(server.addr, "/v1/me", Some(&jwt), &level)?;
+        let me = Target::get(server.addr, "/v1/me");
+        let base = load::run(&Target::get(server.addr, "/healthz"), &level)?;
+        let with_key = load::run(&me.clone().bearer(&key)?, &level)?;
+        let with_jwt = load::run(&me.bearer(&jwt)?, &level)?;
         println!();
         println!("{connections} keep-alive connection(s):");
         println!(
