@@ -272,6 +272,37 @@ impl SqliteStore {
         }
     }
 
+    /// A change to the owner's data keys (in the control database) and its
+    /// audit event: in the same transaction for the platform, right after
+    /// it in the tenant's own chain for a tenant.
+    fn data_key_write(
+        &self,
+        owner: &Owner,
+        event: NewAuditEvent,
+        f: impl FnOnce(&Transaction<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        {
+            // Checked under the control lock, which a tenant deletion holds
+            // for its whole transaction: a key can never be added for a
+            // tenant whose keys were just shredded.
+            let mut conn = self.control()?;
+            self.owner_alive(owner)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            f(&tx)?;
+            if let Owner::Platform { principal } = owner {
+                partition::append_chain(&tx, None, principal, event.clone())?;
+            }
+            tx.commit()?;
+        }
+        if let Owner::Tenant { .. } = owner {
+            self.owner_tx(owner, |tx, _, tenant, principal| {
+                partition::append_chain(tx, tenant, principal, event)?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// Whether the owner still exists (a deleted tenant's scope must not
     /// recreate keys after they were shredded).
     fn owner_alive(&self, owner: &Owner) -> Result<(), StoreError> {
@@ -313,13 +344,7 @@ impl VaultStore for SqliteStore {
         let owner = Owner::of(scope);
         let key = key.clone();
         self.blocking(move |s| {
-            {
-                // Checked under the control lock, which a tenant deletion
-                // holds for its whole transaction: a key can never be added
-                // for a tenant whose keys were just shredded.
-                let mut conn = s.control()?;
-                s.owner_alive(&owner)?;
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            s.data_key_write(&owner, event, |tx| {
                 let exists: Option<i64> = tx
                     .query_row(
                         "SELECT version FROM data_keys WHERE owner = ?1 AND version = ?2",
@@ -343,18 +368,8 @@ impl VaultStore for SqliteStore {
                         key.created_at.to_string()
                     ],
                 )?;
-                if let Owner::Platform { principal } = &owner {
-                    partition::append_chain(&tx, None, principal, event.clone())?;
-                }
-                tx.commit()?;
-            }
-            if let Owner::Tenant { .. } = &owner {
-                s.owner_tx(&owner, |tx, _, tenant, principal| {
-                    partition::append_chain(tx, tenant, principal, event)?;
-                    Ok(())
-                })?;
-            }
-            Ok(())
+                Ok(())
+            })
         })
         .await
         .map_err(vs)
@@ -368,27 +383,13 @@ impl VaultStore for SqliteStore {
     ) -> VsResult<()> {
         let owner = Owner::of(scope);
         self.blocking(move |s| {
-            s.owner_alive(&owner)?;
-            {
-                let mut conn = s.control()?;
-                let tx =
-                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            s.data_key_write(&owner, event, |tx| {
                 tx.execute(
                     "DELETE FROM data_keys WHERE owner = ?1 AND version = ?2",
                     params![owner.key_text(), version],
                 )?;
-                if let Owner::Platform { principal } = &owner {
-                    partition::append_chain(&tx, None, principal, event.clone())?;
-                }
-                tx.commit()?;
-            }
-            if let Owner::Tenant { .. } = &owner {
-                s.owner_tx(&owner, |tx, _, tenant, principal| {
-                    partition::append_chain(tx, tenant, principal, event)?;
-                    Ok(())
-                })?;
-            }
-            Ok(())
+                Ok(())
+            })
         })
         .await
         .map_err(vs)
