@@ -1,12 +1,14 @@
 //! The gateway service: resolve, check, call, translate, record.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_core::config::ProviderKind;
-use bulkhead_core::{SecretString, Timestamp};
+use bulkhead_core::{SecretString, TenantUid, Timestamp};
 use bulkhead_vault::credential::{ConnectionName, CredentialSecret};
 use bulkhead_vault::store::CredScope;
 use bulkhead_vault::{Vault, VaultError};
@@ -34,12 +36,18 @@ pub enum ChatOutcome {
 /// this the reader waits (backpressure) instead of growing memory.
 const STREAM_BUFFER: usize = 32;
 
+/// How long a tenant's settings are reused without reading them again.
+/// Changes made through this process apply at once (the entry is dropped);
+/// another replica's change applies within this time.
+const SETTINGS_TTL: Duration = Duration::from_secs(5);
+
 /// The model gateway.
 pub struct Gateway {
     catalog: Arc<Catalog>,
     upstream: Upstream,
     vault: Arc<Vault>,
     store: Arc<dyn GatewayStore>,
+    settings_cache: Mutex<HashMap<TenantUid, (GatewaySettings, Instant)>>,
 }
 
 fn now_unix() -> u64 {
@@ -127,7 +135,14 @@ impl Gateway {
             upstream: Upstream::new()?,
             vault,
             store,
+            settings_cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn forget_settings(&self, scope: &TenantScope) {
+        if let Ok(mut cache) = self.settings_cache.lock() {
+            cache.remove(&scope.partition());
+        }
     }
 
     /// The models this tenant may use: allowed for it and served from its region.
@@ -142,12 +157,23 @@ impl Gateway {
             .collect())
     }
 
-    /// The tenant's gateway settings.
+    /// The tenant's gateway settings (cached per tenant incarnation).
     pub async fn settings(&self, scope: &TenantScope) -> Result<GatewaySettings, GatewayError> {
-        self.store
+        if let Ok(cache) = self.settings_cache.lock()
+            && let Some((s, at)) = cache.get(&scope.partition())
+            && at.elapsed() < SETTINGS_TTL
+        {
+            return Ok(s.clone());
+        }
+        let settings = self
+            .store
             .settings(scope)
             .await
-            .map_err(|e| GatewayError::Internal(e.to_string()))
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        if let Ok(mut cache) = self.settings_cache.lock() {
+            cache.insert(scope.partition(), (settings.clone(), Instant::now()));
+        }
+        Ok(settings)
     }
 
     /// Turns keeping prompts in the tenant's audit chain on or off.
@@ -157,10 +183,13 @@ impl Gateway {
         on: bool,
         event: NewAuditEvent,
     ) -> Result<(), GatewayError> {
-        self.store
+        let result = self
+            .store
             .set_audit_prompts(scope, on, event)
             .await
-            .map_err(|e| GatewayError::Internal(e.to_string()))
+            .map_err(|e| GatewayError::Internal(e.to_string()));
+        self.forget_settings(scope);
+        result
     }
 
     /// Replaces the tenant's model allow-list.
@@ -170,10 +199,13 @@ impl Gateway {
         models: Option<Vec<String>>,
         event: NewAuditEvent,
     ) -> Result<(), GatewayError> {
-        self.store
+        let result = self
+            .store
             .set_allowed_models(scope, models, event)
             .await
-            .map_err(|e| GatewayError::Internal(e.to_string()))
+            .map_err(|e| GatewayError::Internal(e.to_string()));
+        self.forget_settings(scope);
+        result
     }
 
     /// Usage by day and model.
@@ -199,11 +231,7 @@ impl Gateway {
             .get(name)
             .cloned()
             .ok_or_else(|| GatewayError::ModelNotFound(name.to_owned()))?;
-        let settings = self
-            .store
-            .settings(scope)
-            .await
-            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let settings = self.settings(scope).await?;
         if settings
             .allowed_models
             .as_ref()
