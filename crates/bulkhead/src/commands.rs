@@ -154,6 +154,31 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The tenant attributes `create` and `update` take.
+#[derive(Args)]
+pub struct TenantFields {
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Residency region.
+    #[arg(long)]
+    region: Option<String>,
+    /// shared or dedicated.
+    #[arg(long)]
+    isolation: Option<String>,
+}
+
+impl TenantFields {
+    /// The JSON body with the attributes that were given.
+    fn body(&self) -> Value {
+        object(&[
+            ("name", &self.name),
+            ("region", &self.region),
+            ("isolation", &self.isolation),
+        ])
+    }
+}
+
 /// `bulkhead tenant ...`
 #[derive(Subcommand)]
 pub enum TenantCommand {
@@ -161,15 +186,8 @@ pub enum TenantCommand {
     Create {
         /// Tenant id (lowercase letters, digits, '-').
         id: String,
-        /// Display name.
-        #[arg(long)]
-        name: Option<String>,
-        /// Residency region.
-        #[arg(long)]
-        region: Option<String>,
-        /// shared or dedicated.
-        #[arg(long)]
-        isolation: Option<String>,
+        #[command(flatten)]
+        fields: TenantFields,
         #[command(flatten)]
         conn: Connection,
     },
@@ -189,15 +207,8 @@ pub enum TenantCommand {
     Update {
         /// Tenant id.
         id: String,
-        /// Display name.
-        #[arg(long)]
-        name: Option<String>,
-        /// Residency region.
-        #[arg(long)]
-        region: Option<String>,
-        /// shared or dedicated.
-        #[arg(long)]
-        isolation: Option<String>,
+        #[command(flatten)]
+        fields: TenantFields,
         #[command(flatten)]
         conn: Connection,
     },
@@ -466,18 +477,8 @@ fn object(pairs: &[(&str, &Option<String>)]) -> Value {
 
 pub fn tenant(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TenantCommand::Create {
-            id,
-            name,
-            region,
-            isolation,
-            conn,
-        } => {
-            let mut body = object(&[
-                ("name", &name),
-                ("region", &region),
-                ("isolation", &isolation),
-            ]);
+        TenantCommand::Create { id, fields, conn } => {
+            let mut body = fields.body();
             body["id"] = Value::String(id);
             print(&Client::new(&conn)?.post("/admin/v1/tenants", &body)?)
         }
@@ -485,18 +486,8 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
         TenantCommand::Get { id, conn } => {
             print(&Client::new(&conn)?.get(&format!("/admin/v1/tenants/{}", seg(&id)))?)
         }
-        TenantCommand::Update {
-            id,
-            name,
-            region,
-            isolation,
-            conn,
-        } => {
-            let body = object(&[
-                ("name", &name),
-                ("region", &region),
-                ("isolation", &isolation),
-            ]);
+        TenantCommand::Update { id, fields, conn } => {
+            let body = fields.body();
             print(&Client::new(&conn)?.patch(&format!("/admin/v1/tenants/{}", seg(&id)), &body)?)
         }
         TenantCommand::Suspend { id, conn } => print(&Client::new(&conn)?.patch(
