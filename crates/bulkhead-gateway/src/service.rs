@@ -15,6 +15,7 @@ use bulkhead_vault::{Vault, VaultError};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use crate::anthropic::{self, StreamTranslator};
 use crate::catalog::{Catalog, KeySource, Model};
@@ -47,6 +48,7 @@ pub struct Gateway {
     upstream: Upstream,
     vault: Arc<Vault>,
     store: Arc<dyn GatewayStore>,
+    recorder: Recorder,
     settings_cache: Mutex<HashMap<TenantUid, (GatewaySettings, Instant)>>,
 }
 
@@ -114,13 +116,29 @@ impl Call {
         (usage, event)
     }
 
-    async fn finish(&self, store: &dyn GatewayStore, tokens: Tokens, status: &str) {
+    /// Queues the call's usage row and audit event with the store's writer
+    /// and returns without waiting for the commit: the answer is not held
+    /// back by an fsync, yet a usage or audit read that starts after this
+    /// returns includes the row. The write is tracked, so a graceful
+    /// shutdown ([`Gateway::drain`]) waits for it.
+    fn finish(&self, recorder: &Recorder, tokens: Tokens, status: &str) {
         let (usage, event) = self.record(tokens, status);
-        if let Err(e) = store.record_usage(&self.scope, &usage, event).await {
-            // The call happened; losing its row is an operator alarm, not a client error.
-            tracing::error!(error = %e, model = %usage.model, "could not record model usage");
-        }
+        let model = usage.model.clone();
+        let write = recorder.store.record_usage(&self.scope, usage, event);
+        recorder.tasks.spawn(async move {
+            if let Err(e) = write.await {
+                // The call happened; losing its row is an operator alarm, not a client error.
+                tracing::error!(error = %e, model = %model, "could not record model usage");
+            }
+        });
     }
+}
+
+/// Where calls' records go, and the tasks still writing them.
+#[derive(Clone)]
+struct Recorder {
+    store: Arc<dyn GatewayStore>,
+    tasks: TaskTracker,
 }
 
 impl Gateway {
@@ -134,9 +152,23 @@ impl Gateway {
             catalog,
             upstream: Upstream::new()?,
             vault,
+            recorder: Recorder {
+                store: store.clone(),
+                tasks: TaskTracker::new(),
+            },
             store,
             settings_cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Waits until every started call (streams included) has finished and
+    /// its usage row and audit event are written. Call it after the HTTP
+    /// server has stopped accepting requests; calls started afterwards are
+    /// still recorded but no longer waited for.
+    pub async fn drain(&self) {
+        self.recorder.tasks.close();
+        self.recorder.tasks.wait().await;
+        self.recorder.tasks.reopen();
     }
 
     fn forget_settings(&self, scope: &TenantScope) {
@@ -374,8 +406,7 @@ impl Gateway {
         {
             Ok(r) => r,
             Err(e) => {
-                call.finish(self.store.as_ref(), Tokens::default(), e.usage_status())
-                    .await;
+                call.finish(&self.recorder, Tokens::default(), e.usage_status());
                 return Err(e);
             }
         };
@@ -384,22 +415,24 @@ impl Gateway {
             drop(permit);
             return match result {
                 Ok((value, tokens)) => {
-                    call.finish(self.store.as_ref(), tokens, "ok").await;
+                    call.finish(&self.recorder, tokens, "ok");
                     Ok(ChatOutcome::Complete(value))
                 }
                 Err(e) => {
-                    call.finish(self.store.as_ref(), Tokens::default(), e.usage_status())
-                        .await;
+                    call.finish(&self.recorder, Tokens::default(), e.usage_status());
                     Err(e)
                 }
             };
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let store = self.store.clone();
-        tokio::spawn(async move {
+        let recorder = self.recorder.clone();
+        self.recorder.tasks.spawn(async move {
             let _permit = permit;
             let (tokens, status) = pump(&call, res, &tx, wants_usage).await;
-            call.finish(store.as_ref(), tokens, status).await;
+            // Queued before the client's stream ends (dropping `tx`), so a
+            // read that follows the stream sees the row.
+            call.finish(&recorder, tokens, status);
+            drop(tx);
         });
         Ok(ChatOutcome::Stream(rx))
     }

@@ -1,5 +1,8 @@
 //! What the gateway needs from storage (implemented by the store crate).
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::Timestamp;
@@ -21,16 +24,22 @@ pub struct GatewaySettings {
 #[error("{0}")]
 pub struct GatewayStoreError(pub String);
 
+/// The outcome of a queued usage write.
+pub type UsageWrite = Pin<Box<dyn Future<Output = Result<(), GatewayStoreError>> + Send>>;
+
 /// Usage rows and per-tenant model settings, in the tenant's partition.
 #[async_trait]
 pub trait GatewayStore: Send + Sync {
-    /// Writes a usage row and its audit event in one transaction.
-    async fn record_usage(
+    /// Queues a usage row and its audit event, to be written in one
+    /// transaction. The row is queued when this returns, so a usage or
+    /// audit read of the tenant that starts afterwards includes it; the
+    /// returned future resolves once it is durable (or could not be written).
+    fn record_usage(
         &self,
         scope: &TenantScope,
-        usage: &UsageRecord,
+        usage: UsageRecord,
         event: NewAuditEvent,
-    ) -> Result<(), GatewayStoreError>;
+    ) -> UsageWrite;
     /// Appends an event to the tenant's audit chain (a refused call).
     async fn append_audit(
         &self,

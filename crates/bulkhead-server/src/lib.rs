@@ -19,7 +19,7 @@ pub use routes::router;
 pub use state::AppState;
 
 /// Serves `state` on a bound listener until `shutdown` completes, then
-/// drains in-flight requests.
+/// drains in-flight requests and the usage records of finished model calls.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -32,7 +32,12 @@ pub async fn serve(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    let gateway = state.gateway.clone();
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await?;
+    // Answers no longer wait for their usage rows; nothing is lost on a
+    // clean stop because the rows still queued are written here.
+    gateway.drain().await;
+    Ok(())
 }

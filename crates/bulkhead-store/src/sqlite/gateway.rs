@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::Timestamp;
 use bulkhead_core::audit::NewAuditEvent;
-use bulkhead_gateway::store::{GatewaySettings, GatewayStore, GatewayStoreError};
+use bulkhead_gateway::store::{GatewaySettings, GatewayStore, GatewayStoreError, UsageWrite};
 use bulkhead_gateway::usage::{UsageRecord, UsageSummary};
 use rusqlite::params;
 
@@ -30,11 +30,13 @@ pub(crate) struct PendingUsage {
     done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
-/// A tenant's rows waiting to be written, and whether a writer is at work.
+/// A tenant's rows waiting to be written, whether a writer is at work, and
+/// readers waiting for the rows queued before them.
 #[derive(Default)]
 pub(crate) struct PendingBatch {
     rows: Vec<PendingUsage>,
     writing: bool,
+    settled: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 fn insert_usage(tx: &rusqlite::Transaction<'_>, u: &UsageRecord) -> Result<(), StoreError> {
@@ -64,11 +66,53 @@ fn insert_usage(tx: &rusqlite::Transaction<'_>, u: &UsageRecord) -> Result<(), S
 }
 
 impl SqliteStore {
+    /// Queues one usage row; the caller that finds no writer at work for
+    /// the tenant starts one.
+    fn queue_usage(&self, row: PendingUsage) -> Result<(), GatewayStoreError> {
+        let uid = row.scope.partition();
+        let lead = {
+            let mut batches = self
+                .inner
+                .usage_batches
+                .lock()
+                .map_err(|_| GatewayStoreError("usage batch lock poisoned".into()))?;
+            let pending = batches.entry(uid).or_default();
+            pending.rows.push(row);
+            !std::mem::replace(&mut pending.writing, true)
+        };
+        if lead {
+            // In its own task, so no caller's cancellation can leave the
+            // tenant without a writer.
+            let this = self.clone();
+            tokio::spawn(async move { this.write_usage_batches(uid).await });
+        }
+        Ok(())
+    }
+
+    /// Waits until every usage row of the tenant queued before this call
+    /// is written (or failed): reads of usage and audit start with it, so
+    /// a client sees the calls it has already been answered for.
+    pub(crate) async fn settle_usage(&self, uid: bulkhead_core::TenantUid) {
+        let waiter = {
+            let Ok(mut batches) = self.inner.usage_batches.lock() else {
+                return;
+            };
+            let Some(pending) = batches.get_mut(&uid) else {
+                return;
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            pending.settled.push(tx);
+            rx
+        };
+        // An error means the writer is gone; nothing more will be written.
+        let _ = waiter.await;
+    }
+
     /// Writes a tenant's pending usage rows batch after batch until none
     /// is left, then steps down as its writer.
     async fn write_usage_batches(&self, uid: bulkhead_core::TenantUid) {
         loop {
-            let rows = {
+            let (rows, settled) = {
                 let Ok(mut batches) = self.inner.usage_batches.lock() else {
                     return;
                 };
@@ -76,11 +120,19 @@ impl SqliteStore {
                     return;
                 };
                 if pending.rows.is_empty() {
-                    pending.writing = false;
+                    // Readers that arrived while the last batch was written.
+                    let settled = std::mem::take(&mut pending.settled);
                     batches.remove(&uid);
+                    drop(batches);
+                    for s in settled {
+                        let _ = s.send(());
+                    }
                     return;
                 }
-                std::mem::take(&mut pending.rows)
+                (
+                    std::mem::take(&mut pending.rows),
+                    std::mem::take(&mut pending.settled),
+                )
             };
             let this = self.clone();
             let written = tokio::task::spawn_blocking(move || {
@@ -97,6 +149,9 @@ impl SqliteStore {
                 // The blocking task panicked: its rows' senders are dropped,
                 // so their callers see an error instead of waiting forever.
                 Err(e) => tracing::error!(error = %e, "usage writer failed"),
+            }
+            for s in settled {
+                let _ = s.send(());
             }
         }
     }
@@ -143,43 +198,29 @@ impl SqliteStore {
 
 #[async_trait]
 impl GatewayStore for SqliteStore {
-    async fn record_usage(
+    fn record_usage(
         &self,
         scope: &TenantScope,
-        usage: &UsageRecord,
+        usage: UsageRecord,
         event: NewAuditEvent,
-    ) -> Result<(), GatewayStoreError> {
+    ) -> UsageWrite {
         // Group commit: rows of one tenant that arrive while its previous
         // batch is being written are written together, in one transaction
-        // and one fsync, by whichever caller found no writer running. Every
-        // caller still returns only once its own row is durable.
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let lead = {
-            let mut batches = self
-                .inner
-                .usage_batches
-                .lock()
-                .map_err(|_| GatewayStoreError("usage batch lock poisoned".into()))?;
-            let pending = batches.entry(scope.partition()).or_default();
-            pending.rows.push(PendingUsage {
-                scope: scope.clone(),
-                usage: usage.clone(),
-                event,
-                done: done_tx,
-            });
-            !std::mem::replace(&mut pending.writing, true)
-        };
-        if lead {
-            // In its own task, so a caller that is cancelled cannot leave the
-            // tenant without a writer.
-            let this = self.clone();
-            let uid = scope.partition();
-            tokio::spawn(async move { this.write_usage_batches(uid).await });
-        }
-        match done_rx.await {
-            Ok(result) => result.map_err(GatewayStoreError),
-            Err(_) => Err(GatewayStoreError("the usage writer stopped".into())),
-        }
+        // and one fsync.
+        let (done, done_rx) = tokio::sync::oneshot::channel();
+        let queued = self.queue_usage(PendingUsage {
+            scope: scope.clone(),
+            usage,
+            event,
+            done,
+        });
+        Box::pin(async move {
+            queued?;
+            match done_rx.await {
+                Ok(result) => result.map_err(GatewayStoreError),
+                Err(_) => Err(GatewayStoreError("the usage writer stopped".into())),
+            }
+        })
     }
 
     async fn append_audit(
@@ -199,6 +240,7 @@ impl GatewayStore for SqliteStore {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<UsageSummary>, GatewayStoreError> {
+        self.settle_usage(scope.partition()).await;
         let scope = scope.clone();
         self.blocking(move |s| {
             let p = s.partition(scope.tenant(), scope.partition())?;

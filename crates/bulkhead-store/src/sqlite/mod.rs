@@ -790,6 +790,8 @@ impl TenantStore for SqliteStore {
     async fn audit(&self, scope: &TenantScope, page: Page) -> StoreResult<Vec<AuditEvent>> {
         let tenant = scope.tenant().clone();
         let uid = scope.partition();
+        // Model calls already answered are in the chain the caller reads.
+        self.settle_usage(uid).await;
         self.blocking(move |s| s.partition(&tenant, uid)?.page(page))
             .await
     }

@@ -205,7 +205,7 @@ async fn concurrent_usage_rows_are_all_written_in_chain_order() {
                 Outcome::Success,
                 s.request_id().clone(),
             );
-            store.record_usage(&s, &usage, event).await.unwrap();
+            store.record_usage(&s, usage, event).await.unwrap();
         }));
     }
     for t in tasks {
@@ -238,4 +238,69 @@ async fn concurrent_usage_rows_are_all_written_in_chain_order() {
         verify_chain(&events, bulkhead_core::audit::GENESIS_HASH),
         Ok(events.len() as u64)
     );
+}
+
+/// The gateway answers before a call's usage row is committed; a read of
+/// usage or audit that starts after the row was queued still includes it.
+#[tokio::test]
+async fn reads_include_usage_rows_queued_before_them() {
+    use bulkhead_core::audit::{NewAuditEvent, Outcome};
+    use bulkhead_gateway::GatewayStore;
+    use bulkhead_gateway::usage::{Tokens, UsageRecord};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    create(&store, "acme").await;
+    let s = scope(&store, "acme").await;
+    let mut writes = Vec::new();
+    for i in 0..20u64 {
+        let usage = UsageRecord {
+            id: format!("q{i}"),
+            time: bulkhead_core::Timestamp::now(),
+            request_id: format!("r{i}"),
+            model: "small".into(),
+            provider: "p".into(),
+            region: "eu".into(),
+            tokens: Tokens {
+                input: 1,
+                output: 1,
+                cached: 0,
+            },
+            cost_nanos: 1,
+            latency_ms: 1,
+            status: "ok".into(),
+            stream: false,
+        };
+        let event = NewAuditEvent::new(
+            "model.call",
+            "model:small",
+            Outcome::Success,
+            s.request_id().clone(),
+        );
+        // Queued, not awaited.
+        writes.push(store.record_usage(&s, usage, event));
+    }
+    let day_ago = bulkhead_core::Timestamp::now().plus_seconds(-86_400);
+    let rows = store
+        .usage_summary(&s, day_ago, bulkhead_core::Timestamp::now().plus_seconds(5))
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.requests).sum::<u64>(), 20);
+    let events = store
+        .audit(
+            &s,
+            bulkhead_store::Page {
+                after: 0,
+                limit: 1000,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.action == "model.call").count(),
+        20
+    );
+    for w in writes {
+        w.await.unwrap();
+    }
 }
