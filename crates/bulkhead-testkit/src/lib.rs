@@ -47,9 +47,9 @@
 //!   (path and query as received, still percent-encoded);
 //! - `GET /big?bytes=N`: N bytes of `x` (add `&chunked=1` to send them
 //!   without a `Content-Length`);
-//! - `GET /status/{code}`: that status, the body echoing the
-//!   `Authorization` header (for testing that a caller keeps credentials
-//!   out of its errors);
+//! - `GET /status/{code}` (any method, any path after it): that status,
+//!   the body echoing the `Authorization` header (for testing that a
+//!   caller keeps credentials out of its errors);
 //! - `GET /hang`: never answers; the connection is closed when the
 //!   stand-in is dropped.
 //!

@@ -295,7 +295,9 @@ async fn route(state: &State, addr: SocketAddr, req: Request<Incoming>) -> Res {
         }
         (&Method::GET | &Method::POST, ["echo", ..]) => echo(&request),
         (&Method::GET, ["big"]) => big(&request),
-        (&Method::GET, ["status", code]) => status(&request, code),
+        // Any method and any tail, so that a connector's base URL can
+        // point here and meet the status on its own API path.
+        (_, ["status", code, ..]) => status(&request, code),
         (&Method::GET, ["hang"]) => std::future::pending().await,
         _ => json_response(
             StatusCode::NOT_FOUND,
@@ -507,7 +509,7 @@ fn big(request: &SaasRequest) -> Res {
     res
 }
 
-/// `/status/{code}`: that status; the body echoes the `Authorization`
+/// `/status/{code}[/...]`: that status; the body echoes the `Authorization`
 /// header, as careless APIs do in their errors.
 fn status(request: &SaasRequest, code: &str) -> Res {
     // 1xx are not final answers; a stand-in cannot meaningfully send one.

@@ -93,11 +93,32 @@ impl ToolError {
 }
 
 /// `text` with every occurrence of each secret replaced by `[redacted]`.
+/// One pass over the original text: replacing secret after secret would
+/// let a later (short) secret match inside an earlier `[redacted]`, and
+/// overlapping occurrences are covered as one span.
 pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_owned();
+    let mut covered = vec![false; text.len()];
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), "[redacted]");
+        for (start, m) in text.match_indices(secret.as_str()) {
+            covered[start..start + m.len()].fill(true);
+        }
+    }
+    if !covered.contains(&true) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_secret = false;
+    for (i, c) in text.char_indices() {
+        // Secrets are whole strings, so a match starts and ends on char
+        // boundaries; checking a char's first byte is enough.
+        if covered[i] {
+            if !in_secret {
+                out.push_str("[redacted]");
+                in_secret = true;
+            }
+        } else {
+            in_secret = false;
+            out.push(c);
         }
     }
     out
@@ -145,5 +166,8 @@ mod tests {
             e.to_string(),
             "upstream answered 401: bad token [redacted] ([redacted])"
         );
+        let secrets = vec!["abcd".to_owned(), "cdef".to_owned(), "e".to_owned()];
+        assert_eq!(scrub("xabcdefx e é", &secrets), "x[redacted]x [redacted] é");
+        assert_eq!(scrub("nothing", &secrets), "nothing");
     }
 }
