@@ -46,11 +46,12 @@ use serde_json::{Value, json};
 
 pub use error::ToolError;
 
-/// Bytes of an error body kept for the `Upstream` message: enough for an
-/// API's error code and sentence, too little to carry a data dump into a
-/// model's context.
+/// Characters of an error body kept for the `Upstream` message: enough
+/// for an API's error code and sentence, too little to carry a data dump
+/// into a model's context.
 const ERROR_SNIPPET_CHARS: usize = 200;
-/// Bytes of an error body read to make that snippet.
+/// Bytes of an error body read to make that snippet (the rest is left
+/// unread: an error page can be large).
 const ERROR_READ_BYTES: usize = 4096;
 
 /// One configured tool, as the agent runtime sees it.

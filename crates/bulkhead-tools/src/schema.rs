@@ -103,7 +103,7 @@ fn check_at(schema: &Value, path: &str, depth: usize) -> Result<(), String> {
             "additionalProperties" if !value.is_boolean() => {
                 return Err(format!("{at}: must be true or false"));
             }
-            "enum" if !value.as_array().is_some_and(|l| !l.is_empty()) => {
+            "enum" if value.as_array().is_none_or(Vec::is_empty) => {
                 return Err(format!("{at}: must be a non-empty list"));
             }
             "minLength" | "maxLength" if !value.is_u64() => {

@@ -6,7 +6,7 @@ use bulkhead_testkit::SaasStandIn;
 use bulkhead_tools::{ToolBox, ToolError};
 use serde_json::json;
 
-use crate::support::{config, connector, http};
+use crate::support::{connector, http};
 
 fn config_error(configs: Vec<bulkhead_core::config::ToolConfig>) -> String {
     match ToolBox::new(&configs) {
@@ -133,28 +133,39 @@ async fn tools_carry_their_metadata_and_openai_definitions() {
     assert!(debug.contains("slack"), "{debug}");
 }
 
+/// The tools example in docs/configuration.md loads and builds, so the
+/// documentation cannot drift from the code.
 #[test]
-fn toml_configuration_builds() {
-    let text = r#"
-[[tools]]
-name = "lookup"
-kind = "http"
-region = "eu"
-method = "POST"
-url = "https://api.example.com/v1/customers/{{ id }}/notes"
-body = '{"note": {{ note }}}'
-allowed_hosts = ["api.example.com:443"]
-[tools.parameters]
-type = "object"
-required = ["id", "note"]
-additionalProperties = false
-properties.id = { type = "string", maxLength = 40 }
-properties.note = { type = "string", maxLength = 1000 }
-"#;
-    let c = bulkhead_core::config::load(text, &|_| None).unwrap();
+fn the_documented_example_builds() {
+    let doc = include_str!("../../../../docs/configuration.md");
+    let example = doc
+        .split("```toml")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains("customer_notes"))
+        .unwrap();
+    let c = bulkhead_core::config::load(example, &|_| None).unwrap();
     let tools = ToolBox::new(&c.tools).unwrap();
-    let tool = tools.get("lookup").unwrap();
-    tool.validate(&json!({"id": "c1", "note": "n"})).unwrap();
-    assert!(tool.validate(&json!({"id": "c1"})).is_err());
-    let _ = config;
+    assert_eq!(tools.tools().count(), 4);
+    let tool = tools.get("customer_notes").unwrap();
+    assert_eq!(tool.risk, Risk::Write);
+    assert_eq!((tool.timeout_s(), tool.max_response_bytes()), (10, 16384));
+    tool.validate(&json!({"customer_id": "c1", "note": "n"}))
+        .unwrap();
+    assert!(tool.validate(&json!({"customer_id": "c1"})).is_err());
+}
+
+/// The agent runtime shares one toolbox across tasks and spawns calls.
+#[tokio::test]
+async fn the_toolbox_is_shareable_and_calls_are_send() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    fn send<T: Send>(_: &T) {}
+    shareable::<ToolBox>();
+    shareable::<bulkhead_tools::Tool>();
+    let saas = SaasStandIn::start().await;
+    let tools = ToolBox::new(&[http(&saas, "/echo", json!({}))]).unwrap();
+    let args = json!({});
+    let call = tools.call(tools.get("web").unwrap(), &args, None);
+    send(&call);
+    call.await.unwrap();
 }
