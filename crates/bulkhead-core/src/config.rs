@@ -591,7 +591,43 @@ pub struct ToolConfig {
     pub approval: Option<ApprovalMode>,
     /// Human description shown to the model.
     pub description: Option<String>,
+    /// HTTP method of an `http` tool: GET (default), POST, PUT, PATCH or
+    /// DELETE.
+    pub method: Option<String>,
+    /// URL template of an `http` tool (minijinja; the variables are the
+    /// model's arguments, each percent-encoded). Required for `http`.
+    pub url: Option<String>,
+    /// JSON body template of an `http` tool (values JSON-escaped).
+    pub body: Option<String>,
+    /// JSON Schema (an object) of an `http` tool's arguments. Required for
+    /// `http`; connectors have built-in schemas.
+    pub parameters: Option<serde_json::Value>,
+    /// Largest response body read from the tool's upstream.
+    #[serde(default = "default_tool_max_response")]
+    pub max_response_bytes: u64,
+    /// Per-call timeout in seconds, response body included.
+    #[serde(default = "default_tool_timeout")]
+    pub timeout_s: u64,
 }
+
+/// 64 KiB: a tool result goes into the model's context, where more than
+/// that is wasted tokens (and money) rather than information.
+fn default_tool_max_response() -> u64 {
+    64 * 1024
+}
+/// The most a tool result may be: beyond 16 MiB a response is not
+/// something a model can use, and the whole body is held in memory.
+pub const MAX_TOOL_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+/// SaaS APIs answer within seconds; 30 s rides out a slow one without
+/// holding an agent run for long.
+fn default_tool_timeout() -> u64 {
+    30
+}
+/// Five minutes: longer would hold an agent run (and its quota slot) for
+/// longer than any interactive caller waits.
+pub const MAX_TOOL_TIMEOUT_S: u64 = 300;
+/// Methods an `http` tool may use.
+pub const TOOL_HTTP_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 /// `[[agents]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -826,6 +862,72 @@ fn check_unique<'a>(
         }
     }
     seen
+}
+
+/// The request keys of a tool: which kinds take them, and their ranges.
+/// Templates and schemas are only checked for presence here; their
+/// structure is checked where they are compiled (`bulkhead-tools`).
+fn check_tool_request(t: &ToolConfig, p: &str, errors: &mut Errors) {
+    if t.kind == ToolKind::Http {
+        if let Some(m) = &t.method
+            && !TOOL_HTTP_METHODS.contains(&m.as_str())
+        {
+            errors.push(
+                format!("{p}.method"),
+                format!("{m:?} is not one of GET, POST, PUT, PATCH, DELETE"),
+            );
+        }
+        match &t.url {
+            Some(u) if u.trim().is_empty() => errors.push(format!("{p}.url"), "must not be empty"),
+            Some(_) => {}
+            None => errors.push(format!("{p}.url"), "is required for http tools"),
+        }
+        if t.body.is_some() && t.method.as_deref().is_none_or(|m| m == "GET") {
+            errors.push(
+                format!("{p}.body"),
+                "a GET request has no body; set method as well",
+            );
+        }
+        match &t.parameters {
+            Some(serde_json::Value::Object(_)) => {}
+            Some(_) => errors.push(
+                format!("{p}.parameters"),
+                "must be a JSON Schema object (a table)",
+            ),
+            None => errors.push(
+                format!("{p}.parameters"),
+                "is required for http tools (the JSON Schema of the arguments)",
+            ),
+        }
+    } else {
+        for (key, set) in [
+            ("method", t.method.is_some()),
+            ("url", t.url.is_some()),
+            ("body", t.body.is_some()),
+        ] {
+            if set {
+                errors.push(format!("{p}.{key}"), "only http tools take this key");
+            }
+        }
+        if t.parameters.is_some() {
+            errors.push(
+                format!("{p}.parameters"),
+                "connectors have built-in parameters; only http tools take this key",
+            );
+        }
+    }
+    if !(1..=MAX_TOOL_RESPONSE_BYTES).contains(&t.max_response_bytes) {
+        errors.push(
+            format!("{p}.max_response_bytes"),
+            format!("must be between 1 and {MAX_TOOL_RESPONSE_BYTES} (16 MiB)"),
+        );
+    }
+    if !(1..=MAX_TOOL_TIMEOUT_S).contains(&t.timeout_s) {
+        errors.push(
+            format!("{p}.timeout_s"),
+            format!("must be between 1 and {MAX_TOOL_TIMEOUT_S}"),
+        );
+    }
 }
 
 fn check_url(url: &str, path: &str, errors: &mut Errors) {
@@ -1090,12 +1192,17 @@ fn validate_resources(
         let p = format!("tools[{i}]");
         tool_region.insert(&t.name, &t.region);
         match &t.base_url {
+            Some(_) if t.kind == ToolKind::Http => errors.push(
+                format!("{p}.base_url"),
+                "http tools take their whole URL template in url",
+            ),
             Some(url) => check_url(url, &format!("{p}.base_url"), errors),
             None if t.kind != ToolKind::Http => {
                 errors.push(format!("{p}.base_url"), "is required for this tool kind")
             }
             None => {}
         }
+        check_tool_request(t, &p, errors);
         match &t.connection {
             Some(c) if !is_connection_name(c) => errors.push(
                 format!("{p}.connection"),
@@ -1296,6 +1403,15 @@ name = "web"
 kind = "http"
 region = "eu"
 allowed_hosts = ["example.com:443"]
+method = "POST"
+url = "https://example.com/search?q={{ q }}"
+body = '{"q": {{ q }}}'
+timeout_s = 10
+max_response_bytes = 1024
+[tools.parameters]
+type = "object"
+required = ["q"]
+properties.q = { type = "string", maxLength = 100 }
 [[agents]]
 name      = "support"
 model     = "small"
@@ -1328,6 +1444,78 @@ file = "policies.cedar"
         assert_eq!(c.models[0].price_output_per_mtok.unwrap().micros(), 600_000);
         assert!(
             matches!(c.providers[1].credential, Some(ProviderCredential::Tenant(ref n)) if n == "anthropic")
+        );
+        let web = &c.tools[1];
+        assert_eq!(web.method.as_deref(), Some("POST"));
+        assert_eq!(
+            web.parameters.as_ref().unwrap()["properties"]["q"]["maxLength"],
+            100
+        );
+        assert_eq!((web.timeout_s, web.max_response_bytes), (10, 1024));
+        assert_eq!(
+            (c.tools[0].timeout_s, c.tools[0].max_response_bytes),
+            (30, 65_536)
+        );
+    }
+
+    #[test]
+    fn tool_request_keys_are_checked_per_kind() {
+        let slack = "[[tools]]\nname = \"s\"\nkind = \"slack\"\nbase_url = \"https://slack.com\"\nregion = \"eu\"\nconnection = \"slack\"\n";
+        let http = "[[tools]]\nname = \"h\"\nkind = \"http\"\nregion = \"eu\"\nallowed_hosts = [\"x:443\"]\n";
+        let url = "url = \"https://x/{{ a }}\"\n";
+        let params = "parameters = { type = \"object\" }\n";
+        check(&format!("{http}{url}{params}"), &[]);
+        check(
+            &format!(
+                "{slack}method = \"POST\"\nurl = \"https://x\"\nbody = \"{{}}\"\nparameters = {{ type = \"object\" }}\n"
+            ),
+            &[
+                "tools[0].method: only http tools take this key",
+                "tools[0].url: only http tools take this key",
+                "tools[0].body: only http tools take this key",
+                "tools[0].parameters: connectors have built-in parameters",
+            ],
+        );
+        check(
+            http,
+            &[
+                "tools[0].url: is required for http tools",
+                "tools[0].parameters: is required for http tools",
+            ],
+        );
+        check(
+            &format!("{http}url = \" \"\nparameters = [1]\nmethod = \"get\"\n"),
+            &[
+                "tools[0].method: \"get\" is not one of",
+                "tools[0].url: must not be empty",
+                "tools[0].parameters: must be a JSON Schema object",
+            ],
+        );
+        check(
+            &format!("{http}{url}{params}body = \"{{}}\"\n"),
+            &["tools[0].body: a GET request has no body"],
+        );
+        check(
+            &format!("{http}{url}{params}base_url = \"https://x\"\n"),
+            &["tools[0].base_url: http tools take their whole URL template in url"],
+        );
+        check(
+            &format!("{slack}timeout_s = 0\nmax_response_bytes = 0\n"),
+            &[
+                "tools[0].max_response_bytes: must be between 1 and 16777216",
+                "tools[0].timeout_s: must be between 1 and 300",
+            ],
+        );
+        check(
+            &format!("{slack}timeout_s = 301\nmax_response_bytes = 16777217\n"),
+            &[
+                "tools[0].max_response_bytes: must be between 1",
+                "tools[0].timeout_s: must be between 1",
+            ],
+        );
+        check(
+            &format!("{slack}timeout_s = 300\nmax_response_bytes = 16777216\n"),
+            &[],
         );
     }
 

@@ -7,4 +7,5 @@ mod anthropic;
 mod failures;
 mod openai;
 mod recording;
+mod saas;
 mod support;

@@ -1,0 +1,173 @@
+//! [`ToolError`]: why a tool could not be built or called, with a stable
+//! code per variant.
+//!
+//! Messages go back to the model (so that it can fix its call) and into
+//! logs, so they never carry a credential: [`ToolBox::call`] scrubs every
+//! secret value out of them before returning, even one an upstream echoed
+//! back in its error body.
+//!
+//! [`ToolBox::call`]: crate::ToolBox::call
+
+/// Why a tool could not be built or called.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    /// The tool's configuration is unusable (named by key path, e.g.
+    /// `tools[2].url: ...`).
+    #[error("tool configuration: {0}")]
+    Config(String),
+    /// The model's arguments do not fit the tool; nothing was sent.
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    /// The rendered URL's `host:port` is not in the tool's allow-list;
+    /// nothing was sent.
+    #[error("host {host} is not allowed for this tool")]
+    HostNotAllowed {
+        /// The refused `host:port`.
+        host: String,
+    },
+    /// The tool needs a credential and none was given; nothing was sent.
+    #[error("this tool needs a credential and none is connected")]
+    MissingCredential,
+    /// The upstream answered with a failure.
+    #[error("upstream answered {status}: {message}")]
+    Upstream {
+        /// HTTP status (200 for Slack's `{"ok": false}`).
+        status: u16,
+        /// A short snippet of the answer, credentials removed.
+        message: String,
+    },
+    /// The response body exceeded the tool's `max_response_bytes`.
+    #[error("the response is larger than {limit} bytes")]
+    ResponseTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The call did not finish within the tool's `timeout_s`.
+    #[error("no complete answer within {seconds} s")]
+    Timeout {
+        /// The timeout in seconds.
+        seconds: u64,
+    },
+    /// The request could not be made (connection refused, TLS, a broken
+    /// body…).
+    #[error("request failed: {0}")]
+    Request(String),
+}
+
+impl ToolError {
+    /// A stable snake_case code, one per variant, for callers to branch on
+    /// and to put in audit events and API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ToolError::Config(_) => "config",
+            ToolError::InvalidArguments(_) => "invalid_arguments",
+            ToolError::HostNotAllowed { .. } => "host_not_allowed",
+            ToolError::MissingCredential => "missing_credential",
+            ToolError::Upstream { .. } => "upstream",
+            ToolError::ResponseTooLarge { .. } => "response_too_large",
+            ToolError::Timeout { .. } => "timeout",
+            ToolError::Request(_) => "request",
+        }
+    }
+
+    /// The same error with every `secrets` value replaced in its text.
+    pub(crate) fn scrubbed(self, secrets: &[String]) -> Self {
+        if secrets.is_empty() {
+            return self;
+        }
+        let s = |text: String| scrub(&text, secrets);
+        match self {
+            ToolError::Config(m) => ToolError::Config(s(m)),
+            ToolError::InvalidArguments(m) => ToolError::InvalidArguments(s(m)),
+            ToolError::HostNotAllowed { host } => ToolError::HostNotAllowed { host: s(host) },
+            ToolError::Upstream { status, message } => ToolError::Upstream {
+                status,
+                message: s(message),
+            },
+            ToolError::Request(m) => ToolError::Request(s(m)),
+            other @ (ToolError::MissingCredential
+            | ToolError::ResponseTooLarge { .. }
+            | ToolError::Timeout { .. }) => other,
+        }
+    }
+}
+
+/// `text` with every occurrence of each secret replaced by `[redacted]`.
+/// One pass over the original text: replacing secret after secret would
+/// let a later (short) secret match inside an earlier `[redacted]`, and
+/// overlapping occurrences are covered as one span.
+pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut covered = vec![false; text.len()];
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        for (start, m) in text.match_indices(secret.as_str()) {
+            covered[start..start + m.len()].fill(true);
+        }
+    }
+    if !covered.contains(&true) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_secret = false;
+    for (i, c) in text.char_indices() {
+        // Secrets are whole strings, so a match starts and ends on char
+        // boundaries; checking a char's first byte is enough.
+        if covered[i] {
+            if !in_secret {
+                out.push_str("[redacted]");
+                in_secret = true;
+            }
+        } else {
+            in_secret = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_snake_case() {
+        let all = [
+            ToolError::Config(String::new()),
+            ToolError::InvalidArguments(String::new()),
+            ToolError::HostNotAllowed {
+                host: String::new(),
+            },
+            ToolError::MissingCredential,
+            ToolError::Upstream {
+                status: 500,
+                message: String::new(),
+            },
+            ToolError::ResponseTooLarge { limit: 1 },
+            ToolError::Timeout { seconds: 1 },
+            ToolError::Request(String::new()),
+        ];
+        let codes: std::collections::BTreeSet<_> = all.iter().map(ToolError::code).collect();
+        assert_eq!(codes.len(), all.len());
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        );
+    }
+
+    #[test]
+    fn scrubbing_replaces_every_occurrence() {
+        let secrets = vec!["s3cret".to_owned(), String::new()];
+        let e = ToolError::Upstream {
+            status: 401,
+            message: "bad token s3cret (s3cret)".into(),
+        }
+        .scrubbed(&secrets);
+        assert_eq!(
+            e.to_string(),
+            "upstream answered 401: bad token [redacted] ([redacted])"
+        );
+        let secrets = vec!["abcd".to_owned(), "cdef".to_owned(), "e".to_owned()];
+        assert_eq!(scrub("xabcdefx e é", &secrets), "x[redacted]x [redacted] é");
+        assert_eq!(scrub("nothing", &secrets), "nothing");
+    }
+}
