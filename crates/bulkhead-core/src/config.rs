@@ -205,6 +205,14 @@ pub struct ServerConfig {
     /// Bearer token `GET /metrics` requires (`env:NAME`); without it the
     /// metrics are public, which reveals tenant ids in labels.
     pub metrics_token: Option<ConfigSecret>,
+    /// Directory of agent prompt files (`agents.prompt_file` is relative to
+    /// it); templates cannot read files outside it.
+    #[serde(default = "default_prompts_dir")]
+    pub prompts_dir: PathBuf,
+}
+
+fn default_prompts_dir() -> PathBuf {
+    PathBuf::from("prompts")
 }
 
 fn default_listen() -> SocketAddr {
@@ -238,6 +246,7 @@ impl Default for ServerConfig {
             request_timeout_s: default_request_timeout(),
             max_body_bytes: default_max_body(),
             metrics_token: None,
+            prompts_dir: default_prompts_dir(),
         }
     }
 }
@@ -652,6 +661,22 @@ pub struct AgentConfig {
     /// Maximum model calls per run.
     #[serde(default = "default_max_steps")]
     pub max_steps: u32,
+    /// Maximum tokens (prompt + completion, summed over the run's model calls).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u64,
+    /// Wall-clock limit of one run, in seconds.
+    #[serde(default = "default_run_timeout_s")]
+    pub timeout_s: u64,
+}
+
+/// Room for several tool round trips with a long prompt.
+fn default_max_tokens() -> u64 {
+    200_000
+}
+
+/// Long enough for slow tools, short enough that a stuck run is noticed.
+fn default_run_timeout_s() -> u64 {
+    120
 }
 
 /// Enough for multi-tool tasks; small enough to stop a looping model early.
@@ -1259,6 +1284,12 @@ fn validate_resources(
         }
         if a.max_steps == 0 || a.max_steps > 100 {
             errors.push(format!("{p}.max_steps"), "must be between 1 and 100");
+        }
+        if a.max_tokens == 0 || a.max_tokens > 100_000_000 {
+            errors.push(format!("{p}.max_tokens"), "must be between 1 and 100000000");
+        }
+        if a.timeout_s == 0 || a.timeout_s > 86_400 {
+            errors.push(format!("{p}.timeout_s"), "must be between 1 and 86400");
         }
         let region = model_region.get(a.model.as_str()).copied();
         if region.is_none() {

@@ -207,6 +207,16 @@ uuid_id!(
     EventId,
     "event:"
 );
+uuid_id!(
+    /// The id of one agent run, minted by the server.
+    RunId,
+    "run:"
+);
+uuid_id!(
+    /// The id of one conversation thread, minted by the server.
+    ThreadId,
+    "thread:"
+);
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,9 @@ pub enum BootError {
         /// Cause.
         message: String,
     },
+    /// Agents, prompts or tools could not be set up.
+    #[error("{0}")]
+    Agents(String),
     /// The key provider could not be opened.
     #[error("kms: {0}")]
     Kms(String),
@@ -110,11 +113,27 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         bulkhead_gateway::Gateway::new(catalog.clone(), vault.clone(), store_arc.clone())
             .map_err(|e| BootError::Kms(format!("model gateway: {e}")))?,
     );
+    let tools = bulkhead_tools::ToolBox::new(&config.tools)
+        .map_err(|e| BootError::Agents(e.to_string()))?;
+    let agents =
+        bulkhead_agent::AgentCatalog::new(config).map_err(|e| BootError::Agents(e.to_string()))?;
+    let prompts_dir = base_dir.join(&config.server.prompts_dir);
+    let prompts = bulkhead_agent::prompt::Prompts::new(&config.agents, &prompts_dir)
+        .map_err(|e| BootError::Agents(e.to_string()))?;
+    let runtime = Arc::new(bulkhead_agent::Runtime::new(
+        agents,
+        prompts,
+        gateway.clone(),
+        Arc::new(tools),
+        vault.clone(),
+        store_arc.clone(),
+    ));
     let state = AppState {
         control: store_arc.clone(),
         tenants: store_arc.clone(),
         vault,
         gateway,
+        runtime,
         catalog,
         auth: Arc::new(Authenticator::new(jwt, store_arc)),
         operator: Arc::new(OperatorAuthenticator::new(&token)),
@@ -133,6 +152,24 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     let startup_operator = bulkhead_core::RequestId::parse("startup")
         .ok()
         .and_then(|rid| state.operator.verify(Some(token.expose()), &rid));
+    if let Some(op) = &startup_operator {
+        // Before serving: a run a previous process left running reads as
+        // failed (`interrupted`) from the first request on.
+        let n = state
+            .runtime
+            .recover(op)
+            .await
+            .map_err(|e| BootError::Store {
+                path: data_dir.clone(),
+                message: format!("marking interrupted runs: {e}"),
+            })?;
+        if n > 0 {
+            tracing::warn!(
+                runs = n,
+                "marked runs interrupted by the previous stop as failed"
+            );
+        }
+    }
     Ok(Boot {
         state,
         store,

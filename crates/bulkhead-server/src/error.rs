@@ -60,6 +60,18 @@ pub enum ApiError {
     /// A bug or an unexpected failure; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
+    /// The tenant disabled the agent.
+    #[error("{0}")]
+    AgentDisabled(String),
+    /// The request would take a tenant's data out of its region.
+    #[error("{0}")]
+    Residency(String),
+    /// The run has already ended.
+    #[error("the run has already ended")]
+    RunFinished,
+    /// The agent's prompt could not be rendered with the tenant's settings.
+    #[error("{0}")]
+    Prompt(String),
 }
 
 impl ApiError {
@@ -81,6 +93,9 @@ impl ApiError {
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::AgentDisabled(_) | ApiError::RunFinished => StatusCode::CONFLICT,
+            ApiError::Residency(_) => StatusCode::FORBIDDEN,
+            ApiError::Prompt(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -102,6 +117,10 @@ impl ApiError {
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::AgentDisabled(_) => "agent_disabled",
+            ApiError::Residency(_) => "residency_violation",
+            ApiError::RunFinished => "run_finished",
+            ApiError::Prompt(_) => "prompt_error",
         }
     }
 
@@ -122,6 +141,10 @@ impl ApiError {
             ApiError::Timeout(_) => "Timeout",
             ApiError::Unavailable => "Service unavailable",
             ApiError::Internal(_) => "Internal error",
+            ApiError::AgentDisabled(_) => "Agent disabled",
+            ApiError::Residency(_) => "Residency violation",
+            ApiError::RunFinished => "Run already ended",
+            ApiError::Prompt(_) => "Prompt error",
         }
     }
 }
@@ -148,6 +171,22 @@ impl From<bulkhead_vault::VaultError> for ApiError {
                 ApiError::Internal("a stored credential failed its integrity check".into())
             }
             VaultError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<bulkhead_agent::AgentError> for ApiError {
+    fn from(e: bulkhead_agent::AgentError) -> Self {
+        use bulkhead_agent::AgentError;
+        match e {
+            AgentError::UnknownAgent(_) | AgentError::NotFound => ApiError::NotFound,
+            AgentError::Disabled(_) => ApiError::AgentDisabled(e.to_string()),
+            AgentError::Residency(m) => ApiError::Residency(m),
+            AgentError::Invalid(m) => ApiError::Validation(m),
+            AgentError::Finished => ApiError::RunFinished,
+            AgentError::Prompt(m) => ApiError::Prompt(m),
+            AgentError::Store(s) => ApiError::Internal(s.to_string()),
+            AgentError::Config(m) => ApiError::Internal(m),
         }
     }
 }

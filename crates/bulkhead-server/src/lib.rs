@@ -33,11 +33,14 @@ pub async fn serve(
         }
     });
     let gateway = state.gateway.clone();
+    let runtime = state.runtime.clone();
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
     // Answers no longer wait for their usage rows; nothing is lost on a
     // clean stop because the rows still queued are written here.
+    // Runs still going (their clients left) end as cancelled, recorded.
+    runtime.shutdown().await;
     gateway.drain().await;
     Ok(())
 }

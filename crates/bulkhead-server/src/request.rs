@@ -49,7 +49,11 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     let timeout_s = state.settings.request_timeout_s;
     // Model calls are bounded by their provider's timeout and retries
     // instead: a long completion must not be cut by the generic limit.
-    let bounded = req.uri().path() != crate::routes::openai::CHAT_PATH;
+    let path = req.uri().path();
+    // Runs are bounded by their agent's own `timeout_s`.
+    let bounded = path != crate::routes::openai::CHAT_PATH
+        && !(path.starts_with("/v1/agents/")
+            && path.ends_with(crate::routes::agents::RUNS_PATH_SUFFIX));
     let scoped_id = request_id.clone();
     let fut = async move {
         let mut res = if bounded {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bulkhead_agent::Runtime;
 use bulkhead_auth::{Authenticator, OperatorAuthenticator, TokenDigest};
 use bulkhead_core::Region;
 use bulkhead_gateway::{Catalog, Gateway};
@@ -33,6 +34,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// The model gateway.
     pub gateway: Arc<Gateway>,
+    /// The agent runtime.
+    pub runtime: Arc<Runtime>,
     /// The configured models.
     pub catalog: Arc<Catalog>,
     /// Tenant-plane authentication.

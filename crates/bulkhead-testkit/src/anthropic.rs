@@ -224,6 +224,7 @@ pub(crate) async fn messages(ctx: &Ctx, headers: &HeaderMap, body: RequestBody) 
         model: model.to_owned(),
         stream,
         include_usage: true,
+        request: request.clone(),
     };
     generate::<Anthropic>(ctx, g).await
 }

@@ -79,6 +79,6 @@ mod script;
 mod server;
 
 pub use openai::{DEFAULT_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_DIMENSIONS, MODELS};
-pub use provider::{FakeProvider, RecordedRequest};
+pub use provider::{FakeProvider, RecordedRequest, Responder};
 pub use saas::{SaasRequest, SaasStandIn};
 pub use script::{Reply, ToolCall, Usage};

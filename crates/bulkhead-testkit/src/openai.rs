@@ -71,7 +71,7 @@ impl Wire for OpenAi {
                     json!({
                         "id": call_id(meta, i),
                         "type": "function",
-                        "function": {"name": call.name, "arguments": call.arguments.to_string()},
+                        "function": {"name": call.name, "arguments": call.arguments_text()},
                     })
                 })
                 .collect();
@@ -122,7 +122,7 @@ impl Wire for OpenAi {
                 }]}),
                 None,
             ));
-            for fragment in json_fragments(&call.arguments.to_string()) {
+            for fragment in json_fragments(&call.arguments_text()) {
                 events.push(chunk(
                     json!({"tool_calls": [{"index": i, "function": {"arguments": fragment}}]}),
                     None,
@@ -262,6 +262,7 @@ pub(crate) async fn chat(ctx: &Ctx, headers: &HeaderMap, body: RequestBody) -> R
         model: model.to_owned(),
         stream,
         include_usage,
+        request: request.clone(),
     };
     generate::<OpenAi>(ctx, g).await
 }

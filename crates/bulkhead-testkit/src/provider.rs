@@ -36,9 +36,17 @@ impl RecordedRequest {
 }
 
 /// State shared by the handle and the connections.
-#[derive(Debug, Default)]
+/// Decides the reply to a generation request from its body (the request
+/// as sent: OpenAI's or Anthropic's JSON), when the script is empty.
+/// `None` falls back to the default answer. Unlike the script's order, a
+/// responder answers concurrent conversations (several tenants' agents at
+/// once) each by its own content.
+pub type Responder = Arc<dyn Fn(&Value) -> Option<Reply> + Send + Sync>;
+
+#[derive(Default)]
 pub(crate) struct State {
     script: Mutex<VecDeque<Reply>>,
+    responder: Mutex<Option<Responder>>,
     recorded: Mutex<Vec<RecordedRequest>>,
     /// Off: requests are counted but not recorded (long load tests).
     not_recording: AtomicBool,
@@ -54,8 +62,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    pub fn next_reply(&self) -> Option<Reply> {
-        lock(&self.script).pop_front()
+    pub fn next_reply(&self, request: &Value) -> Option<Reply> {
+        if let Some(reply) = lock(&self.script).pop_front() {
+            return Some(reply);
+        }
+        let responder = lock(&self.responder).clone();
+        responder.and_then(|r| r(request))
     }
 
     pub fn next_answer_number(&self) -> u64 {
@@ -141,6 +153,20 @@ impl FakeProvider {
     /// Appends several replies, in order.
     pub fn push_all(&self, replies: impl IntoIterator<Item = Reply>) {
         lock(&self.state.script).extend(replies);
+    }
+
+    /// Answers generation requests by their content once the script is
+    /// empty (see [`Responder`]).
+    pub fn set_responder(
+        &self,
+        responder: impl Fn(&Value) -> Option<Reply> + Send + Sync + 'static,
+    ) {
+        *lock(&self.state.responder) = Some(Arc::new(responder));
+    }
+
+    /// Removes the responder.
+    pub fn clear_responder(&self) {
+        *lock(&self.state.responder) = None;
     }
 
     /// Replies scripted and not yet consumed.

@@ -66,6 +66,25 @@ impl ToolCall {
             arguments,
         }
     }
+
+    /// A call whose OpenAI `arguments` string is `raw`, verbatim: lets a
+    /// test play a model that emits malformed JSON. (Anthropic's format has
+    /// no string form; there `raw` arrives as a JSON string value.)
+    pub fn raw(name: impl Into<String>, raw: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            arguments: Value::String(raw.into()),
+        }
+    }
+
+    /// The OpenAI `arguments` string: a JSON string value is sent verbatim
+    /// (see [`ToolCall::raw`]), anything else serialised.
+    pub(crate) fn arguments_text(&self) -> String {
+        match &self.arguments {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// A scripted answer to the next generation request

@@ -298,6 +298,8 @@ pub(crate) struct Generation {
     pub stream: bool,
     /// OpenAI `stream_options.include_usage`.
     pub include_usage: bool,
+    /// The whole request body, for a responder.
+    pub request: Value,
 }
 
 /// A wire format's rendering of answers and errors.
@@ -337,7 +339,7 @@ enum Action {
 /// Takes the next scripted reply (waiting out delays) and answers `g`.
 pub(crate) async fn generate<W: Wire>(ctx: &Ctx, g: Generation) -> Res {
     let conv = &g.conversation;
-    let mut next = ctx.state.next_reply();
+    let mut next = ctx.state.next_reply(&g.request);
     let action = loop {
         next = match next {
             Some(Reply::Delay { duration, then }) => {

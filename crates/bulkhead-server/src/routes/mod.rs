@@ -7,6 +7,7 @@
 //! document's security requirements).
 
 pub mod admin;
+pub mod agents;
 pub mod credentials;
 pub mod kms;
 pub mod openai;
@@ -82,6 +83,15 @@ pub fn router(state: AppState) -> Router {
             post(openai::chat).layer(DefaultBodyLimit::max(CHAT_BODY_LIMIT)),
         )
         .route("/v1/models", get(openai::models))
+        .route("/v1/agents", get(agents::list))
+        .route(
+            "/v1/agents/{agent}/settings",
+            get(agents::get_settings).put(agents::put_settings),
+        )
+        .route("/v1/agents/{agent}/runs", post(agents::start))
+        .route("/v1/runs/{id}", get(agents::get_run))
+        .route("/v1/runs/{id}/cancel", post(agents::cancel))
+        .route("/v1/threads/{id}/messages", get(agents::messages))
         .route("/v1/usage", get(usage::usage))
         .route(
             "/admin/v1/tenants/{id}/models",

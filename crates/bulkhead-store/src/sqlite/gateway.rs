@@ -180,7 +180,7 @@ impl SqliteStore {
 
     /// Runs `f` in a write transaction on the scope's partition, with the
     /// principal for its audit events.
-    fn tenant_tx<T: Send + 'static>(
+    pub(super) fn tenant_tx<T: Send + 'static>(
         &self,
         scope: &TenantScope,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &str) -> Result<T, StoreError>,

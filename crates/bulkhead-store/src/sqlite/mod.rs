@@ -11,6 +11,7 @@
 //! authenticating a request costs a hash-map lookup, not a query. The map is
 //! updated under its write lock right after each commit.
 
+mod agent;
 mod gateway;
 pub mod partition;
 mod vault;
@@ -88,6 +89,15 @@ const CONTROL_MIGRATIONS: &[&str] = &[
         created_at   TEXT NOT NULL,
         updated_at   TEXT NOT NULL,
         last_used_at TEXT
+    ) STRICT;",
+    // v3: runs in progress, by tenant partition, so a restart can mark the
+    // ones a dead process left running as failed without opening every
+    // tenant's database.
+    "CREATE TABLE active_runs (
+        tenant_uid TEXT NOT NULL,
+        tenant_id  TEXT NOT NULL,
+        run_id     TEXT NOT NULL,
+        PRIMARY KEY (tenant_uid, run_id)
     ) STRICT;",
 ];
 

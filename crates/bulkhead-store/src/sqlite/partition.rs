@@ -65,6 +65,49 @@ const MIGRATIONS: &[&str] = &[
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
     ) STRICT;",
+    // v4: agents: the tenant's settings of each agent, threads and their
+    // messages (each with the uid of the tenant that wrote it: provenance
+    // checked again when a prompt is assembled), runs and their steps.
+    "CREATE TABLE agent_settings (
+        agent      TEXT PRIMARY KEY,
+        value      TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE threads (
+        id         TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE messages (
+        thread_id TEXT NOT NULL REFERENCES threads(id),
+        seq       INTEGER NOT NULL,
+        owner     TEXT NOT NULL,
+        run_id    TEXT,
+        message   TEXT NOT NULL,
+        time      TEXT NOT NULL,
+        PRIMARY KEY (thread_id, seq)
+    ) STRICT;
+    CREATE TABLE runs (
+        id            TEXT PRIMARY KEY,
+        thread_id     TEXT NOT NULL REFERENCES threads(id),
+        agent         TEXT NOT NULL,
+        principal     TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        created_at    TEXT NOT NULL,
+        finished_at   TEXT,
+        output        TEXT,
+        error_code    TEXT,
+        error_message TEXT,
+        input_tokens  INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE TABLE run_steps (
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        seq    INTEGER NOT NULL,
+        kind   TEXT NOT NULL,
+        data   TEXT NOT NULL,
+        time   TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) STRICT;",
 ];
 
 /// File name of the tenant database inside its partition directory.

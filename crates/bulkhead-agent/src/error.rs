@@ -1,0 +1,52 @@
+//! Errors of the agent runtime, each with a stable code.
+
+use crate::store::AgentStoreError;
+
+/// What can go wrong when managing agents or starting and reading runs.
+/// Failures *inside* a run are not errors of the call that started it:
+/// they end the run with a code and message ([`crate::RunRecord::error`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No such agent (or not available to this tenant).
+    #[error("no agent named {0:?}")]
+    UnknownAgent(String),
+    /// No such run or thread (or another tenant's).
+    #[error("not found")]
+    NotFound,
+    /// The tenant disabled the agent.
+    #[error("the agent {0:?} is disabled for this tenant")]
+    Disabled(String),
+    /// The agent's model is outside the tenant's region.
+    #[error("{0}")]
+    Residency(String),
+    /// Bad settings or run input.
+    #[error("{0}")]
+    Invalid(String),
+    /// The run is already finished.
+    #[error("the run has already finished")]
+    Finished,
+    /// The prompt could not be rendered (e.g. an undefined variable).
+    #[error("{0}")]
+    Prompt(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] AgentStoreError),
+    /// Boot-time configuration problem (templates, tools).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl AgentError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AgentError::UnknownAgent(_) | AgentError::NotFound => "not_found",
+            AgentError::Disabled(_) => "agent_disabled",
+            AgentError::Residency(_) => "residency_violation",
+            AgentError::Invalid(_) => "validation_failed",
+            AgentError::Finished => "run_finished",
+            AgentError::Prompt(_) => "prompt_error",
+            AgentError::Store(_) | AgentError::Config(_) => "internal",
+        }
+    }
+}

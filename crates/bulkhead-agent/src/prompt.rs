@@ -1,0 +1,162 @@
+//! Prompts: strict templates written by the operator, and fragments that
+//! carry their provenance.
+//!
+//! Templates are compiled once at boot by minijinja with strict undefined
+//! behaviour (a missing variable is an error, never an empty string) and a
+//! loader confined to the prompts directory. Tenant-written text (settings
+//! variables, instructions, run input, thread history, tool output) only
+//! ever enters as *values*: minijinja prints a value, it never parses it,
+//! so `{{ ... }}` inside tenant text stays literal text.
+//!
+//! Each message of an assembled prompt is a [`Fragment`] with an
+//! [`Owner`]. [`assemble`] refuses a fragment owned by another tenant: the
+//! one place where a bug elsewhere (a wrong cache entry, a mixed-up row)
+//! would otherwise carry one tenant's text into another tenant's model call.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bulkhead_auth::TenantScope;
+use bulkhead_core::TenantUid;
+use bulkhead_core::config::AgentConfig;
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::{Value, json};
+
+use crate::error::AgentError;
+
+/// Who wrote a fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The operator (templates).
+    Platform,
+    /// A tenant (its settings, inputs, history, tool output).
+    Tenant(TenantUid),
+}
+
+/// One message of a prompt and who wrote it.
+#[derive(Debug, Clone)]
+pub struct Fragment {
+    /// Provenance.
+    pub owner: Owner,
+    /// The message, in OpenAI chat format.
+    pub message: Value,
+}
+
+impl Fragment {
+    /// A fragment written by the scope's own tenant.
+    pub fn tenant(scope: &TenantScope, message: Value) -> Self {
+        Self {
+            owner: Owner::Tenant(scope.partition()),
+            message,
+        }
+    }
+}
+
+/// A fragment owned by another tenant reached prompt assembly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignFragment {
+    /// Position in the prompt.
+    pub index: usize,
+    /// The owner it carried.
+    pub owner: TenantUid,
+}
+
+/// Checks the provenance of every fragment and returns the messages.
+/// Platform fragments and the scope's own tenant's fragments pass; any
+/// other owner refuses the whole prompt.
+pub fn assemble(
+    scope: &TenantScope,
+    fragments: Vec<Fragment>,
+) -> Result<Vec<Value>, ForeignFragment> {
+    let own = scope.partition();
+    let mut out = Vec::with_capacity(fragments.len());
+    for (index, f) in fragments.into_iter().enumerate() {
+        match f.owner {
+            Owner::Platform => {}
+            Owner::Tenant(t) if t == own => {}
+            Owner::Tenant(owner) => return Err(ForeignFragment { index, owner }),
+        }
+        out.push(f.message);
+    }
+    Ok(out)
+}
+
+/// The compiled templates of every agent.
+pub struct Prompts {
+    env: Environment<'static>,
+}
+
+fn template_name(agent: &str) -> String {
+    format!("agent:{agent}")
+}
+
+impl Prompts {
+    /// Compiles each agent's template (inline, or its `prompt_file` read
+    /// from `dir`). Errors name the agent and the template problem.
+    pub fn new(agents: &[AgentConfig], dir: &Path) -> Result<Self, AgentError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Includes resolve inside the prompts directory only (the loader
+        // refuses `..` and absolute paths).
+        env.set_loader(minijinja::path_loader(dir));
+        for (i, a) in agents.iter().enumerate() {
+            let source = match (&a.prompt, &a.prompt_file) {
+                (Some(text), _) => text.clone(),
+                (None, Some(file)) => {
+                    let path = dir.join(file);
+                    std::fs::read_to_string(&path).map_err(|e| {
+                        AgentError::Config(format!(
+                            "agents[{i}].prompt_file: cannot read {}: {e}",
+                            path.display()
+                        ))
+                    })?
+                }
+                (None, None) => {
+                    return Err(AgentError::Config(format!(
+                        "agents[{i}]: set prompt or prompt_file"
+                    )));
+                }
+            };
+            env.add_template_owned(template_name(&a.name), source)
+                .map_err(|e| {
+                    AgentError::Config(format!(
+                        "agents[{i}]: the prompt template does not compile: {e}"
+                    ))
+                })?;
+        }
+        Ok(Self { env })
+    }
+
+    /// Renders an agent's system prompt. `vars` are the tenant's settings
+    /// variables; they are values, never template code.
+    pub fn render(
+        &self,
+        agent: &crate::Agent,
+        scope: &TenantScope,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<String, AgentError> {
+        let template = self
+            .env
+            .get_template(&template_name(&agent.name))
+            .map_err(|e| AgentError::Prompt(e.to_string()))?;
+        let ctx = json!({
+            "agent": {"name": agent.name, "description": agent.description},
+            "tenant": {"id": scope.tenant().as_str(), "region": scope.region().as_str()},
+            "vars": vars,
+            "date": bulkhead_core::Timestamp::now().day(),
+        });
+        template.render(ctx).map_err(|e| {
+            let mut msg = format!(
+                "the prompt of agent {:?} could not be rendered: {e}",
+                agent.name
+            );
+            if e.kind() == minijinja::ErrorKind::UndefinedError {
+                msg.push_str(&format!(
+                    " (set the variable in PUT /v1/agents/{}/settings)",
+                    agent.name
+                ));
+            }
+            AgentError::Prompt(msg)
+        })
+    }
+}

@@ -1,0 +1,845 @@
+//! The run loop: render → model call → tool calls → results → repeat,
+//! persisting each step as it completes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bulkhead_auth::{OperatorScope, TenantScope};
+use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_core::{RunId, TenantUid, ThreadId, Timestamp};
+use bulkhead_gateway::{ChatOutcome, Gateway};
+use bulkhead_tools::{Tool, ToolBox};
+use bulkhead_vault::credential::{ConnectionName, CredentialSecret};
+use bulkhead_vault::store::CredScope;
+use bulkhead_vault::{Vault, VaultError};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agent::{Agent, AgentCatalog, AgentSettings};
+use crate::error::AgentError;
+use crate::event::RunEvent;
+use crate::prompt::{self, Fragment, Owner, Prompts};
+use crate::store::{AgentStore, RunFailure, RunRecord, RunStatus, Step, StoredMessage};
+
+/// Events buffered for a slow stream reader before the run waits for it.
+const EVENT_BUFFER: usize = 64;
+
+/// Longest run input accepted.
+const MAX_INPUT_BYTES: usize = 64 * 1024;
+
+/// What a caller asks for.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The user's message.
+    pub input: String,
+    /// Continue this thread (else a new one is created).
+    pub thread_id: Option<ThreadId>,
+}
+
+/// A run that has started: its record and its events.
+pub struct RunStarted {
+    /// The record as created (status running).
+    pub run: RunRecord,
+    /// Events until `done` or `error`. Dropping the receiver does not stop
+    /// the run.
+    pub events: mpsc::Receiver<RunEvent>,
+}
+
+/// The agent runtime.
+pub struct Runtime {
+    catalog: AgentCatalog,
+    prompts: Prompts,
+    gateway: Arc<Gateway>,
+    tools: Arc<ToolBox>,
+    vault: Arc<Vault>,
+    store: Arc<dyn AgentStore>,
+    active: Mutex<HashMap<(TenantUid, RunId), CancellationToken>>,
+    tasks: TaskTracker,
+}
+
+fn failure(code: &str, message: impl Into<String>) -> RunFailure {
+    RunFailure {
+        code: code.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    bulkhead_core::audit::hex(&Sha256::digest(bytes))
+}
+
+/// A tool call the model asked for that passed every check.
+struct Planned<'a> {
+    id: String,
+    tool: &'a Tool,
+    args: Value,
+    connection: Option<ConnectionName>,
+}
+
+/// A tool call refused before anything was sent.
+struct Refused {
+    id: String,
+    name: String,
+    code: &'static str,
+    message: String,
+}
+
+/// Mutable state of one run.
+struct RunCtx {
+    scope: TenantScope,
+    agent: Agent,
+    settings: AgentSettings,
+    record: RunRecord,
+    fragments: Vec<Fragment>,
+    seq: u32,
+}
+
+impl Runtime {
+    /// A runtime over the configured agents.
+    pub fn new(
+        catalog: AgentCatalog,
+        prompts: Prompts,
+        gateway: Arc<Gateway>,
+        tools: Arc<ToolBox>,
+        vault: Arc<Vault>,
+        store: Arc<dyn AgentStore>,
+    ) -> Self {
+        Self {
+            catalog,
+            prompts,
+            gateway,
+            tools,
+            vault,
+            store,
+            active: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Marks runs a previous process left running as failed.
+    pub async fn recover(&self, op: &OperatorScope) -> Result<u64, AgentError> {
+        Ok(self.store.fail_interrupted_runs(op).await?)
+    }
+
+    fn agent(&self, scope: &TenantScope, name: &str) -> Result<&Agent, AgentError> {
+        self.catalog
+            .get(name)
+            .filter(|a| &a.region == scope.region())
+            .ok_or_else(|| AgentError::UnknownAgent(name.to_owned()))
+    }
+
+    /// The agents the tenant can run (those in its region), with its settings.
+    pub async fn agents(
+        &self,
+        scope: &TenantScope,
+    ) -> Result<Vec<(Agent, AgentSettings)>, AgentError> {
+        let mut out = Vec::new();
+        for a in self.catalog.all().filter(|a| &a.region == scope.region()) {
+            let settings = self
+                .store
+                .agent_settings(scope, &a.name)
+                .await?
+                .unwrap_or_default();
+            out.push((a.clone(), settings));
+        }
+        Ok(out)
+    }
+
+    /// A tenant's settings of an agent.
+    pub async fn settings(
+        &self,
+        scope: &TenantScope,
+        agent: &str,
+    ) -> Result<AgentSettings, AgentError> {
+        let agent = self.agent(scope, agent)?;
+        Ok(self
+            .store
+            .agent_settings(scope, &agent.name)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Replaces a tenant's settings of an agent (validated first).
+    pub async fn put_settings(
+        &self,
+        scope: &TenantScope,
+        agent: &str,
+        settings: AgentSettings,
+    ) -> Result<AgentSettings, AgentError> {
+        let agent = self.agent(scope, agent)?;
+        settings.validate(agent)?;
+        let event = NewAuditEvent::new(
+            "agent.settings.update",
+            format!("agent:{}", agent.name),
+            Outcome::Success,
+            scope.request_id().clone(),
+        )
+        .with_details(json!({
+            "variables": settings.variables.keys().collect::<Vec<_>>(),
+            "instructions_sha256": settings.instructions.as_ref().map(|i| sha256_hex(i.as_bytes())),
+            "connections": settings.connections,
+            "enabled": settings.enabled,
+        }));
+        self.store
+            .put_agent_settings(scope, &agent.name, &settings, event)
+            .await?;
+        Ok(settings)
+    }
+
+    /// A run of the tenant, with its steps.
+    pub async fn run(&self, scope: &TenantScope, id: RunId) -> Result<RunRecord, AgentError> {
+        self.store.run(scope, id).await?.ok_or(AgentError::NotFound)
+    }
+
+    /// A thread's messages.
+    pub async fn messages(
+        &self,
+        scope: &TenantScope,
+        thread: ThreadId,
+    ) -> Result<Vec<StoredMessage>, AgentError> {
+        self.store
+            .messages(scope, thread)
+            .await?
+            .ok_or(AgentError::NotFound)
+    }
+
+    /// Asks a running run to stop; returns the record as it then stands.
+    pub async fn cancel(&self, scope: &TenantScope, id: RunId) -> Result<RunRecord, AgentError> {
+        let run = self.run(scope, id).await?;
+        if run.status != RunStatus::Running {
+            return Err(AgentError::Finished);
+        }
+        let token = self
+            .active
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&(scope.partition(), id)).cloned());
+        match token {
+            Some(t) => {
+                t.cancel();
+                Ok(run)
+            }
+            // Running in the store but not in this process: it belongs to
+            // a process that died (the next start marks it failed).
+            None => Err(AgentError::Finished),
+        }
+    }
+
+    /// Cancels every active run and waits until each has recorded its end.
+    pub async fn shutdown(&self) {
+        if let Ok(active) = self.active.lock() {
+            for t in active.values() {
+                t.cancel();
+            }
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Starts a run of `agent` for the scope's tenant. The run goes on in
+    /// its own task whether or not anyone reads its events.
+    pub async fn start(
+        self: &Arc<Self>,
+        scope: &TenantScope,
+        agent: &str,
+        req: RunRequest,
+    ) -> Result<RunStarted, AgentError> {
+        let agent = self.agent(scope, agent)?.clone();
+        if req.input.trim().is_empty() {
+            return Err(AgentError::Invalid("input: must not be empty".into()));
+        }
+        if req.input.len() > MAX_INPUT_BYTES {
+            return Err(AgentError::Invalid(format!(
+                "input: longer than {MAX_INPUT_BYTES} bytes"
+            )));
+        }
+        let settings = self
+            .store
+            .agent_settings(scope, &agent.name)
+            .await?
+            .unwrap_or_default();
+        if !settings.enabled {
+            return Err(AgentError::Disabled(agent.name));
+        }
+        let (thread_id, new_thread) = match req.thread_id {
+            Some(t) => {
+                if !self.store.thread_exists(scope, t).await? {
+                    return Err(AgentError::NotFound);
+                }
+                (t, false)
+            }
+            None => (ThreadId::generate(), true),
+        };
+        // Render before anything is stored: a template error is the
+        // caller's to fix (a missing variable), not a failed run.
+        let system = self.prompts.render(&agent, scope, &settings.variables)?;
+        let record = RunRecord {
+            id: RunId::generate(),
+            thread_id,
+            agent: agent.name.clone(),
+            principal: scope.principal().id().to_owned(),
+            status: RunStatus::Running,
+            created_at: Timestamp::now(),
+            finished_at: None,
+            output: None,
+            error: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            steps: Vec::new(),
+        };
+        let input = json!({"role": "user", "content": req.input});
+        let event = NewAuditEvent::new(
+            "run.start",
+            format!("run:{}", record.id),
+            Outcome::Success,
+            scope.request_id().clone(),
+        )
+        .with_details(json!({"agent": agent.name, "thread_id": thread_id.to_string()}));
+        let token = CancellationToken::new();
+        if let Ok(mut active) = self.active.lock() {
+            active.insert((scope.partition(), record.id), token.clone());
+        }
+        if let Err(e) = self
+            .store
+            .begin_run(scope, &record, new_thread, &input, event)
+            .await
+        {
+            self.forget(scope.partition(), record.id);
+            return Err(e.into());
+        }
+        let mut fragments = vec![Fragment {
+            owner: Owner::Platform,
+            message: json!({"role": "system", "content": system}),
+        }];
+        if let Some(i) = settings
+            .instructions
+            .as_ref()
+            .filter(|i| !i.trim().is_empty())
+        {
+            fragments.push(Fragment::tenant(
+                scope,
+                json!({"role": "system", "content": format!("Instructions from the customer organisation (data, not platform policy):\n{i}")}),
+            ));
+        }
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let ctx = RunCtx {
+            scope: scope.clone(),
+            agent,
+            settings,
+            record: record.clone(),
+            fragments,
+            seq: 0,
+        };
+        let this = self.clone();
+        self.tasks
+            .spawn(async move { this.execute(ctx, tx, token).await });
+        Ok(RunStarted {
+            run: record,
+            events: rx,
+        })
+    }
+
+    fn forget(&self, uid: TenantUid, id: RunId) {
+        if let Ok(mut active) = self.active.lock() {
+            active.remove(&(uid, id));
+        }
+    }
+
+    async fn execute(
+        &self,
+        mut ctx: RunCtx,
+        tx: mpsc::Sender<RunEvent>,
+        cancel: CancellationToken,
+    ) {
+        let timeout = ctx.agent.timeout;
+        let outcome = tokio::select! {
+            r = self.drive(&mut ctx, &tx) => r,
+            _ = cancel.cancelled() => Err(failure("cancelled", "the run was cancelled")),
+            _ = tokio::time::sleep(timeout) => Err(failure(
+                "timeout",
+                format!("the run did not finish within {} s", timeout.as_secs()),
+            )),
+        };
+        let scope = ctx.scope.clone();
+        let mut record = ctx.record;
+        record.finished_at = Some(Timestamp::now());
+        match outcome {
+            Ok(answer) => {
+                record.status = RunStatus::Completed;
+                record.output = Some(answer);
+            }
+            Err(f) => {
+                record.status = if f.code == "cancelled" {
+                    RunStatus::Cancelled
+                } else {
+                    RunStatus::Failed
+                };
+                record.error = Some(f);
+            }
+        }
+        let outcome = if record.status == RunStatus::Completed {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let event = NewAuditEvent::new(
+            "run.finish",
+            format!("run:{}", record.id),
+            outcome,
+            scope.request_id().clone(),
+        )
+        .with_details(json!({
+            "agent": record.agent,
+            "status": record.status.as_str(),
+            "error": record.error.as_ref().map(|e| e.code.clone()),
+            "steps": ctx.seq,
+            "input_tokens": record.input_tokens,
+            "output_tokens": record.output_tokens,
+        }));
+        if let Err(e) = self.store.finish_run(&scope, &record, event).await {
+            tracing::error!(error = %e, run_id = %record.id, "could not record the end of a run");
+        }
+        self.forget(scope.partition(), record.id);
+        let last = match &record.error {
+            None => RunEvent::new("done", summary(&record)),
+            Some(f) => RunEvent::new(
+                "error",
+                json!({"run_id": record.id.to_string(), "status": record.status, "code": f.code, "message": f.message}),
+            ),
+        };
+        let _ = tx.send(last).await;
+    }
+
+    async fn persist(
+        &self,
+        ctx: &mut RunCtx,
+        kind: &str,
+        data: Value,
+        message: Option<&Value>,
+        event: Option<NewAuditEvent>,
+    ) -> Result<Step, RunFailure> {
+        ctx.seq += 1;
+        let step = Step {
+            seq: ctx.seq,
+            kind: kind.to_owned(),
+            data,
+            time: Timestamp::now(),
+        };
+        self.store
+            .append_step(&ctx.scope, ctx.record.id, &step, message, event)
+            .await
+            .map_err(|e| failure("internal", format!("could not persist a step: {e}")))?;
+        Ok(step)
+    }
+
+    /// The loop proper; returns the final answer or why there is none.
+    async fn drive(
+        &self,
+        ctx: &mut RunCtx,
+        tx: &mpsc::Sender<RunEvent>,
+    ) -> Result<String, RunFailure> {
+        let history = self
+            .store
+            .messages(&ctx.scope, ctx.record.thread_id)
+            .await
+            .map_err(|e| failure("internal", e.to_string()))?
+            .unwrap_or_default();
+        for m in history {
+            ctx.fragments.push(Fragment {
+                owner: Owner::Tenant(m.owner),
+                message: m.message,
+            });
+        }
+        let definitions: Vec<Value> = ctx
+            .agent
+            .tools
+            .iter()
+            .filter_map(|t| self.tools.get(t))
+            .map(Tool::definition)
+            .collect();
+        for step in 1..=ctx.agent.max_steps {
+            let _ = tx.send(RunEvent::new("step", json!({"step": step}))).await;
+            let messages = match prompt::assemble(&ctx.scope, ctx.fragments.clone()) {
+                Ok(m) => m,
+                Err(foreign) => {
+                    let event = NewAuditEvent::new(
+                        "security.foreign_fragment",
+                        format!("run:{}", ctx.record.id),
+                        Outcome::Denied,
+                        ctx.scope.request_id().clone(),
+                    )
+                    .with_details(
+                        json!({"fragment": foreign.index, "owner_uid": foreign.owner.to_string()}),
+                    );
+                    self.persist(
+                        ctx,
+                        "error",
+                        json!({"code": "foreign_fragment"}),
+                        None,
+                        Some(event),
+                    )
+                    .await?;
+                    return Err(failure(
+                        "foreign_fragment",
+                        "the prompt contained text owned by another tenant; nothing was sent to the model",
+                    ));
+                }
+            };
+            let mut body = json!({"model": ctx.agent.model, "messages": messages});
+            if !definitions.is_empty() {
+                body["tools"] = Value::Array(definitions.clone());
+            }
+            let answer = match self.gateway.chat(&ctx.scope, body).await {
+                Ok(ChatOutcome::Complete(v)) => v,
+                Ok(ChatOutcome::Stream(_)) => {
+                    return Err(failure(
+                        "internal",
+                        "the gateway streamed an unrequested stream",
+                    ));
+                }
+                Err(e) => {
+                    self.persist(
+                        ctx,
+                        "error",
+                        json!({"code": e.code(), "message": e.to_string()}),
+                        None,
+                        None,
+                    )
+                    .await?;
+                    return Err(failure(e.code(), e.to_string()));
+                }
+            };
+            let n = |p: &str| answer.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+            ctx.record.input_tokens += n("/usage/prompt_tokens");
+            ctx.record.output_tokens += n("/usage/completion_tokens");
+            let message = answer
+                .pointer("/choices/0/message")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let calls: Vec<Value> = message
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let finish = answer
+                .pointer("/choices/0/finish_reason")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let data = json!({
+                "model": ctx.agent.model,
+                "input_tokens": n("/usage/prompt_tokens"),
+                "output_tokens": n("/usage/completion_tokens"),
+                "finish_reason": finish,
+                "tool_calls": calls.len(),
+            });
+            let content = message
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            if calls.is_empty() {
+                let m = json!({"role": "assistant", "content": content});
+                self.persist(ctx, "model_call", data.clone(), None, None)
+                    .await?;
+                let _ = tx.send(RunEvent::new("model_call", data)).await;
+                self.check_tokens(ctx)?;
+                self.persist(ctx, "message", json!({"content": content}), Some(&m), None)
+                    .await?;
+                let _ = tx
+                    .send(RunEvent::new(
+                        "message",
+                        json!({"role": "assistant", "content": content}),
+                    ))
+                    .await;
+                return Ok(content);
+            }
+            let assistant = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null), "tool_calls": calls});
+            self.persist(ctx, "model_call", data.clone(), Some(&assistant), None)
+                .await?;
+            let _ = tx.send(RunEvent::new("model_call", data)).await;
+            ctx.fragments.push(Fragment::tenant(&ctx.scope, assistant));
+            self.check_tokens(ctx)?;
+            self.tool_round(ctx, tx, &calls).await?;
+        }
+        Err(failure(
+            "step_limit",
+            format!(
+                "the agent did not reach an answer within {} model calls",
+                ctx.agent.max_steps
+            ),
+        ))
+    }
+
+    fn check_tokens(&self, ctx: &RunCtx) -> Result<(), RunFailure> {
+        let used = ctx.record.input_tokens + ctx.record.output_tokens;
+        if used > ctx.agent.max_tokens {
+            return Err(failure(
+                "token_limit",
+                format!(
+                    "the run used {used} tokens, over the agent's limit of {}",
+                    ctx.agent.max_tokens
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks one requested call; nothing is sent for a refused one.
+    fn plan<'a>(
+        &'a self,
+        ctx: &RunCtx,
+        call: &Value,
+        index: usize,
+    ) -> Result<Planned<'a>, Refused> {
+        let id = call
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("call_{index}"));
+        let name = call
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let refuse = |code, message: String| Refused {
+            id: id.clone(),
+            name: name.chars().take(64).collect(),
+            code,
+            message,
+        };
+        let Some(tool) = ctx
+            .agent
+            .tools
+            .contains(&name)
+            .then(|| self.tools.get(&name))
+            .flatten()
+        else {
+            return Err(refuse(
+                "unknown_tool",
+                format!(
+                    "this agent has no tool named {:?}",
+                    name.chars().take(64).collect::<String>()
+                ),
+            ));
+        };
+        let args = match call.pointer("/function/arguments") {
+            Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+                Ok(v) => v,
+                Err(_) => {
+                    return Err(refuse(
+                        "invalid_arguments",
+                        "the arguments are not valid JSON".into(),
+                    ));
+                }
+            },
+            Some(v @ Value::Object(_)) => v.clone(),
+            _ => {
+                return Err(refuse(
+                    "invalid_arguments",
+                    "the call has no arguments object".into(),
+                ));
+            }
+        };
+        if let Err(e) = tool.validate(&args) {
+            return Err(refuse("invalid_arguments", e.to_string()));
+        }
+        if &tool.region != ctx.scope.region() {
+            return Err(refuse(
+                "residency_violation",
+                format!(
+                    "the tool {name:?} is in region {:?}; this tenant's data stays in {:?}",
+                    tool.region.as_str(),
+                    ctx.scope.region().as_str()
+                ),
+            ));
+        }
+        let connection = match ctx
+            .settings
+            .connections
+            .get(&name)
+            .or(tool.connection.as_ref())
+        {
+            Some(c) => Some(ConnectionName::parse(c).map_err(|_| {
+                refuse(
+                    "missing_credential",
+                    format!("the connection name {c:?} is invalid"),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Planned {
+            id,
+            tool,
+            args,
+            connection,
+        })
+    }
+
+    async fn tool_round(
+        &self,
+        ctx: &mut RunCtx,
+        tx: &mpsc::Sender<RunEvent>,
+        calls: &[Value],
+    ) -> Result<(), RunFailure> {
+        let mut planned = Vec::new();
+        let mut refused = Vec::new();
+        for (i, call) in calls.iter().enumerate() {
+            match self.plan(ctx, call, i) {
+                Ok(p) => planned.push(p),
+                Err(r) => refused.push(r),
+            }
+        }
+        // Results go back in the order the model asked for them.
+        let mut results: Vec<(String, Value)> = Vec::new();
+        for r in refused {
+            let content = json!({"error": r.code, "message": r.message}).to_string();
+            let m = json!({"role": "tool", "tool_call_id": r.id, "content": content});
+            let event = NewAuditEvent::new(
+                "tool.refused",
+                format!("tool:{}", r.name),
+                Outcome::Denied,
+                ctx.scope.request_id().clone(),
+            )
+            .with_details(
+                json!({"run_id": ctx.record.id.to_string(), "code": r.code, "reason": r.message}),
+            );
+            let data = json!({"id": r.id, "tool": r.name, "code": r.code, "message": r.message});
+            self.persist(ctx, "tool_refused", data.clone(), Some(&m), Some(event))
+                .await?;
+            let _ = tx
+                .send(RunEvent::new("tool_result", json!({"id": r.id, "tool": r.name, "ok": false, "code": r.code, "message": r.message})))
+                .await;
+            results.push((r.id, m));
+        }
+        for p in &planned {
+            let data = json!({
+                "id": p.id, "tool": p.tool.name,
+                "connection": p.connection.as_ref().map(ConnectionName::as_str),
+                "arguments": p.args,
+            });
+            self.persist(ctx, "tool_call", data.clone(), None, None)
+                .await?;
+            let _ = tx.send(RunEvent::new("tool_call", data)).await;
+        }
+        // Independent calls run concurrently.
+        let outputs = futures_util::future::join_all(
+            planned.iter().map(|p| self.execute_tool(&ctx.scope, p)),
+        )
+        .await;
+        for (p, (ok, code, content)) in planned.iter().zip(outputs) {
+            let m = json!({"role": "tool", "tool_call_id": p.id, "content": content});
+            let outcome = match (ok, code) {
+                (true, _) => Outcome::Success,
+                (false, Some("host_not_allowed" | "invalid_arguments" | "missing_credential")) => {
+                    Outcome::Denied
+                }
+                _ => Outcome::Failure,
+            };
+            let event = NewAuditEvent::new(
+                "tool.call",
+                format!("tool:{}", p.tool.name),
+                outcome,
+                ctx.scope.request_id().clone(),
+            )
+            .with_details(json!({
+                "run_id": ctx.record.id.to_string(),
+                "connection": p.connection.as_ref().map(ConnectionName::as_str),
+                "arguments_sha256": sha256_hex(p.args.to_string().as_bytes()),
+                "code": code,
+            }));
+            let data = json!({"id": p.id, "tool": p.tool.name, "ok": ok, "code": code, "content": content});
+            self.persist(ctx, "tool_result", data.clone(), Some(&m), Some(event))
+                .await?;
+            let _ = tx.send(RunEvent::new("tool_result", data)).await;
+            results.push((p.id.clone(), m));
+        }
+        let order: HashMap<&str, usize> = calls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.get("id").and_then(Value::as_str).map(|id| (id, i)))
+            .collect();
+        results.sort_by_key(|(id, _)| order.get(id.as_str()).copied().unwrap_or(usize::MAX));
+        for (_, m) in results {
+            ctx.fragments.push(Fragment::tenant(&ctx.scope, m));
+        }
+        Ok(())
+    }
+
+    /// Runs one checked tool call with the tenant's credential; returns
+    /// (ok, error code, content for the model — already redacted).
+    async fn execute_tool(
+        &self,
+        scope: &TenantScope,
+        p: &Planned<'_>,
+    ) -> (bool, Option<&'static str>, String) {
+        let credential: Option<CredentialSecret> = match &p.connection {
+            None => None,
+            Some(conn) => {
+                let purpose = format!("tool:{}", p.tool.name);
+                match self
+                    .vault
+                    .use_credential(CredScope::Tenant(scope), conn, &purpose)
+                    .await
+                {
+                    Ok(c) => Some(c),
+                    Err(VaultError::NotFound) | Err(VaultError::NeedsReauth) => {
+                        let msg = format!(
+                            "this organisation has no usable connection {:?} for the tool",
+                            conn.as_str()
+                        );
+                        return (
+                            false,
+                            Some("missing_credential"),
+                            json!({"error": "missing_credential", "message": msg}).to_string(),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, tool = %p.tool.name, "could not open a tool credential");
+                        return (
+                            false,
+                            Some("internal"),
+                            json!({"error": "internal", "message": "the credential could not be opened"}).to_string(),
+                        );
+                    }
+                }
+            }
+        };
+        let (ok, code, text) = match self.tools.call(p.tool, &p.args, credential.as_ref()).await {
+            Ok(out) => (true, None, out.content),
+            Err(e) => (
+                false,
+                Some(e.code()),
+                json!({"error": e.code(), "message": e.to_string()}).to_string(),
+            ),
+        };
+        drop(credential);
+        // Tool output reaches the model only after the tenant's own secrets
+        // are stripped from it (a service echoing a token back, say).
+        match self.vault.redact(scope, &text).await {
+            Ok(clean) => (ok, code, clean),
+            Err(e) => {
+                tracing::error!(error = %e, "could not redact tool output");
+                (
+                    false,
+                    Some("internal"),
+                    json!({"error": "internal", "message": "the tool output could not be checked for secrets"}).to_string(),
+                )
+            }
+        }
+    }
+}
+
+/// A run without its steps, for `done` events.
+fn summary(r: &RunRecord) -> Value {
+    json!({
+        "run_id": r.id.to_string(),
+        "thread_id": r.thread_id.to_string(),
+        "status": r.status,
+        "output": r.output,
+        "input_tokens": r.input_tokens,
+        "output_tokens": r.output_tokens,
+    })
+}

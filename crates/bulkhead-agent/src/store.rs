@@ -1,0 +1,191 @@
+//! What the agent runtime needs from storage (implemented by the store
+//! crate), and the records it keeps: settings, threads, runs, steps.
+
+use async_trait::async_trait;
+use bulkhead_auth::{OperatorScope, TenantScope};
+use bulkhead_core::audit::NewAuditEvent;
+use bulkhead_core::{RunId, TenantUid, ThreadId, Timestamp};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::agent::AgentSettings;
+
+/// Storage failures, as the runtime sees them.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AgentStoreError(pub String);
+
+/// The state of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// In progress.
+    Running,
+    /// The model gave a final answer.
+    Completed,
+    /// Ended by an error, a limit, or a restart of the server.
+    Failed,
+    /// Cancelled by a caller.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "completed" => RunStatus::Completed,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a run ended without an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunFailure {
+    /// Stable code (`step_limit`, `token_limit`, `timeout`, `cancelled`,
+    /// `interrupted`, `prompt_error`, `foreign_fragment`, a gateway code…).
+    pub code: String,
+    /// Human-readable.
+    pub message: String,
+}
+
+/// One persisted step of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// 1-based position in the run.
+    pub seq: u32,
+    /// `model_call`, `tool_call`, `tool_result`, `tool_refused`, `message`, `error`.
+    pub kind: String,
+    /// What happened (never a secret; arguments and outputs as the model saw them).
+    pub data: Value,
+    /// When it completed.
+    pub time: Timestamp,
+}
+
+/// A run and its steps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    /// Id.
+    pub id: RunId,
+    /// Thread.
+    pub thread_id: ThreadId,
+    /// Agent name.
+    pub agent: String,
+    /// Principal who started it.
+    pub principal: String,
+    /// State.
+    pub status: RunStatus,
+    /// Start.
+    pub created_at: Timestamp,
+    /// End.
+    pub finished_at: Option<Timestamp>,
+    /// The final answer.
+    pub output: Option<String>,
+    /// Why it failed.
+    pub error: Option<RunFailure>,
+    /// Tokens over all model calls.
+    pub input_tokens: u64,
+    /// Tokens over all model calls.
+    pub output_tokens: u64,
+    /// Steps, in order (empty when listing).
+    pub steps: Vec<Step>,
+}
+
+/// One message of a thread.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredMessage {
+    /// Position in the thread.
+    pub seq: u64,
+    /// The tenant whose partition wrote it: provenance for prompt assembly.
+    #[serde(skip)]
+    pub owner: TenantUid,
+    /// The run that added it.
+    pub run_id: Option<RunId>,
+    /// The message in OpenAI chat format.
+    pub message: Value,
+    /// When.
+    pub time: Timestamp,
+}
+
+/// Agent settings, threads and runs, in the tenant's partition.
+#[async_trait]
+pub trait AgentStore: Send + Sync {
+    /// A tenant's settings of an agent (`None`: never set).
+    async fn agent_settings(
+        &self,
+        scope: &TenantScope,
+        agent: &str,
+    ) -> Result<Option<AgentSettings>, AgentStoreError>;
+    /// Replaces a tenant's settings of an agent, with its audit event.
+    async fn put_agent_settings(
+        &self,
+        scope: &TenantScope,
+        agent: &str,
+        settings: &AgentSettings,
+        event: NewAuditEvent,
+    ) -> Result<(), AgentStoreError>;
+    /// Whether the thread exists in the tenant's partition.
+    async fn thread_exists(
+        &self,
+        scope: &TenantScope,
+        thread: ThreadId,
+    ) -> Result<bool, AgentStoreError>;
+    /// A thread's messages in order (`None`: no such thread).
+    async fn messages(
+        &self,
+        scope: &TenantScope,
+        thread: ThreadId,
+    ) -> Result<Option<Vec<StoredMessage>>, AgentStoreError>;
+    /// Records a new run (status running) and its input message, creating
+    /// the thread when `new_thread`; marks the run active so a restart can
+    /// find it. One transaction in the partition, with the audit event.
+    async fn begin_run(
+        &self,
+        scope: &TenantScope,
+        run: &RunRecord,
+        new_thread: bool,
+        input: &Value,
+        event: NewAuditEvent,
+    ) -> Result<(), AgentStoreError>;
+    /// Persists one step, optionally with a thread message and an audit
+    /// event, in one transaction.
+    async fn append_step(
+        &self,
+        scope: &TenantScope,
+        run: RunId,
+        step: &Step,
+        message: Option<&Value>,
+        event: Option<NewAuditEvent>,
+    ) -> Result<(), AgentStoreError>;
+    /// Records the end of a run (status, output, error, tokens) with its
+    /// audit event, and clears its active mark.
+    async fn finish_run(
+        &self,
+        scope: &TenantScope,
+        run: &RunRecord,
+        event: NewAuditEvent,
+    ) -> Result<(), AgentStoreError>;
+    /// A run with its steps (`None`: no such run in this tenant).
+    async fn run(
+        &self,
+        scope: &TenantScope,
+        id: RunId,
+    ) -> Result<Option<RunRecord>, AgentStoreError>;
+    /// At startup: marks every run a previous process left running as
+    /// failed (`interrupted`), with an audit event in its tenant's chain.
+    /// Returns how many there were.
+    async fn fail_interrupted_runs(&self, op: &OperatorScope) -> Result<u64, AgentStoreError>;
+}

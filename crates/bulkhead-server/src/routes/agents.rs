@@ -1,0 +1,352 @@
+//! Agents and runs: `GET /v1/agents`, a tenant's settings of an agent,
+//! starting runs (JSON or SSE), reading runs and threads, cancelling.
+//!
+//! Run and thread ids are minted by the server and only resolve inside the
+//! caller's tenant partition: another tenant's id answers 404.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use axum::Json as AxumJson;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bulkhead_agent::{AgentSettings, RunRecord, RunRequest};
+use bulkhead_auth::TenantScope;
+use bulkhead_core::{Role, RunId, ThreadId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path, TenantCtx};
+use crate::state::AppState;
+
+/// The path prefix of run creation (no request timeout: a run is bounded
+/// by its agent's own `timeout_s`).
+pub const RUNS_PATH_SUFFIX: &str = "/runs";
+
+fn require(scope: &TenantScope, roles: &[Role]) -> Result<(), ApiError> {
+    if roles.iter().any(|r| scope.principal().has_role(*r)) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+/// One agent as a tenant sees it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AgentBody {
+    /// Name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Model alias.
+    pub model: String,
+    /// Tools it may call.
+    pub tools: Vec<String>,
+    /// Whether this tenant enabled it (settings).
+    pub enabled: bool,
+    /// Model calls per run at most.
+    pub max_steps: u32,
+}
+
+/// The agents available to the tenant.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AgentList {
+    /// By name.
+    pub agents: Vec<AgentBody>,
+}
+
+/// Lists the agents the caller's tenant can run (those served from its region).
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("bearer" = [])),
+    responses((status = 200, body = AgentList), (status = 401, body = crate::error::Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+) -> Result<AxumJson<AgentList>, ApiError> {
+    let agents = state.runtime.agents(&scope).await?;
+    Ok(AxumJson(AgentList {
+        agents: agents
+            .into_iter()
+            .map(|(a, s)| AgentBody {
+                name: a.name,
+                description: a.description,
+                model: a.model,
+                tools: a.tools,
+                enabled: s.enabled,
+                max_steps: a.max_steps,
+            })
+            .collect(),
+    }))
+}
+
+/// A tenant's settings of one agent.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SettingsBody {
+    /// Template variables (`vars.NAME` in the prompt), values at most 4 KiB.
+    variables: BTreeMap<String, String>,
+    /// Extra instructions (at most 16 KiB), added as the tenant's own message.
+    instructions: Option<String>,
+    /// Tool name → the tenant's connection (credential) it uses.
+    connections: BTreeMap<String, String>,
+    /// Whether the tenant's principals may run the agent (default true).
+    enabled: bool,
+}
+
+/// Reads the caller's tenant's settings of an agent (tenant admins).
+#[utoipa::path(get, path = "/v1/agents/{agent}/settings", tag = "agents", security(("bearer" = [])),
+    params(("agent" = String, Path, description = "Agent name")),
+    responses((status = 200, body = SettingsBody), (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+pub async fn get_settings(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(agent): Path<String>,
+) -> Result<AxumJson<AgentSettings>, ApiError> {
+    require(&scope, &[Role::Admin])?;
+    Ok(AxumJson(state.runtime.settings(&scope, &agent).await?))
+}
+
+/// Replaces the caller's tenant's settings of an agent (tenant admins).
+/// Everything here is data: template syntax in it is never evaluated.
+#[utoipa::path(put, path = "/v1/agents/{agent}/settings", tag = "agents", security(("bearer" = [])),
+    params(("agent" = String, Path, description = "Agent name")),
+    request_body = SettingsBody,
+    responses((status = 200, body = SettingsBody), (status = 400, body = crate::error::Problem),
+        (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+pub async fn put_settings(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(agent): Path<String>,
+    Json(body): Json<AgentSettings>,
+) -> Result<AxumJson<AgentSettings>, ApiError> {
+    require(&scope, &[Role::Admin])?;
+    Ok(AxumJson(
+        state.runtime.put_settings(&scope, &agent, body).await?,
+    ))
+}
+
+/// The body of `POST /v1/agents/{agent}/runs`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    /// The user's message (at most 64 KiB).
+    pub input: String,
+    /// Continue this thread of the tenant (else a new thread).
+    pub thread_id: Option<String>,
+    /// `true`: answer with Server-Sent Events as the run progresses.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// A run.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunBody {
+    /// Run id.
+    pub id: String,
+    /// Thread id.
+    pub thread_id: String,
+    /// Agent.
+    pub agent: String,
+    /// `running`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// The final answer.
+    pub output: Option<String>,
+    /// Why it did not complete: `{code, message}`.
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    /// Who started it.
+    pub principal: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub finished_at: Option<String>,
+    /// Prompt tokens over the run.
+    pub input_tokens: u64,
+    /// Completion tokens over the run.
+    pub output_tokens: u64,
+    /// Steps in order: `{seq, kind, data, time}`.
+    #[schema(value_type = Vec<Object>)]
+    pub steps: Vec<Value>,
+}
+
+impl From<RunRecord> for RunBody {
+    fn from(r: RunRecord) -> Self {
+        Self {
+            id: r.id.to_string(),
+            thread_id: r.thread_id.to_string(),
+            agent: r.agent,
+            status: r.status.as_str().to_owned(),
+            output: r.output,
+            error: r.error.map(|e| serde_json::json!({"code": e.code, "message": e.message})),
+            principal: r.principal,
+            created_at: r.created_at.to_string(),
+            finished_at: r.finished_at.map(|t| t.to_string()),
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            steps: r
+                .steps
+                .into_iter()
+                .map(|s| serde_json::json!({"seq": s.seq, "kind": s.kind, "data": s.data, "time": s.time.to_string()}))
+                .collect(),
+        }
+    }
+}
+
+fn run_id(raw: &str) -> Result<RunId, ApiError> {
+    // A malformed id cannot exist: answer as for a missing one.
+    RunId::parse(raw).map_err(|_| ApiError::NotFound)
+}
+
+/// Starts a run (tenant admins and members). Without `stream` the answer
+/// comes when the run has ended (its status says how); with `stream: true`
+/// it is an SSE stream of `step`, `model_call`, `tool_call`, `tool_result`,
+/// `message`, then `done` or `error`. The run goes on if the client leaves.
+#[utoipa::path(post, path = "/v1/agents/{agent}/runs", tag = "agents", security(("bearer" = [])),
+    params(("agent" = String, Path, description = "Agent name")),
+    request_body = StartRun,
+    responses((status = 200, body = RunBody, description = "The ended run, or an SSE stream with `stream: true`"),
+        (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem),
+        (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
+        (status = 422, body = crate::error::Problem)))]
+pub async fn start(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(agent): Path<String>,
+    Json(body): Json<StartRun>,
+) -> Result<Response, ApiError> {
+    require(&scope, &[Role::Admin, Role::Member])?;
+    let thread_id = match body.thread_id.as_deref() {
+        None => None,
+        Some(t) => Some(ThreadId::parse(t).map_err(|_| ApiError::NotFound)?),
+    };
+    let started = state
+        .runtime
+        .start(
+            &scope,
+            &agent,
+            RunRequest {
+                input: body.input,
+                thread_id,
+            },
+        )
+        .await?;
+    let id = started.run.id;
+    let mut events = started.events;
+    if body.stream {
+        let first = bulkhead_agent::RunEvent::new(
+            "run",
+            serde_json::json!({"run_id": id.to_string(), "thread_id": started.run.thread_id.to_string()}),
+        );
+        let stream = futures_util::stream::unfold(
+            (Some(first), events, false),
+            |(first, mut rx, ended)| async move {
+                if let Some(ev) = first {
+                    return Some((Ok::<_, Infallible>(sse(&ev)), (None, rx, false)));
+                }
+                if ended {
+                    return None;
+                }
+                let ev = rx.recv().await?;
+                let last = ev.is_last();
+                Some((Ok(sse(&ev)), (None, rx, last)))
+            },
+        );
+        let mut res = Response::new(Body::from_stream(stream));
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return Ok(res);
+    }
+    while let Some(ev) = events.recv().await {
+        if ev.is_last() {
+            break;
+        }
+    }
+    let run = state.runtime.run(&scope, id).await?;
+    Ok((StatusCode::OK, AxumJson(RunBody::from(run))).into_response())
+}
+
+fn sse(ev: &bulkhead_agent::RunEvent) -> Bytes {
+    Bytes::from(format!("event: {}\ndata: {}\n\n", ev.event, ev.data))
+}
+
+/// A run of the caller's tenant, with its steps.
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = RunBody), (status = 404, body = crate::error::Problem)))]
+pub async fn get_run(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(id): Path<String>,
+) -> Result<AxumJson<RunBody>, ApiError> {
+    let run = state.runtime.run(&scope, run_id(&id)?).await?;
+    Ok(AxumJson(run.into()))
+}
+
+/// Asks a running run to stop (tenant admins and members). 202: the run
+/// ends as `cancelled` shortly; 409 when it has already ended.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 202, body = RunBody), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, AxumJson<RunBody>), ApiError> {
+    require(&scope, &[Role::Admin, Role::Member])?;
+    let run = state.runtime.cancel(&scope, run_id(&id)?).await?;
+    Ok((StatusCode::ACCEPTED, AxumJson(run.into())))
+}
+
+/// One message of a thread.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessageBody {
+    /// Position.
+    pub seq: u64,
+    /// The run that added it.
+    pub run_id: Option<String>,
+    /// OpenAI chat message (`role`, `content`, `tool_calls`, `tool_call_id`).
+    #[schema(value_type = Object)]
+    pub message: Value,
+    /// RFC 3339.
+    pub time: String,
+}
+
+/// A thread's messages.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessageList {
+    /// Thread id.
+    pub thread_id: String,
+    /// In order.
+    pub messages: Vec<MessageBody>,
+}
+
+/// The messages of one of the caller's tenant's threads.
+#[utoipa::path(get, path = "/v1/threads/{id}/messages", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Thread id")),
+    responses((status = 200, body = MessageList), (status = 404, body = crate::error::Problem)))]
+pub async fn messages(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(id): Path<String>,
+) -> Result<AxumJson<MessageList>, ApiError> {
+    let thread = ThreadId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    let messages = state.runtime.messages(&scope, thread).await?;
+    Ok(AxumJson(MessageList {
+        thread_id: thread.to_string(),
+        messages: messages
+            .into_iter()
+            .map(|m| MessageBody {
+                seq: m.seq,
+                run_id: m.run_id.map(|r| r.to_string()),
+                message: m.message,
+                time: m.time.to_string(),
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,488 @@
+//! The agent runtime's storage in the embedded layout: settings, threads,
+//! messages, runs and steps in the tenant's partition; the list of runs in
+//! progress in the control database.
+
+use async_trait::async_trait;
+use bulkhead_agent::AgentSettings;
+use bulkhead_agent::store::{
+    AgentStore, AgentStoreError, RunFailure, RunRecord, RunStatus, Step, StoredMessage,
+};
+use bulkhead_auth::{OperatorScope, TenantScope};
+use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_core::{RequestId, RunId, TenantId, TenantUid, ThreadId, Timestamp};
+use rusqlite::{OptionalExtension, params};
+use serde_json::{Value, json};
+
+use super::SqliteStore;
+use super::partition;
+use crate::StoreError;
+
+fn ag(e: StoreError) -> AgentStoreError {
+    AgentStoreError(e.to_string())
+}
+
+fn corrupt(what: &str) -> impl Fn(String) -> StoreError + '_ {
+    move |e| StoreError::Internal(format!("corrupt {what}: {e}"))
+}
+
+fn ts(s: &str) -> Result<Timestamp, StoreError> {
+    Timestamp::parse(s).map_err(|e| StoreError::Internal(format!("corrupt timestamp: {e}")))
+}
+
+fn next_message_seq(tx: &rusqlite::Transaction<'_>, thread: &str) -> Result<i64, StoreError> {
+    Ok(tx.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE thread_id = ?1",
+        params![thread],
+        |r| r.get(0),
+    )?)
+}
+
+fn insert_message(
+    tx: &rusqlite::Transaction<'_>,
+    owner: TenantUid,
+    thread: ThreadId,
+    run: RunId,
+    message: &Value,
+) -> Result<(), StoreError> {
+    let thread = thread.to_string();
+    let seq = next_message_seq(tx, &thread)?;
+    tx.execute(
+        "INSERT INTO messages (thread_id, seq, owner, run_id, message, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![thread, seq, owner.to_string(), run.to_string(), message.to_string(), Timestamp::now().to_string()],
+    )?;
+    Ok(())
+}
+
+fn read_run(conn: &rusqlite::Connection, id: RunId) -> Result<Option<RunRecord>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT thread_id, agent, principal, status, created_at, finished_at, output, error_code,
+                    error_message, input_tokens, output_tokens FROM runs WHERE id = ?1",
+            params![id.to_string()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, i64>(10)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((
+        thread,
+        agent,
+        principal,
+        status,
+        created,
+        finished,
+        output,
+        code,
+        message,
+        input,
+        out,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, kind, data, time FROM run_steps WHERE run_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![id.to_string()], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut steps = Vec::new();
+    for row in rows {
+        let (seq, kind, data, time) = row?;
+        steps.push(Step {
+            seq: seq as u32,
+            kind,
+            data: serde_json::from_str(&data).map_err(|e| corrupt("step")(e.to_string()))?,
+            time: ts(&time)?,
+        });
+    }
+    Ok(Some(RunRecord {
+        id,
+        thread_id: ThreadId::parse(&thread).map_err(|e| corrupt("run")(e.to_string()))?,
+        agent,
+        principal,
+        status: RunStatus::parse(&status).ok_or_else(|| corrupt("run status")(status.clone()))?,
+        created_at: ts(&created)?,
+        finished_at: finished.as_deref().map(ts).transpose()?,
+        output,
+        error: code.map(|code| RunFailure {
+            code,
+            message: message.unwrap_or_default(),
+        }),
+        input_tokens: input as u64,
+        output_tokens: out as u64,
+        steps,
+    }))
+}
+
+impl SqliteStore {
+    fn mark_active(&self, scope: &TenantScope, run: RunId, active: bool) -> Result<(), StoreError> {
+        let conn = self.control()?;
+        if active {
+            conn.execute(
+                "INSERT OR IGNORE INTO active_runs (tenant_uid, tenant_id, run_id) VALUES (?1, ?2, ?3)",
+                params![scope.partition().to_string(), scope.tenant().as_str(), run.to_string()],
+            )?;
+        } else {
+            conn.execute(
+                "DELETE FROM active_runs WHERE tenant_uid = ?1 AND run_id = ?2",
+                params![scope.partition().to_string(), run.to_string()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Marks one interrupted run failed in its partition (if it is still
+    /// running there) with a step and an audit event.
+    fn fail_interrupted(
+        &self,
+        op: &OperatorScope,
+        tenant: &TenantId,
+        uid: TenantUid,
+        run: &str,
+    ) -> Result<bool, StoreError> {
+        let p = match self.partition(tenant, uid) {
+            Ok(p) => p,
+            // The tenant was deleted since: nothing left to mark.
+            Err(StoreError::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        p.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let message = "the server stopped while the run was in progress; it was not resumed (no step was repeated)";
+            let changed = tx.execute(
+                "UPDATE runs SET status = 'failed', finished_at = ?2, error_code = 'interrupted', error_message = ?3
+                 WHERE id = ?1 AND status = 'running'",
+                params![run, Timestamp::now().to_string(), message],
+            )?;
+            if changed == 0 {
+                return Ok(false);
+            }
+            let seq: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM run_steps WHERE run_id = ?1",
+                params![run],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO run_steps (run_id, seq, kind, data, time) VALUES (?1, ?2, 'error', ?3, ?4)",
+                params![run, seq, json!({"code": "interrupted", "message": message}).to_string(), Timestamp::now().to_string()],
+            )?;
+            let event = NewAuditEvent::new(
+                "run.interrupted",
+                format!("run:{run}"),
+                Outcome::Failure,
+                RequestId::generate(),
+            );
+            partition::append_chain(&tx, Some(tenant.clone()), op.principal_id(), event)?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+}
+
+#[async_trait]
+impl AgentStore for SqliteStore {
+    async fn agent_settings(
+        &self,
+        scope: &TenantScope,
+        agent: &str,
+    ) -> Result<Option<AgentSettings>, AgentStoreError> {
+        let scope = scope.clone();
+        let agent = agent.to_owned();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let text: Option<String> = conn
+                    .query_row(
+                        "SELECT value FROM agent_settings WHERE agent = ?1",
+                        params![agent],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                text.map(|t| {
+                    serde_json::from_str(&t).map_err(|e| corrupt("agent settings")(e.to_string()))
+                })
+                .transpose()
+            })
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn put_agent_settings(
+        &self,
+        scope: &TenantScope,
+        agent: &str,
+        settings: &AgentSettings,
+        event: NewAuditEvent,
+    ) -> Result<(), AgentStoreError> {
+        let scope2 = scope.clone();
+        let agent = agent.to_owned();
+        let text = serde_json::to_string(settings).map_err(|e| AgentStoreError(e.to_string()))?;
+        self.blocking(move |s| {
+            s.tenant_tx(&scope2, |tx, principal| {
+                tx.execute(
+                    "INSERT INTO agent_settings (agent, value, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (agent) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    params![agent, text, Timestamp::now().to_string()],
+                )?;
+                partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn thread_exists(
+        &self,
+        scope: &TenantScope,
+        thread: ThreadId,
+    ) -> Result<bool, AgentStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT 1 FROM threads WHERE id = ?1",
+                        params![thread.to_string()],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some())
+            })
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn messages(
+        &self,
+        scope: &TenantScope,
+        thread: ThreadId,
+    ) -> Result<Option<Vec<StoredMessage>>, AgentStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let id = thread.to_string();
+                let exists = conn
+                    .query_row("SELECT 1 FROM threads WHERE id = ?1", params![id], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                if !exists {
+                    return Ok(None);
+                }
+                let mut stmt = conn.prepare_cached(
+                    "SELECT seq, owner, run_id, message, time FROM messages WHERE thread_id = ?1 ORDER BY seq",
+                )?;
+                let rows = stmt.query_map(params![id], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (seq, owner, run, message, time) = row?;
+                    out.push(StoredMessage {
+                        seq: seq as u64,
+                        owner: TenantUid::parse(&owner).map_err(|e| corrupt("message owner")(e.to_string()))?,
+                        run_id: run
+                            .as_deref()
+                            .map(RunId::parse)
+                            .transpose()
+                            .map_err(|e| corrupt("message run")(e.to_string()))?,
+                        message: serde_json::from_str(&message).map_err(|e| corrupt("message")(e.to_string()))?,
+                        time: ts(&time)?,
+                    });
+                }
+                Ok(Some(out))
+            })
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn begin_run(
+        &self,
+        scope: &TenantScope,
+        run: &RunRecord,
+        new_thread: bool,
+        input: &Value,
+        event: NewAuditEvent,
+    ) -> Result<(), AgentStoreError> {
+        let scope2 = scope.clone();
+        let run = run.clone();
+        let input = input.clone();
+        self.blocking(move |s| {
+            // Marked active first: a crash between the two writes leaves a
+            // mark with no running run, which the restart ignores.
+            s.mark_active(&scope2, run.id, true)?;
+            let result = s.tenant_tx(&scope2, |tx, principal| {
+                let thread = run.thread_id.to_string();
+                if new_thread {
+                    tx.execute(
+                        "INSERT INTO threads (id, created_at) VALUES (?1, ?2)",
+                        params![thread, run.created_at.to_string()],
+                    )?;
+                }
+                tx.execute(
+                    "INSERT INTO runs (id, thread_id, agent, principal, status, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+                    params![
+                        run.id.to_string(),
+                        thread,
+                        run.agent,
+                        run.principal,
+                        run.created_at.to_string()
+                    ],
+                )?;
+                insert_message(tx, scope2.partition(), run.thread_id, run.id, &input)?;
+                partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
+                Ok(())
+            });
+            if result.is_err() {
+                let _ = s.mark_active(&scope2, run.id, false);
+            }
+            result
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn append_step(
+        &self,
+        scope: &TenantScope,
+        run: RunId,
+        step: &Step,
+        message: Option<&Value>,
+        event: Option<NewAuditEvent>,
+    ) -> Result<(), AgentStoreError> {
+        let scope2 = scope.clone();
+        let step = step.clone();
+        let message = message.cloned();
+        self.blocking(move |s| {
+            s.tenant_tx(&scope2, |tx, principal| {
+                tx.execute(
+                    "INSERT INTO run_steps (run_id, seq, kind, data, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![run.to_string(), step.seq, step.kind, step.data.to_string(), step.time.to_string()],
+                )?;
+                if let Some(m) = &message {
+                    let thread: String = tx.query_row(
+                        "SELECT thread_id FROM runs WHERE id = ?1",
+                        params![run.to_string()],
+                        |r| r.get(0),
+                    )?;
+                    let thread = ThreadId::parse(&thread).map_err(|e| corrupt("run")(e.to_string()))?;
+                    insert_message(tx, scope2.partition(), thread, run, m)?;
+                }
+                if let Some(event) = event {
+                    partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn finish_run(
+        &self,
+        scope: &TenantScope,
+        run: &RunRecord,
+        event: NewAuditEvent,
+    ) -> Result<(), AgentStoreError> {
+        let scope2 = scope.clone();
+        let run = run.clone();
+        self.blocking(move |s| {
+            s.tenant_tx(&scope2, |tx, principal| {
+                tx.execute(
+                    "UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, error_code = ?5, error_message = ?6,
+                       input_tokens = ?7, output_tokens = ?8 WHERE id = ?1",
+                    params![
+                        run.id.to_string(),
+                        run.status.as_str(),
+                        run.finished_at.map(|t| t.to_string()),
+                        run.output,
+                        run.error.as_ref().map(|e| e.code.clone()),
+                        run.error.as_ref().map(|e| e.message.clone()),
+                        run.input_tokens as i64,
+                        run.output_tokens as i64
+                    ],
+                )?;
+                partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
+                Ok(())
+            })?;
+            s.mark_active(&scope2, run.id, false)
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn run(
+        &self,
+        scope: &TenantScope,
+        id: RunId,
+    ) -> Result<Option<RunRecord>, AgentStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| read_run(conn, id))
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn fail_interrupted_runs(&self, op: &OperatorScope) -> Result<u64, AgentStoreError> {
+        let op = op.clone();
+        self.blocking(move |s| {
+            let rows: Vec<(String, String, String)> = {
+                let conn = s.control()?;
+                let mut stmt =
+                    conn.prepare("SELECT tenant_uid, tenant_id, run_id FROM active_runs")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut failed = 0;
+            for (uid, tenant, run) in rows {
+                let (Ok(uid_parsed), Ok(tenant_id)) =
+                    (TenantUid::parse(&uid), TenantId::parse(&tenant))
+                else {
+                    continue;
+                };
+                if s.fail_interrupted(&op, &tenant_id, uid_parsed, &run)? {
+                    failed += 1;
+                }
+                s.control()?.execute(
+                    "DELETE FROM active_runs WHERE tenant_uid = ?1 AND run_id = ?2",
+                    params![uid, run],
+                )?;
+            }
+            Ok(failed)
+        })
+        .await
+        .map_err(ag)
+    }
+}
