@@ -297,6 +297,7 @@ impl Runtime {
             Outcome::Success,
             scope.request_id().clone(),
         )
+        .with_run(agent.name.clone(), record.id.to_string())
         .with_details(json!({"agent": agent.name, "thread_id": thread_id.to_string()}));
         let token = CancellationToken::new();
         if let Ok(mut active) = self.active.lock() {
@@ -391,6 +392,7 @@ impl Runtime {
             outcome,
             scope.request_id().clone(),
         )
+        .with_run(record.agent.clone(), record.id.to_string())
         .with_details(json!({
             "agent": record.agent,
             "status": record.status.as_str(),
@@ -471,6 +473,7 @@ impl Runtime {
                         Outcome::Denied,
                         ctx.scope.request_id().clone(),
                     )
+                    .with_run(ctx.agent.name.clone(), ctx.record.id.to_string())
                     .with_details(
                         json!({"fragment": foreign.index, "owner_uid": foreign.owner.to_string()}),
                     );
@@ -703,6 +706,7 @@ impl Runtime {
                 Outcome::Denied,
                 ctx.scope.request_id().clone(),
             )
+            .with_run(ctx.agent.name.clone(), ctx.record.id.to_string())
             .with_details(
                 json!({"run_id": ctx.record.id.to_string(), "code": r.code, "reason": r.message}),
             );
@@ -744,6 +748,7 @@ impl Runtime {
                 outcome,
                 ctx.scope.request_id().clone(),
             )
+            .with_run(ctx.agent.name.clone(), ctx.record.id.to_string())
             .with_details(json!({
                 "run_id": ctx.record.id.to_string(),
                 "connection": p.connection.as_ref().map(ConnectionName::as_str),

@@ -76,6 +76,13 @@ impl NewAuditEvent {
         self.details = details;
         self
     }
+
+    /// Names the agent and the run the event belongs to.
+    pub fn with_run(mut self, agent: impl Into<String>, run_id: impl Into<String>) -> Self {
+        self.agent = Some(agent.into());
+        self.run_id = Some(run_id.into());
+        self
+    }
 }
 
 /// One event of a chain, as stored and exported. Field order is part of

@@ -6,6 +6,7 @@
 
 mod client;
 mod commands;
+mod demo;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,9 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a self-contained demonstration: two tenants, an agent, a scripted
+    /// fake model and Slack/Jira stand-ins; no keys, no services.
+    Demo(demo::DemoArgs),
     /// Run the server (embedded defaults without --config).
     Serve(commands::ServeArgs),
     /// Validate a configuration file; exit 1 with every error, naming its key.
@@ -50,9 +54,10 @@ enum Command {
     Kms(commands::KmsCommand),
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -69,8 +74,15 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo's output is its report; request logs would drown it.
+    let level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(cli.log_format, level);
     let result = match cli.command {
+        Command::Demo(args) => demo::demo(args),
         Command::Serve(args) => commands::serve(args),
         Command::Check(args) => commands::check(args),
         Command::Tenant(cmd) => commands::tenant(cmd),

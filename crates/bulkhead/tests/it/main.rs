@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod check;
+mod demo;
 mod e2e;
+mod runs;
 mod sdk_openai;
 mod secrets;
 mod support;

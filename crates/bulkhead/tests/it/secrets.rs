@@ -12,32 +12,8 @@ fn secrets_from_stdin_survive_rotation_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = Server::start(&data, None, &[]);
-    let d = data.to_str().unwrap().to_owned();
-    let with = |url: &str, args: &[&str]| -> Vec<String> {
-        args.iter()
-            .map(|s| (*s).to_owned())
-            .chain([
-                "--url".to_owned(),
-                url.to_owned(),
-                "--data-dir".to_owned(),
-                d.clone(),
-            ])
-            .collect()
-    };
-    cli_json(
-        &with(&server.url, &["tenant", "create", "acme", "--region", "eu"]),
-        &[],
-    );
-    let key = cli_json(
-        &with(
-            &server.url,
-            &["key", "create", "--tenant", "acme", "--role", "admin"],
-        ),
-        &[],
-    )["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let with = |url: &str, args: &[&str]| op_args(url, &data, args);
+    let key = tenant_with_admin_key(&server.url, &data, "acme", "eu");
 
     let out = cli_stdin(
         &with(&server.url, &["secret", "set", "--tenant", "acme", "slack"]),

@@ -169,3 +169,35 @@ pub fn get(
         rid,
     )
 }
+
+/// Operator CLI arguments aimed at the server at `url` with data in `data`.
+pub fn op_args(url: &str, data: &Path, args: &[&str]) -> Vec<String> {
+    args.iter()
+        .map(|s| (*s).to_owned())
+        .chain([
+            "--url".to_owned(),
+            url.to_owned(),
+            "--data-dir".to_owned(),
+            data.to_string_lossy().into_owned(),
+        ])
+        .collect()
+}
+
+/// Creates `tenant` in `region` through the CLI; returns an admin API key.
+pub fn tenant_with_admin_key(url: &str, data: &Path, tenant: &str, region: &str) -> String {
+    cli_json(
+        &op_args(url, data, &["tenant", "create", tenant, "--region", region]),
+        &[],
+    );
+    cli_json(
+        &op_args(
+            url,
+            data,
+            &["key", "create", "--tenant", tenant, "--role", "admin"],
+        ),
+        &[],
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}

@@ -1,0 +1,153 @@
+//! Agent runs on the real binary: a server killed in the middle of a run
+//! and started again reports the run as failed, keeps its steps, and never
+//! repeats the tool call it had made.
+
+use std::time::{Duration, Instant};
+
+use bulkhead_testkit::{FakeProvider, Reply, SaasStandIn};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const SLACK_TOKEN: &str = "xoxb-e2e-acme-canary-9d41c7a2";
+
+fn send(method: &str, url: &str, token: &str, body: Value) -> (u16, Value) {
+    let req = if method == "PUT" {
+        agent().put(url)
+    } else {
+        agent().post(url)
+    };
+    let mut res = req
+        .header("authorization", format!("Bearer {token}"))
+        .send_json(body)
+        .unwrap();
+    let text = res.body_mut().read_to_string().unwrap();
+    (
+        res.status().as_u16(),
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Waits for `cond` (checked every few milliseconds) or fails after a
+/// bound that only keeps a broken build from hanging.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_run_interrupted_by_a_crash_is_failed_after_restart_and_not_repeated() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(FakeProvider::start());
+    let saas = rt.block_on(SaasStandIn::start());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bulkhead.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[providers]]
+name = "fake-eu"
+kind = "openai"
+base_url = "{base}/v1"
+region = "eu"
+credential = "env:RUNS_TEST_PROVIDER_KEY"
+timeout_s = 120
+max_retries = 0
+[[models]]
+name = "small"
+provider = "fake-eu"
+upstream = "gpt-4o-mini"
+[[tools]]
+name = "slack"
+kind = "slack"
+base_url = "{saas}"
+region = "eu"
+connection = "slack"
+[[agents]]
+name = "support"
+model = "small"
+prompt = "You are support for {{{{ tenant.id }}}}."
+tools = ["slack"]
+timeout_s = 600
+"#,
+            base = fake.base_url(),
+            saas = saas.base_url()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let env = [("RUNS_TEST_PROVIDER_KEY", "sk-runs-test-provider-key")];
+    let server = Server::start(&data, Some(&config), &env);
+    let key = tenant_with_admin_key(&server.url, &data, "acme", "eu");
+    let (status, body) = send(
+        "PUT",
+        &format!("{}/v1/credentials/slack", server.url),
+        &key,
+        json!({"kind": "bearer", "secret": SLACK_TOKEN}),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // Step 1 calls the tool; the model's second answer never comes in time.
+    fake.push_all([
+        Reply::tool_call("slack", json!({"channel": "#ops", "text": "disk full"})),
+        Reply::delay(Duration::from_secs(3600), Reply::text("too late")),
+    ]);
+    let url = format!("{}/v1/agents/support/runs", server.url);
+    let key2 = key.clone();
+    let client = std::thread::spawn(move || {
+        // Its connection dies with the server.
+        let _ = agent()
+            .post(&url)
+            .header("authorization", format!("Bearer {key2}"))
+            .send_json(json!({"input": "the disk is full"}));
+    });
+    // The tool has run and the second model call is under way.
+    wait_for("the second model call", || fake.request_count() >= 2);
+    assert_eq!(saas.requests().len(), 1);
+    drop(server); // SIGKILL: no graceful anything.
+    client.join().unwrap();
+
+    let server = Server::start(&data, Some(&config), &env);
+    let (status, audit, _) = get(&format!("{}/v1/audit", server.url), Some(&key), &[]);
+    assert_eq!(status, 200);
+    let events = audit["events"].as_array().unwrap();
+    let start = events.iter().find(|e| e["action"] == "run.start").unwrap();
+    let run_id = start["target"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("run:")
+        .unwrap();
+    assert!(events.iter().any(|e| e["action"] == "run.interrupted"));
+    let (status, run, _) = get(&format!("{}/v1/runs/{run_id}", server.url), Some(&key), &[]);
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["error"]["code"], "interrupted");
+    let kinds: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["model_call", "tool_call", "tool_result", "error"]);
+    // Cancelling it now: it has ended.
+    let (status, body) = send(
+        "POST",
+        &format!("{}/v1/runs/{run_id}/cancel", server.url),
+        &key,
+        json!({}),
+    );
+    assert_eq!(status, 409, "{body}");
+    // Nothing resumed: the tool ran once, and the model was not called again.
+    assert_eq!(saas.requests().len(), 1);
+    assert_eq!(fake.request_count(), 2);
+    assert_eq!(
+        saas.requests()[0].header("authorization"),
+        Some(format!("Bearer {SLACK_TOKEN}").as_str())
+    );
+    let logs = server.stop();
+    assert!(!logs.iter().any(|l| l.contains(SLACK_TOKEN)));
+}
