@@ -522,6 +522,9 @@ async fn pump(
                 .await;
             return (tokens, "upstream_error");
         };
+        // Everything one upstream read produced goes to the client as one
+        // write: fewer channel hand-offs and body frames per stream.
+        let mut batch: Vec<u8> = Vec::new();
         for ev in events {
             let out: Vec<Vec<u8>> = match provider.kind {
                 ProviderKind::Openai => {
@@ -546,12 +549,12 @@ async fn pump(
                                 }
                             }
                             _ => {
-                                let _ = tx
-                                    .send(error_event(
-                                        "upstream_error",
-                                        "the provider sent malformed JSON",
-                                    ))
-                                    .await;
+                                // What came before the bad event still reaches the client.
+                                batch.extend(error_event(
+                                    "upstream_error",
+                                    "the provider sent malformed JSON",
+                                ));
+                                let _ = tx.send(batch).await;
                                 return (tokens, "upstream_error");
                             }
                         }
@@ -566,16 +569,25 @@ async fn pump(
                         chunks.iter().map(|c| sse::data(&c.to_string())).collect()
                     }
                     Err(e) => {
-                        let _ = tx.send(error_event("upstream_error", &e.to_string())).await;
+                        batch.extend(error_event("upstream_error", &e.to_string()));
+                        let _ = tx.send(batch).await;
                         return (tokens, "upstream_error");
                     }
                 },
             };
             for bytes in out {
-                if tx.send(bytes).await.is_err() {
-                    return (tokens, "client_disconnected");
-                }
+                batch.extend_from_slice(&bytes);
             }
+        }
+        if done {
+            // The end of the stream rides in the same write.
+            if provider.kind == ProviderKind::Anthropic && wants_usage {
+                batch.extend_from_slice(&sse::data(&translator.usage_chunk().to_string()));
+            }
+            batch.extend_from_slice(&sse::data("[DONE]"));
+        }
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
+            return (tokens, "client_disconnected");
         }
         if done {
             break;
@@ -589,14 +601,6 @@ async fn pump(
             ))
             .await;
         return (tokens, "upstream_error");
-    }
-    if provider.kind == ProviderKind::Anthropic && wants_usage {
-        let _ = tx
-            .send(sse::data(&translator.usage_chunk().to_string()))
-            .await;
-    }
-    if tx.send(sse::data("[DONE]")).await.is_err() {
-        return (tokens, "client_disconnected");
     }
     (tokens, "ok")
 }
