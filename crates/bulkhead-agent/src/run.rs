@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bulkhead_auth::{OperatorScope, TenantScope};
+use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_core::{RunId, TenantUid, ThreadId, Timestamp};
 use bulkhead_gateway::{ChatOutcome, Gateway};
@@ -119,11 +119,6 @@ impl Runtime {
         }
     }
 
-    /// Marks runs a previous process left running as failed.
-    pub async fn recover(&self, op: &OperatorScope) -> Result<u64, AgentError> {
-        Ok(self.store.fail_interrupted_runs(op).await?)
-    }
-
     fn agent(&self, scope: &TenantScope, name: &str) -> Result<&Agent, AgentError> {
         self.catalog
             .get(name)
@@ -222,8 +217,8 @@ impl Runtime {
                 t.cancel();
                 Ok(run)
             }
-            // Running in the store but not in this process: it belongs to
-            // a process that died (the next start marks it failed).
+            // Not running in this process: it has just ended (the store
+            // reports a run a stopped process left behind as failed).
             None => Err(AgentError::Finished),
         }
     }

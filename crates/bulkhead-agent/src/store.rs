@@ -2,7 +2,7 @@
 //! crate), and the records it keeps: settings, threads, runs, steps.
 
 use async_trait::async_trait;
-use bulkhead_auth::{OperatorScope, TenantScope};
+use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::NewAuditEvent;
 use bulkhead_core::{RunId, TenantUid, ThreadId, Timestamp};
 use serde::Serialize;
@@ -149,9 +149,9 @@ pub trait AgentStore: Send + Sync {
         scope: &TenantScope,
         thread: ThreadId,
     ) -> Result<Option<Vec<StoredMessage>>, AgentStoreError>;
-    /// Records a new run (status running) and its input message, creating
-    /// the thread when `new_thread`; marks the run active so a restart can
-    /// find it. One transaction in the partition, with the audit event.
+    /// Records a new run (status running, owned by this process) and its
+    /// input message, creating the thread when `new_thread`. One
+    /// transaction in the partition, with the audit event.
     async fn begin_run(
         &self,
         scope: &TenantScope,
@@ -171,21 +171,19 @@ pub trait AgentStore: Send + Sync {
         event: Option<NewAuditEvent>,
     ) -> Result<(), AgentStoreError>;
     /// Records the end of a run (status, output, error, tokens) with its
-    /// audit event, and clears its active mark.
+    /// audit event.
     async fn finish_run(
         &self,
         scope: &TenantScope,
         run: &RunRecord,
         event: NewAuditEvent,
     ) -> Result<(), AgentStoreError>;
-    /// A run with its steps (`None`: no such run in this tenant).
+    /// A run with its steps (`None`: no such run in this tenant). A run a
+    /// stopped process left `running` is reported — and from then on
+    /// stored — as failed (`interrupted`), with a `run.interrupted` event.
     async fn run(
         &self,
         scope: &TenantScope,
         id: RunId,
     ) -> Result<Option<RunRecord>, AgentStoreError>;
-    /// At startup: marks every run a previous process left running as
-    /// failed (`interrupted`), with an audit event in its tenant's chain.
-    /// Returns how many there were.
-    async fn fail_interrupted_runs(&self, op: &OperatorScope) -> Result<u64, AgentStoreError>;
 }

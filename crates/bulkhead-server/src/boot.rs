@@ -152,24 +152,6 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     let startup_operator = bulkhead_core::RequestId::parse("startup")
         .ok()
         .and_then(|rid| state.operator.verify(Some(token.expose()), &rid));
-    if let Some(op) = &startup_operator {
-        // Before serving: a run a previous process left running reads as
-        // failed (`interrupted`) from the first request on.
-        let n = state
-            .runtime
-            .recover(op)
-            .await
-            .map_err(|e| BootError::Store {
-                path: data_dir.clone(),
-                message: format!("marking interrupted runs: {e}"),
-            })?;
-        if n > 0 {
-            tracing::warn!(
-                runs = n,
-                "marked runs interrupted by the previous stop as failed"
-            );
-        }
-    }
     Ok(Boot {
         state,
         store,

@@ -99,7 +99,9 @@ fn start_outside() -> anyhow::Result<Outside> {
 
 fn config(o: &Outside) -> String {
     format!(
-        r#"
+        r#"[operator]
+token = "env:BENCH_OPERATOR_TOKEN"
+
 [[providers]]
 name = "fake"
 kind = "openai"

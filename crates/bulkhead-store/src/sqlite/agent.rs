@@ -7,7 +7,7 @@ use bulkhead_agent::AgentSettings;
 use bulkhead_agent::store::{
     AgentStore, AgentStoreError, RunFailure, RunRecord, RunStatus, Step, StoredMessage,
 };
-use bulkhead_auth::{OperatorScope, TenantScope};
+use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_core::{RequestId, RunId, TenantId, TenantUid, ThreadId, Timestamp};
 use rusqlite::{OptionalExtension, params};
@@ -29,7 +29,7 @@ fn ts(s: &str) -> Result<Timestamp, StoreError> {
     Timestamp::parse(s).map_err(|e| StoreError::Internal(format!("corrupt timestamp: {e}")))
 }
 
-fn next_message_seq(tx: &rusqlite::Transaction<'_>, thread: &str) -> Result<i64, StoreError> {
+fn next_message_seq(tx: &rusqlite::Connection, thread: &str) -> Result<i64, StoreError> {
     Ok(tx.query_row(
         "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE thread_id = ?1",
         params![thread],
@@ -38,7 +38,7 @@ fn next_message_seq(tx: &rusqlite::Transaction<'_>, thread: &str) -> Result<i64,
 }
 
 fn insert_message(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     owner: TenantUid,
     thread: ThreadId,
     run: RunId,
@@ -132,69 +132,50 @@ fn read_run(conn: &rusqlite::Connection, id: RunId) -> Result<Option<RunRecord>,
     }))
 }
 
-impl SqliteStore {
-    fn mark_active(&self, scope: &TenantScope, run: RunId, active: bool) -> Result<(), StoreError> {
-        let conn = self.control()?;
-        if active {
-            conn.execute(
-                "INSERT OR IGNORE INTO active_runs (tenant_uid, tenant_id, run_id) VALUES (?1, ?2, ?3)",
-                params![scope.partition().to_string(), scope.tenant().as_str(), run.to_string()],
-            )?;
-        } else {
-            conn.execute(
-                "DELETE FROM active_runs WHERE tenant_uid = ?1 AND run_id = ?2",
-                params![scope.partition().to_string(), run.to_string()],
-            )?;
-        }
-        Ok(())
-    }
+/// What a run left `running` by a stopped process becomes.
+const INTERRUPTED: &str =
+    "the server stopped while the run was in progress; it was not resumed (no step was repeated)";
 
-    /// Marks one interrupted run failed in its partition (if it is still
-    /// running there) with a step and an audit event.
-    fn fail_interrupted(
-        &self,
-        op: &OperatorScope,
-        tenant: &TenantId,
-        uid: TenantUid,
-        run: &str,
-    ) -> Result<bool, StoreError> {
-        let p = match self.partition(tenant, uid) {
-            Ok(p) => p,
-            // The tenant was deleted since: nothing left to mark.
-            Err(StoreError::NotFound) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        p.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let message = "the server stopped while the run was in progress; it was not resumed (no step was repeated)";
-            let changed = tx.execute(
-                "UPDATE runs SET status = 'failed', finished_at = ?2, error_code = 'interrupted', error_message = ?3
-                 WHERE id = ?1 AND status = 'running'",
-                params![run, Timestamp::now().to_string(), message],
-            )?;
-            if changed == 0 {
-                return Ok(false);
-            }
-            let seq: i64 = tx.query_row(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM run_steps WHERE run_id = ?1",
-                params![run],
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "INSERT INTO run_steps (run_id, seq, kind, data, time) VALUES (?1, ?2, 'error', ?3, ?4)",
-                params![run, seq, json!({"code": "interrupted", "message": message}).to_string(), Timestamp::now().to_string()],
-            )?;
-            let event = NewAuditEvent::new(
-                "run.interrupted",
-                format!("run:{run}"),
-                Outcome::Failure,
-                RequestId::generate(),
-            );
-            partition::append_chain(&tx, Some(tenant.clone()), op.principal_id(), event)?;
-            tx.commit()?;
-            Ok(true)
-        })
+/// Marks one run that a stopped process left running as failed, with an
+/// error step and a `run.interrupted` event; false if it was not running.
+fn fail_interrupted(
+    conn: &rusqlite::Connection,
+    tenant: &TenantId,
+    run: RunId,
+) -> Result<bool, StoreError> {
+    let id = run.to_string();
+    let now = Timestamp::now().to_string();
+    let changed = conn.execute(
+        "UPDATE runs SET status = 'failed', finished_at = ?2, error_code = 'interrupted', error_message = ?3
+         WHERE id = ?1 AND status = 'running'",
+        params![id, now, INTERRUPTED],
+    )?;
+    if changed == 0 {
+        return Ok(false);
     }
+    let seq: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM run_steps WHERE run_id = ?1",
+        params![id],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "INSERT INTO run_steps (run_id, seq, kind, data, time) VALUES (?1, ?2, 'error', ?3, ?4)",
+        params![
+            id,
+            seq,
+            json!({"code": "interrupted", "message": INTERRUPTED}).to_string(),
+            now
+        ],
+    )?;
+    let event = NewAuditEvent::new(
+        "run.interrupted",
+        format!("run:{id}"),
+        Outcome::Failure,
+        RequestId::generate(),
+    );
+    // The restart that found the run is the actor, not whoever asked.
+    partition::append_chain(conn, Some(tenant.clone()), "system", event)?;
+    Ok(true)
 }
 
 #[async_trait]
@@ -236,8 +217,7 @@ impl AgentStore for SqliteStore {
         let scope2 = scope.clone();
         let agent = agent.to_owned();
         let text = serde_json::to_string(settings).map_err(|e| AgentStoreError(e.to_string()))?;
-        self.blocking(move |s| {
-            s.tenant_tx(&scope2, |tx, principal| {
+        self.tenant_write(&scope2.clone(), move |tx, principal| {
                 tx.execute(
                     "INSERT INTO agent_settings (agent, value, updated_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT (agent) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -245,7 +225,6 @@ impl AgentStore for SqliteStore {
                 )?;
                 partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
                 Ok(())
-            })
         })
         .await
         .map_err(ag)
@@ -336,37 +315,30 @@ impl AgentStore for SqliteStore {
         let scope2 = scope.clone();
         let run = run.clone();
         let input = input.clone();
-        self.blocking(move |s| {
-            // Marked active first: a crash between the two writes leaves a
-            // mark with no running run, which the restart ignores.
-            s.mark_active(&scope2, run.id, true)?;
-            let result = s.tenant_tx(&scope2, |tx, principal| {
-                let thread = run.thread_id.to_string();
-                if new_thread {
-                    tx.execute(
-                        "INSERT INTO threads (id, created_at) VALUES (?1, ?2)",
-                        params![thread, run.created_at.to_string()],
-                    )?;
-                }
+        let boot = self.inner.boot_id.clone();
+        self.tenant_write(&scope2.clone(), move |tx, principal| {
+            let thread = run.thread_id.to_string();
+            if new_thread {
                 tx.execute(
-                    "INSERT INTO runs (id, thread_id, agent, principal, status, created_at)
-                     VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-                    params![
-                        run.id.to_string(),
-                        thread,
-                        run.agent,
-                        run.principal,
-                        run.created_at.to_string()
-                    ],
+                    "INSERT INTO threads (id, created_at) VALUES (?1, ?2)",
+                    params![thread, run.created_at.to_string()],
                 )?;
-                insert_message(tx, scope2.partition(), run.thread_id, run.id, &input)?;
-                partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
-                Ok(())
-            });
-            if result.is_err() {
-                let _ = s.mark_active(&scope2, run.id, false);
             }
-            result
+            tx.execute(
+                "INSERT INTO runs (id, thread_id, agent, principal, status, created_at, boot_id)
+                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6)",
+                params![
+                    run.id.to_string(),
+                    thread,
+                    run.agent,
+                    run.principal,
+                    run.created_at.to_string(),
+                    boot
+                ],
+            )?;
+            insert_message(tx, scope2.partition(), run.thread_id, run.id, &input)?;
+            partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
+            Ok(())
         })
         .await
         .map_err(ag)
@@ -383,26 +355,30 @@ impl AgentStore for SqliteStore {
         let scope2 = scope.clone();
         let step = step.clone();
         let message = message.cloned();
-        self.blocking(move |s| {
-            s.tenant_tx(&scope2, |tx, principal| {
-                tx.execute(
-                    "INSERT INTO run_steps (run_id, seq, kind, data, time) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![run.to_string(), step.seq, step.kind, step.data.to_string(), step.time.to_string()],
+        self.tenant_write(&scope2.clone(), move |tx, principal| {
+            tx.execute(
+                "INSERT INTO run_steps (run_id, seq, kind, data, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    run.to_string(),
+                    step.seq,
+                    step.kind,
+                    step.data.to_string(),
+                    step.time.to_string()
+                ],
+            )?;
+            if let Some(m) = &message {
+                let thread: String = tx.query_row(
+                    "SELECT thread_id FROM runs WHERE id = ?1",
+                    params![run.to_string()],
+                    |r| r.get(0),
                 )?;
-                if let Some(m) = &message {
-                    let thread: String = tx.query_row(
-                        "SELECT thread_id FROM runs WHERE id = ?1",
-                        params![run.to_string()],
-                        |r| r.get(0),
-                    )?;
-                    let thread = ThreadId::parse(&thread).map_err(|e| corrupt("run")(e.to_string()))?;
-                    insert_message(tx, scope2.partition(), thread, run, m)?;
-                }
-                if let Some(event) = event {
-                    partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
-                }
-                Ok(())
-            })
+                let thread = ThreadId::parse(&thread).map_err(|e| corrupt("run")(e.to_string()))?;
+                insert_message(tx, scope2.partition(), thread, run, m)?;
+            }
+            if let Some(event) = event {
+                partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
+            }
+            Ok(())
         })
         .await
         .map_err(ag)
@@ -416,8 +392,7 @@ impl AgentStore for SqliteStore {
     ) -> Result<(), AgentStoreError> {
         let scope2 = scope.clone();
         let run = run.clone();
-        self.blocking(move |s| {
-            s.tenant_tx(&scope2, |tx, principal| {
+        self.tenant_write(&scope2.clone(), move |tx, principal| {
                 tx.execute(
                     "UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, error_code = ?5, error_message = ?6,
                        input_tokens = ?7, output_tokens = ?8 WHERE id = ?1",
@@ -434,8 +409,6 @@ impl AgentStore for SqliteStore {
                 )?;
                 partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
                 Ok(())
-            })?;
-            s.mark_active(&scope2, run.id, false)
         })
         .await
         .map_err(ag)
@@ -446,41 +419,41 @@ impl AgentStore for SqliteStore {
         scope: &TenantScope,
         id: RunId,
     ) -> Result<Option<RunRecord>, AgentStoreError> {
-        let scope = scope.clone();
+        let scope2 = scope.clone();
+        let boot = self.inner.boot_id.clone();
+        let (record, stale) = self
+            .blocking(move |s| {
+                let p = s.partition(scope2.tenant(), scope2.partition())?;
+                p.with_conn(|conn| {
+                    let record = read_run(conn, id)?;
+                    let owner: Option<String> = conn
+                        .query_row(
+                            "SELECT boot_id FROM runs WHERE id = ?1",
+                            params![id.to_string()],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    let stale = record
+                        .as_ref()
+                        .is_some_and(|r| r.status == RunStatus::Running)
+                        && owner.is_some_and(|b| b != boot);
+                    Ok((record, stale))
+                })
+            })
+            .await
+            .map_err(ag)?;
+        if !stale {
+            return Ok(record);
+        }
+        // Left running by a process that stopped: it is failed from now on.
+        let tenant = scope.tenant().clone();
+        self.tenant_write(scope, move |tx, _| fail_interrupted(tx, &tenant, id))
+            .await
+            .map_err(ag)?;
+        let scope2 = scope.clone();
         self.blocking(move |s| {
-            let p = s.partition(scope.tenant(), scope.partition())?;
+            let p = s.partition(scope2.tenant(), scope2.partition())?;
             p.with_conn(|conn| read_run(conn, id))
-        })
-        .await
-        .map_err(ag)
-    }
-
-    async fn fail_interrupted_runs(&self, op: &OperatorScope) -> Result<u64, AgentStoreError> {
-        let op = op.clone();
-        self.blocking(move |s| {
-            let rows: Vec<(String, String, String)> = {
-                let conn = s.control()?;
-                let mut stmt =
-                    conn.prepare("SELECT tenant_uid, tenant_id, run_id FROM active_runs")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                rows.collect::<Result<_, _>>()?
-            };
-            let mut failed = 0;
-            for (uid, tenant, run) in rows {
-                let (Ok(uid_parsed), Ok(tenant_id)) =
-                    (TenantUid::parse(&uid), TenantId::parse(&tenant))
-                else {
-                    continue;
-                };
-                if s.fail_interrupted(&op, &tenant_id, uid_parsed, &run)? {
-                    failed += 1;
-                }
-                s.control()?.execute(
-                    "DELETE FROM active_runs WHERE tenant_uid = ?1 AND run_id = ?2",
-                    params![uid, run],
-                )?;
-            }
-            Ok(failed)
         })
         .await
         .map_err(ag)

@@ -39,7 +39,7 @@ pub(crate) struct PendingBatch {
     settled: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
-fn insert_usage(tx: &rusqlite::Transaction<'_>, u: &UsageRecord) -> Result<(), StoreError> {
+fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO usage (id, time, ts_micros, day, request_id, model, provider, region, input_tokens,
            output_tokens, cached_tokens, cost_nanos, latency_ms, status, stream)
@@ -177,23 +177,6 @@ impl SqliteStore {
             Ok(())
         })
     }
-
-    /// Runs `f` in a write transaction on the scope's partition, with the
-    /// principal for its audit events.
-    pub(super) fn tenant_tx<T: Send + 'static>(
-        &self,
-        scope: &TenantScope,
-        f: impl FnOnce(&rusqlite::Transaction<'_>, &str) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let p = self.partition(scope.tenant(), scope.partition())?;
-        let principal = scope.principal().id().to_owned();
-        p.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let out = f(&tx, &principal)?;
-            tx.commit()?;
-            Ok(out)
-        })
-    }
 }
 
 #[async_trait]
@@ -305,16 +288,14 @@ impl GatewayStore for SqliteStore {
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError> {
         let scope = scope.clone();
-        self.blocking(move |s| {
-            s.tenant_tx(&scope, |tx, principal| {
-                tx.execute(
-                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
+        self.tenant_write(&scope.clone(), move |tx, principal| {
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
                      ON CONFLICT (key) DO UPDATE SET value = ?2",
-                    params![AUDIT_PROMPTS, if on { "true" } else { "false" }],
-                )?;
-                partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
-                Ok(())
-            })
+                params![AUDIT_PROMPTS, if on { "true" } else { "false" }],
+            )?;
+            partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
+            Ok(())
         })
         .await
         .map_err(gw)
@@ -327,28 +308,26 @@ impl GatewayStore for SqliteStore {
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError> {
         let scope = scope.clone();
-        self.blocking(move |s| {
-            s.tenant_tx(&scope, |tx, principal| {
-                match &models {
-                    Some(list) => {
-                        let text = serde_json::to_string(list)
-                            .map_err(|e| StoreError::Internal(e.to_string()))?;
-                        tx.execute(
-                            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+        self.tenant_write(&scope.clone(), move |tx, principal| {
+            match &models {
+                Some(list) => {
+                    let text = serde_json::to_string(list)
+                        .map_err(|e| StoreError::Internal(e.to_string()))?;
+                    tx.execute(
+                        "INSERT INTO settings (key, value) VALUES (?1, ?2)
                              ON CONFLICT (key) DO UPDATE SET value = ?2",
-                            params![ALLOWED_MODELS, text],
-                        )?;
-                    }
-                    None => {
-                        tx.execute(
-                            "DELETE FROM settings WHERE key = ?1",
-                            params![ALLOWED_MODELS],
-                        )?;
-                    }
+                        params![ALLOWED_MODELS, text],
+                    )?;
                 }
-                partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
-                Ok(())
-            })
+                None => {
+                    tx.execute(
+                        "DELETE FROM settings WHERE key = ?1",
+                        params![ALLOWED_MODELS],
+                    )?;
+                }
+            }
+            partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
+            Ok(())
         })
         .await
         .map_err(gw)

@@ -12,6 +12,7 @@
 //! updated under its write lock right after each commit.
 
 mod agent;
+mod commit;
 mod gateway;
 pub mod partition;
 mod vault;
@@ -90,15 +91,6 @@ const CONTROL_MIGRATIONS: &[&str] = &[
         updated_at   TEXT NOT NULL,
         last_used_at TEXT
     ) STRICT;",
-    // v3: runs in progress, by tenant partition, so a restart can mark the
-    // ones a dead process left running as failed without opening every
-    // tenant's database.
-    "CREATE TABLE active_runs (
-        tenant_uid TEXT NOT NULL,
-        tenant_id  TEXT NOT NULL,
-        run_id     TEXT NOT NULL,
-        PRIMARY KEY (tenant_uid, run_id)
-    ) STRICT;",
 ];
 
 /// Open partitions, least recently used evicted first. Each open partition
@@ -156,6 +148,10 @@ struct Inner {
     index: RwLock<DirIndex>,
     partitions: Mutex<PartitionCache>,
     usage_batches: Mutex<HashMap<TenantUid, gateway::PendingBatch>>,
+    write_queues: commit::Queues,
+    /// This process's identity: a run stored as running under another
+    /// boot id was interrupted by a stop.
+    boot_id: String,
 }
 
 /// The embedded SQLite store. Cheap to clone.
@@ -268,6 +264,8 @@ impl SqliteStore {
                 control: Mutex::new(conn),
                 index: RwLock::new(index),
                 usage_batches: Mutex::new(HashMap::new()),
+                write_queues: Mutex::new(HashMap::new()),
+                boot_id: bulkhead_core::RequestId::generate().to_string(),
                 partitions: Mutex::new(PartitionCache {
                     open: HashMap::new(),
                     clock: 0,

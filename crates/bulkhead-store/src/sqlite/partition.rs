@@ -67,7 +67,9 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;",
     // v4: agents: the tenant's settings of each agent, threads and their
     // messages (each with the uid of the tenant that wrote it: provenance
-    // checked again when a prompt is assembled), runs and their steps.
+    // checked again when a prompt is assembled), runs (with the id of the
+    // process running them, so a run left `running` by a stopped process
+    // is recognised) and their steps.
     "CREATE TABLE agent_settings (
         agent      TEXT PRIMARY KEY,
         value      TEXT NOT NULL,
@@ -98,7 +100,8 @@ const MIGRATIONS: &[&str] = &[
         error_code    TEXT,
         error_message TEXT,
         input_tokens  INTEGER NOT NULL DEFAULT 0,
-        output_tokens INTEGER NOT NULL DEFAULT 0
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        boot_id       TEXT NOT NULL
     ) STRICT;
     CREATE TABLE run_steps (
         run_id TEXT NOT NULL REFERENCES runs(id),
@@ -222,7 +225,7 @@ impl Partition {
 
 /// Appends to the `audit` table of the database `tx` belongs to.
 pub(crate) fn append_chain(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     tenant: Option<TenantId>,
     principal: &str,
     event: NewAuditEvent,

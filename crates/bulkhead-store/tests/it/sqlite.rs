@@ -304,3 +304,93 @@ async fn reads_include_usage_rows_queued_before_them() {
         w.await.unwrap();
     }
 }
+
+/// Concurrent writes of one tenant are committed in groups; a write that
+/// fails inside a group rolls back alone, the others land, and the chain
+/// stays intact.
+#[tokio::test]
+async fn a_failing_write_in_a_group_commit_rolls_back_alone() {
+    use bulkhead_agent::store::{AgentStore, RunRecord, RunStatus, Step};
+    use bulkhead_core::audit::{NewAuditEvent, Outcome, verify_chain};
+    use bulkhead_core::{RunId, ThreadId, Timestamp};
+    use serde_json::json;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    create(&store, "acme").await;
+    let s = scope(&store, "acme").await;
+    let run = RunRecord {
+        id: RunId::generate(),
+        thread_id: ThreadId::generate(),
+        agent: "a".into(),
+        principal: "p".into(),
+        status: RunStatus::Running,
+        created_at: Timestamp::now(),
+        finished_at: None,
+        output: None,
+        error: None,
+        input_tokens: 0,
+        output_tokens: 0,
+        steps: vec![],
+    };
+    let ev = |action: &str| {
+        NewAuditEvent::new(action, "run:x", Outcome::Success, s.request_id().clone())
+    };
+    store
+        .begin_run(
+            &s,
+            &run,
+            true,
+            &json!({"role": "user", "content": "hi"}),
+            ev("run.start"),
+        )
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    // Seq 7 twice: exactly one of the two must fail (primary key).
+    for seq in (1..=20u32).chain([7]) {
+        let store = store.clone();
+        let s = s.clone();
+        let id = run.id;
+        let event = ev("step");
+        tasks.push(tokio::spawn(async move {
+            let step = Step {
+                seq,
+                kind: "model_call".into(),
+                data: json!({"n": seq}),
+                time: Timestamp::now(),
+            };
+            let msg = json!({"role": "assistant", "content": format!("m{seq}")});
+            store
+                .append_step(&s, id, &step, Some(&msg), Some(event))
+                .await
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        if t.await.unwrap().is_err() {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 1);
+    let stored = store.run(&s, run.id).await.unwrap().unwrap();
+    assert_eq!(stored.steps.len(), 20);
+    // The failed write left neither its message nor its audit event.
+    let messages = store.messages(&s, run.thread_id).await.unwrap().unwrap();
+    assert_eq!(messages.len(), 21);
+    let events = store
+        .audit(
+            &s,
+            bulkhead_store::Page {
+                after: 0,
+                limit: 1000,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.iter().filter(|e| e.action == "step").count(), 20);
+    assert_eq!(
+        verify_chain(&events, bulkhead_core::audit::GENESIS_HASH),
+        Ok(events.len() as u64)
+    );
+}

@@ -120,8 +120,8 @@ timeout_s = 600
         .as_str()
         .unwrap()
         .strip_prefix("run:")
-        .unwrap();
-    assert!(events.iter().any(|e| e["action"] == "run.interrupted"));
+        .unwrap()
+        .to_owned();
     let (status, run, _) = get(&format!("{}/v1/runs/{run_id}", server.url), Some(&key), &[]);
     assert_eq!(status, 200, "{run}");
     assert_eq!(run["status"], "failed");
@@ -133,6 +133,15 @@ timeout_s = 600
         .map(|s| s["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["model_call", "tool_call", "tool_result", "error"]);
+    let (_, audit, _) = get(&format!("{}/v1/audit", server.url), Some(&key), &[]);
+    let interrupted: Vec<&Value> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "run.interrupted")
+        .collect();
+    assert_eq!(interrupted.len(), 1);
+    assert_eq!(interrupted[0]["principal"], "system");
     // Cancelling it now: it has ended.
     let (status, body) = send(
         "POST",

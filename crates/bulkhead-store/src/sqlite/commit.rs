@@ -1,0 +1,183 @@
+//! Group commit of a tenant's write transactions.
+//!
+//! Every commit of a partition waits for an fsync (`synchronous = FULL`:
+//! audit events must survive a power cut). A tenant with many runs in
+//! flight writes a step, an audit event or a setting for each of them;
+//! one fsync per write would serialise them all behind the disk. Instead,
+//! writes that arrive while the tenant's previous batch is being committed
+//! wait in a queue and are then committed together: one transaction, one
+//! fsync, each write in its own savepoint so one failing write rolls back
+//! alone. Every caller still gets its answer only once its write is
+//! durable (or has failed).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bulkhead_auth::TenantScope;
+use bulkhead_core::TenantUid;
+use rusqlite::Connection;
+
+use super::SqliteStore;
+use crate::{StoreError, StoreResult};
+
+/// One queued write, type-erased.
+trait Job: Send {
+    /// Runs the write inside the batch's transaction (in its own savepoint).
+    fn run(&mut self, conn: &mut rusqlite::Transaction<'_>);
+    /// Reports the outcome once the batch has committed (or failed to).
+    fn finish(self: Box<Self>, commit: &Result<(), CommitError>);
+}
+
+struct Write<T, F> {
+    f: Option<F>,
+    principal: String,
+    out: Option<StoreResult<T>>,
+    done: tokio::sync::oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Job for Write<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection, &str) -> StoreResult<T> + Send,
+{
+    fn run(&mut self, tx: &mut rusqlite::Transaction<'_>) {
+        let Some(f) = self.f.take() else { return };
+        let out = match tx.savepoint() {
+            Ok(sp) => match f(&sp, &self.principal) {
+                Ok(v) => sp.commit().map(|()| v).map_err(StoreError::from),
+                // Dropping the savepoint rolls this write back, and only it.
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e.into()),
+        };
+        self.out = Some(out);
+    }
+
+    fn finish(self: Box<Self>, commit: &Result<(), CommitError>) {
+        let result = match (self.out, commit) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (_, Err(e)) => Err(e.to_store()),
+            (None, Ok(())) => Err(StoreError::Internal("a write was not run".into())),
+        };
+        let _ = self.done.send(result);
+    }
+}
+
+/// Why a whole batch failed (cloned to each of its writers).
+#[derive(Debug, Clone)]
+enum CommitError {
+    /// The partition is gone (the tenant was deleted).
+    NotFound,
+    /// Anything else.
+    Other(String),
+}
+
+impl CommitError {
+    fn to_store(&self) -> StoreError {
+        match self {
+            CommitError::NotFound => StoreError::NotFound,
+            CommitError::Other(m) => StoreError::Internal(m.clone()),
+        }
+    }
+}
+
+impl From<StoreError> for CommitError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => CommitError::NotFound,
+            other => CommitError::Other(other.to_string()),
+        }
+    }
+}
+
+/// A tenant's queued writes and whether a committer is at work.
+#[derive(Default)]
+pub(crate) struct Queue {
+    jobs: Vec<(TenantScope, Box<dyn Job>)>,
+    busy: bool,
+}
+
+/// Queues per partition.
+pub(crate) type Queues = Mutex<HashMap<TenantUid, Queue>>;
+
+impl SqliteStore {
+    /// Runs `f` in a write transaction on the scope's partition (with the
+    /// scope's principal for its audit events), group-committed with the
+    /// tenant's other concurrent writes. Returns once the write is durable.
+    pub(crate) async fn tenant_write<T, F>(&self, scope: &TenantScope, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &str) -> StoreResult<T> + Send + 'static,
+    {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let job = Box::new(Write {
+            f: Some(f),
+            principal: scope.principal().id().to_owned(),
+            out: None,
+            done,
+        });
+        let uid = scope.partition();
+        let lead = {
+            let mut queues = self
+                .inner
+                .write_queues
+                .lock()
+                .map_err(|_| StoreError::Internal("write queue poisoned".into()))?;
+            let q = queues.entry(uid).or_default();
+            q.jobs.push((scope.clone(), job));
+            !std::mem::replace(&mut q.busy, true)
+        };
+        if lead {
+            // A blocking thread of its own: no caller's cancellation can
+            // leave the queue without its committer.
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.commit_batches(uid));
+        }
+        rx.await
+            .map_err(|_| StoreError::Internal("the tenant's committer stopped".into()))?
+    }
+
+    /// Commits the tenant's queued writes batch after batch until none is
+    /// left.
+    fn commit_batches(&self, uid: TenantUid) {
+        loop {
+            let jobs = {
+                let Ok(mut queues) = self.inner.write_queues.lock() else {
+                    return;
+                };
+                let Some(q) = queues.get_mut(&uid) else {
+                    return;
+                };
+                if q.jobs.is_empty() {
+                    queues.remove(&uid);
+                    return;
+                }
+                std::mem::take(&mut q.jobs)
+            };
+            self.commit_batch(jobs);
+        }
+    }
+
+    fn commit_batch(&self, mut jobs: Vec<(TenantScope, Box<dyn Job>)>) {
+        let commit = (|| -> Result<(), CommitError> {
+            let Some((scope, _)) = jobs.first() else {
+                return Ok(());
+            };
+            let p = self.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let mut tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                for (_, job) in &mut jobs {
+                    job.run(&mut tx);
+                }
+                tx.commit()?;
+                Ok(())
+            })?;
+            Ok(())
+        })();
+        for (_, job) in jobs {
+            job.finish(&commit);
+        }
+    }
+}
