@@ -22,7 +22,7 @@ use crate::agent::{Agent, AgentCatalog, AgentSettings};
 use crate::error::AgentError;
 use crate::event::RunEvent;
 use crate::prompt::{self, Fragment, Owner, Prompts};
-use crate::store::{AgentStore, RunFailure, RunRecord, RunStatus, Step, StoredMessage};
+use crate::store::{AgentStore, RunFailure, RunRecord, RunStatus, Step, StepWrite, StoredMessage};
 
 /// Events buffered for a slow stream reader before the run waits for it.
 const EVENT_BUFFER: usize = 64;
@@ -95,6 +95,10 @@ struct RunCtx {
     record: RunRecord,
     fragments: Vec<Fragment>,
     seq: u32,
+    /// Steps staged for the next write, and the events to send once they
+    /// are stored.
+    pending: Vec<StepWrite>,
+    outbox: Vec<RunEvent>,
 }
 
 impl Runtime {
@@ -328,6 +332,8 @@ impl Runtime {
             record: record.clone(),
             fragments,
             seq: 0,
+            pending: Vec::new(),
+            outbox: Vec::new(),
         };
         let this = self.clone();
         self.tasks
@@ -396,10 +402,18 @@ impl Runtime {
             "input_tokens": record.input_tokens,
             "output_tokens": record.output_tokens,
         }));
-        if let Err(e) = self.store.finish_run(&scope, &record, event).await {
+        let last_steps = std::mem::take(&mut ctx.pending);
+        if let Err(e) = self
+            .store
+            .finish_run(&scope, &record, last_steps, event)
+            .await
+        {
             tracing::error!(error = %e, run_id = %record.id, "could not record the end of a run");
         }
         self.forget(scope.partition(), record.id);
+        for ev in std::mem::take(&mut ctx.outbox) {
+            let _ = tx.send(ev).await;
+        }
         let last = match &record.error {
             None => RunEvent::new("done", summary(&record)),
             Some(f) => RunEvent::new(
@@ -410,26 +424,46 @@ impl Runtime {
         let _ = tx.send(last).await;
     }
 
-    async fn persist(
+    /// Stages a step (and the event announcing it) for the next write.
+    fn stage(
         &self,
         ctx: &mut RunCtx,
         kind: &str,
         data: Value,
-        message: Option<&Value>,
+        message: Option<Value>,
         event: Option<NewAuditEvent>,
-    ) -> Result<Step, RunFailure> {
+        announce: Option<RunEvent>,
+    ) {
         ctx.seq += 1;
-        let step = Step {
-            seq: ctx.seq,
-            kind: kind.to_owned(),
-            data,
-            time: Timestamp::now(),
-        };
-        self.store
-            .append_step(&ctx.scope, ctx.record.id, &step, message, event)
-            .await
-            .map_err(|e| failure("internal", format!("could not persist a step: {e}")))?;
-        Ok(step)
+        ctx.pending.push(StepWrite {
+            step: Step {
+                seq: ctx.seq,
+                kind: kind.to_owned(),
+                data,
+                time: Timestamp::now(),
+            },
+            message,
+            event,
+        });
+        ctx.outbox.extend(announce);
+    }
+
+    /// Stores the staged steps in one transaction, then sends their events:
+    /// a client never hears of a step that a crash could still lose.
+    async fn flush(&self, ctx: &mut RunCtx, tx: &mpsc::Sender<RunEvent>) -> Result<(), RunFailure> {
+        // Taken first: if the run is cancelled while this write is queued,
+        // the write still happens and the end of the run must not repeat it.
+        let steps = std::mem::take(&mut ctx.pending);
+        if !steps.is_empty() {
+            self.store
+                .append_steps(&ctx.scope, ctx.record.id, steps)
+                .await
+                .map_err(|e| failure("internal", format!("could not persist a step: {e}")))?;
+        }
+        for ev in std::mem::take(&mut ctx.outbox) {
+            let _ = tx.send(ev).await;
+        }
+        Ok(())
     }
 
     /// The loop proper; returns the final answer or why there is none.
@@ -472,14 +506,14 @@ impl Runtime {
                     .with_details(
                         json!({"fragment": foreign.index, "owner_uid": foreign.owner.to_string()}),
                     );
-                    self.persist(
+                    self.stage(
                         ctx,
                         "error",
                         json!({"code": "foreign_fragment"}),
                         None,
                         Some(event),
-                    )
-                    .await?;
+                        None,
+                    );
                     return Err(failure(
                         "foreign_fragment",
                         "the prompt contained text owned by another tenant; nothing was sent to the model",
@@ -499,14 +533,14 @@ impl Runtime {
                     ));
                 }
                 Err(e) => {
-                    self.persist(
+                    self.stage(
                         ctx,
                         "error",
                         json!({"code": e.code(), "message": e.to_string()}),
                         None,
                         None,
-                    )
-                    .await?;
+                        None,
+                    );
                     return Err(failure(e.code(), e.to_string()));
                 }
             };
@@ -540,24 +574,33 @@ impl Runtime {
                 .to_owned();
             if calls.is_empty() {
                 let m = json!({"role": "assistant", "content": content});
-                self.persist(ctx, "model_call", data.clone(), None, None)
-                    .await?;
-                let _ = tx.send(RunEvent::new("model_call", data)).await;
+                // Stored with the end of the run, in one transaction.
+                let announce = RunEvent::new("model_call", data.clone());
+                self.stage(ctx, "model_call", data, None, None, Some(announce));
                 self.check_tokens(ctx)?;
-                self.persist(ctx, "message", json!({"content": content}), Some(&m), None)
-                    .await?;
-                let _ = tx
-                    .send(RunEvent::new(
-                        "message",
-                        json!({"role": "assistant", "content": content}),
-                    ))
-                    .await;
+                let announce =
+                    RunEvent::new("message", json!({"role": "assistant", "content": content}));
+                self.stage(
+                    ctx,
+                    "message",
+                    json!({"content": content}),
+                    Some(m),
+                    None,
+                    Some(announce),
+                );
                 return Ok(content);
             }
             let assistant = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null), "tool_calls": calls});
-            self.persist(ctx, "model_call", data.clone(), Some(&assistant), None)
-                .await?;
-            let _ = tx.send(RunEvent::new("model_call", data)).await;
+            // Stored with the tool calls it asks for, before any of them runs.
+            let announce = RunEvent::new("model_call", data.clone());
+            self.stage(
+                ctx,
+                "model_call",
+                data,
+                Some(assistant.clone()),
+                None,
+                Some(announce),
+            );
             ctx.fragments.push(Fragment::tenant(&ctx.scope, assistant));
             self.check_tokens(ctx)?;
             self.tool_round(ctx, tx, &calls).await?;
@@ -706,11 +749,18 @@ impl Runtime {
                 json!({"run_id": ctx.record.id.to_string(), "code": r.code, "reason": r.message}),
             );
             let data = json!({"id": r.id, "tool": r.name, "code": r.code, "message": r.message});
-            self.persist(ctx, "tool_refused", data.clone(), Some(&m), Some(event))
-                .await?;
-            let _ = tx
-                .send(RunEvent::new("tool_result", json!({"id": r.id, "tool": r.name, "ok": false, "code": r.code, "message": r.message})))
-                .await;
+            let announce = RunEvent::new(
+                "tool_result",
+                json!({"id": r.id, "tool": r.name, "ok": false, "code": r.code, "message": r.message}),
+            );
+            self.stage(
+                ctx,
+                "tool_refused",
+                data,
+                Some(m.clone()),
+                Some(event),
+                Some(announce),
+            );
             results.push((r.id, m));
         }
         for p in &planned {
@@ -719,10 +769,12 @@ impl Runtime {
                 "connection": p.connection.as_ref().map(ConnectionName::as_str),
                 "arguments": p.args,
             });
-            self.persist(ctx, "tool_call", data.clone(), None, None)
-                .await?;
-            let _ = tx.send(RunEvent::new("tool_call", data)).await;
+            let announce = RunEvent::new("tool_call", data.clone());
+            self.stage(ctx, "tool_call", data, None, None, Some(announce));
         }
+        // Every call is on record before any of them is sent: a crash
+        // cannot lead to a call being made twice.
+        self.flush(ctx, tx).await?;
         // Independent calls run concurrently.
         let outputs = futures_util::future::join_all(
             planned.iter().map(|p| self.execute_tool(&ctx.scope, p)),
@@ -751,11 +803,18 @@ impl Runtime {
                 "code": code,
             }));
             let data = json!({"id": p.id, "tool": p.tool.name, "ok": ok, "code": code, "content": content});
-            self.persist(ctx, "tool_result", data.clone(), Some(&m), Some(event))
-                .await?;
-            let _ = tx.send(RunEvent::new("tool_result", data)).await;
+            let announce = RunEvent::new("tool_result", data.clone());
+            self.stage(
+                ctx,
+                "tool_result",
+                data,
+                Some(m.clone()),
+                Some(event),
+                Some(announce),
+            );
             results.push((p.id.clone(), m));
         }
+        self.flush(ctx, tx).await?;
         let order: HashMap<&str, usize> = calls
             .iter()
             .enumerate()

@@ -75,6 +75,17 @@ pub struct Step {
     pub time: Timestamp,
 }
 
+/// A step to store, with the thread message and audit event that go with it.
+#[derive(Debug, Clone)]
+pub struct StepWrite {
+    /// The step.
+    pub step: Step,
+    /// A message it adds to the run's thread.
+    pub message: Option<Value>,
+    /// Its audit event.
+    pub event: Option<NewAuditEvent>,
+}
+
 /// A run and its steps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRecord {
@@ -160,22 +171,21 @@ pub trait AgentStore: Send + Sync {
         input: &Value,
         event: NewAuditEvent,
     ) -> Result<(), AgentStoreError>;
-    /// Persists one step, optionally with a thread message and an audit
-    /// event, in one transaction.
-    async fn append_step(
+    /// Persists steps (each optionally with a thread message and an audit
+    /// event), in order, in one transaction.
+    async fn append_steps(
         &self,
         scope: &TenantScope,
         run: RunId,
-        step: &Step,
-        message: Option<&Value>,
-        event: Option<NewAuditEvent>,
+        steps: Vec<StepWrite>,
     ) -> Result<(), AgentStoreError>;
-    /// Records the end of a run (status, output, error, tokens) with its
-    /// audit event.
+    /// Records the run's last steps and its end (status, output, error,
+    /// tokens) with its audit event, in one transaction.
     async fn finish_run(
         &self,
         scope: &TenantScope,
         run: &RunRecord,
+        steps: Vec<StepWrite>,
         event: NewAuditEvent,
     ) -> Result<(), AgentStoreError>;
     /// A run with its steps (`None`: no such run in this tenant). A run a

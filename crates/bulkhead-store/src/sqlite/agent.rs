@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use bulkhead_agent::AgentSettings;
 use bulkhead_agent::store::{
-    AgentStore, AgentStoreError, RunFailure, RunRecord, RunStatus, Step, StoredMessage,
+    AgentStore, AgentStoreError, RunFailure, RunRecord, RunStatus, Step, StepWrite, StoredMessage,
 };
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
@@ -50,6 +50,49 @@ fn insert_message(
         "INSERT INTO messages (thread_id, seq, owner, run_id, message, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![thread, seq, owner.to_string(), run.to_string(), message.to_string(), Timestamp::now().to_string()],
     )?;
+    Ok(())
+}
+
+/// Inserts steps in order, with their thread messages and audit events.
+fn write_steps(
+    tx: &rusqlite::Connection,
+    scope: &TenantScope,
+    principal: &str,
+    run: RunId,
+    steps: Vec<StepWrite>,
+) -> Result<(), StoreError> {
+    let mut thread = None;
+    for w in steps {
+        tx.execute(
+            "INSERT INTO run_steps (run_id, seq, kind, data, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                run.to_string(),
+                w.step.seq,
+                w.step.kind,
+                w.step.data.to_string(),
+                w.step.time.to_string()
+            ],
+        )?;
+        if let Some(m) = &w.message {
+            let t = match thread {
+                Some(t) => t,
+                None => {
+                    let text: String = tx.query_row(
+                        "SELECT thread_id FROM runs WHERE id = ?1",
+                        params![run.to_string()],
+                        |r| r.get(0),
+                    )?;
+                    let t = ThreadId::parse(&text).map_err(|e| corrupt("run")(e.to_string()))?;
+                    thread = Some(t);
+                    t
+                }
+            };
+            insert_message(tx, scope.partition(), t, run, m)?;
+        }
+        if let Some(event) = w.event {
+            partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
+        }
+    }
     Ok(())
 }
 
@@ -344,41 +387,15 @@ impl AgentStore for SqliteStore {
         .map_err(ag)
     }
 
-    async fn append_step(
+    async fn append_steps(
         &self,
         scope: &TenantScope,
         run: RunId,
-        step: &Step,
-        message: Option<&Value>,
-        event: Option<NewAuditEvent>,
+        steps: Vec<StepWrite>,
     ) -> Result<(), AgentStoreError> {
         let scope2 = scope.clone();
-        let step = step.clone();
-        let message = message.cloned();
-        self.tenant_write(&scope2.clone(), move |tx, principal| {
-            tx.execute(
-                "INSERT INTO run_steps (run_id, seq, kind, data, time) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    run.to_string(),
-                    step.seq,
-                    step.kind,
-                    step.data.to_string(),
-                    step.time.to_string()
-                ],
-            )?;
-            if let Some(m) = &message {
-                let thread: String = tx.query_row(
-                    "SELECT thread_id FROM runs WHERE id = ?1",
-                    params![run.to_string()],
-                    |r| r.get(0),
-                )?;
-                let thread = ThreadId::parse(&thread).map_err(|e| corrupt("run")(e.to_string()))?;
-                insert_message(tx, scope2.partition(), thread, run, m)?;
-            }
-            if let Some(event) = event {
-                partition::append_chain(tx, Some(scope2.tenant().clone()), principal, event)?;
-            }
-            Ok(())
+        self.tenant_write(scope, move |tx, principal| {
+            write_steps(tx, &scope2, principal, run, steps)
         })
         .await
         .map_err(ag)
@@ -388,11 +405,13 @@ impl AgentStore for SqliteStore {
         &self,
         scope: &TenantScope,
         run: &RunRecord,
+        steps: Vec<StepWrite>,
         event: NewAuditEvent,
     ) -> Result<(), AgentStoreError> {
         let scope2 = scope.clone();
         let run = run.clone();
         self.tenant_write(&scope2.clone(), move |tx, principal| {
+            write_steps(tx, &scope2, principal, run.id, steps)?;
                 tx.execute(
                     "UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, error_code = ?5, error_message = ?6,
                        input_tokens = ?7, output_tokens = ?8 WHERE id = ?1",

@@ -361,9 +361,12 @@ async fn a_failing_write_in_a_group_commit_rolls_back_alone() {
                 time: Timestamp::now(),
             };
             let msg = json!({"role": "assistant", "content": format!("m{seq}")});
-            store
-                .append_step(&s, id, &step, Some(&msg), Some(event))
-                .await
+            let write = bulkhead_agent::store::StepWrite {
+                step,
+                message: Some(msg),
+                event: Some(event),
+            };
+            store.append_steps(&s, id, vec![write]).await
         }));
     }
     let mut failed = 0;
