@@ -30,7 +30,8 @@ fn ts(s: &str) -> Result<Timestamp, StoreError> {
 }
 
 fn next_message_seq(tx: &rusqlite::Connection, thread: &str) -> Result<i64, StoreError> {
-    Ok(tx.query_row(
+    Ok(partition::one(
+        tx,
         "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE thread_id = ?1",
         params![thread],
         |r| r.get(0),
@@ -46,9 +47,17 @@ fn insert_message(
 ) -> Result<(), StoreError> {
     let thread = thread.to_string();
     let seq = next_message_seq(tx, &thread)?;
-    tx.execute(
+    partition::exec(
+        tx,
         "INSERT INTO messages (thread_id, seq, owner, run_id, message, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![thread, seq, owner.to_string(), run.to_string(), message.to_string(), Timestamp::now().to_string()],
+        params![
+            thread,
+            seq,
+            owner.to_string(),
+            run.to_string(),
+            message.to_string(),
+            Timestamp::now().to_string()
+        ],
     )?;
     Ok(())
 }
@@ -63,7 +72,8 @@ fn write_steps(
 ) -> Result<(), StoreError> {
     let mut thread = None;
     for w in steps {
-        tx.execute(
+        partition::exec(
+            tx,
             "INSERT INTO run_steps (run_id, seq, kind, data, time) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 run.to_string(),
@@ -77,7 +87,8 @@ fn write_steps(
             let t = match thread {
                 Some(t) => t,
                 None => {
-                    let text: String = tx.query_row(
+                    let text: String = partition::one(
+                        tx,
                         "SELECT thread_id FROM runs WHERE id = ?1",
                         params![run.to_string()],
                         |r| r.get(0),
@@ -188,7 +199,7 @@ fn fail_interrupted(
 ) -> Result<bool, StoreError> {
     let id = run.to_string();
     let now = Timestamp::now().to_string();
-    let changed = conn.execute(
+    let changed = partition::exec(conn,
         "UPDATE runs SET status = 'failed', finished_at = ?2, error_code = 'interrupted', error_message = ?3
          WHERE id = ?1 AND status = 'running'",
         params![id, now, INTERRUPTED],
@@ -196,12 +207,14 @@ fn fail_interrupted(
     if changed == 0 {
         return Ok(false);
     }
-    let seq: i64 = conn.query_row(
+    let seq: i64 = partition::one(
+        conn,
         "SELECT COALESCE(MAX(seq), 0) + 1 FROM run_steps WHERE run_id = ?1",
         params![id],
         |r| r.get(0),
     )?;
-    conn.execute(
+    partition::exec(
+        conn,
         "INSERT INTO run_steps (run_id, seq, kind, data, time) VALUES (?1, ?2, 'error', ?3, ?4)",
         params![
             id,
@@ -261,7 +274,7 @@ impl AgentStore for SqliteStore {
         let agent = agent.to_owned();
         let text = serde_json::to_string(settings).map_err(|e| AgentStoreError(e.to_string()))?;
         self.tenant_write(&scope2.clone(), move |tx, principal| {
-                tx.execute(
+                partition::exec(tx,
                     "INSERT INTO agent_settings (agent, value, updated_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT (agent) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                     params![agent, text, Timestamp::now().to_string()],
@@ -362,12 +375,14 @@ impl AgentStore for SqliteStore {
         self.tenant_write(&scope2.clone(), move |tx, principal| {
             let thread = run.thread_id.to_string();
             if new_thread {
-                tx.execute(
+                partition::exec(
+                    tx,
                     "INSERT INTO threads (id, created_at) VALUES (?1, ?2)",
                     params![thread, run.created_at.to_string()],
                 )?;
             }
-            tx.execute(
+            partition::exec(
+                tx,
                 "INSERT INTO runs (id, thread_id, agent, principal, status, created_at, boot_id)
                  VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6)",
                 params![
@@ -412,7 +427,7 @@ impl AgentStore for SqliteStore {
         let run = run.clone();
         self.tenant_write(&scope2.clone(), move |tx, principal| {
             write_steps(tx, &scope2, principal, run.id, steps)?;
-                tx.execute(
+                partition::exec(tx,
                     "UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, error_code = ?5, error_message = ?6,
                        input_tokens = ?7, output_tokens = ?8 WHERE id = ?1",
                     params![

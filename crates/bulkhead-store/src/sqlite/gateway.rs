@@ -40,7 +40,7 @@ pub(crate) struct PendingBatch {
 }
 
 fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreError> {
-    tx.execute(
+    partition::exec(tx,
         "INSERT INTO usage (id, time, ts_micros, day, request_id, model, provider, region, input_tokens,
            output_tokens, cached_tokens, cost_nanos, latency_ms, status, stream)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
@@ -289,7 +289,8 @@ impl GatewayStore for SqliteStore {
     ) -> Result<(), GatewayStoreError> {
         let scope = scope.clone();
         self.tenant_write(&scope.clone(), move |tx, principal| {
-            tx.execute(
+            partition::exec(
+                tx,
                 "INSERT INTO settings (key, value) VALUES (?1, ?2)
                      ON CONFLICT (key) DO UPDATE SET value = ?2",
                 params![AUDIT_PROMPTS, if on { "true" } else { "false" }],
@@ -313,14 +314,16 @@ impl GatewayStore for SqliteStore {
                 Some(list) => {
                     let text = serde_json::to_string(list)
                         .map_err(|e| StoreError::Internal(e.to_string()))?;
-                    tx.execute(
+                    partition::exec(
+                        tx,
                         "INSERT INTO settings (key, value) VALUES (?1, ?2)
                              ON CONFLICT (key) DO UPDATE SET value = ?2",
                         params![ALLOWED_MODELS, text],
                     )?;
                 }
                 None => {
-                    tx.execute(
+                    partition::exec(
+                        tx,
                         "DELETE FROM settings WHERE key = ?1",
                         params![ALLOWED_MODELS],
                     )?;

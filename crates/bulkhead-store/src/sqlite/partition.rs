@@ -223,6 +223,26 @@ impl Partition {
     }
 }
 
+/// `execute` through the connection's statement cache: the hot writes
+/// (steps, messages, audit events, usage) are parsed once per connection.
+pub(crate) fn exec(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` through the statement cache.
+pub(crate) fn one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
 /// Appends to the `audit` table of the database `tx` belongs to.
 pub(crate) fn append_chain(
     tx: &Connection,
@@ -230,19 +250,20 @@ pub(crate) fn append_chain(
     principal: &str,
     event: NewAuditEvent,
 ) -> StoreResult<AuditEvent> {
-    let last: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    let last: Option<(i64, String)> = one(
+        tx,
+        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?;
     let (seq, hash) = last
         .map(|(s, h)| (s as u64, h))
         .unwrap_or((0, GENESIS_HASH.to_owned()));
     let sealed = AuditEvent::seal(event, tenant, principal, seq, &hash);
     let text = serde_json::to_string(&sealed).map_err(|e| StoreError::Internal(e.to_string()))?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO audit (seq, event, hash) VALUES (?1, ?2, ?3)",
         params![sealed.seq as i64, text, sealed.hash],
     )?;
