@@ -524,7 +524,16 @@ impl Runtime {
             if !definitions.is_empty() {
                 body["tools"] = Value::Array(definitions.clone());
             }
-            let answer = match self.gateway.chat(&ctx.scope, body).await {
+            let answer = match self
+                .gateway
+                .chat_for_run(
+                    &ctx.scope,
+                    body,
+                    &ctx.agent.name,
+                    &ctx.record.id.to_string(),
+                )
+                .await
+            {
                 Ok(ChatOutcome::Complete(v)) => v,
                 Ok(ChatOutcome::Stream(_)) => {
                     return Err(failure(

@@ -74,6 +74,8 @@ struct Call {
     stream: bool,
     /// The request messages, kept only when the tenant opted in.
     prompt: Option<Value>,
+    /// The agent and run the call belongs to, if any.
+    run: Option<(String, String)>,
 }
 
 impl Call {
@@ -113,6 +115,10 @@ impl Call {
             self.scope.request_id().clone(),
         )
         .with_details(details);
+        let event = match &self.run {
+            Some((agent, run)) => event.with_run(agent.clone(), run.clone()),
+            None => event,
+        };
         (usage, event)
     }
 
@@ -333,6 +339,28 @@ impl Gateway {
         scope: &TenantScope,
         body: Value,
     ) -> Result<ChatOutcome, GatewayError> {
+        self.chat_in(scope, body, None).await
+    }
+
+    /// [`Gateway::chat`] on behalf of an agent run: the call's audit event
+    /// names the agent and the run.
+    pub async fn chat_for_run(
+        &self,
+        scope: &TenantScope,
+        body: Value,
+        agent: &str,
+        run_id: &str,
+    ) -> Result<ChatOutcome, GatewayError> {
+        self.chat_in(scope, body, Some((agent.to_owned(), run_id.to_owned())))
+            .await
+    }
+
+    async fn chat_in(
+        &self,
+        scope: &TenantScope,
+        body: Value,
+        run: Option<(String, String)>,
+    ) -> Result<ChatOutcome, GatewayError> {
         let Value::Object(req) = body else {
             return Err(GatewayError::InvalidRequest(
                 "the body must be a JSON object".into(),
@@ -391,6 +419,7 @@ impl Gateway {
                 .audit_prompts
                 .then(|| req.get("messages").cloned())
                 .flatten(),
+            run,
         };
         let permit = model
             .provider

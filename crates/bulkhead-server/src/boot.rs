@@ -113,13 +113,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         bulkhead_gateway::Gateway::new(catalog.clone(), vault.clone(), store_arc.clone())
             .map_err(|e| BootError::Kms(format!("model gateway: {e}")))?,
     );
-    let tools = bulkhead_tools::ToolBox::new(&config.tools)
-        .map_err(|e| BootError::Agents(e.to_string()))?;
-    let agents =
-        bulkhead_agent::AgentCatalog::new(config).map_err(|e| BootError::Agents(e.to_string()))?;
-    let prompts_dir = base_dir.join(&config.server.prompts_dir);
-    let prompts = bulkhead_agent::prompt::Prompts::new(&config.agents, &prompts_dir)
-        .map_err(|e| BootError::Agents(e.to_string()))?;
+    let (tools, agents, prompts) = agent_parts(config, base_dir)?;
     let runtime = Arc::new(bulkhead_agent::Runtime::new(
         agents,
         prompts,
@@ -158,6 +152,31 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         operator_token: source,
         startup_operator,
     })
+}
+
+/// The tools, agents and compiled prompt templates of a configuration:
+/// what `serve` builds at start and `check` verifies (templates that do
+/// not compile, prompt files that cannot be read, tool templates and
+/// argument schemas).
+pub fn agent_parts(
+    config: &Config,
+    base_dir: &Path,
+) -> Result<
+    (
+        bulkhead_tools::ToolBox,
+        bulkhead_agent::AgentCatalog,
+        bulkhead_agent::prompt::Prompts,
+    ),
+    BootError,
+> {
+    let tools = bulkhead_tools::ToolBox::new(&config.tools)
+        .map_err(|e| BootError::Agents(e.to_string()))?;
+    let agents =
+        bulkhead_agent::AgentCatalog::new(config).map_err(|e| BootError::Agents(e.to_string()))?;
+    let prompts_dir = base_dir.join(&config.server.prompts_dir);
+    let prompts = bulkhead_agent::prompt::Prompts::new(&config.agents, &prompts_dir)
+        .map_err(|e| BootError::Agents(e.to_string()))?;
+    Ok((tools, agents, prompts))
 }
 
 /// Opens the configured key provider.

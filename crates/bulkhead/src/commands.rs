@@ -79,6 +79,12 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     }
+    if let Err(e) = boot::agent_parts(&config, &base) {
+        for line in e.to_string().split("; ") {
+            eprintln!("{}: {line}", args.config.display());
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     println!("{}: configuration is valid", args.config.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -254,6 +254,16 @@ async fn two_tenants_run_the_same_agent_concurrently_each_with_its_own_credentia
                 .count(),
             6
         );
+        let calls: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["action"] == "model.call")
+            .collect();
+        assert_eq!(calls.len(), 12);
+        assert!(
+            calls
+                .iter()
+                .all(|e| e["agent"] == "support" && e["run_id"].is_string())
+        );
         assert!(!Value::Array(events).to_string().contains(secret));
     }
 }

@@ -145,3 +145,68 @@ fn serve_refuses_an_invalid_configuration_without_touching_data() {
     );
     assert!(!data.exists(), "a refused start created the data directory");
 }
+
+#[test]
+fn check_compiles_prompt_templates_and_tool_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("prompts")).unwrap();
+    std::fs::write(dir.path().join("prompts/good.j2"), "Hello {{ tenant.id }}").unwrap();
+    let base = r#"
+[[providers]]
+name = "eu"
+kind = "openai"
+base_url = "https://api.example.com/v1"
+region = "eu"
+[[models]]
+name = "small"
+provider = "eu"
+upstream = "gpt-4o-mini"
+"#;
+    let good = write(
+        dir.path(),
+        "good.toml",
+        &format!("{base}[[agents]]\nname = \"a\"\nmodel = \"small\"\nprompt_file = \"good.j2\"\n"),
+    );
+    let out = cli(&["check", "--config", good.to_str().unwrap()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, agent, needle) in [
+        (
+            "syntax.toml",
+            "prompt = \"{{ unclosed\"",
+            "agents[0]: the prompt template does not compile",
+        ),
+        (
+            "missing.toml",
+            "prompt_file = \"nope.j2\"",
+            "agents[0].prompt_file: cannot read",
+        ),
+    ] {
+        let p = write(
+            dir.path(),
+            name,
+            &format!("{base}[[agents]]\nname = \"a\"\nmodel = \"small\"\n{agent}\n"),
+        );
+        let out = cli(&["check", "--config", p.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{err}");
+    }
+    let p = write(
+        dir.path(),
+        "tool.toml",
+        &format!(
+            "{base}[[tools]]\nname = \"t\"\nkind = \"http\"\nregion = \"eu\"\nurl = \"https://x.example/{{{{ a\"\nallowed_hosts = [\"x.example:443\"]\n[tools.parameters]\ntype = \"object\"\n"
+        ),
+    );
+    let out = cli(&["check", "--config", p.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tools[0].url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -28,23 +28,13 @@ fn send(method: &str, url: &str, token: &str, body: Value) -> (u16, Value) {
     )
 }
 
-/// Waits for `cond` (checked every few milliseconds) or fails after a
-/// bound that only keeps a broken build from hanging.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-#[test]
-fn a_run_interrupted_by_a_crash_is_failed_after_restart_and_not_repeated() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fake = rt.block_on(FakeProvider::start());
-    let saas = rt.block_on(SaasStandIn::start());
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bulkhead.toml");
+/// A configuration with the fake model, a Slack tool and one agent.
+fn write_config(
+    dir: &std::path::Path,
+    fake: &FakeProvider,
+    saas: &SaasStandIn,
+) -> std::path::PathBuf {
+    let config = dir.join("bulkhead.toml");
     std::fs::write(
         &config,
         format!(
@@ -79,6 +69,26 @@ timeout_s = 600
         ),
     )
     .unwrap();
+    config
+}
+
+/// Waits for `cond` (checked every few milliseconds) or fails after a
+/// bound that only keeps a broken build from hanging.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_run_interrupted_by_a_crash_is_failed_after_restart_and_not_repeated() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(FakeProvider::start());
+    let saas = rt.block_on(SaasStandIn::start());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fake, &saas);
     let data = dir.path().join("data");
     let env = [("RUNS_TEST_PROVIDER_KEY", "sk-runs-test-provider-key")];
     let server = Server::start(&data, Some(&config), &env);
@@ -159,4 +169,76 @@ timeout_s = 600
     );
     let logs = server.stop();
     assert!(!logs.iter().any(|l| l.contains(SLACK_TOKEN)));
+}
+
+#[test]
+fn two_tenants_run_the_same_agent_at_once_each_with_its_own_credential() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(FakeProvider::start());
+    let saas = rt.block_on(SaasStandIn::start());
+    // Posts the user's text, then answers: each conversation on its own.
+    fake.set_responder(|req| {
+        let last = req["messages"].as_array()?.last()?.clone();
+        match last["role"].as_str()? {
+            "user" => Some(Reply::tool_call(
+                "slack",
+                json!({"channel": "#ops", "text": last["content"]}),
+            )),
+            _ => Some(Reply::text("posted")),
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fake, &saas);
+    let data = dir.path().join("data");
+    let server = Server::start(
+        &data,
+        Some(&config),
+        &[("RUNS_TEST_PROVIDER_KEY", "sk-runs")],
+    );
+    let tokens = [
+        ("acme", "xoxb-e2e-acme-1f2e3d4c"),
+        ("globex", "xoxb-e2e-globex-9a8b7c6d"),
+    ];
+    let mut keys = Vec::new();
+    for (tenant, token) in tokens {
+        let key = tenant_with_admin_key(&server.url, &data, tenant, "eu");
+        let (status, body) = send(
+            "PUT",
+            &format!("{}/v1/credentials/slack", server.url),
+            &key,
+            json!({"kind": "bearer", "secret": token}),
+        );
+        assert_eq!(status, 201, "{body}");
+        keys.push((tenant, key));
+    }
+    std::thread::scope(|s| {
+        for (tenant, key) in &keys {
+            for i in 0..4 {
+                let url = format!("{}/v1/agents/support/runs", server.url);
+                s.spawn(move || {
+                    let (status, run) =
+                        send("POST", &url, key, json!({"input": format!("{tenant}-{i}")}));
+                    assert_eq!(status, 200, "{run}");
+                    assert_eq!(run["status"], "completed", "{run}");
+                });
+            }
+        }
+    });
+    let posts = saas.requests();
+    assert_eq!(posts.len(), 8);
+    for p in posts {
+        let text = p.json().unwrap()["text"].as_str().unwrap().to_owned();
+        let (tenant, token) = tokens.iter().find(|(t, _)| text.starts_with(t)).unwrap();
+        assert_eq!(
+            p.header("authorization"),
+            Some(format!("Bearer {token}").as_str()),
+            "{tenant}'s post carried another credential"
+        );
+    }
+    let logs = server.stop();
+    assert!(
+        !logs
+            .iter()
+            .any(|l| tokens.iter().any(|(_, t)| l.contains(t)))
+    );
 }
