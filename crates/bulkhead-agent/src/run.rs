@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
@@ -14,7 +15,7 @@ use bulkhead_vault::store::CredScope;
 use bulkhead_vault::{Vault, VaultError};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -46,7 +47,14 @@ pub struct RunStarted {
     /// Events until `done` or `error`. Dropping the receiver does not stop
     /// the run.
     pub events: mpsc::Receiver<RunEvent>,
+    /// The run as stored once it has ended, steps included.
+    pub finished: oneshot::Receiver<RunRecord>,
 }
+
+/// How long a tenant's settings of an agent are reused without reading
+/// them again. Changes made through this process apply at once (the entry
+/// is dropped); another replica's change applies within this time.
+const SETTINGS_TTL: Duration = Duration::from_secs(5);
 
 /// The agent runtime.
 pub struct Runtime {
@@ -58,6 +66,7 @@ pub struct Runtime {
     store: Arc<dyn AgentStore>,
     active: Mutex<HashMap<(TenantUid, RunId), CancellationToken>>,
     tasks: TaskTracker,
+    settings_cache: Mutex<HashMap<(TenantUid, String), (AgentSettings, Instant)>>,
 }
 
 fn failure(code: &str, message: impl Into<String>) -> RunFailure {
@@ -99,6 +108,8 @@ struct RunCtx {
     /// are stored.
     pending: Vec<StepWrite>,
     outbox: Vec<RunEvent>,
+    /// Every step handed to the store, for the final record.
+    steps: Vec<Step>,
 }
 
 impl Runtime {
@@ -120,6 +131,7 @@ impl Runtime {
             store,
             active: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            settings_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -130,6 +142,30 @@ impl Runtime {
             .ok_or_else(|| AgentError::UnknownAgent(name.to_owned()))
     }
 
+    /// A tenant's settings of an agent, from the cache when fresh.
+    async fn cached_settings(
+        &self,
+        scope: &TenantScope,
+        agent: &str,
+    ) -> Result<AgentSettings, AgentError> {
+        let key = (scope.partition(), agent.to_owned());
+        if let Ok(cache) = self.settings_cache.lock()
+            && let Some((s, at)) = cache.get(&key)
+            && at.elapsed() < SETTINGS_TTL
+        {
+            return Ok(s.clone());
+        }
+        let settings = self
+            .store
+            .agent_settings(scope, agent)
+            .await?
+            .unwrap_or_default();
+        if let Ok(mut cache) = self.settings_cache.lock() {
+            cache.insert(key, (settings.clone(), Instant::now()));
+        }
+        Ok(settings)
+    }
+
     /// The agents the tenant can run (those in its region), with its settings.
     pub async fn agents(
         &self,
@@ -137,11 +173,7 @@ impl Runtime {
     ) -> Result<Vec<(Agent, AgentSettings)>, AgentError> {
         let mut out = Vec::new();
         for a in self.catalog.all().filter(|a| &a.region == scope.region()) {
-            let settings = self
-                .store
-                .agent_settings(scope, &a.name)
-                .await?
-                .unwrap_or_default();
+            let settings = self.cached_settings(scope, &a.name).await?;
             out.push((a.clone(), settings));
         }
         Ok(out)
@@ -154,11 +186,7 @@ impl Runtime {
         agent: &str,
     ) -> Result<AgentSettings, AgentError> {
         let agent = self.agent(scope, agent)?;
-        Ok(self
-            .store
-            .agent_settings(scope, &agent.name)
-            .await?
-            .unwrap_or_default())
+        self.cached_settings(scope, &agent.name).await
     }
 
     /// Replaces a tenant's settings of an agent (validated first).
@@ -185,6 +213,9 @@ impl Runtime {
         self.store
             .put_agent_settings(scope, &agent.name, &settings, event)
             .await?;
+        if let Ok(mut cache) = self.settings_cache.lock() {
+            cache.remove(&(scope.partition(), agent.name.clone()));
+        }
         Ok(settings)
     }
 
@@ -255,11 +286,7 @@ impl Runtime {
                 "input: longer than {MAX_INPUT_BYTES} bytes"
             )));
         }
-        let settings = self
-            .store
-            .agent_settings(scope, &agent.name)
-            .await?
-            .unwrap_or_default();
+        let settings = self.cached_settings(scope, &agent.name).await?;
         if !settings.enabled {
             return Err(AgentError::Disabled(agent.name));
         }
@@ -325,6 +352,7 @@ impl Runtime {
             ));
         }
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let (done_tx, done_rx) = oneshot::channel();
         let ctx = RunCtx {
             scope: scope.clone(),
             agent,
@@ -334,13 +362,15 @@ impl Runtime {
             seq: 0,
             pending: Vec::new(),
             outbox: Vec::new(),
+            steps: Vec::new(),
         };
         let this = self.clone();
         self.tasks
-            .spawn(async move { this.execute(ctx, tx, token).await });
+            .spawn(async move { this.execute(ctx, tx, token, done_tx).await });
         Ok(RunStarted {
             run: record,
             events: rx,
+            finished: done_rx,
         })
     }
 
@@ -355,6 +385,7 @@ impl Runtime {
         mut ctx: RunCtx,
         tx: mpsc::Sender<RunEvent>,
         cancel: CancellationToken,
+        finished: oneshot::Sender<RunRecord>,
     ) {
         let timeout = ctx.agent.timeout;
         let outcome = tokio::select! {
@@ -403,6 +434,7 @@ impl Runtime {
             "output_tokens": record.output_tokens,
         }));
         let last_steps = std::mem::take(&mut ctx.pending);
+        ctx.steps.extend(last_steps.iter().map(|w| w.step.clone()));
         if let Err(e) = self
             .store
             .finish_run(&scope, &record, last_steps, event)
@@ -422,6 +454,8 @@ impl Runtime {
             ),
         };
         let _ = tx.send(last).await;
+        record.steps = std::mem::take(&mut ctx.steps);
+        let _ = finished.send(record);
     }
 
     /// Stages a step (and the event announcing it) for the next write.
@@ -454,6 +488,7 @@ impl Runtime {
         // Taken first: if the run is cancelled while this write is queued,
         // the write still happens and the end of the run must not repeat it.
         let steps = std::mem::take(&mut ctx.pending);
+        ctx.steps.extend(steps.iter().map(|w| w.step.clone()));
         if !steps.is_empty() {
             self.store
                 .append_steps(&ctx.scope, ctx.record.id, steps)

@@ -233,7 +233,7 @@ pub async fn start(
         )
         .await?;
     let id = started.run.id;
-    let mut events = started.events;
+    let events = started.events;
     if body.stream {
         let first = bulkhead_agent::RunEvent::new(
             "run",
@@ -262,12 +262,14 @@ pub async fn start(
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         return Ok(res);
     }
-    while let Some(ev) = events.recv().await {
-        if ev.is_last() {
-            break;
-        }
-    }
-    let run = state.runtime.run(&scope, id).await?;
+    // Nobody reads the events of a plain call: dropping them lets the run
+    // go on without waiting for a reader.
+    drop(events);
+    let run = match started.finished.await {
+        Ok(run) => run,
+        // The run's task ended without reporting (a bug): what is stored.
+        Err(_) => state.runtime.run(&scope, id).await?,
+    };
     Ok((StatusCode::OK, AxumJson(RunBody::from(run))).into_response())
 }
 
