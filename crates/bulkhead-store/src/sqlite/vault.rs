@@ -536,8 +536,25 @@ impl VaultStore for SqliteStore {
         at: Timestamp,
         event: NewAuditEvent,
     ) -> VsResult<()> {
-        let owner = Owner::of(scope);
         let connection = connection.clone();
+        if let CredScope::Tenant(t) = scope {
+            // The hot path (every tool call): group-committed with the
+            // tenant's other writes.
+            let tenant = t.tenant().clone();
+            return self
+                .tenant_write(t, move |tx, principal| {
+                    partition::exec(
+                        tx,
+                        Table::Tenant.touch(),
+                        params![connection.as_str(), at.to_string()],
+                    )?;
+                    partition::append_chain(tx, Some(tenant), principal, event)?;
+                    Ok(())
+                })
+                .await
+                .map_err(vs);
+        }
+        let owner = Owner::of(scope);
         self.blocking(move |s| {
             s.owner_tx(&owner, |tx, table, tenant, principal| {
                 tx.execute(table.touch(), params![connection.as_str(), at.to_string()])?;
