@@ -110,6 +110,23 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection, &str) -> StoreResult<T> + Send + 'static,
     {
+        self.queue_write(scope, f)?
+            .await
+            .map_err(|_| StoreError::Internal("the tenant's committer stopped".into()))?
+    }
+
+    /// Queues a write and returns at once; the receiver answers once it is
+    /// committed. Writes of one tenant commit in the order they were
+    /// queued, so a write queued later sees every earlier one.
+    pub(crate) fn queue_write<T, F>(
+        &self,
+        scope: &TenantScope,
+        f: F,
+    ) -> StoreResult<tokio::sync::oneshot::Receiver<StoreResult<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &str) -> StoreResult<T> + Send + 'static,
+    {
         let (done, rx) = tokio::sync::oneshot::channel();
         let job = Box::new(Write {
             f: Some(f),
@@ -134,8 +151,16 @@ impl SqliteStore {
             let this = self.clone();
             tokio::task::spawn_blocking(move || this.commit_batches(uid));
         }
-        rx.await
-            .map_err(|_| StoreError::Internal("the tenant's committer stopped".into()))?
+        Ok(rx)
+    }
+
+    /// Waits until every write of the tenant queued before this call is
+    /// committed (or has failed): reads that must include writes answered
+    /// before them (usage rows, their audit events) start with it.
+    pub(crate) async fn settle(&self, scope: &TenantScope) {
+        // Writes commit in queue order: once this empty write is through,
+        // so is everything before it.
+        let _ = self.tenant_write(scope, |_, _| Ok(())).await;
     }
 
     /// Commits the tenant's queued writes batch after batch until none is

@@ -22,23 +22,6 @@ const ALLOWED_MODELS: &str = "allowed_models";
 /// Settings key of the prompt-audit opt-in.
 const AUDIT_PROMPTS: &str = "audit_prompts";
 
-/// One usage row waiting for its batch.
-pub(crate) struct PendingUsage {
-    scope: TenantScope,
-    usage: UsageRecord,
-    event: NewAuditEvent,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
-}
-
-/// A tenant's rows waiting to be written, whether a writer is at work, and
-/// readers waiting for the rows queued before them.
-#[derive(Default)]
-pub(crate) struct PendingBatch {
-    rows: Vec<PendingUsage>,
-    writing: bool,
-    settled: Vec<tokio::sync::oneshot::Sender<()>>,
-}
-
 fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreError> {
     partition::exec(tx,
         "INSERT INTO usage (id, time, ts_micros, day, request_id, model, provider, region, input_tokens,
@@ -65,120 +48,6 @@ fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreE
     Ok(())
 }
 
-impl SqliteStore {
-    /// Queues one usage row; the caller that finds no writer at work for
-    /// the tenant starts one.
-    fn queue_usage(&self, row: PendingUsage) -> Result<(), GatewayStoreError> {
-        let uid = row.scope.partition();
-        let lead = {
-            let mut batches = self
-                .inner
-                .usage_batches
-                .lock()
-                .map_err(|_| GatewayStoreError("usage batch lock poisoned".into()))?;
-            let pending = batches.entry(uid).or_default();
-            pending.rows.push(row);
-            !std::mem::replace(&mut pending.writing, true)
-        };
-        if lead {
-            // In its own task, so no caller's cancellation can leave the
-            // tenant without a writer.
-            let this = self.clone();
-            tokio::spawn(async move { this.write_usage_batches(uid).await });
-        }
-        Ok(())
-    }
-
-    /// Waits until every usage row of the tenant queued before this call
-    /// is written (or failed): reads of usage and audit start with it, so
-    /// a client sees the calls it has already been answered for.
-    pub(crate) async fn settle_usage(&self, uid: bulkhead_core::TenantUid) {
-        let waiter = {
-            let Ok(mut batches) = self.inner.usage_batches.lock() else {
-                return;
-            };
-            let Some(pending) = batches.get_mut(&uid) else {
-                return;
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            pending.settled.push(tx);
-            rx
-        };
-        // An error means the writer is gone; nothing more will be written.
-        let _ = waiter.await;
-    }
-
-    /// Writes a tenant's pending usage rows batch after batch until none
-    /// is left, then steps down as its writer.
-    async fn write_usage_batches(&self, uid: bulkhead_core::TenantUid) {
-        loop {
-            let (rows, settled) = {
-                let Ok(mut batches) = self.inner.usage_batches.lock() else {
-                    return;
-                };
-                let Some(pending) = batches.get_mut(&uid) else {
-                    return;
-                };
-                if pending.rows.is_empty() {
-                    // Readers that arrived while the last batch was written.
-                    let settled = std::mem::take(&mut pending.settled);
-                    batches.remove(&uid);
-                    drop(batches);
-                    for s in settled {
-                        let _ = s.send(());
-                    }
-                    return;
-                }
-                (
-                    std::mem::take(&mut pending.rows),
-                    std::mem::take(&mut pending.settled),
-                )
-            };
-            let this = self.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                let result = this.write_usage_rows(&rows).map_err(|e| e.to_string());
-                (rows, result)
-            })
-            .await;
-            match written {
-                Ok((rows, result)) => {
-                    for row in rows {
-                        let _ = row.done.send(result.clone());
-                    }
-                }
-                // The blocking task panicked: its rows' senders are dropped,
-                // so their callers see an error instead of waiting forever.
-                Err(e) => tracing::error!(error = %e, "usage writer failed"),
-            }
-            for s in settled {
-                let _ = s.send(());
-            }
-        }
-    }
-
-    /// One transaction for a batch: each row with its audit event, in order.
-    fn write_usage_rows(&self, rows: &[PendingUsage]) -> Result<(), StoreError> {
-        let Some(first) = rows.first() else {
-            return Ok(());
-        };
-        let p = self.partition(first.scope.tenant(), first.scope.partition())?;
-        p.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for row in rows {
-                insert_usage(&tx, &row.usage)?;
-                partition::append_chain(
-                    &tx,
-                    Some(row.scope.tenant().clone()),
-                    row.scope.principal().id(),
-                    row.event.clone(),
-                )?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-    }
-}
-
 #[async_trait]
 impl GatewayStore for SqliteStore {
     fn record_usage(
@@ -187,21 +56,21 @@ impl GatewayStore for SqliteStore {
         usage: UsageRecord,
         event: NewAuditEvent,
     ) -> UsageWrite {
-        // Group commit: rows of one tenant that arrive while its previous
-        // batch is being written are written together, in one transaction
-        // and one fsync.
-        let (done, done_rx) = tokio::sync::oneshot::channel();
-        let queued = self.queue_usage(PendingUsage {
-            scope: scope.clone(),
-            usage,
-            event,
-            done,
+        // Queued now (reads that follow include it), committed with the
+        // tenant's other writes.
+        let tenant = scope.tenant().clone();
+        let queued = self.queue_write(scope, move |tx, principal| {
+            insert_usage(tx, &usage)?;
+            partition::append_chain(tx, Some(tenant), principal, event)?;
+            Ok(())
         });
         Box::pin(async move {
-            queued?;
-            match done_rx.await {
-                Ok(result) => result.map_err(GatewayStoreError),
-                Err(_) => Err(GatewayStoreError("the usage writer stopped".into())),
+            match queued {
+                Ok(rx) => match rx.await {
+                    Ok(result) => result.map_err(gw),
+                    Err(_) => Err(GatewayStoreError("the usage writer stopped".into())),
+                },
+                Err(e) => Err(gw(e)),
             }
         })
     }
@@ -223,7 +92,7 @@ impl GatewayStore for SqliteStore {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<UsageSummary>, GatewayStoreError> {
-        self.settle_usage(scope.partition()).await;
+        self.settle(scope).await;
         let scope = scope.clone();
         self.blocking(move |s| {
             let p = s.partition(scope.tenant(), scope.partition())?;

@@ -147,7 +147,6 @@ struct Inner {
     control: Mutex<Connection>,
     index: RwLock<DirIndex>,
     partitions: Mutex<PartitionCache>,
-    usage_batches: Mutex<HashMap<TenantUid, gateway::PendingBatch>>,
     write_queues: commit::Queues,
     /// This process's identity: a run stored as running under another
     /// boot id was interrupted by a stop.
@@ -263,7 +262,6 @@ impl SqliteStore {
                 root: root.to_owned(),
                 control: Mutex::new(conn),
                 index: RwLock::new(index),
-                usage_batches: Mutex::new(HashMap::new()),
                 write_queues: Mutex::new(HashMap::new()),
                 boot_id: bulkhead_core::RequestId::generate().to_string(),
                 partitions: Mutex::new(PartitionCache {
@@ -799,7 +797,7 @@ impl TenantStore for SqliteStore {
         let tenant = scope.tenant().clone();
         let uid = scope.partition();
         // Model calls already answered are in the chain the caller reads.
-        self.settle_usage(uid).await;
+        self.settle(scope).await;
         self.blocking(move |s| s.partition(&tenant, uid)?.page(page))
             .await
     }
