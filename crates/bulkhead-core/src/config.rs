@@ -434,6 +434,11 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic Messages API.
     Anthropic,
+    /// Azure OpenAI: OpenAI's wire format at
+    /// `{base_url}/openai/deployments/{upstream}/chat/completions?api-version=…`
+    /// with an `api-key` header.
+    #[serde(rename = "azure-openai")]
+    AzureOpenai,
 }
 
 /// Where a provider's key comes from.
@@ -489,6 +494,8 @@ pub struct ProviderConfig {
     /// Most calls in flight to this provider at once; more wait their turn.
     #[serde(default = "default_provider_concurrency")]
     pub max_concurrency: u32,
+    /// `azure-openai` only: the `api-version` query parameter.
+    pub api_version: Option<String>,
 }
 
 /// Model calls can be slow; a minute covers long completions.
@@ -1142,6 +1149,27 @@ fn validate_resources(
                 "must be at least 1",
             );
         }
+        match (&p.kind, &p.api_version) {
+            (ProviderKind::AzureOpenai, None) => errors.push(
+                format!("providers[{i}].api_version"),
+                "is required for kind \"azure-openai\" (e.g. \"2024-10-21\")",
+            ),
+            (ProviderKind::AzureOpenai, Some(v))
+                if v.is_empty()
+                    || v.len() > 32
+                    || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
+                errors.push(
+                    format!("providers[{i}].api_version"),
+                    format!("{v:?} is not an API version (letters, digits and `-`)"),
+                )
+            }
+            (ProviderKind::Openai | ProviderKind::Anthropic, Some(_)) => errors.push(
+                format!("providers[{i}].api_version"),
+                "only kind \"azure-openai\" takes an api_version",
+            ),
+            _ => {}
+        }
         if let Some(ProviderCredential::Env(secret)) = &mut p.credential {
             resolve(secret, &format!("providers[{i}].credential"), env, errors);
         }
@@ -1627,6 +1655,30 @@ file = "policies.cedar"
             "[limits]\nbackend = \"redis\"\n",
             &["limits.redis_url: is required"],
         );
+    }
+
+    #[test]
+    fn azure_openai_needs_an_api_version_and_only_it_takes_one() {
+        let base = |kind: &str, extra: &str| {
+            format!(
+                "[[providers]]\nname = \"p\"\nkind = \"{kind}\"\nbase_url = \"https://x.openai.azure.com\"\nregion = \"eu\"\n{extra}"
+            )
+        };
+        let errs = |text: &str| {
+            load(text, &|_| None)
+                .err()
+                .map(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert!(errs(&base("azure-openai", "api_version = \"2024-10-21\"")).is_empty());
+        assert!(
+            errs(&base("azure-openai", ""))[0].starts_with("providers[0].api_version: is required")
+        );
+        assert!(
+            errs(&base("azure-openai", "api_version = \"x&y=1\""))[0]
+                .contains("is not an API version")
+        );
+        assert!(errs(&base("openai", "api_version = \"2024-10-21\""))[0].contains("only kind"));
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Provider {
     pub max_retries: u32,
     /// Caps calls in flight.
     pub permits: Arc<Semaphore>,
+    /// `azure-openai`: the `api-version` query parameter.
+    pub api_version: Option<String>,
 }
 
 /// One model alias.
@@ -87,6 +89,7 @@ impl Catalog {
                     timeout: Duration::from_secs(p.timeout_s),
                     max_retries: p.max_retries,
                     permits: Arc::new(Semaphore::new(p.max_concurrency as usize)),
+                    api_version: p.api_version.clone(),
                 };
                 (p.name.clone(), Arc::new(provider))
             })

@@ -397,7 +397,7 @@ impl Gateway {
             .unwrap_or(false);
         let (model, settings) = self.resolve(scope, &name).await?;
         let upstream_body = match model.provider.kind {
-            ProviderKind::Openai => {
+            ProviderKind::Openai | ProviderKind::AzureOpenai => {
                 let mut b: Map<String, Value> = req.clone();
                 b.insert("model".into(), Value::String(model.upstream.clone()));
                 if stream {
@@ -430,7 +430,12 @@ impl Gateway {
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         let res = match self
             .upstream
-            .send(&model.provider, key.as_ref(), &upstream_body)
+            .send(
+                &model.provider,
+                &model.upstream,
+                key.as_ref(),
+                &upstream_body,
+            )
             .await
         {
             Ok(r) => r,
@@ -480,7 +485,7 @@ impl Gateway {
             GatewayError::Upstream("the provider answered with malformed JSON".into())
         })?;
         match provider.kind {
-            ProviderKind::Openai => {
+            ProviderKind::Openai | ProviderKind::AzureOpenai => {
                 let Value::Object(mut obj) = value else {
                     return Err(GatewayError::Upstream(
                         "the provider answered with a non-object".into(),
@@ -497,6 +502,50 @@ impl Gateway {
             }
             ProviderKind::Anthropic => {
                 anthropic::from_anthropic(&value, &call.model.name, now_unix())
+            }
+        }
+    }
+}
+
+/// Reads the rest of an abandoned stream for its usage; returns the last
+/// token counts seen (those so far if the stream fails or stalls).
+async fn drain_usage<B: AsRef<[u8]>>(
+    call: &Call,
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<B>> + Unpin),
+    parser: &mut sse::Parser,
+    translator: &mut StreamTranslator,
+    mut tokens: Tokens,
+) -> Tokens {
+    let provider = &call.model.provider;
+    loop {
+        let chunk = match tokio::time::timeout(provider.timeout, body.next()).await {
+            Ok(Some(Ok(c))) => c,
+            _ => return tokens,
+        };
+        let Ok(events) = parser.feed(chunk.as_ref()) else {
+            return tokens;
+        };
+        for ev in events {
+            match provider.kind {
+                ProviderKind::Openai | ProviderKind::AzureOpenai => {
+                    if ev.data.trim() == "[DONE]" {
+                        return tokens;
+                    }
+                    if let Ok(v) = serde_json::from_str::<Value>(&ev.data)
+                        && let Some(u) = v.get("usage").filter(|u| !u.is_null())
+                    {
+                        tokens = openai_tokens(u);
+                    }
+                }
+                ProviderKind::Anthropic => {
+                    if translator.on_event(&ev).is_err() {
+                        return tokens;
+                    }
+                    tokens = translator.tokens;
+                    if translator.finished {
+                        return tokens;
+                    }
+                }
             }
         }
     }
@@ -556,7 +605,7 @@ async fn pump(
         let mut batch: Vec<u8> = Vec::new();
         for ev in events {
             let out: Vec<Vec<u8>> = match provider.kind {
-                ProviderKind::Openai => {
+                ProviderKind::Openai | ProviderKind::AzureOpenai => {
                     if ev.data.trim() == "[DONE]" {
                         done = true;
                         vec![]
@@ -616,6 +665,10 @@ async fn pump(
             batch.extend_from_slice(&sse::data("[DONE]"));
         }
         if !batch.is_empty() && tx.send(batch).await.is_err() {
+            // The provider bills the whole answer whether or not anyone
+            // reads it: keep reading (within the provider's timeout) for
+            // the usage it reports at the end, so the row is exact.
+            let tokens = drain_usage(call, &mut body, &mut parser, &mut translator, tokens).await;
             return (tokens, "client_disconnected");
         }
         if done {

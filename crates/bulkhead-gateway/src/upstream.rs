@@ -43,6 +43,19 @@ fn retry_after(res: &reqwest::Response) -> Option<u64> {
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn url_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The provider's error message, from either wire format, without echoing
 /// anything but the message itself.
 pub fn error_message(body: &[u8]) -> String {
@@ -72,18 +85,27 @@ impl Upstream {
     pub async fn send(
         &self,
         provider: &Provider,
+        upstream_model: &str,
         key: Option<&SecretString>,
         body: &Value,
     ) -> Result<reqwest::Response, GatewayError> {
         let url = match provider.kind {
             ProviderKind::Openai => format!("{}/chat/completions", provider.base_url),
             ProviderKind::Anthropic => format!("{}/v1/messages", provider.base_url),
+            // The deployment is a path segment: encoded, it cannot change the path.
+            ProviderKind::AzureOpenai => format!(
+                "{}/openai/deployments/{}/chat/completions?api-version={}",
+                provider.base_url,
+                url_segment(upstream_model),
+                provider.api_version.as_deref().unwrap_or_default()
+            ),
         };
         let mut attempt = 0;
         loop {
             let mut req = self.client.post(&url).json(body);
             match (provider.kind, key) {
                 (ProviderKind::Openai, Some(k)) => req = req.bearer_auth(k.expose()),
+                (ProviderKind::AzureOpenai, Some(k)) => req = req.header("api-key", k.expose()),
                 (ProviderKind::Anthropic, Some(k)) => req = req.header("x-api-key", k.expose()),
                 (_, None) => {}
             }

@@ -219,6 +219,46 @@ pub(crate) async fn chat(ctx: &Ctx, headers: &HeaderMap, body: RequestBody) -> R
         Ok(request) => request,
         Err(res) => return *res,
     };
+    chat_checked(ctx, request).await
+}
+
+/// Azure OpenAI's `POST /openai/deployments/{deployment}/chat/completions
+/// ?api-version=…`: OpenAI's wire format, an `api-key` header instead of a
+/// bearer key, and the deployment in the path standing for the model.
+pub(crate) async fn azure_chat(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    body: RequestBody,
+    deployment: &str,
+    query: Option<&str>,
+) -> Res {
+    if header(headers, "api-key").is_none_or(|k| k.trim().is_empty()) {
+        return OpenAi::error(
+            StatusCode::UNAUTHORIZED,
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.",
+            None,
+        );
+    }
+    let has_version = query.unwrap_or_default().split('&').any(|kv| {
+        kv.strip_prefix("api-version=")
+            .is_some_and(|v| !v.is_empty())
+    });
+    if !has_version {
+        return bad_request("Missing required query parameter 'api-version'.");
+    }
+    let mut request = match body {
+        RequestBody::Json(json) if json.is_object() => json,
+        _ => {
+            return bad_request(
+                "We could not parse the JSON body of your request. The body must be a JSON object.",
+            );
+        }
+    };
+    request["model"] = Value::String(deployment.to_owned());
+    chat_checked(ctx, request).await
+}
+
+async fn chat_checked(ctx: &Ctx, request: Value) -> Res {
     let Some(model) = request
         .get("model")
         .and_then(Value::as_str)

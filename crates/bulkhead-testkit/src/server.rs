@@ -261,6 +261,14 @@ async fn route(ctx: Ctx, req: Request<Incoming>) -> Res {
     let headers = &parts.headers;
     match (&parts.method, parts.uri.path()) {
         (&Method::POST, "/v1/chat/completions") => openai::chat(&ctx, headers, body).await,
+        (&Method::POST, path)
+            if let Some(deployment) = path
+                .strip_prefix("/openai/deployments/")
+                .and_then(|p| p.strip_suffix("/chat/completions"))
+                .filter(|d| !d.is_empty() && !d.contains('/')) =>
+        {
+            openai::azure_chat(&ctx, headers, body, deployment, parts.uri.query()).await
+        }
         (&Method::POST, "/v1/messages") => anthropic::messages(&ctx, headers, body).await,
         (&Method::GET, "/v1/models") => openai::models(headers),
         (&Method::POST, "/v1/embeddings") => openai::embeddings(headers, body),

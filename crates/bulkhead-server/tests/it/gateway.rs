@@ -640,6 +640,9 @@ async fn a_client_that_leaves_mid_stream_is_still_billed() {
     let event = recorded.expect("no usage was recorded for the abandoned stream");
     assert_eq!(event["details"]["status"], "client_disconnected");
     assert_eq!(event["details"]["stream"], true);
+    // The rest of the answer was read for its usage: billed in full.
+    assert_eq!(event["details"]["output_tokens"], 2000);
+    assert_eq!(event["details"]["input_tokens"], 12);
     assert_eq!(usage(&app, &key).await["total"]["requests"], 1);
 }
 
@@ -703,4 +706,58 @@ async fn prompts_reach_the_audit_chain_only_when_the_tenant_opts_in() {
         calls[1]["details"]["messages"][0]["content"],
         "second kept plan"
     );
+}
+
+#[tokio::test]
+async fn azure_openai_gets_its_own_url_and_key_header() {
+    let fake = FakeProvider::start().await;
+    let extra = format!(
+        r#"
+[[providers]]
+name = "azure"
+kind = "azure-openai"
+base_url = "{}"
+region = "eu"
+credential = "env:FAKE_KEY"
+api_version = "2024-10-21"
+max_retries = 0
+[[models]]
+name = "azure-small"
+provider = "azure"
+upstream = "my-deployment"
+"#,
+        fake.base_url()
+    );
+    let app = TestApp::with_config("", &format!("{}{extra}", tables(&fake, ""))).await;
+    app.create_tenant("acme", "eu").await;
+    let (_, key) = app.api_key("acme", &["member"]).await;
+    fake.push(Reply::text("from azure"));
+    let r = app
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            Some(chat("azure-small", "hi")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["choices"][0]["message"]["content"], "from azure");
+    assert_eq!(r.body["model"], "azure-small");
+    let sent = fake.requests().pop().unwrap();
+    assert_eq!(
+        sent.path,
+        "/openai/deployments/my-deployment/chat/completions"
+    );
+    assert_eq!(sent.header("api-key"), Some(PLATFORM_KEY));
+    assert_eq!(sent.header("authorization"), None);
+    // Streamed too, with usage recorded.
+    fake.push(Reply::text("streamed from azure"));
+    let mut body = chat("azure-small", "hi");
+    body["stream"] = json!(true);
+    let r = app
+        .call("POST", "/v1/chat/completions", Some(&key), Some(body))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(sse_data(&r.body).last().is_some_and(|d| d == "[DONE]"));
+    assert_eq!(usage(&app, &key).await["total"]["requests"], 2);
 }
