@@ -507,6 +507,38 @@ impl Gateway {
     }
 }
 
+/// The fast path for the common OpenAI chunk (a delta, `"usage":null`):
+/// the upstream model name replaced by the alias without parsing and
+/// re-serialising the JSON. `None` — take the full path — for anything
+/// else: a chunk with usage, whitespace in the `model` member, an escaped
+/// model name, a repeated member, or text that does not look like one
+/// JSON object. The `"model":"` sequence cannot occur inside a JSON
+/// string (quotes there are escaped), so the one found is the member.
+fn rename_model(data: &str, alias_json: &str) -> Option<String> {
+    const KEY: &str = "\"model\":\"";
+    let t = data.trim();
+    if !(t.starts_with('{') && t.ends_with('}')) {
+        return None;
+    }
+    if t.matches("\"usage\"").count() != t.matches("\"usage\":null").count() {
+        return None;
+    }
+    let start = t.find(KEY)?;
+    if t[start + 1..].contains(KEY) {
+        return None;
+    }
+    let value_start = start + KEY.len() - 1;
+    let value_end = value_start + 1 + t[value_start + 1..].find('"')?;
+    if t[value_start..value_end].contains('\\') {
+        return None;
+    }
+    let mut out = String::with_capacity(t.len() + alias_json.len());
+    out.push_str(&t[..value_start]);
+    out.push_str(alias_json);
+    out.push_str(&t[value_end + 1..]);
+    Some(out)
+}
+
 /// Reads the rest of an abandoned stream for its usage; returns the last
 /// token counts seen (those so far if the stream fails or stalls).
 async fn drain_usage<B: AsRef<[u8]>>(
@@ -568,6 +600,7 @@ async fn pump(
 ) -> (Tokens, &'static str) {
     let provider = &call.model.provider;
     let alias = call.model.name.clone();
+    let alias_json = Value::String(alias.clone()).to_string();
     let mut body = res.bytes_stream();
     let mut parser = sse::Parser::default();
     let mut tokens = Tokens::default();
@@ -609,6 +642,8 @@ async fn pump(
                     if ev.data.trim() == "[DONE]" {
                         done = true;
                         vec![]
+                    } else if let Some(renamed) = rename_model(&ev.data, &alias_json) {
+                        vec![sse::data(&renamed)]
                     } else {
                         match serde_json::from_str::<Value>(&ev.data) {
                             Ok(Value::Object(mut obj)) => {
@@ -685,4 +720,34 @@ async fn pump(
         return (tokens, "upstream_error");
     }
     (tokens, "ok")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rename_model;
+
+    #[test]
+    fn the_fast_path_renames_only_a_plain_model_member() {
+        let alias = "\"small\"";
+        assert_eq!(
+            rename_model(
+                r#"{"id":"c1","model":"gpt-4o-mini-2024-07-18","choices":[{"delta":{"content":"\"model\":\"x\""}}],"usage":null}"#,
+                alias
+            )
+            .as_deref(),
+            Some(
+                r#"{"id":"c1","model":"small","choices":[{"delta":{"content":"\"model\":\"x\""}}],"usage":null}"#
+            )
+        );
+        // Usage, whitespace, escapes, repeats and non-objects take the full path.
+        for data in [
+            r#"{"model":"m","choices":[],"usage":{"prompt_tokens":1}}"#,
+            r#"{"model": "m","choices":[]}"#,
+            r#"{"model":"m\"x","choices":[]}"#,
+            r#"{"model":"m","x":{"model":"n"}}"#,
+            r#"not json "model":"m""#,
+        ] {
+            assert_eq!(rename_model(data, alias), None, "{data}");
+        }
+    }
 }
