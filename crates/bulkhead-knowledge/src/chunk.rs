@@ -151,7 +151,10 @@ impl Section {
     fn pieces(&self, limits: &Limits) -> Vec<Piece<'_>> {
         // Every piece must fit after a full overlap, so packing always makes
         // progress; `chunk` checked that this is at least 1.
-        let max = limits.chunk_tokens.saturating_sub(limits.overlap_tokens).max(1);
+        let max = limits
+            .chunk_tokens
+            .saturating_sub(limits.overlap_tokens)
+            .max(1);
         let mut out = Vec::new();
         for paragraph in &self.paragraphs {
             split_paragraph(paragraph, max, &mut out);
@@ -534,4 +537,423 @@ fn pack(pieces: &[Piece<'_>], limits: &Limits) -> Vec<String> {
     out.push(current.trim().to_owned());
     out.retain(|t| !t.is_empty());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(chunk_tokens: usize, overlap_tokens: usize) -> Limits {
+        Limits {
+            chunk_tokens,
+            overlap_tokens,
+            ..Limits::default()
+        }
+    }
+
+    fn md(content: &str) -> Vec<Chunk> {
+        chunk(content, DocFormat::Markdown, &Limits::default()).unwrap()
+    }
+
+    fn headings(chunks: &[Chunk]) -> Vec<Option<&str>> {
+        chunks.iter().map(|c| c.heading.as_deref()).collect()
+    }
+
+    /// Checks the invariants every chunk list must satisfy.
+    fn check(chunks: &[Chunk], limits: &Limits) {
+        assert!(!chunks.is_empty());
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(c.seq as usize, i);
+            assert!(!c.text.is_empty());
+            assert_eq!(c.text, c.text.trim());
+            assert_eq!(c.tokens, estimate_tokens(&c.text));
+            assert!(
+                c.tokens as usize <= limits.chunk_tokens,
+                "{} > limit: {:?}",
+                c.tokens,
+                c.text
+            );
+        }
+    }
+
+    /// The overlap of `next` with `prev`: the longest word-boundary suffix
+    /// of `prev` that `next` starts with, followed by whitespace.
+    fn overlap<'a>(prev: &'a str, next: &str) -> &'a str {
+        word_spans(prev)
+            .into_iter()
+            .map(|(s, _)| &prev[s..])
+            .find(|suffix| {
+                next.strip_prefix(suffix)
+                    .is_some_and(|rest| rest.starts_with(char::is_whitespace))
+            })
+            .unwrap_or("")
+    }
+
+    #[test]
+    fn default_limits() {
+        let l = Limits::default();
+        assert_eq!(
+            (l.max_document_bytes, l.chunk_tokens, l.overlap_tokens),
+            (2 * 1024 * 1024, 400, 60)
+        );
+        let parsed: Limits = serde_json::from_str(r#"{"chunk_tokens": 100}"#).unwrap();
+        assert_eq!(parsed, limits(100, 60));
+        assert!(serde_json::from_str::<Limits>(r#"{"chunk_token": 1}"#).is_err());
+    }
+
+    #[test]
+    fn heading_paths() {
+        let doc = "Preamble.\n\n# Guide\nIntro.\n## Install\nSteps.\n### Linux\napt.\n\
+                   ## Use ##\nRun it.\n# Other #\nMore.\n#### Deep\nSkipped levels.";
+        let chunks = md(doc);
+        assert_eq!(
+            headings(&chunks),
+            [
+                None,
+                Some("Guide"),
+                Some("Guide > Install"),
+                Some("Guide > Install > Linux"),
+                Some("Guide > Use"),
+                Some("Other"),
+                Some("Other > Deep"),
+            ]
+        );
+        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "Preamble.",
+                "Intro.",
+                "Steps.",
+                "apt.",
+                "Run it.",
+                "More.",
+                "Skipped levels."
+            ]
+        );
+        check(&chunks, &Limits::default());
+    }
+
+    #[test]
+    fn heading_syntax() {
+        let doc = "#hashtag is text\n\n####### seven is text\n\n    # indented code\n\n   ### Three spaces\nbody\n##\nan empty heading closes deeper sections\n## C# #\nsharp";
+        let chunks = md(doc);
+        assert_eq!(
+            chunks[0].text,
+            "#hashtag is text\n\n####### seven is text\n\n# indented code"
+        );
+        assert_eq!(
+            headings(&chunks),
+            [None, Some("Three spaces"), None, Some("C#")]
+        );
+    }
+
+    #[test]
+    fn sections_are_never_merged() {
+        let chunks = md("# A\none\n# B\ntwo\n## C\n\n# D\nthree");
+        assert_eq!(chunks.len(), 3, "a heading without body gives no chunk");
+        assert_eq!(headings(&chunks), [Some("A"), Some("B"), Some("D")]);
+    }
+
+    #[test]
+    fn code_fences_hide_headings() {
+        let doc = "# Setup\nRun:\n\n```bash\n# install deps\n\napt install x\n## not a heading\n```\n\n\
+                   ~~~~\n# also code\n~~~\n# still code\n~~~~\nafter fences\n# Next\ntail";
+        let chunks = md(doc);
+        assert_eq!(headings(&chunks), [Some("Setup"), Some("Next")]);
+        let setup = &chunks[0].text;
+        for line in [
+            "# install deps",
+            "\n\napt install x",
+            "## not a heading",
+            "# also code",
+            "# still code",
+            "after fences",
+        ] {
+            assert!(setup.contains(line), "{line:?} missing from {setup:?}");
+        }
+        // An unclosed fence runs to the end: nothing after it is a heading.
+        let chunks = md("# A\n```\n# B\n");
+        assert_eq!(headings(&chunks), [Some("A")]);
+        // Inline code with backticks in the info string is not a fence.
+        let chunks = md("``` `inline` ```\n# Real");
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(headings(&chunks), [None]);
+    }
+
+    #[test]
+    fn paragraphs_are_kept_whole_when_they_fit() {
+        let para = |w: &str| vec![w; 40].join(" ");
+        let doc = format!("{}\n\n{}\n\n{}", para("alpha"), para("beta"), para("gamma"));
+        let l = limits(100, 0);
+        let chunks = chunk(&doc, DocFormat::Text, &l).unwrap();
+        check(&chunks, &l);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(
+            chunks[0].text,
+            format!("{}\n\n{}", para("alpha"), para("beta"))
+        );
+        assert_eq!(chunks[1].text, para("gamma"));
+    }
+
+    #[test]
+    fn long_paragraphs_split_at_sentences() {
+        let doc = (0..60)
+            .map(|i| format!("Sentence number {i} says something useful."))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let l = limits(50, 0);
+        let chunks = chunk(&doc, DocFormat::Text, &l).unwrap();
+        check(&chunks, &l);
+        assert!(chunks.len() > 5);
+        for c in &chunks {
+            assert!(
+                c.text.starts_with("Sentence") && c.text.ends_with("useful."),
+                "{:?}",
+                c.text
+            );
+        }
+        let rejoined = chunks
+            .iter()
+            .map(|c| c.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(rejoined, doc);
+    }
+
+    #[test]
+    fn overlap_present_and_bounded() {
+        let doc = (0..200)
+            .map(|i| format!("Fact {i} is stated here."))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let doc = format!("# Facts\n{doc}\n# End\nshort");
+        let l = limits(60, 12);
+        let chunks = chunk(&doc, DocFormat::Markdown, &l).unwrap();
+        check(&chunks, &l);
+        let facts: Vec<&Chunk> = chunks
+            .iter()
+            .filter(|c| c.heading.as_deref() == Some("Facts"))
+            .collect();
+        assert!(facts.len() > 3);
+        let mut words: Vec<&str> = facts[0].text.split_whitespace().collect();
+        for pair in facts.windows(2) {
+            let shared = overlap(&pair[0].text, &pair[1].text);
+            assert!(
+                !shared.is_empty(),
+                "no overlap between {:?} and {:?}",
+                pair[0].text,
+                pair[1].text
+            );
+            assert!(
+                estimate_tokens(shared) as usize <= l.overlap_tokens,
+                "{shared:?}"
+            );
+            // Greedy: one more word would have exceeded the budget.
+            let before = pair[0].text[..pair[0].text.len() - shared.len()].trim_end();
+            let extra = before.split_whitespace().last().unwrap();
+            assert!(estimate_tokens(&format!("{extra} {shared}")) as usize > l.overlap_tokens);
+            words.extend(pair[1].text[shared.len()..].split_whitespace());
+        }
+        // Without the overlaps, the chunks are the section, in order.
+        let body: Vec<&str> = doc.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(words, body);
+        // No overlap across sections.
+        assert_eq!(chunks.last().unwrap().text, "short");
+    }
+
+    #[test]
+    fn zero_overlap_repeats_nothing() {
+        let doc = vec!["word"; 500].join(" ");
+        let l = limits(40, 0);
+        let chunks = chunk(&doc, DocFormat::Text, &l).unwrap();
+        check(&chunks, &l);
+        let total: usize = chunks
+            .iter()
+            .map(|c| c.text.split_whitespace().count())
+            .sum();
+        assert_eq!(total, 500);
+    }
+
+    #[test]
+    fn huge_single_paragraph() {
+        // No sentence ends: split at words.
+        let doc = vec!["lorem ipsum dolor"; 20_000].join(" ");
+        let l = Limits::default();
+        let chunks = chunk(&doc, DocFormat::Text, &l).unwrap();
+        check(&chunks, &l);
+        assert!(chunks.len() > 100);
+        // Chunks are well filled: at least half the budget except the last.
+        for c in &chunks[..chunks.len() - 1] {
+            assert!(c.tokens as usize > l.chunk_tokens / 2, "{}", c.tokens);
+        }
+    }
+
+    #[test]
+    fn huge_single_word_is_cut_between_characters() {
+        let word = "ab".repeat(50_000);
+        let l = limits(100, 20);
+        let chunks = chunk(&word, DocFormat::Text, &l).unwrap();
+        check(&chunks, &l);
+        // A chunk that is one unbroken word has no whole word to repeat.
+        let rejoined: String = chunks.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(rejoined, word);
+        let mixed = format!("start {word} end");
+        let chunks = chunk(&mixed, DocFormat::Text, &l).unwrap();
+        check(&chunks, &l);
+        assert!(chunks[0].text.starts_with("start ab"));
+        assert!(chunks.last().unwrap().text.ends_with("ab end"));
+    }
+
+    #[test]
+    fn unicode() {
+        // CJK without spaces: sentences end at 。, characters are never split.
+        let cjk = "知识库把文档切成小块以便检索。".repeat(300);
+        let l = limits(50, 10);
+        let chunks = chunk(&cjk, DocFormat::Text, &l).unwrap();
+        check(&chunks, &l);
+        assert!(chunks.len() > 10);
+        for c in &chunks {
+            assert!(c.text.ends_with('。'), "{:?}", c.text);
+        }
+        let emoji = "🙂🙃 naïve café Grüße ".repeat(500);
+        let chunks = chunk(&emoji, DocFormat::Text, &l).unwrap();
+        check(&chunks, &l);
+        let heading = md("# Überblick 🙂\nTexte.");
+        assert_eq!(headings(&heading), [Some("Überblick 🙂")]);
+        let unspaced = "é".repeat(5_000);
+        let chunks = chunk(&unspaced, DocFormat::Text, &l).unwrap();
+        check(&chunks, &l);
+        assert_eq!(
+            chunks.iter().map(|c| c.text.as_str()).collect::<String>(),
+            unspaced
+        );
+    }
+
+    #[test]
+    fn code_keeps_its_lines_when_split() {
+        let code = (0..200)
+            .map(|i| format!("    let x{i} = {i};"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let doc = format!("# Code\n```rust\n{code}\n```");
+        let l = limits(80, 0);
+        let chunks = chunk(&doc, DocFormat::Markdown, &l).unwrap();
+        check(&chunks, &l);
+        assert!(chunks.len() > 1);
+        assert!(
+            chunks[1].text.contains(";\n    let"),
+            "{:?}",
+            chunks[1].text
+        );
+    }
+
+    #[test]
+    fn html_documents() {
+        let html = "<html><head><title>x</title></head><body><p>Intro</p><h1>Guide</h1><p>a &amp; b</p>\
+                    <h2>Install</h2><script>var x = '<h3>no</h3>';</script><p>steps</p><h1>Other</h1>text</body></html>";
+        let chunks = chunk(html, DocFormat::Html, &Limits::default()).unwrap();
+        assert_eq!(
+            headings(&chunks),
+            [None, Some("Guide"), Some("Guide > Install"), Some("Other")]
+        );
+        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["Intro", "a & b", "steps", "text"]);
+    }
+
+    #[test]
+    fn plain_text_has_no_headings() {
+        let chunks = chunk(
+            "# not a heading\r\n\r\nbody",
+            DocFormat::Text,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].text, "# not a heading\n\nbody");
+        assert_eq!(chunks[0].heading, None);
+    }
+
+    #[test]
+    fn empty_documents() {
+        let cases = [
+            ("", DocFormat::Text),
+            (" \n\t\r\n ", DocFormat::Text),
+            ("", DocFormat::Markdown),
+            ("# Only\n## Headings\n", DocFormat::Markdown),
+            ("<html><script>x()</script><p> </p></html>", DocFormat::Html),
+            ("<!-- nothing -->", DocFormat::Html),
+        ];
+        for (content, format) in cases {
+            let err = chunk(content, format, &Limits::default()).unwrap_err();
+            assert_eq!(err, KnowledgeError::Empty, "{content:?}");
+            assert_eq!(err.code(), "empty_document");
+        }
+    }
+
+    #[test]
+    fn size_limit_is_on_raw_bytes() {
+        let l = Limits {
+            max_document_bytes: 100,
+            ..Limits::default()
+        };
+        assert!(chunk(&"a".repeat(100), DocFormat::Text, &l).is_ok());
+        let err = chunk(&"a".repeat(101), DocFormat::Text, &l).unwrap_err();
+        assert_eq!(
+            err,
+            KnowledgeError::TooLarge {
+                bytes: 101,
+                limit: 100
+            }
+        );
+        assert_eq!(err.code(), "document_too_large");
+        // Markup that would be dropped still counts.
+        let html = format!("<script>{}</script><p>hi</p>", "x".repeat(200));
+        assert!(matches!(
+            chunk(&html, DocFormat::Html, &l),
+            Err(KnowledgeError::TooLarge { .. })
+        ));
+        // Checked before emptiness.
+        assert!(matches!(
+            chunk(&" ".repeat(101), DocFormat::Text, &l),
+            Err(KnowledgeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_limits() {
+        for l in [limits(0, 0), limits(10, 10), limits(10, 11)] {
+            let err = chunk("text", DocFormat::Text, &l).unwrap_err();
+            assert_eq!(err.code(), "invalid_limits", "{l:?}");
+        }
+        let chunks = chunk("a b c d e", DocFormat::Text, &limits(1, 0)).unwrap();
+        assert_eq!(chunks.len(), 5);
+    }
+
+    #[test]
+    fn deterministic() {
+        let doc = "# T\n".to_owned() + &"Some words here. And more words there!\n\n".repeat(200);
+        let l = limits(64, 16);
+        assert_eq!(
+            chunk(&doc, DocFormat::Markdown, &l).unwrap(),
+            chunk(&doc, DocFormat::Markdown, &l).unwrap()
+        );
+    }
+
+    #[test]
+    fn sentence_splitting() {
+        assert_eq!(
+            sentences("One. Two!  \"Three?\" Four… 3.14 is pi. 五。六！end"),
+            [
+                ("", "One."),
+                (" ", "Two!"),
+                ("  ", "\"Three?\""),
+                (" ", "Four…"),
+                (" ", "3.14 is pi."),
+                (" ", "五。"),
+                ("", "六！"),
+                ("", "end"),
+            ]
+        );
+    }
 }

@@ -59,13 +59,19 @@ mod tests {
                 KnowledgeError::TooLarge { bytes: 2, limit: 1 },
                 "document_too_large",
             ),
-            (KnowledgeError::InvalidFilter(String::new()), "invalid_filter"),
+            (
+                KnowledgeError::InvalidFilter(String::new()),
+                "invalid_filter",
+            ),
             (KnowledgeError::InvalidName(String::new()), "invalid_name"),
             (
                 KnowledgeError::InvalidMetadata(String::new()),
                 "invalid_metadata",
             ),
-            (KnowledgeError::InvalidLimits(String::new()), "invalid_limits"),
+            (
+                KnowledgeError::InvalidLimits(String::new()),
+                "invalid_limits",
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(err.code(), code, "{err}");
@@ -74,7 +80,11 @@ mod tests {
 
     #[test]
     fn too_large_message_names_both_sizes() {
-        let msg = KnowledgeError::TooLarge { bytes: 10, limit: 4 }.to_string();
+        let msg = KnowledgeError::TooLarge {
+            bytes: 10,
+            limit: 4,
+        }
+        .to_string();
         assert!(msg.contains("10") && msg.contains('4'), "{msg}");
     }
 }

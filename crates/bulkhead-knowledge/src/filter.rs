@@ -197,9 +197,9 @@ fn condition(key: &str, value: &Value) -> Result<Op, KnowledgeError> {
         ))),
     };
     let number = |make: fn(f64) -> Op| {
-        arg.as_f64().map(make).ok_or_else(|| {
-            invalid(format!("key `{key}`: `{op}` takes a number"))
-        })
+        arg.as_f64()
+            .map(make)
+            .ok_or_else(|| invalid(format!("key `{key}`: `{op}` takes a number")))
     };
     match op.as_str() {
         "$eq" => scalar(Op::Eq),
@@ -210,9 +210,10 @@ fn condition(key: &str, value: &Value) -> Result<Op, KnowledgeError> {
         "$gte" => number(Op::Gte),
         "$lt" => number(Op::Lt),
         "$lte" => number(Op::Lte),
-        "$exists" => arg.as_bool().map(Op::Exists).ok_or_else(|| {
-            invalid(format!("key `{key}`: `$exists` takes true or false"))
-        }),
+        "$exists" => arg
+            .as_bool()
+            .map(Op::Exists)
+            .ok_or_else(|| invalid(format!("key `{key}`: `$exists` takes true or false"))),
         other if other.starts_with('$') => Err(invalid(format!(
             "key `{key}`: unknown operator `{}`",
             shown(other)

@@ -224,7 +224,9 @@ impl Scanner {
     fn markup<'a>(&mut self, s: &'a str) -> &'a str {
         let after_lt = s.get(1..).unwrap_or("");
         if let Some(comment) = after_lt.strip_prefix("!--") {
-            return comment.find("-->").map_or("", |i| comment.get(i + 3..).unwrap_or(""));
+            return comment
+                .find("-->")
+                .map_or("", |i| comment.get(i + 3..).unwrap_or(""));
         }
         let (closing, name_start) = match after_lt.strip_prefix('/') {
             Some(r) => (true, r),
@@ -237,7 +239,9 @@ impl Scanner {
         if !starts_tag {
             if after_lt.starts_with('!') || after_lt.starts_with('?') {
                 // Doctype or processing instruction.
-                return after_lt.find('>').map_or("", |i| after_lt.get(i + 1..).unwrap_or(""));
+                return after_lt
+                    .find('>')
+                    .map_or("", |i| after_lt.get(i + 1..).unwrap_or(""));
             }
             // A lone `<` in text, as browsers treat it.
             self.text("<");
@@ -246,7 +250,10 @@ impl Scanner {
         let name_len = name_start
             .find(|c: char| !c.is_ascii_alphanumeric())
             .unwrap_or(name_start.len());
-        let name = name_start.get(..name_len).unwrap_or("").to_ascii_lowercase();
+        let name = name_start
+            .get(..name_len)
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let rest = name_start.get(name_len..).unwrap_or("");
         let Some(end) = tag_end(rest) else {
             return ""; // An unterminated tag runs to the end of the input.
@@ -322,7 +329,9 @@ fn skip_element<'a>(s: &'a str, name: &str) -> &'a str {
         let next = lower.get(at..).and_then(|r| r.chars().next());
         if next.is_none_or(|c| !c.is_ascii_alphanumeric()) {
             let tail = s.get(at..).unwrap_or("");
-            return tail.find('>').map_or("", |i| tail.get(i + 1..).unwrap_or(""));
+            return tail
+                .find('>')
+                .map_or("", |i| tail.get(i + 1..).unwrap_or(""));
         }
         from = at;
     }
@@ -362,7 +371,11 @@ fn decode_entities(s: &str) -> String {
         out.push_str(rest.get(..amp).unwrap_or(""));
         let tail = rest.get(amp..).unwrap_or("");
         // Entity names are short; bounding the search keeps this linear.
-        let semi = tail.char_indices().take(12).find(|(_, c)| *c == ';').map(|(i, _)| i);
+        let semi = tail
+            .char_indices()
+            .take(12)
+            .find(|(_, c)| *c == ';')
+            .map(|(i, _)| i);
         let decoded = semi.and_then(|i| tail.get(1..i)).and_then(entity);
         match (decoded, semi) {
             (Some(c), Some(i)) => {
@@ -484,23 +497,33 @@ mod tests {
     #[test]
     fn escaped_markup_stays_text() {
         assert_eq!(
-            to_text("<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>", DocFormat::Html),
+            to_text(
+                "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>",
+                DocFormat::Html
+            ),
             "<script>alert(1)</script>"
         );
-        assert_eq!(to_text("1 < 2 and 3 > 2", DocFormat::Html), "1 < 2 and 3 > 2");
+        assert_eq!(
+            to_text("1 < 2 and 3 > 2", DocFormat::Html),
+            "1 < 2 and 3 > 2"
+        );
     }
 
     #[test]
     fn html_attributes_with_angle_brackets() {
         assert_eq!(
-            to_text(r#"<a title="x > y" href='z'>link</a> text"#, DocFormat::Html),
+            to_text(
+                r#"<a title="x > y" href='z'>link</a> text"#,
+                DocFormat::Html
+            ),
             "link text"
         );
     }
 
     #[test]
     fn html_headings_become_blocks() {
-        let blocks = html_blocks("<h1>Guide</h1><p>intro</p><h2>In<em>stall</em></h2>steps<h3></h3>");
+        let blocks =
+            html_blocks("<h1>Guide</h1><p>intro</p><h2>In<em>stall</em></h2>steps<h3></h3>");
         assert_eq!(
             blocks,
             [

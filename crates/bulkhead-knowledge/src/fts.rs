@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn plain_words() {
-        assert_eq!(fts_query("hello world").as_deref(), Some(r#""hello" OR "world""#));
+        assert_eq!(
+            fts_query("hello world").as_deref(),
+            Some(r#""hello" OR "world""#)
+        );
         assert_eq!(fts_query("  Rust  ").as_deref(), Some(r#""rust""#));
         assert_eq!(fts_query("Rust rust RUST").as_deref(), Some(r#""rust""#));
         assert_eq!(
@@ -86,7 +89,10 @@ mod tests {
         let hostile = r#"x" OR y* NEAR(a b, 3) title:z ^q "phrase here" AND) (OR"#;
         let q = fts_query(hostile).unwrap();
         for part in q.split(" OR ") {
-            assert!(part.len() >= 3 && part.starts_with('"') && part.ends_with('"'), "{part}");
+            assert!(
+                part.len() >= 3 && part.starts_with('"') && part.ends_with('"'),
+                "{part}"
+            );
             let inner = &part[1..part.len() - 1];
             assert!(inner.chars().all(char::is_alphanumeric), "{inner}");
         }
@@ -94,7 +100,10 @@ mod tests {
 
     #[test]
     fn at_most_32_tokens() {
-        let text = (0..100).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+        let text = (0..100)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         let q = fts_query(&text).unwrap();
         assert_eq!(q.split(" OR ").count(), 32);
         assert!(q.starts_with(r#""w0""#) && q.ends_with(r#""w31""#));

@@ -54,7 +54,16 @@ mod tests {
         }
         let long = "a".repeat(65);
         for bad in [
-            "", "-a", "_a", "A", "docs!", "my docs", "é", "a/b", "../x", long.as_str(),
+            "",
+            "-a",
+            "_a",
+            "A",
+            "docs!",
+            "my docs",
+            "é",
+            "a/b",
+            "../x",
+            long.as_str(),
         ] {
             let err = collection_name(bad).unwrap_err();
             assert_eq!(err.code(), "invalid_name", "{bad}");
@@ -77,7 +86,15 @@ mod tests {
         let long = "x".repeat(257);
         // 86 three-byte characters: 258 bytes although only 86 characters.
         let long_bytes = "文".repeat(86);
-        for bad in ["", "a\nb", "a\tb", "\u{7f}", "a\u{0}", long.as_str(), long_bytes.as_str()] {
+        for bad in [
+            "",
+            "a\nb",
+            "a\tb",
+            "\u{7f}",
+            "a\u{0}",
+            long.as_str(),
+            long_bytes.as_str(),
+        ] {
             let err = external_id(bad).unwrap_err();
             assert_eq!(err.code(), "invalid_name", "{bad:?}");
             assert!(err.to_string().contains("external id"), "{err}");

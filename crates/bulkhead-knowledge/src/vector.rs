@@ -43,21 +43,25 @@ impl PartialEq for Scored {
 impl Eq for Scored {}
 
 fn norm(v: &[f32]) -> f64 {
-    v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt()
+    v.iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// The `k` candidates most similar to `query` by cosine similarity, best
 /// first; equal scores are ordered by ascending id.
 ///
 /// Candidates whose length differs from the query's (an embedding from
-/// another model) are skipped, as are those with non-finite components. A
-/// zero vector, query or candidate, scores 0 rather than dividing by zero.
+/// another model) are skipped, as are those with NaN or infinite
+/// components; a query with such a component matches nothing. A zero
+/// vector, query or candidate, scores 0 rather than dividing by zero.
 pub fn cosine_top_k(
     query: &[f32],
     candidates: impl IntoIterator<Item = (i64, Vec<f32>)>,
     k: usize,
 ) -> Vec<(i64, f32)> {
-    if k == 0 {
+    if k == 0 || !query.iter().all(|x| x.is_finite()) {
         return Vec::new();
     }
     let query_norm = norm(query);
@@ -65,7 +69,7 @@ pub fn cosine_top_k(
     // vectors a collection holds.
     let mut heap: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(k.saturating_add(1));
     for (id, vector) in candidates {
-        if vector.len() != query.len() {
+        if vector.len() != query.len() || !vector.iter().all(|x| x.is_finite()) {
             continue;
         }
         let dot: f64 = query
@@ -191,11 +195,19 @@ mod tests {
 
     #[test]
     fn cosine_zero_vectors_score_zero_without_panicking() {
-        let top = cosine_top_k(&[0.0, 0.0], vec![(1, vec![1.0, 0.0]), (2, vec![0.0, 0.0])], 5);
+        let top = cosine_top_k(
+            &[0.0, 0.0],
+            vec![(1, vec![1.0, 0.0]), (2, vec![0.0, 0.0])],
+            5,
+        );
         assert_eq!(top, [(1, 0.0), (2, 0.0)]);
         let top = cosine_top_k(&[1.0, 0.0], vec![(1, vec![0.0, 0.0])], 5);
         assert_eq!(top, [(1, 0.0)]);
-        assert!(cosine_top_k(&[], vec![(1, vec![])], 5).iter().all(|(_, s)| *s == 0.0));
+        assert!(
+            cosine_top_k(&[], vec![(1, vec![])], 5)
+                .iter()
+                .all(|(_, s)| *s == 0.0)
+        );
     }
 
     #[test]
@@ -210,6 +222,11 @@ mod tests {
         ];
         let top = cosine_top_k(&[1.0, 0.0], candidates, 10);
         assert_eq!(top.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [6]);
+    }
+
+    #[test]
+    fn cosine_non_finite_query_matches_nothing() {
+        assert!(cosine_top_k(&[f32::NAN], vec![(1, vec![1.0])], 5).is_empty());
     }
 
     #[test]
