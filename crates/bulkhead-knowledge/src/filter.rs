@@ -337,3 +337,337 @@ pub fn metadata(v: &Value) -> Result<(), KnowledgeError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn f(v: Value) -> Filter {
+        Filter::parse(&v).unwrap()
+    }
+
+    fn parse_err(v: Value) -> String {
+        match Filter::parse(&v) {
+            Err(KnowledgeError::InvalidFilter(msg)) => msg,
+            other => panic!("expected InvalidFilter for {v}, got {other:?}"),
+        }
+    }
+
+    fn nested(depth: usize) -> Value {
+        let mut v = json!({"k": 1});
+        for _ in 1..depth {
+            v = json!({"$and": [v]});
+        }
+        v
+    }
+
+    #[test]
+    fn valid_filters_parse() {
+        let cases = [
+            json!({}),
+            json!({"lang": "en"}),
+            json!({"n": 1, "ok": true, "none": null, "x": 1.5}),
+            json!({"lang": {"$eq": "en"}}),
+            json!({"lang": {"$ne": null}}),
+            json!({"lang": {"$in": ["en", "de", 1, true, null]}}),
+            json!({"lang": {"$nin": []}}),
+            json!({"year": {"$gt": 2020}, "score": {"$lte": 0.5}}),
+            json!({"year": {"$gte": -1}, "score": {"$lt": 1e9}}),
+            json!({"draft": {"$exists": false}}),
+            json!({"$and": [{"a": 1}, {"$or": [{"b": 2}, {"c": {"$exists": true}}]}]}),
+            json!({"$or": [{"a": 1}], "b": 2}),
+            nested(8),
+        ];
+        for v in cases {
+            assert!(Filter::parse(&v).is_ok(), "{v}");
+        }
+        let sixty_four: Map<String, Value> = (0..64).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert!(Filter::parse(&Value::Object(sixty_four)).is_ok());
+    }
+
+    #[test]
+    fn every_error_path_names_its_cause() {
+        let sixty_five: Map<String, Value> = (0..65).map(|i| (format!("k{i}"), json!(i))).collect();
+        let many_in: Vec<Value> = (0..257).map(|i| json!(i)).collect();
+        let cases = [
+            (json!([]), "a filter must be a JSON object"),
+            (json!("lang"), "a filter must be a JSON object"),
+            (json!(null), "a filter must be a JSON object"),
+            (json!({"$and": [1]}), "a filter must be a JSON object"),
+            (
+                json!({"$and": {}}),
+                "`$and` takes a non-empty array of filter objects",
+            ),
+            (
+                json!({"$or": []}),
+                "`$or` takes a non-empty array of filter objects",
+            ),
+            (
+                json!({"$not": {"a": 1}}),
+                "unknown operator `$not` where a metadata key is expected",
+            ),
+            (json!({"": 1}), "a metadata key must not be empty"),
+            (
+                json!({"tags": ["a"]}),
+                "key `tags`: an array is not a value to compare with; use {\"$in\": [...]}",
+            ),
+            (
+                json!({"a": {}}),
+                "key `a`: an operator object must have exactly one operator",
+            ),
+            (
+                json!({"a": {"$gt": 1, "$lt": 5}}),
+                "key `a`: an operator object must have exactly one operator",
+            ),
+            (
+                json!({"a": {"$eq": [1]}}),
+                "key `a`: `$eq` takes a string, number, boolean or null",
+            ),
+            (
+                json!({"a": {"$ne": {"x": 1}}}),
+                "key `a`: `$ne` takes a string, number, boolean or null",
+            ),
+            (
+                json!({"a": {"$in": "x"}}),
+                "key `a`: `$in` takes an array of strings, numbers, booleans or nulls",
+            ),
+            (
+                json!({"a": {"$nin": [[1]]}}),
+                "key `a`: `$nin` takes an array of strings, numbers, booleans or nulls",
+            ),
+            (
+                json!({"a": {"$in": many_in}}),
+                "key `a`: `$in` takes at most 256 values",
+            ),
+            (json!({"a": {"$gt": "5"}}), "key `a`: `$gt` takes a number"),
+            (
+                json!({"a": {"$gte": null}}),
+                "key `a`: `$gte` takes a number",
+            ),
+            (json!({"a": {"$lt": true}}), "key `a`: `$lt` takes a number"),
+            (
+                json!({"a": {"$lte": [1]}}),
+                "key `a`: `$lte` takes a number",
+            ),
+            (
+                json!({"a": {"$exists": 1}}),
+                "key `a`: `$exists` takes true or false",
+            ),
+            (
+                json!({"a": {"$regex": ".*"}}),
+                "key `a`: unknown operator `$regex`",
+            ),
+            (
+                json!({"a": {"b": 1}}),
+                "key `a`: expected an operator such as `$eq`, found `b`",
+            ),
+            (nested(9), "filters are nested more than 8 levels deep"),
+            (
+                Value::Object(sixty_five),
+                "a filter has at most 64 conditions",
+            ),
+        ];
+        for (v, want) in cases {
+            let msg = parse_err(v.clone());
+            assert!(msg.starts_with(want), "{v}: got {msg:?}, want {want:?}");
+            let err = Filter::parse(&v).unwrap_err();
+            assert_eq!(err.code(), "invalid_filter");
+            assert!(err.to_string().starts_with("invalid filter: "));
+        }
+    }
+
+    #[test]
+    fn conditions_are_counted_across_nesting() {
+        let half: Map<String, Value> = (0..40).map(|i| (format!("k{i}"), json!(i))).collect();
+        let v = json!({"$or": [Value::Object(half.clone()), Value::Object(half)]});
+        assert_eq!(parse_err(v), "a filter has at most 64 conditions");
+    }
+
+    #[test]
+    fn long_keys_are_shortened_in_messages() {
+        let key = "k".repeat(1000);
+        let msg = parse_err(json!({ key: [1] }));
+        assert!(msg.len() < 200, "{msg}");
+        assert!(msg.contains("..."));
+    }
+
+    #[test]
+    fn equality_and_types() {
+        let meta = json!({"lang": "en", "n": 1, "x": 2.5, "ok": true, "none": null, "s": "1"});
+        let yes = [
+            json!({}),
+            json!({"lang": "en"}),
+            json!({"n": 1}),
+            json!({"n": 1.0}),
+            json!({"x": 2.5}),
+            json!({"ok": true}),
+            json!({"none": null}),
+            json!({"s": "1"}),
+            json!({"lang": "en", "n": 1}),
+            json!({"lang": {"$eq": "en"}}),
+            json!({"lang": {"$ne": "de"}}),
+            json!({"missing": {"$ne": "de"}}),
+        ];
+        let no = [
+            json!({"lang": "EN"}),
+            json!({"n": "1"}),
+            json!({"s": 1}),
+            json!({"ok": "true"}),
+            json!({"ok": 1}),
+            json!({"missing": null}),
+            json!({"missing": "x"}),
+            json!({"lang": "en", "n": 2}),
+            json!({"lang": {"$ne": "en"}}),
+        ];
+        for v in yes {
+            assert!(f(v.clone()).matches(&meta), "{v} should match");
+        }
+        for v in no {
+            assert!(!f(v.clone()).matches(&meta), "{v} should not match");
+        }
+    }
+
+    #[test]
+    fn large_integers_compare_exactly() {
+        let meta = json!({"id": 9_007_199_254_740_993_i64, "u": u64::MAX});
+        assert!(f(json!({"id": 9_007_199_254_740_993_i64})).matches(&meta));
+        assert!(!f(json!({"id": 9_007_199_254_740_992_i64})).matches(&meta));
+        assert!(f(json!({"u": u64::MAX})).matches(&meta));
+        assert!(!f(json!({"u": u64::MAX - 1})).matches(&meta));
+    }
+
+    #[test]
+    fn in_and_nin() {
+        let meta = json!({"lang": "de", "n": 3, "tags": ["rust", "db"]});
+        let cases = [
+            (json!({"lang": {"$in": ["en", "de"]}}), true),
+            (json!({"lang": {"$in": ["en"]}}), false),
+            (json!({"lang": {"$in": []}}), false),
+            (json!({"n": {"$in": [3.0]}}), true),
+            (json!({"n": {"$in": ["3"]}}), false),
+            (json!({"missing": {"$in": [null]}}), false),
+            (json!({"lang": {"$nin": ["en"]}}), true),
+            (json!({"lang": {"$nin": ["en", "de"]}}), false),
+            (json!({"lang": {"$nin": []}}), true),
+            (json!({"missing": {"$nin": ["x"]}}), true),
+            // Array metadata: any element.
+            (json!({"tags": "rust"}), true),
+            (json!({"tags": "go"}), false),
+            (json!({"tags": {"$in": ["go", "db"]}}), true),
+            (json!({"tags": {"$nin": ["go", "db"]}}), false),
+            (json!({"tags": {"$nin": ["go"]}}), true),
+            (json!({"tags": {"$ne": "db"}}), false),
+        ];
+        for (v, want) in cases {
+            assert_eq!(f(v.clone()).matches(&meta), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn numeric_comparisons() {
+        let meta = json!({"year": 2021, "score": 0.5, "s": "2021", "ok": true, "list": [1, 10]});
+        let cases = [
+            (json!({"year": {"$gt": 2020}}), true),
+            (json!({"year": {"$gt": 2021}}), false),
+            (json!({"year": {"$gte": 2021}}), true),
+            (json!({"year": {"$lt": 2021.5}}), true),
+            (json!({"year": {"$lte": 2020}}), false),
+            (json!({"score": {"$lt": 1}}), true),
+            (json!({"score": {"$gte": 0.5}}), true),
+            (json!({"score": {"$gt": 0.5}}), false),
+            (json!({"s": {"$gt": 0}}), false),
+            (json!({"ok": {"$gte": 0}}), false),
+            (json!({"missing": {"$lt": 1e300}}), false),
+            (json!({"list": {"$gt": 5}}), true),
+            (json!({"list": {"$gt": 50}}), false),
+        ];
+        for (v, want) in cases {
+            assert_eq!(f(v.clone()).matches(&meta), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn exists_and_missing_keys() {
+        let meta = json!({"a": null, "b": 0});
+        assert!(f(json!({"a": {"$exists": true}})).matches(&meta));
+        assert!(f(json!({"b": {"$exists": true}})).matches(&meta));
+        assert!(!f(json!({"c": {"$exists": true}})).matches(&meta));
+        assert!(f(json!({"c": {"$exists": false}})).matches(&meta));
+        assert!(!f(json!({"a": {"$exists": false}})).matches(&meta));
+    }
+
+    #[test]
+    fn and_or() {
+        let meta = json!({"lang": "en", "year": 2020});
+        let cases = [
+            (json!({"$and": [{"lang": "en"}, {"year": 2020}]}), true),
+            (json!({"$and": [{"lang": "en"}, {"year": 2021}]}), false),
+            (json!({"$or": [{"lang": "de"}, {"year": 2020}]}), true),
+            (json!({"$or": [{"lang": "de"}, {"year": 2021}]}), false),
+            (
+                json!({"$or": [{"lang": "de"}, {"$and": [{"lang": "en"}, {"year": {"$lt": 2021}}]}]}),
+                true,
+            ),
+            (json!({"$or": [{"lang": "en"}], "year": 1999}), false),
+        ];
+        for (v, want) in cases {
+            assert_eq!(f(v.clone()).matches(&meta), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn non_object_metadata_has_no_keys() {
+        for meta in [json!(null), json!([1]), json!("en")] {
+            assert!(f(json!({})).matches(&meta));
+            assert!(!f(json!({"lang": "en"})).matches(&meta));
+            assert!(f(json!({"lang": {"$exists": false}})).matches(&meta));
+            assert!(f(json!({"lang": {"$ne": "en"}})).matches(&meta));
+        }
+    }
+
+    #[test]
+    fn metadata_validation() {
+        let ok = [
+            json!({}),
+            json!({"lang": "en", "n": 1, "x": 1.5, "b": false, "z": null, "tags": ["a", 1, null]}),
+            json!({"empty": []}),
+        ];
+        for v in ok {
+            assert_eq!(metadata(&v), Ok(()), "{v}");
+        }
+        let too_many: Map<String, Value> = (0..65).map(|i| (format!("k{i}"), json!(i))).collect();
+        let cases = [
+            (json!([]), "metadata must be a JSON object"),
+            (json!("x"), "metadata must be a JSON object"),
+            (json!(null), "metadata must be a JSON object"),
+            (
+                Value::Object(too_many),
+                "metadata has 65 keys; the limit is 64",
+            ),
+            (json!({"": 1}), "a metadata key must not be empty"),
+            (
+                json!({"$and": 1}),
+                "metadata key `$and` must not start with `$`",
+            ),
+            (json!({"a": {"b": 1}}), "metadata key `a`: values must be"),
+            (json!({"a": [[1]]}), "metadata key `a`: values must be"),
+            (json!({"a": [{"b": 1}]}), "metadata key `a`: values must be"),
+            (
+                json!({"big": "x".repeat(16 * 1024)}),
+                "metadata is 16394 bytes serialized; the limit is 16384",
+            ),
+        ];
+        for (v, want) in cases {
+            let err = metadata(&v).unwrap_err();
+            assert_eq!(err.code(), "invalid_metadata");
+            let KnowledgeError::InvalidMetadata(msg) = &err else {
+                panic!("{err:?}");
+            };
+            assert!(msg.starts_with(want), "got {msg:?}, want {want:?}");
+        }
+        let just_fits = json!({"big": "x".repeat(16 * 1024 - 10)});
+        assert_eq!(metadata(&just_fits), Ok(()));
+    }
+}
