@@ -142,7 +142,7 @@ pub fn encode_vector(v: &[f32]) -> Vec<u8> {
 /// Decodes [`encode_vector`]'s format; `None` if the length is not a
 /// multiple of 4 (a truncated or foreign BLOB).
 pub fn decode_vector(b: &[u8]) -> Option<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     b.chunks_exact(4)
