@@ -931,6 +931,19 @@ mod tests {
     }
 
     #[test]
+    fn documents_at_the_size_limit() {
+        let l = Limits::default();
+        let prose = "A sentence of prose, with punctuation. ".repeat(50_000);
+        let prose = &prose[..l.max_document_bytes.min(prose.len())];
+        check(&chunk(prose, DocFormat::Text, &l).unwrap(), &l);
+        let headings = "# H\nx\n".repeat(l.max_document_bytes / 7);
+        let chunks = chunk(&headings, DocFormat::Markdown, &l).unwrap();
+        assert_eq!(chunks.len(), l.max_document_bytes / 7);
+        let unspaced = "x".repeat(l.max_document_bytes);
+        check(&chunk(&unspaced, DocFormat::Text, &l).unwrap(), &l);
+    }
+
+    #[test]
     fn deterministic() {
         let doc = "# T\n".to_owned() + &"Some words here. And more words there!\n\n".repeat(200);
         let l = limits(64, 16);

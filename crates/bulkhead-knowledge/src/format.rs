@@ -320,20 +320,23 @@ fn tag_end(s: &str) -> Option<usize> {
 
 /// Skips to after `</name ...>`, or to the end if it is never closed.
 fn skip_element<'a>(s: &'a str, name: &str) -> &'a str {
-    let needle = format!("</{name}");
-    // ASCII lower-casing keeps byte offsets, so indices carry over.
-    let lower = s.to_ascii_lowercase();
+    // Compare in place rather than lower-casing the rest of the document,
+    // which would make many small `<script>` elements quadratic.
     let mut from = 0;
-    while let Some(found) = lower.get(from..).and_then(|l| l.find(&needle)) {
-        let at = from + found + needle.len();
-        let next = lower.get(at..).and_then(|r| r.chars().next());
-        if next.is_none_or(|c| !c.is_ascii_alphanumeric()) {
-            let tail = s.get(at..).unwrap_or("");
+    while let Some(found) = s.get(from..).and_then(|r| r.find("</")) {
+        let name_at = from + found + 2;
+        let end = name_at + name.len();
+        let same_name = s
+            .get(name_at..end)
+            .is_some_and(|n| n.eq_ignore_ascii_case(name));
+        let next = s.get(end..).and_then(|r| r.chars().next());
+        if same_name && next.is_none_or(|c| !c.is_ascii_alphanumeric()) {
+            let tail = s.get(end..).unwrap_or("");
             return tail
                 .find('>')
                 .map_or("", |i| tail.get(i + 1..).unwrap_or(""));
         }
-        from = at;
+        from = name_at;
     }
     ""
 }
@@ -536,6 +539,18 @@ mod tests {
         assert_eq!(
             to_text("<h1>Guide</h1><p>intro</p>", DocFormat::Html),
             "Guide\n\nintro"
+        );
+    }
+
+    #[test]
+    fn many_dropped_elements_stay_fast() {
+        // Quadratic scanning would take minutes here.
+        let html = "<script>x()</script><p>a</p>".repeat(100_000);
+        let text = to_text(&html, DocFormat::Html);
+        assert_eq!(text.len(), "a\n\n".len() * 100_000 - 2);
+        assert_eq!(
+            to_text("<script>a</scriptx>b</SCRIPT>c", DocFormat::Html),
+            "c"
         );
     }
 
