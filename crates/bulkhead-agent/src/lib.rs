@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod error;
 pub mod event;
+pub mod knowledge;
 pub mod prompt;
 pub mod run;
 pub mod store;

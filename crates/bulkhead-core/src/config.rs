@@ -719,6 +719,41 @@ impl OneOrMany {
     }
 }
 
+impl Config {
+    /// The embedding model `[knowledge]` names for tenants of `region`
+    /// (validation allows at most one per region), if any.
+    pub fn embedding_model_for(&self, region: &Region) -> Option<&EmbeddingModelConfig> {
+        let names = self.knowledge.as_ref()?.embedding_model.as_ref()?.to_vec();
+        self.embedding_models.iter().find(|m| {
+            names.contains(&m.name)
+                && self
+                    .providers
+                    .iter()
+                    .any(|p| p.name == m.provider && &p.region == region)
+        })
+    }
+
+    /// Every `[knowledge]` embedding model with its provider's region.
+    pub fn knowledge_embedding_models(&self) -> Vec<(Region, EmbeddingModelConfig)> {
+        let Some(names) = self
+            .knowledge
+            .as_ref()
+            .and_then(|k| k.embedding_model.as_ref())
+            .map(OneOrMany::to_vec)
+        else {
+            return Vec::new();
+        };
+        self.embedding_models
+            .iter()
+            .filter(|m| names.contains(&m.name))
+            .filter_map(|m| {
+                let p = self.providers.iter().find(|p| p.name == m.provider)?;
+                Some((p.region.clone(), m.clone()))
+            })
+            .collect()
+    }
+}
+
 /// `[quotas]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1205,26 +1240,52 @@ fn validate_resources(
         "embedding_models",
         errors,
     );
+    let mut embedding_region: BTreeMap<&str, &Region> = BTreeMap::new();
     for (i, m) in config.embedding_models.iter().enumerate() {
-        if !providers.contains(&m.provider) {
-            errors.push(
+        match config.providers.iter().find(|p| p.name == m.provider) {
+            None => errors.push(
                 format!("embedding_models[{i}].provider"),
                 format!("unknown provider {:?}", m.provider),
-            );
+            ),
+            Some(p) if p.kind == ProviderKind::Anthropic => errors.push(
+                format!("embedding_models[{i}].provider"),
+                format!(
+                    "provider {:?} is an anthropic provider, which has no embeddings endpoint",
+                    m.provider
+                ),
+            ),
+            Some(p) => {
+                embedding_region.insert(&m.name, &p.region);
+            }
         }
-        if m.dimensions == 0 {
+        if m.dimensions == 0 || m.dimensions > 8192 {
             errors.push(
                 format!("embedding_models[{i}].dimensions"),
-                "must be at least 1",
+                "must be between 1 and 8192",
             );
         }
     }
+    let _ = &providers;
     if let Some(list) = config
         .knowledge
         .as_ref()
         .and_then(|k| k.embedding_model.as_ref())
     {
-        for (j, name) in list.to_vec().iter().enumerate() {
+        let mut seen_regions: BTreeMap<&Region, &str> = BTreeMap::new();
+        let names = list.to_vec();
+        for (j, name) in names.iter().enumerate() {
+            if let Some(region) = embedding_region.get(name.as_str())
+                && let Some(other) = seen_regions.insert(region, name)
+            {
+                let path = format!("knowledge.embedding_model[{j}]");
+                errors.push(
+                    path,
+                    format!(
+                        "{name:?} and {other:?} are both in region {:?}: name one embedding model per region",
+                        region.as_str()
+                    ),
+                );
+            }
             if !embeddings.contains(name) {
                 let path = match list {
                     OneOrMany::One(_) => "knowledge.embedding_model".to_owned(),

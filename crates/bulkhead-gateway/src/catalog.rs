@@ -64,6 +64,7 @@ pub struct Model {
 #[derive(Debug, Default)]
 pub struct Catalog {
     models: BTreeMap<String, Model>,
+    embeddings: BTreeMap<String, (Model, u32)>,
 }
 
 impl Catalog {
@@ -113,7 +114,34 @@ impl Catalog {
                 ))
             })
             .collect();
-        Self { models }
+        let embeddings = config
+            .embedding_models
+            .iter()
+            .filter_map(|m| {
+                let provider = providers.get(&m.provider)?.clone();
+                let price_input = m.price_input_per_mtok.unwrap_or_default();
+                Some((
+                    m.name.clone(),
+                    (
+                        Model {
+                            name: m.name.clone(),
+                            provider,
+                            upstream: m.upstream.clone(),
+                            price_input,
+                            price_output: Usd::default(),
+                            price_cached: price_input,
+                        },
+                        m.dimensions,
+                    ),
+                ))
+            })
+            .collect();
+        Self { models, embeddings }
+    }
+
+    /// An embedding model by name, with its dimensions.
+    pub fn embedding(&self, name: &str) -> Option<&(Model, u32)> {
+        self.embeddings.get(name)
     }
 
     /// A model by alias.

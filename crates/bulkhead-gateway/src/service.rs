@@ -22,7 +22,7 @@ use crate::catalog::{Catalog, KeySource, Model};
 use crate::error::GatewayError;
 use crate::sse;
 use crate::store::{GatewaySettings, GatewayStore};
-use crate::upstream::Upstream;
+use crate::upstream::{Endpoint, Upstream};
 use crate::usage::{Tokens, UsageRecord, UsageSummary, cost_nanos, nanos_to_usd};
 
 /// What a chat completion returns.
@@ -67,6 +67,8 @@ fn openai_tokens(usage: &Value) -> Tokens {
 
 /// One call's bookkeeping, recorded exactly once whatever happens.
 struct Call {
+    /// `model.call` or `model.embed`.
+    action: &'static str,
     scope: TenantScope,
     model: Model,
     started: Instant,
@@ -109,7 +111,7 @@ impl Call {
             details["messages"] = p.clone();
         }
         let event = NewAuditEvent::new(
-            "model.call",
+            self.action,
             format!("model:{}", m.name),
             outcome,
             self.scope.request_id().clone(),
@@ -410,6 +412,7 @@ impl Gateway {
         };
         let key = self.key(scope, &model).await?;
         let call = Call {
+            action: "model.call",
             scope: scope.clone(),
             model: model.clone(),
             started: Instant::now(),
@@ -432,6 +435,7 @@ impl Gateway {
             .upstream
             .send(
                 &model.provider,
+                Endpoint::Chat,
                 &model.upstream,
                 key.as_ref(),
                 &upstream_body,
@@ -469,6 +473,115 @@ impl Gateway {
             drop(tx);
         });
         Ok(ChatOutcome::Stream(rx))
+    }
+
+    /// Embeds `inputs` with the embedding model `name` for the scope's
+    /// tenant: the model's provider must be in the tenant's region; one
+    /// usage row and one `model.embed` audit event per call. Vectors come
+    /// back in input order, each of the model's dimensions.
+    pub async fn embed(
+        &self,
+        scope: &TenantScope,
+        name: &str,
+        inputs: &[String],
+    ) -> Result<Vec<Vec<f32>>, GatewayError> {
+        let (model, dimensions) = self
+            .catalog
+            .embedding(name)
+            .cloned()
+            .ok_or_else(|| GatewayError::ModelNotFound(name.to_owned()))?;
+        if &model.provider.region != scope.region() {
+            return Err(GatewayError::Residency {
+                model: model.name.clone(),
+                provider_region: model.provider.region.to_string(),
+                tenant_region: scope.region().to_string(),
+            });
+        }
+        if model.provider.kind == ProviderKind::Anthropic {
+            return Err(GatewayError::InvalidRequest(
+                "Anthropic providers have no embeddings endpoint".into(),
+            ));
+        }
+        let key = self.key(scope, &model).await?;
+        let call = Call {
+            action: "model.embed",
+            scope: scope.clone(),
+            model: model.clone(),
+            started: Instant::now(),
+            time: Timestamp::now(),
+            stream: false,
+            prompt: None,
+            run: None,
+        };
+        let body = json!({"model": model.upstream, "input": inputs, "dimensions": dimensions});
+        let permit = model
+            .provider
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let result = async {
+            let res = self
+                .upstream
+                .send(
+                    &model.provider,
+                    Endpoint::Embeddings,
+                    &model.upstream,
+                    key.as_ref(),
+                    &body,
+                )
+                .await?;
+            let bytes = tokio::time::timeout(model.provider.timeout, res.bytes())
+                .await
+                .map_err(|_| GatewayError::UpstreamTimeout(model.provider.timeout.as_secs()))?
+                .map_err(|e| GatewayError::Upstream(e.without_url().to_string()))?;
+            let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+                GatewayError::Upstream("the provider answered with malformed JSON".into())
+            })?;
+            let tokens = openai_tokens(value.get("usage").unwrap_or(&Value::Null));
+            let mut vectors: Vec<(u64, Vec<f32>)> = Vec::with_capacity(inputs.len());
+            for item in value["data"].as_array().into_iter().flatten() {
+                let index = item["index"].as_u64().unwrap_or(vectors.len() as u64);
+                let v: Vec<f32> = item["embedding"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_f64)
+                            .map(|x| x as f32)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if v.len() != dimensions as usize {
+                    return Err(GatewayError::Upstream(format!(
+                        "the provider returned a vector of {} dimensions, not {dimensions}",
+                        v.len()
+                    )));
+                }
+                vectors.push((index, v));
+            }
+            if vectors.len() != inputs.len() {
+                return Err(GatewayError::Upstream(format!(
+                    "the provider returned {} vectors for {} inputs",
+                    vectors.len(),
+                    inputs.len()
+                )));
+            }
+            vectors.sort_by_key(|(i, _)| *i);
+            Ok((vectors.into_iter().map(|(_, v)| v).collect(), tokens))
+        }
+        .await;
+        drop(permit);
+        match result {
+            Ok((vectors, tokens)) => {
+                call.finish(&self.recorder, tokens, "ok");
+                Ok(vectors)
+            }
+            Err(e) => {
+                call.finish(&self.recorder, Tokens::default(), e.usage_status());
+                Err(e)
+            }
+        }
     }
 
     async fn complete(

@@ -20,6 +20,15 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
 /// First backoff step; doubled per attempt, then jittered ±50 %.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 
+/// Which provider operation a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Chat completions (or Anthropic messages).
+    Chat,
+    /// OpenAI-compatible embeddings.
+    Embeddings,
+}
+
 /// The shared HTTP client.
 pub struct Upstream {
     client: reqwest::Client,
@@ -85,16 +94,21 @@ impl Upstream {
     pub async fn send(
         &self,
         provider: &Provider,
+        endpoint: Endpoint,
         upstream_model: &str,
         key: Option<&SecretString>,
         body: &Value,
     ) -> Result<reqwest::Response, GatewayError> {
+        let op = match endpoint {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Embeddings => "embeddings",
+        };
         let url = match provider.kind {
-            ProviderKind::Openai => format!("{}/chat/completions", provider.base_url),
+            ProviderKind::Openai => format!("{}/{op}", provider.base_url),
             ProviderKind::Anthropic => format!("{}/v1/messages", provider.base_url),
             // The deployment is a path segment: encoded, it cannot change the path.
             ProviderKind::AzureOpenai => format!(
-                "{}/openai/deployments/{}/chat/completions?api-version={}",
+                "{}/openai/deployments/{}/{op}?api-version={}",
                 provider.base_url,
                 url_segment(upstream_model),
                 provider.api_version.as_deref().unwrap_or_default()

@@ -114,20 +114,35 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
             .map_err(|e| BootError::Kms(format!("model gateway: {e}")))?,
     );
     let (tools, agents, prompts) = agent_parts(config, base_dir)?;
-    let runtime = Arc::new(bulkhead_agent::Runtime::new(
-        agents,
-        prompts,
+    let embedders = config
+        .knowledge_embedding_models()
+        .into_iter()
+        .map(|(region, m)| (region, m.name))
+        .collect();
+    let knowledge = Arc::new(bulkhead_agent::knowledge::Knowledge::new(
         gateway.clone(),
-        Arc::new(tools),
-        vault.clone(),
         store_arc.clone(),
+        embedders,
+        bulkhead_knowledge::Limits::default(),
     ));
+    let runtime = Arc::new(
+        bulkhead_agent::Runtime::new(
+            agents,
+            prompts,
+            gateway.clone(),
+            Arc::new(tools),
+            vault.clone(),
+            store_arc.clone(),
+        )
+        .with_knowledge(knowledge.clone()),
+    );
     let state = AppState {
         control: store_arc.clone(),
         tenants: store_arc.clone(),
         vault,
         gateway,
         runtime,
+        knowledge,
         catalog,
         auth: Arc::new(Authenticator::new(jwt, store_arc)),
         operator: Arc::new(OperatorAuthenticator::new(&token)),

@@ -72,6 +72,14 @@ pub enum ApiError {
     /// The agent's prompt could not be rendered with the tenant's settings.
     #[error("{0}")]
     Prompt(String),
+    /// A knowledge request was refused (`code` from the knowledge layer).
+    #[error("{message}")]
+    Knowledge {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -96,6 +104,11 @@ impl ApiError {
             ApiError::AgentDisabled(_) | ApiError::RunFinished => StatusCode::CONFLICT,
             ApiError::Residency(_) => StatusCode::FORBIDDEN,
             ApiError::Prompt(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Knowledge { code, .. } => match *code {
+                "document_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                "embedding_failed" => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::BAD_REQUEST,
+            },
         }
     }
 
@@ -121,6 +134,7 @@ impl ApiError {
             ApiError::Residency(_) => "residency_violation",
             ApiError::RunFinished => "run_finished",
             ApiError::Prompt(_) => "prompt_error",
+            ApiError::Knowledge { code, .. } => code,
         }
     }
 
@@ -145,6 +159,7 @@ impl ApiError {
             ApiError::Residency(_) => "Residency violation",
             ApiError::RunFinished => "Run already ended",
             ApiError::Prompt(_) => "Prompt error",
+            ApiError::Knowledge { .. } => "Knowledge request refused",
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, agents, credentials, kms, openai, system, tenant, usage};
+use crate::routes::{admin, agents, credentials, kms, knowledge, openai, system, tenant, usage};
 
 struct Security;
 
@@ -48,6 +48,7 @@ impl Modify for Security {
         credentials::operator_put, credentials::operator_list, credentials::operator_delete,
         credentials::platform_put, credentials::platform_list, credentials::platform_delete,
         kms::rotate, kms::rewrap, kms::rotate_tenant_key,
+        knowledge::list_collections, knowledge::delete_collection, knowledge::put_document, knowledge::delete_document, knowledge::search,
         agents::list, agents::get_settings, agents::put_settings, agents::start, agents::get_run, agents::cancel, agents::messages,
         openai::chat, openai::models, usage::usage, usage::get_models, usage::put_models, usage::get_settings, usage::put_settings,
     ),

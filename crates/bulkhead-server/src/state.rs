@@ -36,6 +36,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     /// The agent runtime.
     pub runtime: Arc<Runtime>,
+    /// Knowledge collections.
+    pub knowledge: Arc<bulkhead_agent::knowledge::Knowledge>,
     /// The configured models.
     pub catalog: Arc<Catalog>,
     /// Tenant-plane authentication.

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod agents;
 pub mod credentials;
 pub mod kms;
+pub mod knowledge;
 pub mod openai;
 pub mod system;
 pub mod tenant;
@@ -83,6 +84,24 @@ pub fn router(state: AppState) -> Router {
             post(openai::chat).layer(DefaultBodyLimit::max(CHAT_BODY_LIMIT)),
         )
         .route("/v1/models", get(openai::models))
+        .route("/v1/collections", get(knowledge::list_collections))
+        .route(
+            "/v1/collections/{collection}",
+            delete(knowledge::delete_collection),
+        )
+        .route(
+            "/v1/collections/{collection}/documents",
+            post(knowledge::put_document)
+                .layer(DefaultBodyLimit::max(knowledge::DOCUMENT_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/collections/{collection}/documents/{id}",
+            delete(knowledge::delete_document),
+        )
+        .route(
+            "/v1/collections/{collection}/search",
+            post(knowledge::search),
+        )
         .route("/v1/agents", get(agents::list))
         .route(
             "/v1/agents/{agent}/settings",

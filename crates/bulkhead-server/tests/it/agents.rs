@@ -97,6 +97,11 @@ model = "small"
 prompt = "Be quick."
 timeout_s = 1
 [[agents]]
+name = "kb-agent"
+model = "small"
+prompt = "Answer from the knowledge base."
+knowledge = ["faq"]
+[[agents]]
 name = "us-agent"
 model = "small-us"
 prompt = "US agent."
@@ -552,7 +557,7 @@ async fn agents_are_listed_by_region_and_settings_are_validated() {
             .collect()
     };
     let eu = w.app.call("GET", "/v1/agents", Some(&w.acme), None).await;
-    assert_eq!(names(&eu.body), ["quick", "strict", "support"]);
+    assert_eq!(names(&eu.body), ["kb-agent", "quick", "strict", "support"]);
     let r = w.app.call("GET", "/v1/agents", Some(&us), None).await;
     assert_eq!(names(&r.body), ["us-agent"]);
     // An agent of another region does not exist for this tenant.
@@ -801,4 +806,51 @@ async fn a_missing_tenant_connection_is_reported_to_the_model_not_borrowed() {
     let res = steps_of(&r, "tool_result");
     assert_eq!(res[0]["data"]["code"], "missing_credential");
     assert!(w.saas.requests().is_empty());
+}
+
+#[tokio::test]
+async fn retrieval_brings_each_tenant_only_its_own_passages() {
+    let w = world().await;
+    for (key, text) in [
+        (&w.acme, "Our refund window is 30 days (acme)."),
+        (&w.globex, "Our refund window is 14 days (globex)."),
+    ] {
+        let r = w
+            .app
+            .call(
+                "POST",
+                "/v1/collections/faq/documents",
+                Some(key),
+                Some(json!({"content": text, "title": "Refunds"})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    // The model asks the built-in search tool too, then answers.
+    w.fake.set_responder(|req| {
+        let last = last_message(req);
+        match last["role"].as_str() {
+            Some("user") => Some(Reply::tool_call(
+                "search_knowledge",
+                json!({"query": "refund window"}),
+            )),
+            _ => Some(Reply::text("answered")),
+        }
+    });
+    for (key, own, other) in [(&w.acme, "acme", "globex"), (&w.globex, "globex", "acme")] {
+        w.fake.clear();
+        let r = run(&w.app, key, "kb-agent", "What is the refund window?").await;
+        assert_eq!(r["status"], "completed", "{r}");
+        let first = w.fake.requests()[0].body.to_string();
+        assert!(first.contains(&format!("({own})")), "{first}");
+        assert!(!first.contains(&format!("({other})")));
+        assert!(first.contains("search_knowledge"));
+        let result = steps_of(&r, "tool_result");
+        assert!(!result.is_empty(), "{r}");
+        let content = result[0]["data"]["content"].as_str().unwrap();
+        assert!(
+            content.contains(&format!("({own})")) && !content.contains(&format!("({other})")),
+            "{content}"
+        );
+    }
 }

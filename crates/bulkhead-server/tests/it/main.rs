@@ -10,6 +10,7 @@ mod credentials;
 mod fakes;
 mod gateway;
 mod jwt;
+mod knowledge;
 mod lifecycle;
 mod matrix;
 mod support;

@@ -39,6 +39,8 @@ struct Fixture {
     /// A finished run of the owner's, and its thread.
     run_id: String,
     thread_id: String,
+    /// A document of the owner's in collection `kb`.
+    document_id: String,
 }
 
 fn rows(f: &Fixture) -> Vec<Row> {
@@ -327,6 +329,46 @@ fn rows(f: &Fixture) -> Vec<Row> {
         ),
         row(
             "GET",
+            "/v1/collections",
+            "/v1/collections",
+            None,
+            Plane::Tenant,
+            200,
+        ),
+        twice(
+            "POST",
+            "/v1/collections/{collection}/documents",
+            "/v1/collections/kb/documents",
+            Some(json!({"content": "hello matrix", "external_id": "m1"})),
+            201,
+            200,
+        ),
+        row(
+            "POST",
+            "/v1/collections/{collection}/search",
+            "/v1/collections/kb/search",
+            Some(json!({"query": "hello"})),
+            Plane::Tenant,
+            200,
+        ),
+        twice(
+            "DELETE",
+            "/v1/collections/{collection}/documents/{id}",
+            &format!("/v1/collections/kb/documents/{}", f.document_id),
+            None,
+            204,
+            404,
+        ),
+        twice(
+            "DELETE",
+            "/v1/collections/{collection}",
+            "/v1/collections/trash",
+            None,
+            204,
+            404,
+        ),
+        row(
+            "GET",
             "/v1/threads/{id}/messages",
             &format!("/v1/threads/{}/messages", f.thread_id),
             None,
@@ -433,12 +475,28 @@ async fn fixture(app: &TestApp) -> Fixture {
         )
         .await;
     assert_eq!(run.status, 200, "{}", run.body);
+    let mut document_id = String::new();
+    for collection in ["kb", "trash"] {
+        let doc = app
+            .call(
+                "POST",
+                &format!("/v1/collections/{collection}/documents"),
+                Some(&owner_key),
+                Some(json!({"content": "hello fixture"})),
+            )
+            .await;
+        assert_eq!(doc.status, 201, "{}", doc.body);
+        if collection == "kb" {
+            document_id = doc.body["id"].as_str().unwrap().to_owned();
+        }
+    }
     Fixture {
         owner_key,
         other_key,
         owner_key_id,
         run_id: run.body["id"].as_str().unwrap().to_owned(),
         thread_id: run.body["thread_id"].as_str().unwrap().to_owned(),
+        document_id,
     }
 }
 
@@ -596,6 +654,7 @@ async fn the_matrix_covers_every_route_of_the_api() {
         owner_key_id: String::new(),
         run_id: String::new(),
         thread_id: String::new(),
+        document_id: String::new(),
     };
     let tested: BTreeSet<(String, String)> = rows(&f)
         .iter()

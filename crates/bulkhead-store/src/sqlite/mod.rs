@@ -14,6 +14,7 @@
 mod agent;
 mod commit;
 mod gateway;
+mod knowledge;
 pub mod partition;
 mod vault;
 

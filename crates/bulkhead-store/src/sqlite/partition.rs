@@ -111,6 +111,52 @@ const MIGRATIONS: &[&str] = &[
         time   TEXT NOT NULL,
         PRIMARY KEY (run_id, seq)
     ) STRICT;",
+    // v5: knowledge: collections, documents (metadata as JSON; the
+    // external id unique per collection), chunks with their vectors
+    // (little-endian f32), and an FTS5 index over the chunks kept in step
+    // by triggers, so a chunk and its index entry are written or removed
+    // in the same transaction.
+    "CREATE TABLE collections (
+        name       TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE documents (
+        id              TEXT PRIMARY KEY,
+        collection      TEXT NOT NULL REFERENCES collections(name),
+        external_id     TEXT,
+        title           TEXT,
+        metadata        TEXT NOT NULL,
+        sha256          TEXT NOT NULL,
+        bytes           INTEGER NOT NULL,
+        chunks          INTEGER NOT NULL,
+        embedding_model TEXT,
+        created_at      TEXT NOT NULL,
+        updated_at      TEXT NOT NULL,
+        UNIQUE (collection, external_id)
+    ) STRICT;
+    CREATE TABLE chunks (
+        id          INTEGER PRIMARY KEY,
+        document_id TEXT NOT NULL REFERENCES documents(id),
+        collection  TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        heading     TEXT,
+        text        TEXT NOT NULL,
+        tokens      INTEGER NOT NULL,
+        embedding   BLOB
+    ) STRICT;
+    CREATE INDEX chunks_by_document ON chunks (document_id);
+    CREATE INDEX chunks_by_collection ON chunks (collection);
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(
+        text, heading, content = 'chunks', content_rowid = 'id',
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+        INSERT INTO chunks_fts (rowid, text, heading) VALUES (new.id, new.text, new.heading);
+    END;
+    CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+        INSERT INTO chunks_fts (chunks_fts, rowid, text, heading)
+        VALUES ('delete', old.id, old.text, old.heading);
+    END;",
 ];
 
 /// File name of the tenant database inside its partition directory.

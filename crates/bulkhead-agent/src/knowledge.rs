@@ -1,0 +1,552 @@
+//! Knowledge: each tenant's collections of documents, chunked and indexed
+//! (full text, and vectors when an embedding model serves the tenant's
+//! region) in the tenant's own partition, and searched only through the
+//! tenant's scope.
+//!
+//! Ingestion is atomic per document: the text is validated and chunked,
+//! every chunk embedded, and only then is the document written, with its
+//! chunks and their index entries, in one transaction (replacing the
+//! previous version of the same external id). A failure at any point
+//! leaves the previous state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bulkhead_auth::TenantScope;
+use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_core::{Region, Timestamp};
+use bulkhead_gateway::{Gateway, GatewayError};
+use bulkhead_knowledge::{DocFormat, Filter, KnowledgeError, Limits};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Chunks embedded per provider call.
+const EMBED_BATCH: usize = 64;
+/// Largest `top_k` a search may ask for.
+pub const MAX_TOP_K: usize = 50;
+/// Candidates each ranking contributes to a hybrid search.
+const CANDIDATES: usize = 100;
+
+/// A document to ingest.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    /// Collection (created on first use).
+    pub collection: String,
+    /// Client-supplied id: ingesting it again replaces the document.
+    pub external_id: Option<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// How to read `content`.
+    pub format: DocFormat,
+    /// The document.
+    pub content: String,
+    /// Metadata (a JSON object) searches can filter on.
+    pub metadata: Value,
+}
+
+/// A document as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DocumentInfo {
+    /// Server id.
+    pub id: String,
+    /// Collection.
+    pub collection: String,
+    /// Client id.
+    pub external_id: Option<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// Chunks indexed.
+    pub chunks: u32,
+    /// Size of the content as sent.
+    pub bytes: u64,
+    /// SHA-256 of the content.
+    pub sha256: String,
+    /// Embedding model of its vectors (none: full-text only).
+    pub embedding_model: Option<String>,
+    /// Metadata.
+    pub metadata: Value,
+    /// First ingestion.
+    pub created_at: Timestamp,
+    /// Last ingestion.
+    pub updated_at: Timestamp,
+}
+
+/// One chunk to store.
+#[derive(Debug, Clone)]
+pub struct ChunkRow {
+    /// Position in the document.
+    pub seq: u32,
+    /// Text.
+    pub text: String,
+    /// Heading path.
+    pub heading: Option<String>,
+    /// Token estimate.
+    pub tokens: u32,
+    /// Little-endian f32 vector.
+    pub embedding: Option<Vec<u8>>,
+}
+
+/// A collection and its size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CollectionInfo {
+    /// Name.
+    pub name: String,
+    /// Documents.
+    pub documents: u64,
+    /// Chunks.
+    pub chunks: u64,
+    /// First document.
+    pub created_at: Timestamp,
+}
+
+/// A chunk found by a search.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    /// Chunk id (stable while the document is not replaced).
+    pub chunk_id: i64,
+    /// Document id.
+    pub document_id: String,
+    /// Client id of the document.
+    pub external_id: Option<String>,
+    /// Document title.
+    pub title: Option<String>,
+    /// Heading path of the chunk.
+    pub heading: Option<String>,
+    /// The chunk's text.
+    pub text: String,
+    /// Document metadata.
+    pub metadata: Value,
+    /// Fused (hybrid), BM25-derived (full text) or cosine (vector) score; higher is better.
+    pub score: f32,
+}
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KnowledgeStoreError(pub String);
+
+/// What the knowledge service needs from storage, in the tenant's partition.
+#[async_trait]
+pub trait KnowledgeStore: Send + Sync {
+    /// Writes a document and its chunks (replacing the document with the
+    /// same collection and external id, if any) and its audit event, in
+    /// one transaction. Creates the collection if needed.
+    async fn put_document(
+        &self,
+        scope: &TenantScope,
+        doc: &DocumentInfo,
+        chunks: Vec<ChunkRow>,
+        event: NewAuditEvent,
+    ) -> Result<DocumentInfo, KnowledgeStoreError>;
+    /// Deletes a document; false when there is none with that id in the collection.
+    async fn delete_document(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        id: &str,
+        event: NewAuditEvent,
+    ) -> Result<bool, KnowledgeStoreError>;
+    /// The tenant's collections.
+    async fn collections(
+        &self,
+        scope: &TenantScope,
+    ) -> Result<Vec<CollectionInfo>, KnowledgeStoreError>;
+    /// Deletes a collection and everything in it; false when it does not exist.
+    async fn delete_collection(
+        &self,
+        scope: &TenantScope,
+        name: &str,
+        event: NewAuditEvent,
+    ) -> Result<bool, KnowledgeStoreError>;
+    /// The collection's documents' ids and metadata (for filtering).
+    async fn document_metadata(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+    ) -> Result<Option<Vec<(String, Value)>>, KnowledgeStoreError>;
+    /// Full-text ranking (best first, up to `limit`), optionally only in `documents`.
+    async fn fulltext(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        fts_query: &str,
+        documents: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<(i64, f32)>, KnowledgeStoreError>;
+    /// Every chunk vector of the collection made with `model`, optionally only in `documents`.
+    async fn vectors(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        model: &str,
+        documents: Option<&[String]>,
+    ) -> Result<Vec<(i64, Vec<u8>)>, KnowledgeStoreError>;
+    /// The chunks with these ids (any order), with their documents' data.
+    async fn hits(&self, scope: &TenantScope, ids: &[i64])
+    -> Result<Vec<Hit>, KnowledgeStoreError>;
+}
+
+/// Why a knowledge request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KnowledgeServiceError {
+    /// Bad input; `code` is stable (`empty_document`, `document_too_large`,
+    /// `invalid_filter`, `invalid_name`, `invalid_metadata`, `validation_failed`).
+    #[error("{message}")]
+    Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such collection or document (or another tenant's).
+    #[error("not found")]
+    NotFound,
+    /// The embedding call failed (nothing was stored).
+    #[error("embedding failed: {0}")]
+    Embedding(#[from] GatewayError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] KnowledgeStoreError),
+}
+
+impl From<KnowledgeError> for KnowledgeServiceError {
+    fn from(e: KnowledgeError) -> Self {
+        KnowledgeServiceError::Invalid {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// How to search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// Full text and vectors fused by reciprocal rank (full text alone
+    /// without an embedding model).
+    Hybrid,
+    /// BM25 over the chunks.
+    Fulltext,
+    /// Cosine similarity to the query's embedding.
+    Vector,
+}
+
+impl SearchMode {
+    /// Parses `hybrid`, `fulltext`, `vector`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "hybrid" => SearchMode::Hybrid,
+            "fulltext" => SearchMode::Fulltext,
+            "vector" => SearchMode::Vector,
+            _ => return None,
+        })
+    }
+}
+
+/// A search's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchResult {
+    /// The mode actually used (hybrid falls back to full text without vectors).
+    pub mode: SearchMode,
+    /// Best first.
+    pub results: Vec<Hit>,
+}
+
+/// The knowledge service.
+pub struct Knowledge {
+    gateway: Arc<Gateway>,
+    store: Arc<dyn KnowledgeStore>,
+    /// Embedding model (name, dimensions) per tenant region.
+    embedders: HashMap<Region, String>,
+    limits: Limits,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    bulkhead_core::audit::hex(&Sha256::digest(bytes))
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> KnowledgeServiceError {
+    KnowledgeServiceError::Invalid {
+        code,
+        message: message.into(),
+    }
+}
+
+impl Knowledge {
+    /// A service embedding with `embedders` (region → embedding model).
+    pub fn new(
+        gateway: Arc<Gateway>,
+        store: Arc<dyn KnowledgeStore>,
+        embedders: HashMap<Region, String>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            gateway,
+            store,
+            embedders,
+            limits,
+        }
+    }
+
+    /// The embedding model serving the tenant's region, if any.
+    pub fn embedder(&self, scope: &TenantScope) -> Option<&str> {
+        self.embedders.get(scope.region()).map(String::as_str)
+    }
+
+    async fn embed(
+        &self,
+        scope: &TenantScope,
+        model: &str,
+        texts: &[String],
+    ) -> Result<Vec<Vec<f32>>, KnowledgeServiceError> {
+        let mut out = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(EMBED_BATCH) {
+            out.extend(self.gateway.embed(scope, model, batch).await?);
+        }
+        Ok(out)
+    }
+
+    /// Ingests a document (atomically; replacing the same external id).
+    pub async fn ingest(
+        &self,
+        scope: &TenantScope,
+        doc: NewDocument,
+    ) -> Result<DocumentInfo, KnowledgeServiceError> {
+        bulkhead_knowledge::collection_name(&doc.collection)?;
+        if let Some(x) = &doc.external_id {
+            bulkhead_knowledge::external_id(x)?;
+        }
+        if doc.title.as_ref().is_some_and(|t| t.len() > 1024) {
+            return Err(invalid(
+                "validation_failed",
+                "title: longer than 1024 bytes",
+            ));
+        }
+        bulkhead_knowledge::metadata(&doc.metadata)?;
+        let chunks = bulkhead_knowledge::chunk(&doc.content, doc.format, &self.limits)?;
+        let model = self.embedder(scope).map(str::to_owned);
+        let vectors = match &model {
+            Some(m) => {
+                let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+                Some(self.embed(scope, m, &texts).await?)
+            }
+            None => None,
+        };
+        let rows: Vec<ChunkRow> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| ChunkRow {
+                seq: c.seq,
+                tokens: c.tokens,
+                embedding: vectors
+                    .as_ref()
+                    .and_then(|v| v.get(i))
+                    .map(|v| bulkhead_knowledge::encode_vector(v)),
+                text: c.text,
+                heading: c.heading,
+            })
+            .collect();
+        let now = Timestamp::now();
+        let info = DocumentInfo {
+            id: bulkhead_core::RequestId::generate().to_string(),
+            collection: doc.collection.clone(),
+            external_id: doc.external_id.clone(),
+            title: doc.title.clone(),
+            chunks: rows.len() as u32,
+            bytes: doc.content.len() as u64,
+            sha256: sha256_hex(doc.content.as_bytes()),
+            embedding_model: model,
+            metadata: doc.metadata.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        let event = NewAuditEvent::new(
+            "document.put",
+            format!("collection:{}", doc.collection),
+            Outcome::Success,
+            scope.request_id().clone(),
+        )
+        .with_details(json!({
+            "document_id": info.id, "external_id": info.external_id, "chunks": info.chunks,
+            "bytes": info.bytes, "sha256": info.sha256, "embedding_model": info.embedding_model,
+        }));
+        Ok(self.store.put_document(scope, &info, rows, event).await?)
+    }
+
+    /// Deletes a document of a collection.
+    pub async fn delete_document(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        id: &str,
+    ) -> Result<(), KnowledgeServiceError> {
+        let event = NewAuditEvent::new(
+            "document.delete",
+            format!("collection:{collection}"),
+            Outcome::Success,
+            scope.request_id().clone(),
+        )
+        .with_details(json!({"document_id": id}));
+        if self
+            .store
+            .delete_document(scope, collection, id, event)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(KnowledgeServiceError::NotFound)
+        }
+    }
+
+    /// The tenant's collections.
+    pub async fn collections(
+        &self,
+        scope: &TenantScope,
+    ) -> Result<Vec<CollectionInfo>, KnowledgeServiceError> {
+        Ok(self.store.collections(scope).await?)
+    }
+
+    /// Deletes a collection and its documents.
+    pub async fn delete_collection(
+        &self,
+        scope: &TenantScope,
+        name: &str,
+    ) -> Result<(), KnowledgeServiceError> {
+        let event = NewAuditEvent::new(
+            "collection.delete",
+            format!("collection:{name}"),
+            Outcome::Success,
+            scope.request_id().clone(),
+        );
+        if self.store.delete_collection(scope, name, event).await? {
+            Ok(())
+        } else {
+            Err(KnowledgeServiceError::NotFound)
+        }
+    }
+
+    /// Searches a collection of the scope's tenant.
+    pub async fn search(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        query: &str,
+        top_k: usize,
+        filter: Option<&Value>,
+        mode: SearchMode,
+    ) -> Result<SearchResult, KnowledgeServiceError> {
+        if query.trim().is_empty() {
+            return Err(invalid("validation_failed", "query: must not be empty"));
+        }
+        if query.len() > 8192 {
+            return Err(invalid(
+                "validation_failed",
+                "query: longer than 8192 bytes",
+            ));
+        }
+        if top_k == 0 || top_k > MAX_TOP_K {
+            return Err(invalid(
+                "validation_failed",
+                format!("top_k: must be between 1 and {MAX_TOP_K}"),
+            ));
+        }
+        let filter = filter.map(Filter::parse).transpose()?;
+        let docs = self
+            .store
+            .document_metadata(scope, collection)
+            .await?
+            .ok_or(KnowledgeServiceError::NotFound)?;
+        // Filtered before ranking, so a selective filter never empties the
+        // top k the way filtering an index's results afterwards would.
+        let allowed: Option<Vec<String>> = filter.map(|f| {
+            docs.iter()
+                .filter(|(_, m)| f.matches(m))
+                .map(|(id, _)| id.clone())
+                .collect()
+        });
+        if allowed.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(SearchResult {
+                mode,
+                results: Vec::new(),
+            });
+        }
+        let model = self.embedder(scope).map(str::to_owned);
+        let mode = match (mode, &model) {
+            (SearchMode::Vector, None) => {
+                return Err(invalid(
+                    "validation_failed",
+                    "mode: no embedding model serves this tenant's region; use fulltext",
+                ));
+            }
+            (SearchMode::Hybrid, None) => SearchMode::Fulltext,
+            (m, _) => m,
+        };
+        let want = if mode == SearchMode::Hybrid {
+            CANDIDATES
+        } else {
+            top_k
+        };
+        let fulltext = if mode == SearchMode::Vector {
+            Vec::new()
+        } else {
+            match bulkhead_knowledge::fts_query(query) {
+                Some(q) => {
+                    self.store
+                        .fulltext(scope, collection, &q, allowed.as_deref(), want)
+                        .await?
+                }
+                None => Vec::new(),
+            }
+        };
+        let vector = match (&model, mode) {
+            (Some(m), SearchMode::Vector | SearchMode::Hybrid) => {
+                let q = self.embed(scope, m, &[query.to_owned()]).await?;
+                let qv = q.into_iter().next().unwrap_or_default();
+                let stored = self
+                    .store
+                    .vectors(scope, collection, m, allowed.as_deref())
+                    .await?;
+                bulkhead_knowledge::cosine_top_k(
+                    &qv,
+                    stored.into_iter().filter_map(|(id, b)| {
+                        bulkhead_knowledge::decode_vector(&b).map(|v| (id, v))
+                    }),
+                    want,
+                )
+            }
+            _ => Vec::new(),
+        };
+        let ranked: Vec<(i64, f32)> = match mode {
+            SearchMode::Fulltext => fulltext.into_iter().take(top_k).collect(),
+            SearchMode::Vector => vector.into_iter().take(top_k).collect(),
+            SearchMode::Hybrid => bulkhead_knowledge::rrf(
+                &[
+                    fulltext.iter().map(|(id, _)| *id).collect(),
+                    vector.iter().map(|(id, _)| *id).collect(),
+                ],
+                60.0,
+                top_k,
+            ),
+        };
+        let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
+        let mut hits: HashMap<i64, Hit> = self
+            .store
+            .hits(scope, &ids)
+            .await?
+            .into_iter()
+            .map(|h| (h.chunk_id, h))
+            .collect();
+        let results = ranked
+            .into_iter()
+            .filter_map(|(id, score)| {
+                hits.remove(&id).map(|mut h| {
+                    h.score = score;
+                    h
+                })
+            })
+            .collect();
+        Ok(SearchResult { mode, results })
+    }
+}

@@ -1,0 +1,331 @@
+//! Knowledge collections: ingest and delete documents, list and delete
+//! collections, search. Everything resolves inside the caller's tenant
+//! partition; another tenant's collection or document answers 404.
+
+use axum::Json as AxumJson;
+use axum::extract::State;
+use axum::http::StatusCode;
+use bulkhead_agent::knowledge::{
+    CollectionInfo, DocumentInfo, Hit, KnowledgeServiceError, NewDocument, SearchMode,
+};
+use bulkhead_auth::TenantScope;
+use bulkhead_core::Role;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path, TenantCtx};
+use crate::state::AppState;
+
+/// Documents can be long: their route takes a larger body than the rest
+/// of the API (the content itself is limited by the chunker's own limit).
+pub const DOCUMENT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+fn require(scope: &TenantScope, roles: &[Role]) -> Result<(), ApiError> {
+    if roles.iter().any(|r| scope.principal().has_role(*r)) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+impl From<KnowledgeServiceError> for ApiError {
+    fn from(e: KnowledgeServiceError) -> Self {
+        match e {
+            KnowledgeServiceError::Invalid { code, message } => {
+                ApiError::Knowledge { code, message }
+            }
+            KnowledgeServiceError::NotFound => ApiError::NotFound,
+            KnowledgeServiceError::Embedding(g) => ApiError::Knowledge {
+                code: "embedding_failed",
+                message: g.to_string(),
+            },
+            KnowledgeServiceError::Store(s) => ApiError::Internal(s.to_string()),
+        }
+    }
+}
+
+/// The body of `POST /v1/collections/{collection}/documents`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutDocument {
+    /// The document (at most 2 MiB).
+    pub content: String,
+    /// `text` (default), `markdown` or `html`.
+    pub format: Option<String>,
+    /// Your id: sending it again replaces the document.
+    pub external_id: Option<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// Metadata to filter searches on: an object of scalars or arrays of scalars.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+/// A stored document.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DocumentBody {
+    /// Server id.
+    pub id: String,
+    /// Collection.
+    pub collection: String,
+    /// Your id.
+    pub external_id: Option<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// Chunks indexed.
+    pub chunks: u32,
+    /// Bytes received.
+    pub bytes: u64,
+    /// SHA-256 of the content.
+    pub sha256: String,
+    /// Embedding model of its vectors; null when only full-text indexed.
+    pub embedding_model: Option<String>,
+    /// Metadata.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl From<DocumentInfo> for DocumentBody {
+    fn from(d: DocumentInfo) -> Self {
+        Self {
+            id: d.id,
+            collection: d.collection,
+            external_id: d.external_id,
+            title: d.title,
+            chunks: d.chunks,
+            bytes: d.bytes,
+            sha256: d.sha256,
+            embedding_model: d.embedding_model,
+            metadata: d.metadata,
+            created_at: d.created_at.to_string(),
+            updated_at: d.updated_at.to_string(),
+        }
+    }
+}
+
+/// Ingests a document into a collection of the caller's tenant (created
+/// on first use). 201 when new, 200 when it replaced the document with the
+/// same `external_id`. Atomic: a failure leaves no partial document.
+#[utoipa::path(post, path = "/v1/collections/{collection}/documents", tag = "knowledge", security(("bearer" = [])),
+    params(("collection" = String, Path, description = "Collection, [a-z0-9][a-z0-9_-]{0,63}")),
+    request_body = PutDocument,
+    responses((status = 201, body = DocumentBody), (status = 200, body = DocumentBody),
+        (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem),
+        (status = 413, body = crate::error::Problem), (status = 502, body = crate::error::Problem)))]
+pub async fn put_document(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(collection): Path<String>,
+    Json(body): Json<PutDocument>,
+) -> Result<(StatusCode, AxumJson<DocumentBody>), ApiError> {
+    require(&scope, &[Role::Admin, Role::Member])?;
+    let format = match body.format.as_deref() {
+        None => bulkhead_knowledge::DocFormat::Text,
+        Some(f) => bulkhead_knowledge::DocFormat::parse(f).ok_or_else(|| {
+            ApiError::Validation(format!("format: {f:?} is not text, markdown or html"))
+        })?,
+    };
+    let doc = state
+        .knowledge
+        .ingest(
+            &scope,
+            NewDocument {
+                collection,
+                external_id: body.external_id,
+                title: body.title,
+                format,
+                content: body.content,
+                metadata: body
+                    .metadata
+                    .unwrap_or_else(|| Value::Object(Default::default())),
+            },
+        )
+        .await?;
+    let status = if doc.created_at == doc.updated_at {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, AxumJson(doc.into())))
+}
+
+/// Deletes a document.
+#[utoipa::path(delete, path = "/v1/collections/{collection}/documents/{id}", tag = "knowledge", security(("bearer" = [])),
+    params(("collection" = String, Path, description = "Collection"), ("id" = String, Path, description = "Document id")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+pub async fn delete_document(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path((collection, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    require(&scope, &[Role::Admin, Role::Member])?;
+    state
+        .knowledge
+        .delete_document(&scope, &collection, &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// One collection.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CollectionBody {
+    /// Name.
+    pub name: String,
+    /// Documents.
+    pub documents: u64,
+    /// Chunks.
+    pub chunks: u64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<CollectionInfo> for CollectionBody {
+    fn from(c: CollectionInfo) -> Self {
+        Self {
+            name: c.name,
+            documents: c.documents,
+            chunks: c.chunks,
+            created_at: c.created_at.to_string(),
+        }
+    }
+}
+
+/// The collections.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CollectionList {
+    /// By name.
+    pub collections: Vec<CollectionBody>,
+}
+
+/// Lists the caller's tenant's collections.
+#[utoipa::path(get, path = "/v1/collections", tag = "knowledge", security(("bearer" = [])),
+    responses((status = 200, body = CollectionList), (status = 401, body = crate::error::Problem)))]
+pub async fn list_collections(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+) -> Result<AxumJson<CollectionList>, ApiError> {
+    let list = state.knowledge.collections(&scope).await?;
+    Ok(AxumJson(CollectionList {
+        collections: list.into_iter().map(CollectionBody::from).collect(),
+    }))
+}
+
+/// Deletes a collection and all its documents (tenant admins).
+#[utoipa::path(delete, path = "/v1/collections/{collection}", tag = "knowledge", security(("bearer" = [])),
+    params(("collection" = String, Path, description = "Collection")),
+    responses((status = 204, description = "Deleted"), (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+pub async fn delete_collection(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(collection): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require(&scope, &[Role::Admin])?;
+    state
+        .knowledge
+        .delete_collection(&scope, &collection)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body of a search.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    /// What to look for.
+    pub query: String,
+    /// Results wanted (1–50, default 5).
+    pub top_k: Option<usize>,
+    /// Metadata filter: `{"key": value}`, operators `$eq $ne $in $nin $gt $gte $lt $lte $exists`, `$and`/`$or`.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// `hybrid` (default), `fulltext` or `vector`.
+    pub mode: Option<String>,
+}
+
+/// One result.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HitBody {
+    /// Chunk id.
+    pub chunk_id: i64,
+    /// Document id.
+    pub document_id: String,
+    /// The document's external id.
+    pub external_id: Option<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// Heading path.
+    pub heading: Option<String>,
+    /// Chunk text.
+    pub text: String,
+    /// Score (higher is better; comparable within one search).
+    pub score: f32,
+    /// Document metadata.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+}
+
+impl From<Hit> for HitBody {
+    fn from(h: Hit) -> Self {
+        Self {
+            chunk_id: h.chunk_id,
+            document_id: h.document_id,
+            external_id: h.external_id,
+            title: h.title,
+            heading: h.heading,
+            text: h.text,
+            score: h.score,
+            metadata: h.metadata,
+        }
+    }
+}
+
+/// Search results.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SearchResponse {
+    /// The mode used (`hybrid` becomes `fulltext` without an embedding model).
+    pub mode: String,
+    /// Best first.
+    pub results: Vec<HitBody>,
+}
+
+/// Searches one of the caller's tenant's collections.
+#[utoipa::path(post, path = "/v1/collections/{collection}/search", tag = "knowledge", security(("bearer" = [])),
+    params(("collection" = String, Path, description = "Collection")),
+    request_body = SearchBody,
+    responses((status = 200, body = SearchResponse), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+pub async fn search(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(collection): Path<String>,
+    Json(body): Json<SearchBody>,
+) -> Result<AxumJson<SearchResponse>, ApiError> {
+    let mode = match body.mode.as_deref() {
+        None => SearchMode::Hybrid,
+        Some(m) => SearchMode::parse(m).ok_or_else(|| {
+            ApiError::Validation(format!("mode: {m:?} is not hybrid, fulltext or vector"))
+        })?,
+    };
+    let result = state
+        .knowledge
+        .search(
+            &scope,
+            &collection,
+            &body.query,
+            body.top_k.unwrap_or(5),
+            body.filter.as_ref(),
+            mode,
+        )
+        .await?;
+    Ok(AxumJson(SearchResponse {
+        mode: serde_json::to_value(result.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        results: result.results.into_iter().map(HitBody::from).collect(),
+    }))
+}

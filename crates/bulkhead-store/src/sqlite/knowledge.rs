@@ -1,0 +1,359 @@
+//! The knowledge service's storage in the embedded layout: collections,
+//! documents, chunks with their vectors, and an FTS5 index, all in the
+//! tenant's own partition (a search cannot reach another tenant's file).
+
+use async_trait::async_trait;
+use bulkhead_agent::knowledge::{
+    ChunkRow, CollectionInfo, DocumentInfo, Hit, KnowledgeStore, KnowledgeStoreError,
+};
+use bulkhead_auth::TenantScope;
+use bulkhead_core::Timestamp;
+use bulkhead_core::audit::NewAuditEvent;
+use rusqlite::{OptionalExtension, params};
+use serde_json::Value;
+
+use super::SqliteStore;
+use super::partition;
+use crate::StoreError;
+
+fn ks(e: StoreError) -> KnowledgeStoreError {
+    KnowledgeStoreError(e.to_string())
+}
+
+fn ts(s: &str) -> Result<Timestamp, StoreError> {
+    Timestamp::parse(s).map_err(|e| StoreError::Internal(format!("corrupt timestamp: {e}")))
+}
+
+fn json_col(s: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Internal(format!("corrupt metadata: {e}")))
+}
+
+/// `documents` as a JSON array for `json_each`, or NULL for "all".
+fn doc_list(documents: Option<&[String]>) -> Option<String> {
+    documents.map(|d| Value::from(d.to_vec()).to_string())
+}
+
+/// Deletes a document's chunks (the trigger removes their index entries)
+/// and the document row.
+fn remove_document(tx: &rusqlite::Connection, id: &str) -> Result<(), StoreError> {
+    partition::exec(tx, "DELETE FROM chunks WHERE document_id = ?1", params![id])?;
+    partition::exec(tx, "DELETE FROM documents WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+#[async_trait]
+impl KnowledgeStore for SqliteStore {
+    async fn put_document(
+        &self,
+        scope: &TenantScope,
+        doc: &DocumentInfo,
+        chunks: Vec<ChunkRow>,
+        event: NewAuditEvent,
+    ) -> Result<DocumentInfo, KnowledgeStoreError> {
+        let tenant = scope.tenant().clone();
+        let mut doc = doc.clone();
+        self.tenant_write(scope, move |tx, principal| {
+            partition::exec(
+                tx,
+                "INSERT OR IGNORE INTO collections (name, created_at) VALUES (?1, ?2)",
+                params![doc.collection, doc.created_at.to_string()],
+            )?;
+            if let Some(x) = &doc.external_id {
+                let old: Option<(String, String)> = partition::one(
+                    tx,
+                    "SELECT id, created_at FROM documents WHERE collection = ?1 AND external_id = ?2",
+                    params![doc.collection, x],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+                if let Some((old_id, created)) = old {
+                    // The same document again: it keeps its id and creation time.
+                    remove_document(tx, &old_id)?;
+                    doc.id = old_id;
+                    doc.created_at = ts(&created)?;
+                }
+            }
+            partition::exec(
+                tx,
+                "INSERT INTO documents (id, collection, external_id, title, metadata, sha256, bytes, chunks,
+                   embedding_model, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    doc.id,
+                    doc.collection,
+                    doc.external_id,
+                    doc.title,
+                    doc.metadata.to_string(),
+                    doc.sha256,
+                    doc.bytes as i64,
+                    doc.chunks,
+                    doc.embedding_model,
+                    doc.created_at.to_string(),
+                    doc.updated_at.to_string()
+                ],
+            )?;
+            for c in &chunks {
+                partition::exec(
+                    tx,
+                    "INSERT INTO chunks (document_id, collection, seq, heading, text, tokens, embedding)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![doc.id, doc.collection, c.seq, c.heading, c.text, c.tokens, c.embedding],
+                )?;
+            }
+            partition::append_chain(tx, Some(tenant), principal, event)?;
+            Ok(doc)
+        })
+        .await
+        .map_err(ks)
+    }
+
+    async fn delete_document(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        id: &str,
+        event: NewAuditEvent,
+    ) -> Result<bool, KnowledgeStoreError> {
+        let tenant = scope.tenant().clone();
+        let (collection, id) = (collection.to_owned(), id.to_owned());
+        self.tenant_write(scope, move |tx, principal| {
+            let found = partition::one(
+                tx,
+                "SELECT 1 FROM documents WHERE id = ?1 AND collection = ?2",
+                params![id, collection],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+            if found {
+                remove_document(tx, &id)?;
+                partition::append_chain(tx, Some(tenant), principal, event)?;
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(ks)
+    }
+
+    async fn collections(
+        &self,
+        scope: &TenantScope,
+    ) -> Result<Vec<CollectionInfo>, KnowledgeStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT c.name, c.created_at,
+                       (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name),
+                       (SELECT COUNT(*) FROM chunks k WHERE k.collection = c.name)
+                     FROM collections c ORDER BY c.name",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (name, created, documents, chunks) = row?;
+                    out.push(CollectionInfo {
+                        name,
+                        documents: documents as u64,
+                        chunks: chunks as u64,
+                        created_at: ts(&created)?,
+                    });
+                }
+                Ok(out)
+            })
+        })
+        .await
+        .map_err(ks)
+    }
+
+    async fn delete_collection(
+        &self,
+        scope: &TenantScope,
+        name: &str,
+        event: NewAuditEvent,
+    ) -> Result<bool, KnowledgeStoreError> {
+        let tenant = scope.tenant().clone();
+        let name = name.to_owned();
+        self.tenant_write(scope, move |tx, principal| {
+            let found = partition::one(
+                tx,
+                "SELECT 1 FROM collections WHERE name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+            if found {
+                partition::exec(
+                    tx,
+                    "DELETE FROM chunks WHERE collection = ?1",
+                    params![name],
+                )?;
+                partition::exec(
+                    tx,
+                    "DELETE FROM documents WHERE collection = ?1",
+                    params![name],
+                )?;
+                partition::exec(tx, "DELETE FROM collections WHERE name = ?1", params![name])?;
+                partition::append_chain(tx, Some(tenant), principal, event)?;
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(ks)
+    }
+
+    async fn document_metadata(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+    ) -> Result<Option<Vec<(String, Value)>>, KnowledgeStoreError> {
+        let scope = scope.clone();
+        let collection = collection.to_owned();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let exists = partition::one(
+                    conn,
+                    "SELECT 1 FROM collections WHERE name = ?1",
+                    params![collection],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+                if !exists {
+                    return Ok(None);
+                }
+                let mut stmt = conn
+                    .prepare_cached("SELECT id, metadata FROM documents WHERE collection = ?1")?;
+                let rows = stmt.query_map(params![collection], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (id, meta) = row?;
+                    out.push((id, json_col(&meta)?));
+                }
+                Ok(Some(out))
+            })
+        })
+        .await
+        .map_err(ks)
+    }
+
+    async fn fulltext(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        fts_query: &str,
+        documents: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<(i64, f32)>, KnowledgeStoreError> {
+        let scope = scope.clone();
+        let (collection, q) = (collection.to_owned(), fts_query.to_owned());
+        let docs = doc_list(documents);
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                // bm25() is lower for better matches; the score returned is
+                // its negation, so higher is better everywhere.
+                let mut stmt = conn.prepare_cached(
+                    "SELECT c.id, -bm25(chunks_fts) AS score
+                     FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid
+                     WHERE chunks_fts MATCH ?1 AND c.collection = ?2
+                       AND (?3 IS NULL OR c.document_id IN (SELECT value FROM json_each(?3)))
+                     ORDER BY bm25(chunks_fts), c.id LIMIT ?4",
+                )?;
+                let rows = stmt.query_map(params![q, collection, docs, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)? as f32))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        })
+        .await
+        .map_err(ks)
+    }
+
+    async fn vectors(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        model: &str,
+        documents: Option<&[String]>,
+    ) -> Result<Vec<(i64, Vec<u8>)>, KnowledgeStoreError> {
+        let scope = scope.clone();
+        let (collection, model) = (collection.to_owned(), model.to_owned());
+        let docs = doc_list(documents);
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT c.id, c.embedding FROM chunks c JOIN documents d ON d.id = c.document_id
+                     WHERE c.collection = ?1 AND d.embedding_model = ?2 AND c.embedding IS NOT NULL
+                       AND (?3 IS NULL OR c.document_id IN (SELECT value FROM json_each(?3)))",
+                )?;
+                let rows = stmt.query_map(params![collection, model, docs], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        })
+        .await
+        .map_err(ks)
+    }
+
+    async fn hits(
+        &self,
+        scope: &TenantScope,
+        ids: &[i64],
+    ) -> Result<Vec<Hit>, KnowledgeStoreError> {
+        let scope = scope.clone();
+        let list = Value::from(ids.to_vec()).to_string();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT c.id, c.document_id, d.external_id, d.title, c.heading, c.text, d.metadata
+                     FROM chunks c JOIN documents d ON d.id = c.document_id
+                     WHERE c.id IN (SELECT value FROM json_each(?1))",
+                )?;
+                let rows = stmt.query_map(params![list], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (chunk_id, document_id, external_id, title, heading, text, meta) = row?;
+                    out.push(Hit {
+                        chunk_id,
+                        document_id,
+                        external_id,
+                        title,
+                        heading,
+                        text,
+                        metadata: json_col(&meta)?,
+                        score: 0.0,
+                    });
+                }
+                Ok(out)
+            })
+        })
+        .await
+        .map_err(ks)
+    }
+}
