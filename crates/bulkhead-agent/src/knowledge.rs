@@ -254,10 +254,14 @@ pub struct SearchResult {
     pub results: Vec<Hit>,
 }
 
+/// Extra hits a search returns, for fault-injection tests.
+type FaultHook = Arc<dyn Fn(&TenantScope) -> Vec<Hit> + Send + Sync>;
+
 /// The knowledge service.
 pub struct Knowledge {
     gateway: Arc<Gateway>,
     store: Arc<dyn KnowledgeStore>,
+    fault: std::sync::RwLock<Option<FaultHook>>,
     /// Embedding model (name, dimensions) per tenant region.
     embedders: HashMap<Region, String>,
     limits: Limits,
@@ -285,8 +289,20 @@ impl Knowledge {
         Self {
             gateway,
             store,
+            fault: std::sync::RwLock::new(None),
             embedders,
             limits,
+        }
+    }
+
+    /// **Tests only.** Makes every search also return what `hook` gives:
+    /// the way to simulate a bug that hands one tenant another tenant's
+    /// chunks, so the tests can show the canary tripwire catching it.
+    /// Nothing in configuration or the API can set it.
+    #[doc(hidden)]
+    pub fn inject_search_fault(&self, hook: Option<FaultHook>) {
+        if let Ok(mut slot) = self.fault.write() {
+            *slot = hook;
         }
     }
 
@@ -382,6 +398,9 @@ impl Knowledge {
         collection: &str,
         id: &str,
     ) -> Result<(), KnowledgeServiceError> {
+        if bulkhead_knowledge::collection_name(collection).is_err() {
+            return Err(KnowledgeServiceError::NotFound);
+        }
         let event = NewAuditEvent::new(
             "document.delete",
             format!("collection:{collection}"),
@@ -414,6 +433,9 @@ impl Knowledge {
         scope: &TenantScope,
         name: &str,
     ) -> Result<(), KnowledgeServiceError> {
+        if bulkhead_knowledge::collection_name(name).is_err() {
+            return Err(KnowledgeServiceError::NotFound);
+        }
         let event = NewAuditEvent::new(
             "collection.delete",
             format!("collection:{name}"),
@@ -437,6 +459,11 @@ impl Knowledge {
         filter: Option<&Value>,
         mode: SearchMode,
     ) -> Result<SearchResult, KnowledgeServiceError> {
+        // A name no client may create cannot exist: reserved collections
+        // (the canary's) are not searchable.
+        if bulkhead_knowledge::collection_name(collection).is_err() {
+            return Err(KnowledgeServiceError::NotFound);
+        }
         if query.trim().is_empty() {
             return Err(invalid("validation_failed", "query: must not be empty"));
         }
@@ -538,7 +565,7 @@ impl Knowledge {
             .into_iter()
             .map(|h| (h.chunk_id, h))
             .collect();
-        let results = ranked
+        let mut results: Vec<Hit> = ranked
             .into_iter()
             .filter_map(|(id, score)| {
                 hits.remove(&id).map(|mut h| {
@@ -547,6 +574,10 @@ impl Knowledge {
                 })
             })
             .collect();
+        let hook = self.fault.read().ok().and_then(|f| f.clone());
+        if let Some(hook) = hook {
+            results.extend(hook(scope));
+        }
         Ok(SearchResult { mode, results })
     }
 }

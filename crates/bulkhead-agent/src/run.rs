@@ -1037,6 +1037,20 @@ impl Runtime {
             Target::Tool(t) => t,
             Target::Search => return self.search_tool(ctx_agent, scope, &p.args).await,
         };
+        // The tripwire: the arguments are everything the request carries
+        // besides the configured URL and the credential.
+        if let Ok(bytes) = serde_json::to_vec(&p.args)
+            && let Err(e) = self
+                .gateway
+                .check_outbound(scope, &bytes, bulkhead_gateway::canary::Channel::Tool)
+                .await
+        {
+            return (
+                false,
+                Some("cross_tenant_leak"),
+                json!({"error": e.code(), "message": e.to_string()}).to_string(),
+            );
+        }
         let credential: Option<CredentialSecret> = match &p.connection {
             None => None,
             Some(conn) => {

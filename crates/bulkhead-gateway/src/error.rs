@@ -40,6 +40,11 @@ pub enum GatewayError {
     /// A bug or a store failure.
     #[error("internal error")]
     Internal(String),
+    /// The request carried another tenant's canary: blocked and reported.
+    #[error(
+        "The request was blocked: it carried data of another organisation. The incident has been reported."
+    )]
+    CrossTenantLeak,
 }
 
 impl GatewayError {
@@ -53,6 +58,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::Upstream(_) => 502,
             GatewayError::Internal(_) => 500,
+            GatewayError::CrossTenantLeak => 403,
         }
     }
 
@@ -66,6 +72,7 @@ impl GatewayError {
             GatewayError::UpstreamRateLimited { .. } => "rate_limit_error",
             GatewayError::UpstreamTimeout(_) | GatewayError::Upstream(_) => "upstream_error",
             GatewayError::Internal(_) => "server_error",
+            GatewayError::CrossTenantLeak => "permission_error",
         }
     }
 
@@ -80,6 +87,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Upstream(_) => "upstream_error",
             GatewayError::Internal(_) => "internal",
+            GatewayError::CrossTenantLeak => "cross_tenant_leak",
         }
     }
 

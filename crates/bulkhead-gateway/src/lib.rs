@@ -12,6 +12,7 @@
 //! providers get it translated to the Messages API and back (`anthropic`).
 
 pub mod anthropic;
+pub mod canary;
 pub mod catalog;
 pub mod error;
 pub mod service;

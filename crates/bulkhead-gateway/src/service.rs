@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::anthropic::{self, StreamTranslator};
+use crate::canary::{CanaryScanner, Channel, LeakAlarm};
 use crate::catalog::{Catalog, KeySource, Model};
 use crate::error::GatewayError;
 use crate::sse;
@@ -50,6 +51,8 @@ pub struct Gateway {
     store: Arc<dyn GatewayStore>,
     recorder: Recorder,
     settings_cache: Mutex<HashMap<TenantUid, (GatewaySettings, Instant)>>,
+    canaries: Arc<CanaryScanner>,
+    alarm: Option<Arc<dyn LeakAlarm>>,
 }
 
 fn now_unix() -> u64 {
@@ -166,7 +169,42 @@ impl Gateway {
             },
             store,
             settings_cache: Mutex::new(HashMap::new()),
+            canaries: Arc::new(CanaryScanner::new()),
+            alarm: None,
         })
+    }
+
+    /// Arms the cross-tenant tripwire: outbound requests are scanned with
+    /// `canaries`, and hits reported to `alarm`.
+    pub fn with_tripwire(
+        mut self,
+        canaries: Arc<CanaryScanner>,
+        alarm: Arc<dyn LeakAlarm>,
+    ) -> Self {
+        self.canaries = canaries;
+        self.alarm = Some(alarm);
+        self
+    }
+
+    /// Checks an outbound request (model or tool) for another tenant's
+    /// canary; on a hit, raises the alarm and refuses.
+    pub async fn check_outbound(
+        &self,
+        scope: &TenantScope,
+        bytes: &[u8],
+        channel: Channel,
+    ) -> Result<(), GatewayError> {
+        if self.canaries.is_empty() {
+            return Ok(());
+        }
+        let Some(victim) = self.canaries.check(scope.partition(), bytes) else {
+            return Ok(());
+        };
+        tracing::error!(tenant = %scope.tenant(), channel = channel.as_str(), "blocked a request carrying another tenant's canary");
+        if let Some(alarm) = &self.alarm {
+            alarm.raise(scope, victim, channel).await;
+        }
+        Err(GatewayError::CrossTenantLeak)
     }
 
     /// Waits until every started call (streams included) has finished and
@@ -410,6 +448,9 @@ impl Gateway {
             }
             ProviderKind::Anthropic => anthropic::to_anthropic(&req, &model.upstream, stream)?,
         };
+        let bytes = serde_json::to_vec(&upstream_body)
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        self.check_outbound(scope, &bytes, Channel::Model).await?;
         let key = self.key(scope, &model).await?;
         let call = Call {
             action: "model.call",
@@ -502,6 +543,9 @@ impl Gateway {
                 "Anthropic providers have no embeddings endpoint".into(),
             ));
         }
+        let joined = inputs.join("\n");
+        self.check_outbound(scope, joined.as_bytes(), Channel::Model)
+            .await?;
         let key = self.key(scope, &model).await?;
         let call = Call {
             action: "model.embed",

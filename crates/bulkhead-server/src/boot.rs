@@ -109,9 +109,14 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     let refresher = HttpRefresher::new().map_err(|e| BootError::Kms(e.to_string()))?;
     let vault = Arc::new(Vault::new(kms, store_arc.clone(), Arc::new(refresher)));
     let catalog = Arc::new(bulkhead_gateway::Catalog::from_config(config));
+    let metrics = Arc::new(Metrics::new());
+    let canaries = store.canary_scanner();
+    let leak_metric = metrics.clone();
+    canaries.set_on_leak(Box::new(move || leak_metric.cross_tenant_leak()));
     let gateway = Arc::new(
         bulkhead_gateway::Gateway::new(catalog.clone(), vault.clone(), store_arc.clone())
-            .map_err(|e| BootError::Kms(format!("model gateway: {e}")))?,
+            .map_err(|e| BootError::Kms(format!("model gateway: {e}")))?
+            .with_tripwire(canaries, store_arc.clone()),
     );
     let (tools, agents, prompts) = agent_parts(config, base_dir)?;
     let embedders = config
@@ -146,7 +151,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         catalog,
         auth: Arc::new(Authenticator::new(jwt, store_arc)),
         operator: Arc::new(OperatorAuthenticator::new(&token)),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         settings: Arc::new(Settings {
             request_timeout_s: config.server.request_timeout_s,
             max_body_bytes: config.server.max_body_bytes,

@@ -41,6 +41,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     auth_failures: Family<ReasonLabels, Counter>,
     tenant_requests: Family<TenantLabels, Counter>,
+    cross_tenant_leak: Counter,
 }
 
 impl Default for Metrics {
@@ -80,12 +81,19 @@ impl Metrics {
             "Authenticated tenant-plane requests by tenant",
             tenant_requests.clone(),
         );
+        let cross_tenant_leak = Counter::default();
+        registry.register(
+            "cross_tenant_leak",
+            "Outbound requests blocked because they carried another tenant's canary",
+            cross_tenant_leak.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             auth_failures,
             tenant_requests,
+            cross_tenant_leak,
         }
     }
 
@@ -121,6 +129,11 @@ impl Metrics {
                 tenant: tenant.to_owned(),
             })
             .inc();
+    }
+
+    /// Records a tripped canary.
+    pub fn cross_tenant_leak(&self) {
+        self.cross_tenant_leak.inc();
     }
 
     /// The OpenMetrics text exposition.

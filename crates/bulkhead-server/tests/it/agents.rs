@@ -854,3 +854,120 @@ async fn retrieval_brings_each_tenant_only_its_own_passages() {
         );
     }
 }
+
+fn canary_text(app: &TestApp, uid: bulkhead_core::TenantUid) -> String {
+    let db = app
+        .dir
+        .path()
+        .join("data/tenants")
+        .join(uid.to_string())
+        .join("tenant.db");
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(
+        "SELECT text FROM chunks WHERE collection = '_canary'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_bug_that_hands_one_tenant_anothers_chunk_is_caught_by_the_canary() {
+    let w = world().await;
+    let globex_uid = w.app.scope(&w.globex).await.partition();
+    let leaked = canary_text(&w.app, globex_uid);
+    assert!(leaked.contains("bkc-"));
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/collections/faq/documents",
+            Some(&w.acme),
+            Some(json!({"content": "acme refund policy"})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    // The injected bug: every search also returns globex's canary chunk.
+    let chunk = leaked.clone();
+    w.app
+        .state
+        .knowledge
+        .inject_search_fault(Some(Arc::new(move |_| {
+            vec![bulkhead_agent::knowledge::Hit {
+                chunk_id: 1,
+                document_id: "globex-doc".into(),
+                external_id: None,
+                title: None,
+                heading: None,
+                text: chunk.clone(),
+                metadata: json!({}),
+                score: 1.0,
+            }]
+        })));
+    let r = run(&w.app, &w.acme, "kb-agent", "refund policy?").await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "cross_tenant_leak");
+    assert_eq!(w.fake.request_count(), 0, "nothing may reach the model");
+    w.app.state.knowledge.inject_search_fault(None);
+    for key in [&w.acme, &w.globex] {
+        let events = w.app.audit(key).await;
+        let e = events
+            .iter()
+            .find(|e| e["action"] == "security.cross_tenant_leak")
+            .expect("security event in both tenants' chains");
+        assert_eq!(e["details"]["sending_tenant"], "acme");
+        assert_eq!(e["details"]["data_of_tenant"], "globex");
+        assert!(!e.to_string().contains(&leaked));
+    }
+    let ops = w
+        .app
+        .call("GET", "/admin/v1/audit", Some(OPERATOR_TOKEN), None)
+        .await;
+    assert!(
+        ops.body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "security.cross_tenant_leak")
+    );
+    let metrics = w.app.call("GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .unwrap()
+            .contains("bulkhead_cross_tenant_leak_total 1"),
+        "{}",
+        metrics.body
+    );
+
+    // A model that got hold of the canary cannot send it out through a
+    // tool either: the call is refused and nothing reaches Slack.
+    w.fake.push_all([
+        Reply::tool_call("slack", json!({"channel": "#x", "text": leaked.clone()})),
+        Reply::text("done"),
+    ]);
+    let r = run(&w.app, &w.acme, "support", "post it").await;
+    let results = steps_of(&r, "tool_result");
+    assert_eq!(results[0]["data"]["code"], "cross_tenant_leak", "{r}");
+    assert!(w.saas.requests().is_empty());
+    // The conversation itself now holds the canary (in the model's tool
+    // call), so the next model call is blocked too and the run ends.
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error"]["code"], "cross_tenant_leak");
+    w.fake.clear_replies();
+    // Its own canary in its own request is no alarm.
+    let own = canary_text(&w.app, w.app.scope(&w.acme).await.partition());
+    w.fake.push_all([
+        Reply::tool_call("slack", json!({"channel": "#x", "text": own})),
+        Reply::text("done"),
+    ]);
+    let r = run(&w.app, &w.acme, "support", "post mine").await;
+    assert_eq!(
+        steps_of(&r, "tool_result")
+            .first()
+            .map(|s| s["data"]["ok"].clone()),
+        Some(json!(true)),
+        "{r}"
+    );
+}

@@ -147,7 +147,7 @@ impl KnowledgeStore for SqliteStore {
                     "SELECT c.name, c.created_at,
                        (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name),
                        (SELECT COUNT(*) FROM chunks k WHERE k.collection = c.name)
-                     FROM collections c ORDER BY c.name",
+                     FROM collections c WHERE substr(c.name, 1, 1) <> '_' ORDER BY c.name",
                 )?;
                 let rows = stmt.query_map([], |r| {
                     Ok((

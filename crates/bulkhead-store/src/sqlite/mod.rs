@@ -12,6 +12,7 @@
 //! updated under its write lock right after each commit.
 
 mod agent;
+mod canary;
 mod commit;
 mod gateway;
 mod knowledge;
@@ -92,6 +93,12 @@ const CONTROL_MIGRATIONS: &[&str] = &[
         updated_at   TEXT NOT NULL,
         last_used_at TEXT
     ) STRICT;",
+    // v3: each tenant's canary (also planted in its partition), for the
+    // cross-tenant tripwire that scans outbound requests.
+    "CREATE TABLE canaries (
+        tenant_uid TEXT PRIMARY KEY,
+        canary     TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// Open partitions, least recently used evicted first. Each open partition
@@ -152,6 +159,8 @@ struct Inner {
     /// This process's identity: a run stored as running under another
     /// boot id was interrupted by a stop.
     boot_id: String,
+    /// Every tenant's canary, for the tripwire.
+    canaries: Arc<bulkhead_gateway::canary::CanaryScanner>,
 }
 
 /// The embedded SQLite store. Cheap to clone.
@@ -265,6 +274,7 @@ impl SqliteStore {
                 index: RwLock::new(index),
                 write_queues: Mutex::new(HashMap::new()),
                 boot_id: bulkhead_core::RequestId::generate().to_string(),
+                canaries: Arc::new(bulkhead_gateway::canary::CanaryScanner::new()),
                 partitions: Mutex::new(PartitionCache {
                     open: HashMap::new(),
                     clock: 0,
@@ -273,6 +283,7 @@ impl SqliteStore {
             }),
         };
         store.sweep_orphans()?;
+        store.load_canaries()?;
         Ok(store)
     }
 
@@ -478,6 +489,13 @@ impl ControlStore for SqliteStore {
             // leaves an orphan directory (swept on open), never a tenant
             // without a partition.
             let part = Arc::new(Partition::create(&s.inner.root, &tenant.id, tenant.uid)?);
+            let canary = canary::new_canary()?;
+            part.with_conn(|conn| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                canary::plant(&tx, tenant.uid, &canary)?;
+                tx.commit()?;
+                Ok(())
+            })?;
             let event = op_event(&op, "tenant.create", format!("tenant:{}", tenant.id), tenant_json(&tenant));
             let result = s.control_tx(|tx, index| {
                 tx.execute(
@@ -493,6 +511,10 @@ impl ControlStore for SqliteStore {
                         tenant.created_at.to_string(),
                         tenant.updated_at.to_string()
                     ],
+                )?;
+                tx.execute(
+                    "INSERT INTO canaries (tenant_uid, canary) VALUES (?1, ?2)",
+                    params![tenant.uid.to_string(), canary],
                 )?;
                 partition::append_chain(tx, Some(tenant.id.clone()), op.principal_id(), event.clone())?;
                 index.tenants.insert(tenant.id.clone(), tenant.clone());
@@ -513,6 +535,7 @@ impl ControlStore for SqliteStore {
                 .lock()
                 .map_err(|_| StoreError::Internal("partition cache poisoned".into()))?
                 .insert(tenant.uid, part);
+            s.inner.canaries.insert(tenant.uid, canary);
             s.mirror(&tenant, event)?;
             Ok(tenant)
         })
@@ -597,11 +620,13 @@ impl ControlStore for SqliteStore {
                 tx.execute("DELETE FROM data_keys WHERE owner = ?1", params![t.uid.to_string()])?;
                 // api_keys rows go with the tenant row (ON DELETE CASCADE).
                 tx.execute("DELETE FROM tenants WHERE uid = ?1", params![t.uid.to_string()])?;
+                tx.execute("DELETE FROM canaries WHERE tenant_uid = ?1", params![t.uid.to_string()])?;
                 index.keys.retain(|_, k| k.tenant != t.id);
                 let event = op_event(&op, "tenant.delete", format!("tenant:{}", t.id), tenant_json(&t));
                 partition::append_chain(tx, Some(t.id.clone()), op.principal_id(), event)?;
                 Ok(t)
             })?;
+            s.inner.canaries.remove(tenant.uid);
             // Push the deletion out of the write-ahead log too, so no older
             // frame still holds the wrapped keys.
             s.checkpoint()?;
