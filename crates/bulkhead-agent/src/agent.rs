@@ -31,6 +31,9 @@ pub struct Agent {
     pub max_tokens: u64,
     /// Wall-clock limit of a run.
     pub timeout: Duration,
+    /// Token budget of the conversation sent to the model (older turns
+    /// of the thread are left out first).
+    pub context_tokens: u64,
 }
 
 /// The configured agents.
@@ -65,6 +68,7 @@ impl AgentCatalog {
                     max_steps: a.max_steps,
                     max_tokens: a.max_tokens,
                     timeout: Duration::from_secs(a.timeout_s),
+                    context_tokens: a.context_tokens,
                 },
             );
         }

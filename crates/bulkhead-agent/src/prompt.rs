@@ -81,6 +81,51 @@ pub fn assemble(
     Ok(out)
 }
 
+/// Tokens a message costs (its text content and tool calls, estimated).
+fn message_tokens(m: &Value) -> u64 {
+    let content = match m.get("content") {
+        Some(Value::String(s)) => bulkhead_knowledge::estimate_tokens(s) as u64,
+        Some(Value::Null) | None => 0,
+        Some(other) => bulkhead_knowledge::estimate_tokens(&other.to_string()) as u64,
+    };
+    let calls = m
+        .get("tool_calls")
+        .map(|c| bulkhead_knowledge::estimate_tokens(&c.to_string()) as u64)
+        .unwrap_or(0);
+    // Per-message framing, as chat formats add a few tokens each.
+    content + calls + 4
+}
+
+/// Fits the conversation into `budget` tokens: the leading system messages
+/// (the platform prompt, the tenant's instructions, retrieved passages)
+/// and the newest turn always stay; older turns — a user message and
+/// everything up to the next one, so a tool result never loses the call
+/// it answers — leave oldest first. Returns how many messages were left out.
+pub fn fit(messages: &mut Vec<Value>, budget: u64) -> usize {
+    let head = messages
+        .iter()
+        .take_while(|m| m.get("role").and_then(Value::as_str) == Some("system"))
+        .count();
+    let mut total: u64 = messages.iter().map(message_tokens).sum();
+    let mut dropped = 0;
+    while total > budget {
+        // The first turn after the system messages, if another follows it.
+        let Some(end) = messages
+            .iter()
+            .enumerate()
+            .skip(head + 1)
+            .find(|(_, m)| m.get("role").and_then(Value::as_str) == Some("user"))
+            .map(|(i, _)| i)
+        else {
+            break;
+        };
+        let removed: Vec<Value> = messages.drain(head..end).collect();
+        total -= removed.iter().map(message_tokens).sum::<u64>();
+        dropped += removed.len();
+    }
+    dropped
+}
+
 /// The compiled templates of every agent.
 pub struct Prompts {
     env: Environment<'static>,
@@ -158,5 +203,58 @@ impl Prompts {
             }
             AgentError::Prompt(msg)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit;
+    use serde_json::{Value, json};
+
+    fn roles(m: &[Value]) -> Vec<String> {
+        m.iter()
+            .map(|m| {
+                format!(
+                    "{}:{}",
+                    m["role"].as_str().unwrap_or(""),
+                    m["content"].as_str().unwrap_or("-")
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_oldest_turns_leave_first_and_whole() {
+        let word = |n: usize| "word ".repeat(n);
+        let mut m = vec![
+            json!({"role": "system", "content": word(10)}),
+            json!({"role": "system", "content": "instructions"}),
+            json!({"role": "user", "content": "q1"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c"}]}),
+            json!({"role": "tool", "tool_call_id": "c", "content": word(200)}),
+            json!({"role": "assistant", "content": "a1"}),
+            json!({"role": "user", "content": "q2"}),
+            json!({"role": "assistant", "content": "a2"}),
+            json!({"role": "user", "content": "q3"}),
+        ];
+        let all = m.clone();
+        assert_eq!(fit(&mut m, 100_000), 0);
+        assert_eq!(m, all);
+        // Turn 1 (with its tool call and result) goes as a whole.
+        assert_eq!(fit(&mut m, 100), 4);
+        assert_eq!(
+            roles(&m),
+            [
+                "system:word word word word word word word word word word ",
+                "system:instructions",
+                "user:q2",
+                "assistant:a2",
+                "user:q3"
+            ]
+        );
+        // Never the system messages or the newest turn, even over budget.
+        assert_eq!(fit(&mut m, 1), 2);
+        assert_eq!(roles(&m)[2..], ["user:q3".to_owned()]);
+        assert_eq!(m.len(), 3);
     }
 }

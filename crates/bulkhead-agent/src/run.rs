@@ -331,6 +331,18 @@ impl Runtime {
         Ok(settings)
     }
 
+    /// Deletes the tenant's thread messages older than `days` days.
+    pub async fn apply_retention(&self, scope: &TenantScope, days: u32) -> Result<u64, AgentError> {
+        let cutoff = Timestamp::now().plus_seconds(-(i64::from(days) * 86_400));
+        let event = NewAuditEvent::new(
+            "retention.apply",
+            format!("tenant:{}", scope.tenant()),
+            Outcome::Success,
+            scope.request_id().clone(),
+        );
+        Ok(self.store.apply_retention(scope, cutoff, event).await?)
+    }
+
     /// A run of the tenant, with its steps.
     pub async fn run(&self, scope: &TenantScope, id: RunId) -> Result<RunRecord, AgentError> {
         self.store.run(scope, id).await?.ok_or(AgentError::NotFound)
@@ -656,7 +668,10 @@ impl Runtime {
         for step in 1..=ctx.agent.max_steps {
             let _ = tx.send(RunEvent::new("step", json!({"step": step}))).await;
             let messages = match prompt::assemble(&ctx.scope, ctx.fragments.clone()) {
-                Ok(m) => m,
+                Ok(mut m) => {
+                    prompt::fit(&mut m, ctx.agent.context_tokens);
+                    m
+                }
                 Err(foreign) => {
                     let event = NewAuditEvent::new(
                         "security.foreign_fragment",

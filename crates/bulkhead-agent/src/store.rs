@@ -188,6 +188,15 @@ pub trait AgentStore: Send + Sync {
         steps: Vec<StepWrite>,
         event: NewAuditEvent,
     ) -> Result<(), AgentStoreError>;
+    /// Deletes the thread messages of runs written before `cutoff` (never
+    /// anything else), with the audit event when there were any; returns
+    /// how many were deleted.
+    async fn apply_retention(
+        &self,
+        scope: &TenantScope,
+        cutoff: Timestamp,
+        event: NewAuditEvent,
+    ) -> Result<u64, AgentStoreError>;
     /// A run with its steps (`None`: no such run in this tenant). A run a
     /// stopped process left `running` is reported — and from then on
     /// stored — as failed (`interrupted`), with a `run.interrupted` event.

@@ -209,6 +209,14 @@ pub struct ServerConfig {
     /// it); templates cannot read files outside it.
     #[serde(default = "default_prompts_dir")]
     pub prompts_dir: PathBuf,
+    /// How often tenants' message retention is applied, in seconds.
+    #[serde(default = "default_retention_interval")]
+    pub retention_interval_s: u64,
+}
+
+/// Hourly: retention is counted in days.
+fn default_retention_interval() -> u64 {
+    3600
 }
 
 fn default_prompts_dir() -> PathBuf {
@@ -247,6 +255,7 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body(),
             metrics_token: None,
             prompts_dir: default_prompts_dir(),
+            retention_interval_s: default_retention_interval(),
         }
     }
 }
@@ -674,6 +683,15 @@ pub struct AgentConfig {
     /// Wall-clock limit of one run, in seconds.
     #[serde(default = "default_run_timeout_s")]
     pub timeout_s: u64,
+    /// Token budget of the conversation sent to the model: the thread's
+    /// oldest turns are left out first; the prompt and the newest turn stay.
+    #[serde(default = "default_context_tokens")]
+    pub context_tokens: u64,
+}
+
+/// Fits common 16k-context models with room for the answer.
+fn default_context_tokens() -> u64 {
+    12_000
 }
 
 /// Room for several tool round trips with a long prompt.
@@ -1016,6 +1034,9 @@ const MIN_HMAC_SECRET: usize = 32;
 fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigErrors> {
     let mut errors = Errors(Vec::new());
 
+    if config.server.retention_interval_s < 60 {
+        errors.push("server.retention_interval_s", "must be at least 60");
+    }
     if config.server.request_timeout_s == 0 {
         errors.push("server.request_timeout_s", "must be at least 1");
     }
@@ -1376,6 +1397,12 @@ fn validate_resources(
         }
         if a.max_tokens == 0 || a.max_tokens > 100_000_000 {
             errors.push(format!("{p}.max_tokens"), "must be between 1 and 100000000");
+        }
+        if a.context_tokens < 256 || a.context_tokens > 10_000_000 {
+            errors.push(
+                format!("{p}.context_tokens"),
+                "must be between 256 and 10000000",
+            );
         }
         if a.timeout_s == 0 || a.timeout_s > 86_400 {
             errors.push(format!("{p}.timeout_s"), "must be between 1 and 86400");

@@ -270,6 +270,22 @@ impl Gateway {
         result
     }
 
+    /// Sets or clears the tenant's message retention.
+    pub async fn set_retention(
+        &self,
+        scope: &TenantScope,
+        days: Option<u32>,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayError> {
+        let result = self
+            .store
+            .set_retention(scope, days, event)
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()));
+        self.forget_settings(scope);
+        result
+    }
+
     /// Replaces the tenant's model allow-list.
     pub async fn set_allowed(
         &self,

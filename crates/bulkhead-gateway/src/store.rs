@@ -17,6 +17,8 @@ pub struct GatewaySettings {
     pub allowed_models: Option<Vec<String>>,
     /// Keep the request messages in the audit event of each call (off by default).
     pub audit_prompts: bool,
+    /// Thread messages older than this many days are deleted (none: kept).
+    pub message_retention_days: Option<u32>,
 }
 
 /// Storage failures, as the gateway sees them.
@@ -60,6 +62,13 @@ pub trait GatewayStore: Send + Sync {
         &self,
         scope: &TenantScope,
         on: bool,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayStoreError>;
+    /// Sets or clears the message retention, with its audit event.
+    async fn set_retention(
+        &self,
+        scope: &TenantScope,
+        days: Option<u32>,
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError>;
     /// Replaces the tenant's model allow-list, with its audit event.

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod request;
+pub mod retention;
 pub mod routes;
 pub mod state;
 

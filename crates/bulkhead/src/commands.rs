@@ -137,6 +137,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             OperatorTokenSource::Existing(p) => tracing::info!(path = %p.display(), "operator token read from file"),
         }
         if let Some(op) = boot.startup_operator.clone() {
+            bulkhead_server::retention::spawn(
+                boot.state.clone(),
+                op.clone(),
+                std::time::Duration::from_secs(config.server.retention_interval_s),
+            );
             // Finish a key-encryption-key rotation a crash interrupted.
             let vault = boot.state.vault.clone();
             tokio::spawn(async move {

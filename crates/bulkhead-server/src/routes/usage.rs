@@ -238,7 +238,17 @@ pub async fn put_models(
 pub struct PutSettings {
     /// Keep each model call's request messages in the tenant's audit chain
     /// (off by default: audit events carry no prompt contents).
-    pub audit_prompts: bool,
+    pub audit_prompts: Option<bool>,
+    /// Delete thread messages older than this many days (1–3650); `null`
+    /// keeps them. Absent: unchanged.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    pub message_retention_days: Option<Option<u32>>,
+}
+
+/// Tells `null` (`Some(None)`) from an absent field (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
 }
 
 /// A tenant's gateway settings.
@@ -250,6 +260,8 @@ pub struct SettingsBody {
     pub audit_prompts: bool,
     /// The model allow-list (`null`: every model).
     pub allowed_models: Option<Vec<String>>,
+    /// Days thread messages are kept (`null`: forever).
+    pub message_retention_days: Option<u32>,
 }
 
 async fn settings_body(
@@ -265,6 +277,7 @@ async fn settings_body(
         tenant: scope.tenant().to_string(),
         audit_prompts: s.audit_prompts,
         allowed_models: s.allowed_models,
+        message_retention_days: s.message_retention_days,
     })
 }
 
@@ -292,17 +305,40 @@ pub async fn put_settings(
     Json(body): Json<PutSettings>,
 ) -> Result<AxumJson<SettingsBody>, ApiError> {
     let scope = tenant_scope(&state, &op, &id).await?;
-    let event = NewAuditEvent::new(
-        "tenant.settings",
-        format!("tenant:{id}"),
-        Outcome::Success,
-        op.request_id().clone(),
-    )
-    .with_details(json!({"audit_prompts": body.audit_prompts}));
-    state
-        .gateway
-        .set_audit_prompts(&scope, body.audit_prompts, event)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if body.audit_prompts.is_none() && body.message_retention_days.is_none() {
+        return Err(ApiError::Validation(
+            "set audit_prompts and/or message_retention_days".into(),
+        ));
+    }
+    if let Some(Some(d)) = body.message_retention_days
+        && !(1..=3650).contains(&d)
+    {
+        return Err(ApiError::Validation(
+            "message_retention_days: must be between 1 and 3650, or null".into(),
+        ));
+    }
+    let event = |details| {
+        NewAuditEvent::new(
+            "tenant.settings",
+            format!("tenant:{id}"),
+            Outcome::Success,
+            op.request_id().clone(),
+        )
+        .with_details(details)
+    };
+    if let Some(on) = body.audit_prompts {
+        state
+            .gateway
+            .set_audit_prompts(&scope, on, event(json!({"audit_prompts": on})))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    if let Some(days) = body.message_retention_days {
+        state
+            .gateway
+            .set_retention(&scope, days, event(json!({"message_retention_days": days})))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
     Ok(AxumJson(settings_body(&state, &scope).await?))
 }

@@ -971,3 +971,127 @@ async fn a_bug_that_hands_one_tenant_anothers_chunk_is_caught_by_the_canary() {
         "{r}"
     );
 }
+
+#[tokio::test]
+async fn retention_removes_old_messages_and_nothing_else() {
+    let w = world().await;
+    w.fake
+        .push_all([Reply::text("old answer"), Reply::text("new answer")]);
+    let old_run = run(&w.app, &w.acme, "support", "an old question").await;
+    let new_run = run(&w.app, &w.acme, "support", "a new question").await;
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/collections/faq/documents",
+            Some(&w.acme),
+            Some(json!({"content": "a document that stays"})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    // Age the first run's messages by three days.
+    let uid = w.app.scope(&w.acme).await.partition();
+    let db = w
+        .app
+        .dir
+        .path()
+        .join("data/tenants")
+        .join(uid.to_string())
+        .join("tenant.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let aged = conn
+        .execute(
+            "UPDATE messages SET time = '2020-01-01T00:00:00Z' WHERE run_id = ?1",
+            rusqlite::params![old_run["id"].as_str().unwrap()],
+        )
+        .unwrap();
+    assert_eq!(aged, 2);
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let before = (
+        count("SELECT COUNT(*) FROM messages"),
+        count("SELECT COUNT(*) FROM chunks"),
+        count("SELECT COUNT(*) FROM usage"),
+        count("SELECT COUNT(*) FROM runs"),
+        count("SELECT COUNT(*) FROM run_steps"),
+    );
+    // Off by default: nothing happens.
+    let op = w
+        .app
+        .state
+        .operator
+        .verify(Some(OPERATOR_TOKEN), &bulkhead_core::RequestId::generate())
+        .unwrap();
+    assert_eq!(
+        bulkhead_server::retention::apply_once(&w.app.state, &op).await,
+        0
+    );
+    let r = w
+        .app
+        .call(
+            "PUT",
+            "/admin/v1/tenants/acme/settings",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"message_retention_days": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["message_retention_days"], 1);
+    let r = w
+        .app
+        .call(
+            "PUT",
+            "/admin/v1/tenants/acme/settings",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"message_retention_days": 0})),
+        )
+        .await;
+    r.assert_problem(400, "validation_failed");
+    assert_eq!(
+        bulkhead_server::retention::apply_once(&w.app.state, &op).await,
+        2
+    );
+    let after = (
+        count("SELECT COUNT(*) FROM messages"),
+        count("SELECT COUNT(*) FROM chunks"),
+        count("SELECT COUNT(*) FROM usage"),
+        count("SELECT COUNT(*) FROM runs"),
+        count("SELECT COUNT(*) FROM run_steps"),
+    );
+    assert_eq!(
+        after,
+        (before.0 - 2, before.1, before.2, before.3, before.4)
+    );
+    // The recent thread is whole; the old one is empty; the canary stays.
+    let recent = w
+        .app
+        .call(
+            "GET",
+            &format!(
+                "/v1/threads/{}/messages",
+                new_run["thread_id"].as_str().unwrap()
+            ),
+            Some(&w.acme),
+            None,
+        )
+        .await;
+    assert_eq!(recent.body["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM messages WHERE run_id IS NULL"),
+        1
+    );
+    // globex was not touched, and the deletion is in acme's chain.
+    assert!(
+        w.app
+            .audit(&w.acme)
+            .await
+            .iter()
+            .any(|e| e["action"] == "retention.apply" && e["details"]["deleted_messages"] == 2)
+    );
+    assert!(
+        !w.app
+            .audit(&w.globex)
+            .await
+            .iter()
+            .any(|e| e["action"] == "retention.apply")
+    );
+}

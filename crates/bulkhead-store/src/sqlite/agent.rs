@@ -448,6 +448,33 @@ impl AgentStore for SqliteStore {
         .map_err(ag)
     }
 
+    async fn apply_retention(
+        &self,
+        scope: &TenantScope,
+        cutoff: Timestamp,
+        event: NewAuditEvent,
+    ) -> Result<u64, AgentStoreError> {
+        let tenant = scope.tenant().clone();
+        self.tenant_write(scope, move |tx, principal| {
+            // Times are RFC 3339 UTC with a fixed layout, so they compare as
+            // text. Messages without a run (the canary's) are not memory.
+            let deleted = partition::exec(
+                tx,
+                "DELETE FROM messages WHERE time < ?1 AND run_id IS NOT NULL",
+                params![cutoff.to_string()],
+            )?;
+            if deleted > 0 {
+                let mut event = event;
+                event.details =
+                    json!({"deleted_messages": deleted, "older_than": cutoff.to_string()});
+                partition::append_chain(tx, Some(tenant), principal, event)?;
+            }
+            Ok(deleted as u64)
+        })
+        .await
+        .map_err(ag)
+    }
+
     async fn run(
         &self,
         scope: &TenantScope,

@@ -21,6 +21,8 @@ fn gw(e: StoreError) -> GatewayStoreError {
 const ALLOWED_MODELS: &str = "allowed_models";
 /// Settings key of the prompt-audit opt-in.
 const AUDIT_PROMPTS: &str = "audit_prompts";
+/// Settings key of the message retention (days).
+const RETENTION: &str = "message_retention_days";
 
 fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreError> {
     partition::exec(tx,
@@ -126,11 +128,12 @@ impl GatewayStore for SqliteStore {
             let p = s.partition(scope.tenant(), scope.partition())?;
             p.with_conn(|conn| {
                 let mut settings = GatewaySettings::default();
-                let mut stmt =
-                    conn.prepare_cached("SELECT key, value FROM settings WHERE key IN (?1, ?2)")?;
-                let rows = stmt.query_map(params![ALLOWED_MODELS, AUDIT_PROMPTS], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })?;
+                let mut stmt = conn
+                    .prepare_cached("SELECT key, value FROM settings WHERE key IN (?1, ?2, ?3)")?;
+                let rows = stmt
+                    .query_map(params![ALLOWED_MODELS, AUDIT_PROMPTS, RETENTION], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })?;
                 for row in rows {
                     let (key, text) = row?;
                     let corrupt = |e: serde_json::Error| {
@@ -139,6 +142,9 @@ impl GatewayStore for SqliteStore {
                     if key == ALLOWED_MODELS {
                         settings.allowed_models =
                             Some(serde_json::from_str(&text).map_err(corrupt)?);
+                    } else if key == RETENTION {
+                        settings.message_retention_days =
+                            serde_json::from_str(&text).map_err(corrupt)?;
                     } else {
                         settings.audit_prompts = serde_json::from_str(&text).map_err(corrupt)?;
                     }
@@ -165,6 +171,34 @@ impl GatewayStore for SqliteStore {
                 params![AUDIT_PROMPTS, if on { "true" } else { "false" }],
             )?;
             partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
+            Ok(())
+        })
+        .await
+        .map_err(gw)
+    }
+
+    async fn set_retention(
+        &self,
+        scope: &TenantScope,
+        days: Option<u32>,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayStoreError> {
+        let tenant = scope.tenant().clone();
+        self.tenant_write(scope, move |tx, principal| {
+            match days {
+                Some(d) => partition::exec(
+                    tx,
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = ?2",
+                    params![RETENTION, d.to_string()],
+                )?,
+                None => partition::exec(
+                    tx,
+                    "DELETE FROM settings WHERE key = ?1",
+                    params![RETENTION],
+                )?,
+            };
+            partition::append_chain(tx, Some(tenant), principal, event)?;
             Ok(())
         })
         .await
