@@ -242,3 +242,78 @@ fn two_tenants_run_the_same_agent_at_once_each_with_its_own_credential() {
             .any(|l| tokens.iter().any(|(_, t)| l.contains(t)))
     );
 }
+
+#[test]
+fn a_crash_during_ingestion_leaves_no_partial_document() {
+    // An embeddings provider that accepts the connection and never answers:
+    // the ingestion is stuck between chunking and writing when the server dies.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hang.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bulkhead.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[providers]]
+name = "slow"
+kind = "openai"
+base_url = "http://{addr}/v1"
+region = "eu"
+credential = "env:RUNS_TEST_PROVIDER_KEY"
+timeout_s = 300
+max_retries = 0
+[[embedding_models]]
+name = "embed"
+provider = "slow"
+upstream = "e"
+dimensions = 8
+[knowledge]
+embedding_model = "embed"
+"#
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let env = [("RUNS_TEST_PROVIDER_KEY", "sk-runs")];
+    let server = Server::start(&data, Some(&config), &env);
+    let key = tenant_with_admin_key(&server.url, &data, "acme", "eu");
+    let url = format!("{}/v1/collections/kb/documents", server.url);
+    let key2 = key.clone();
+    let client = std::thread::spawn(move || {
+        let _ = agent()
+            .post(&url)
+            .header("authorization", format!("Bearer {key2}"))
+            .send_json(json!({"content": "# Big\n\n".to_owned() + &"words ".repeat(5000), "external_id": "two"}));
+    });
+    // The server is now waiting on the embeddings call for document two.
+    let (conn, _) = hang.accept().unwrap();
+    drop(server); // SIGKILL mid-ingestion.
+    drop(conn);
+    client.join().unwrap();
+
+    let server = Server::start(&data, Some(&config), &env);
+    let (status, list, _) = get(&format!("{}/v1/collections", server.url), Some(&key), &[]);
+    assert_eq!(status, 200);
+    let docs: u64 = list["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["documents"].as_u64().unwrap())
+        .sum();
+    let (_, found) = send(
+        "POST",
+        &format!("{}/v1/collections/kb/search", server.url),
+        &key,
+        json!({"query": "words", "mode": "fulltext"}),
+    );
+    // Document two is not there at all: no document row, no chunk.
+    assert!(
+        found
+            .get("results")
+            .is_none_or(|r| r.as_array().unwrap().is_empty()),
+        "{found}"
+    );
+    assert!(docs <= 1, "{list}");
+    server.stop();
+}
