@@ -99,6 +99,37 @@ impl Client {
         bail!("{what} failed: {} {code}: {detail}", status.as_u16())
     }
 
+    /// Any method, with an optional JSON body; returns the status and the
+    /// body instead of failing on an error status (only an unreachable
+    /// server is an error), for callers that branch on the answer.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let url = self.url(path);
+        let auth = format!("Bearer {}", self.token);
+        let res = match (method, body) {
+            ("GET", _) => self.agent.get(url).header("authorization", auth).call(),
+            ("POST", Some(b)) => self
+                .agent
+                .post(url)
+                .header("authorization", auth)
+                .send_json(b),
+            _ => bail!("unsupported request {method} {path}"),
+        };
+        let mut res = res.with_context(|| format!("cannot reach {}", self.base))?;
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap_or_default();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, body))
+    }
+
     /// GET.
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
         let res = self

@@ -464,7 +464,7 @@ fn print(value: &Value) -> anyhow::Result<ExitCode> {
 /// Path segment escaping for ids typed by a person: anything outside the
 /// id alphabet is percent-encoded, so it reaches the server as data and
 /// gets the server's own validation error.
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {

@@ -7,6 +7,7 @@
 mod client;
 mod commands;
 mod demo;
+mod kb;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,9 @@ enum Command {
     /// Rotate the vault's key-encryption key.
     #[command(subcommand)]
     Kms(commands::KmsCommand),
+    /// Ingest files into a tenant's knowledge collection; search it.
+    #[command(subcommand)]
+    Kb(kb::KbCommand),
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Key(cmd) => commands::key(cmd),
         Command::Secret(cmd) => commands::secret(cmd),
         Command::Kms(cmd) => commands::kms(cmd),
+        Command::Kb(cmd) => kb::kb(cmd),
     };
     match result {
         Ok(code) => code,

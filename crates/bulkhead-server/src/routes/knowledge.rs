@@ -1,6 +1,11 @@
 //! Knowledge collections: ingest and delete documents, list and delete
 //! collections, search. Everything resolves inside the caller's tenant
 //! partition; another tenant's collection or document answers 404.
+//!
+//! The operator can ingest and search for a tenant
+//! (`/admin/v1/tenants/{id}/collections/...`, used by `bulkhead kb`): the
+//! same bodies and answers, through the same service calls, in a scope
+//! minted by `OperatorScope::act_for_tenant`.
 
 use axum::Json as AxumJson;
 use axum::extract::State;
@@ -8,13 +13,13 @@ use axum::http::StatusCode;
 use bulkhead_agent::knowledge::{
     CollectionInfo, DocumentInfo, Hit, KnowledgeServiceError, NewDocument, SearchMode,
 };
-use bulkhead_auth::TenantScope;
-use bulkhead_core::Role;
+use bulkhead_auth::{OperatorScope, TenantScope};
+use bulkhead_core::{Role, TenantId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::extract::{Json, Path, TenantCtx};
+use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
 use crate::state::AppState;
 
 /// Documents can be long: their route takes a larger body than the rest
@@ -124,6 +129,15 @@ pub async fn put_document(
     Json(body): Json<PutDocument>,
 ) -> Result<(StatusCode, AxumJson<DocumentBody>), ApiError> {
     require(&scope, &[Role::Admin, Role::Member])?;
+    ingest_in(&state, &scope, collection, body).await
+}
+
+async fn ingest_in(
+    state: &AppState,
+    scope: &TenantScope,
+    collection: String,
+    body: PutDocument,
+) -> Result<(StatusCode, AxumJson<DocumentBody>), ApiError> {
     let format = match body.format.as_deref() {
         None => bulkhead_knowledge::DocFormat::Text,
         Some(f) => bulkhead_knowledge::DocFormat::parse(f).ok_or_else(|| {
@@ -133,7 +147,7 @@ pub async fn put_document(
     let doc = state
         .knowledge
         .ingest(
-            &scope,
+            scope,
             NewDocument {
                 collection,
                 external_id: body.external_id,
@@ -304,6 +318,15 @@ pub async fn search(
     Path(collection): Path<String>,
     Json(body): Json<SearchBody>,
 ) -> Result<AxumJson<SearchResponse>, ApiError> {
+    search_in(&state, &scope, &collection, body).await
+}
+
+async fn search_in(
+    state: &AppState,
+    scope: &TenantScope,
+    collection: &str,
+    body: SearchBody,
+) -> Result<AxumJson<SearchResponse>, ApiError> {
     let mode = match body.mode.as_deref() {
         None => SearchMode::Hybrid,
         Some(m) => SearchMode::parse(m).ok_or_else(|| {
@@ -313,8 +336,8 @@ pub async fn search(
     let result = state
         .knowledge
         .search(
-            &scope,
-            &collection,
+            scope,
+            collection,
             &body.query,
             body.top_k.unwrap_or(5),
             body.filter.as_ref(),
@@ -328,4 +351,49 @@ pub async fn search(
             .unwrap_or_default(),
         results: result.results.into_iter().map(HitBody::from).collect(),
     }))
+}
+
+/// The tenant the operator acts for; an unknown or malformed id is a 404.
+async fn tenant_scope(
+    state: &AppState,
+    op: &OperatorScope,
+    id: &str,
+) -> Result<TenantScope, ApiError> {
+    let id = TenantId::parse(id).map_err(|_| ApiError::NotFound)?;
+    let tenant = state.control.get_tenant(op, &id).await?;
+    Ok(op.act_for_tenant(&tenant))
+}
+
+/// The operator ingests a document into a tenant's collection (created on
+/// first use): the body and answers of `POST /v1/collections/{collection}/documents`.
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/collections/{collection}/documents", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id"), ("collection" = String, Path, description = "Collection, [a-z0-9][a-z0-9_-]{0,63}")),
+    request_body = PutDocument,
+    responses((status = 201, body = DocumentBody), (status = 200, body = DocumentBody),
+        (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
+        (status = 413, body = crate::error::Problem), (status = 502, body = crate::error::Problem)))]
+pub async fn operator_put_document(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path((id, collection)): Path<(String, String)>,
+    Json(body): Json<PutDocument>,
+) -> Result<(StatusCode, AxumJson<DocumentBody>), ApiError> {
+    let scope = tenant_scope(&state, &op, &id).await?;
+    ingest_in(&state, &scope, collection, body).await
+}
+
+/// The operator searches a tenant's collection: the body and answer of
+/// `POST /v1/collections/{collection}/search`.
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/collections/{collection}/search", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id"), ("collection" = String, Path, description = "Collection")),
+    request_body = SearchBody,
+    responses((status = 200, body = SearchResponse), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+pub async fn operator_search(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Path((id, collection)): Path<(String, String)>,
+    Json(body): Json<SearchBody>,
+) -> Result<AxumJson<SearchResponse>, ApiError> {
+    let scope = tenant_scope(&state, &op, &id).await?;
+    search_in(&state, &scope, &collection, body).await
 }

@@ -102,6 +102,15 @@ pub fn router(state: AppState) -> Router {
             "/v1/collections/{collection}/search",
             post(knowledge::search),
         )
+        .route(
+            "/admin/v1/tenants/{id}/collections/{collection}/documents",
+            post(knowledge::operator_put_document)
+                .layer(DefaultBodyLimit::max(knowledge::DOCUMENT_BODY_LIMIT)),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/collections/{collection}/search",
+            post(knowledge::operator_search),
+        )
         .route("/v1/agents", get(agents::list))
         .route(
             "/v1/agents/{agent}/settings",

@@ -368,6 +368,22 @@ fn rows(f: &Fixture) -> Vec<Row> {
             404,
         ),
         row(
+            "POST",
+            "/admin/v1/tenants/{id}/collections/{collection}/documents",
+            "/admin/v1/tenants/acme/collections/kb/documents",
+            Some(json!({"content": "hello operator", "external_id": "op1"})),
+            Plane::Operator,
+            201,
+        ),
+        row(
+            "POST",
+            "/admin/v1/tenants/{id}/collections/{collection}/search",
+            "/admin/v1/tenants/acme/collections/kb/search",
+            Some(json!({"query": "hello"})),
+            Plane::Operator,
+            200,
+        ),
+        row(
             "GET",
             "/v1/threads/{id}/messages",
             &format!("/v1/threads/{}/messages", f.thread_id),

@@ -6,6 +6,7 @@
 mod check;
 mod demo;
 mod e2e;
+mod kb;
 mod runs;
 mod sdk_openai;
 mod secrets;
