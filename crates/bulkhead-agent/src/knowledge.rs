@@ -175,14 +175,14 @@ pub trait KnowledgeStore: Send + Sync {
         documents: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<(i64, f32)>, KnowledgeStoreError>;
-    /// Every chunk vector of the collection made with `model`, optionally only in `documents`.
+    /// Every chunk vector of the collection made with `model`: chunk id,
+    /// document id, little-endian f32 bytes.
     async fn vectors(
         &self,
         scope: &TenantScope,
         collection: &str,
         model: &str,
-        documents: Option<&[String]>,
-    ) -> Result<Vec<(i64, Vec<u8>)>, KnowledgeStoreError>;
+    ) -> Result<Vec<(i64, String, Vec<u8>)>, KnowledgeStoreError>;
     /// The chunks with these ids (any order), with their documents' data.
     async fn hits(&self, scope: &TenantScope, ids: &[i64])
     -> Result<Vec<Hit>, KnowledgeStoreError>;
@@ -254,6 +254,77 @@ pub struct SearchResult {
     pub results: Vec<Hit>,
 }
 
+/// A collection's vectors in memory: read once from the tenant's
+/// partition, dropped when the collection changes in this process.
+/// Searching it is exact (every vector scored); the research notes in the
+/// repository's design folder put an ANN index behind a feature for very
+/// large tenants, which this does not have yet.
+pub struct VectorIndex {
+    items: Vec<(i64, String, Vec<f32>, f32)>,
+}
+
+impl VectorIndex {
+    fn new(raw: Vec<(i64, String, Vec<u8>)>) -> Self {
+        let items = raw
+            .into_iter()
+            .filter_map(|(id, doc, b)| {
+                let v = bulkhead_knowledge::decode_vector(&b)?;
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                (norm.is_finite() && norm > 0.0).then_some((id, doc, v, norm))
+            })
+            .collect();
+        Self { items }
+    }
+
+    /// Vectors held.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The `k` most similar chunks (cosine), best first, ties by id; only
+    /// chunks of `allowed` documents when given.
+    pub fn top_k(
+        &self,
+        query: &[f32],
+        allowed: Option<&std::collections::HashSet<&str>>,
+        k: usize,
+    ) -> Vec<(i64, f32)> {
+        let qn = query.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if k == 0 || !(qn.is_finite() && qn > 0.0) {
+            return Vec::new();
+        }
+        let mut scored: Vec<(i64, f32)> = self
+            .items
+            .iter()
+            .filter(|(_, doc, v, _)| {
+                v.len() == query.len() && allowed.is_none_or(|a| a.contains(doc.as_str()))
+            })
+            .map(|(id, _, v, n)| {
+                let dot: f32 = v.iter().zip(query).map(|(a, b)| a * b).sum();
+                (*id, dot / (n * qn))
+            })
+            .collect();
+        let by_score = |a: &(i64, f32), b: &(i64, f32)| {
+            b.1.partial_cmp(&a.1)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.0.cmp(&b.0))
+        };
+        if scored.len() > k {
+            scored.select_nth_unstable_by(k - 1, by_score);
+            scored.truncate(k);
+        }
+        scored.sort_by(by_score);
+        scored
+    }
+}
+
+type IndexKey = (bulkhead_core::TenantUid, String, String);
+
 /// Extra hits a search returns, for fault-injection tests.
 type FaultHook = Arc<dyn Fn(&TenantScope) -> Vec<Hit> + Send + Sync>;
 
@@ -262,6 +333,7 @@ pub struct Knowledge {
     gateway: Arc<Gateway>,
     store: Arc<dyn KnowledgeStore>,
     fault: std::sync::RwLock<Option<FaultHook>>,
+    indexes: std::sync::Mutex<HashMap<IndexKey, Arc<VectorIndex>>>,
     /// Embedding model (name, dimensions) per tenant region.
     embedders: HashMap<Region, String>,
     limits: Limits,
@@ -290,6 +362,7 @@ impl Knowledge {
             gateway,
             store,
             fault: std::sync::RwLock::new(None),
+            indexes: std::sync::Mutex::new(HashMap::new()),
             embedders,
             limits,
         }
@@ -303,6 +376,32 @@ impl Knowledge {
     pub fn inject_search_fault(&self, hook: Option<FaultHook>) {
         if let Ok(mut slot) = self.fault.write() {
             *slot = hook;
+        }
+    }
+
+    /// The collection's vector index, read from the store on first use.
+    pub async fn vector_index(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        model: &str,
+    ) -> Result<Arc<VectorIndex>, KnowledgeServiceError> {
+        let key = (scope.partition(), collection.to_owned(), model.to_owned());
+        if let Some(i) = self.indexes.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(i);
+        }
+        let raw = self.store.vectors(scope, collection, model).await?;
+        let index = Arc::new(VectorIndex::new(raw));
+        if let Ok(mut c) = self.indexes.lock() {
+            c.insert(key, index.clone());
+        }
+        Ok(index)
+    }
+
+    /// Drops the cached vectors of a collection (it changed).
+    fn invalidate(&self, scope: &TenantScope, collection: &str) {
+        if let Ok(mut c) = self.indexes.lock() {
+            c.retain(|(uid, coll, _), _| !(*uid == scope.partition() && coll == collection));
         }
     }
 
@@ -388,7 +487,9 @@ impl Knowledge {
             "document_id": info.id, "external_id": info.external_id, "chunks": info.chunks,
             "bytes": info.bytes, "sha256": info.sha256, "embedding_model": info.embedding_model,
         }));
-        Ok(self.store.put_document(scope, &info, rows, event).await?)
+        let stored = self.store.put_document(scope, &info, rows, event).await;
+        self.invalidate(scope, &doc.collection);
+        Ok(stored?)
     }
 
     /// Deletes a document of a collection.
@@ -408,11 +509,12 @@ impl Knowledge {
             scope.request_id().clone(),
         )
         .with_details(json!({"document_id": id}));
-        if self
+        let deleted = self
             .store
             .delete_document(scope, collection, id, event)
-            .await?
-        {
+            .await;
+        self.invalidate(scope, collection);
+        if deleted? {
             Ok(())
         } else {
             Err(KnowledgeServiceError::NotFound)
@@ -442,7 +544,9 @@ impl Knowledge {
             Outcome::Success,
             scope.request_id().clone(),
         );
-        if self.store.delete_collection(scope, name, event).await? {
+        let deleted = self.store.delete_collection(scope, name, event).await;
+        self.invalidate(scope, name);
+        if deleted? {
             Ok(())
         } else {
             Err(KnowledgeServiceError::NotFound)
@@ -531,17 +635,11 @@ impl Knowledge {
             (Some(m), SearchMode::Vector | SearchMode::Hybrid) => {
                 let q = self.embed(scope, m, &[query.to_owned()]).await?;
                 let qv = q.into_iter().next().unwrap_or_default();
-                let stored = self
-                    .store
-                    .vectors(scope, collection, m, allowed.as_deref())
-                    .await?;
-                bulkhead_knowledge::cosine_top_k(
-                    &qv,
-                    stored.into_iter().filter_map(|(id, b)| {
-                        bulkhead_knowledge::decode_vector(&b).map(|v| (id, v))
-                    }),
-                    want,
-                )
+                let index = self.vector_index(scope, collection, m).await?;
+                let allowed: Option<std::collections::HashSet<&str>> = allowed
+                    .as_ref()
+                    .map(|a| a.iter().map(String::as_str).collect());
+                index.top_k(&qv, allowed.as_ref(), want)
             }
             _ => Vec::new(),
         };

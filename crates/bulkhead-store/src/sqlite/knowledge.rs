@@ -287,21 +287,18 @@ impl KnowledgeStore for SqliteStore {
         scope: &TenantScope,
         collection: &str,
         model: &str,
-        documents: Option<&[String]>,
-    ) -> Result<Vec<(i64, Vec<u8>)>, KnowledgeStoreError> {
+    ) -> Result<Vec<(i64, String, Vec<u8>)>, KnowledgeStoreError> {
         let scope = scope.clone();
         let (collection, model) = (collection.to_owned(), model.to_owned());
-        let docs = doc_list(documents);
         self.blocking(move |s| {
             let p = s.partition(scope.tenant(), scope.partition())?;
             p.with_conn(|conn| {
                 let mut stmt = conn.prepare_cached(
-                    "SELECT c.id, c.embedding FROM chunks c JOIN documents d ON d.id = c.document_id
-                     WHERE c.collection = ?1 AND d.embedding_model = ?2 AND c.embedding IS NOT NULL
-                       AND (?3 IS NULL OR c.document_id IN (SELECT value FROM json_each(?3)))",
+                    "SELECT c.id, c.document_id, c.embedding FROM chunks c JOIN documents d ON d.id = c.document_id
+                     WHERE c.collection = ?1 AND d.embedding_model = ?2 AND c.embedding IS NOT NULL",
                 )?;
-                let rows = stmt.query_map(params![collection, model, docs], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                let rows = stmt.query_map(params![collection, model], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?))
                 })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
