@@ -16,12 +16,16 @@
 //! provider of `bulkhead-testkit` and through the release binary in front
 //! of it, closed-loop and at a fixed request rate.
 //!
+//! `cargo xtask bench-knowledge` measures knowledge search, ingestion,
+//! idle-tenant memory and the canary scan in-process.
+//!
 //! `cargo xtask bench-agent` measures the agent runtime's overhead: a
 //! three-step scripted run through the release binary against the same
 //! calls made directly.
 
 mod agent_bench;
 mod gateway_bench;
+mod knowledge_bench;
 mod load;
 mod vault_bench;
 
@@ -87,8 +91,9 @@ fn main() -> anyhow::Result<()> {
         "bench-vault" => vault_bench::run(std::env::args().skip(2).collect()),
         "bench-gateway" => gateway_bench::run(std::env::args().skip(2).collect()),
         "bench-agent" => agent_bench::run(std::env::args().skip(2).collect()),
+        "bench-knowledge" => knowledge_bench::run(std::env::args().skip(2).collect()),
         _ => bail!(
-            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]\n       cargo xtask bench-agent [--duration SECS] [--warmup SECS] [--concurrency N]"
+            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]\n       cargo xtask bench-agent [--duration SECS] [--warmup SECS] [--concurrency N]\n       cargo xtask bench-knowledge [--tenants N] [--chunks N] [--idle-tenants N] [--queries N] [--dims N]"
         ),
     }
 }
