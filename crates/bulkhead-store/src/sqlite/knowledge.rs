@@ -33,6 +33,55 @@ fn doc_list(documents: Option<&[String]>) -> Option<String> {
     documents.map(|d| Value::from(d.to_vec()).to_string())
 }
 
+/// Share of all chunks above which a query term is left out: such a term
+/// barely moves BM25 (its inverse document frequency is near zero) but
+/// makes FTS5 score most of the index.
+const COMMON_TERM_SHARE: f64 = 0.25;
+/// Below this many chunks nothing is pruned.
+const PRUNE_FROM_CHUNKS: i64 = 5_000;
+
+/// Drops the query's very common terms (keeping the rarest if all are).
+/// `q` is `fts_query`'s output: quoted terms joined by ` OR `.
+fn prune_common_terms(conn: &rusqlite::Connection, q: &str) -> Result<String, StoreError> {
+    let terms: Vec<&str> = q.split(" OR ").collect();
+    if terms.len() < 2 {
+        return Ok(q.to_owned());
+    }
+    let total: i64 = partition::one(conn, "SELECT COALESCE(MAX(id), 0) FROM chunks", [], |r| {
+        r.get(0)
+    })?;
+    // Scoring everything is cheap in a small index, and every term counts.
+    if total < PRUNE_FROM_CHUNKS {
+        return Ok(q.to_owned());
+    }
+    let limit = (total as f64 * COMMON_TERM_SHARE) as i64;
+    let mut scored = Vec::with_capacity(terms.len());
+    for t in &terms {
+        let term = t.trim_matches('"').replace("\"\"", "\"");
+        let df: i64 = partition::one(
+            conn,
+            "SELECT COALESCE((SELECT doc FROM chunks_vocab WHERE term = ?1), 0)",
+            params![term],
+            |r| r.get(0),
+        )?;
+        scored.push((df, *t));
+    }
+    let kept: Vec<&str> = scored
+        .iter()
+        .filter(|(df, _)| *df <= limit)
+        .map(|(_, t)| *t)
+        .collect();
+    if kept.is_empty() {
+        let rarest = scored
+            .iter()
+            .min_by_key(|(df, _)| *df)
+            .map(|(_, t)| *t)
+            .unwrap_or(q);
+        return Ok(rarest.to_owned());
+    }
+    Ok(kept.join(" OR "))
+}
+
 /// Deletes a document's chunks (the trigger removes their index entries)
 /// and the document row.
 fn remove_document(tx: &rusqlite::Connection, id: &str) -> Result<(), StoreError> {
@@ -263,6 +312,7 @@ impl KnowledgeStore for SqliteStore {
         self.blocking(move |s| {
             let p = s.partition(scope.tenant(), scope.partition())?;
             p.with_conn(|conn| {
+                let q = prune_common_terms(conn, &q)?;
                 // bm25() is lower for better matches; the score returned is
                 // its negation, so higher is better everywhere.
                 let mut stmt = conn.prepare_cached(

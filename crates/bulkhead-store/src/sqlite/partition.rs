@@ -150,6 +150,7 @@ const MIGRATIONS: &[&str] = &[
         text, heading, content = 'chunks', content_rowid = 'id',
         tokenize = 'unicode61 remove_diacritics 2'
     );
+    CREATE VIRTUAL TABLE chunks_vocab USING fts5vocab(chunks_fts, 'row');
     CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
         INSERT INTO chunks_fts (rowid, text, heading) VALUES (new.id, new.text, new.heading);
     END;
