@@ -330,3 +330,44 @@ async fn bad_input_is_refused_and_stores_nothing() {
         .await;
     r.assert_problem(404, "not_found");
 }
+
+#[tokio::test]
+async fn a_collection_search_never_returns_or_loses_to_another_collection() {
+    let (_fake, app, acme, _) = app().await;
+    // Collection "noise" ranks far better for "apple" than "target" does.
+    for i in 0..30 {
+        let (s, _) = put(
+            &app,
+            &acme,
+            "noise",
+            json!({"content": format!("apple apple apple apple {i}")}),
+        )
+        .await;
+        assert_eq!(s, 201);
+    }
+    let (s, _) = put(
+        &app,
+        &acme,
+        "target",
+        json!({"content": "one apple among many other words here"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let r = search(
+        &app,
+        &acme,
+        "target",
+        json!({"query": "apple", "mode": "fulltext", "top_k": 1}),
+    )
+    .await;
+    assert_eq!(texts(&r), ["one apple among many other words here"]);
+    let r = search(
+        &app,
+        &acme,
+        "noise",
+        json!({"query": "apple", "mode": "fulltext", "top_k": 50}),
+    )
+    .await;
+    assert_eq!(r["results"].as_array().unwrap().len(), 30);
+    assert!(texts(&r).iter().all(|t| t.starts_with("apple apple")));
+}
