@@ -636,30 +636,40 @@ impl Knowledge {
         } else {
             top_k
         };
-        let fulltext = if mode == SearchMode::Vector {
-            Vec::new()
-        } else {
+        // The two rankings are independent: computed at the same time.
+        let fulltext = async {
+            if mode == SearchMode::Vector {
+                return Ok::<_, KnowledgeServiceError>(Vec::new());
+            }
             match bulkhead_knowledge::fts_query(query) {
-                Some(q) => {
-                    self.store
-                        .fulltext(scope, collection, &q, allowed.as_deref(), want)
-                        .await?
-                }
-                None => Vec::new(),
+                Some(q) => Ok(self
+                    .store
+                    .fulltext(scope, collection, &q, allowed.as_deref(), want)
+                    .await?),
+                None => Ok(Vec::new()),
             }
         };
-        let vector = match (&model, mode) {
-            (Some(m), SearchMode::Vector | SearchMode::Hybrid) => {
-                let q = self.embed(scope, m, &[query.to_owned()]).await?;
-                let qv = q.into_iter().next().unwrap_or_default();
-                let index = self.vector_index(scope, collection, m).await?;
+        let vector = async {
+            let (Some(m), SearchMode::Vector | SearchMode::Hybrid) = (&model, mode) else {
+                return Ok::<_, KnowledgeServiceError>(Vec::new());
+            };
+            let q = self.embed(scope, m, &[query.to_owned()]).await?;
+            let qv = q.into_iter().next().unwrap_or_default();
+            let index = self.vector_index(scope, collection, m).await?;
+            let allowed = allowed.clone();
+            // Milliseconds of arithmetic on a large collection: off the
+            // async workers.
+            tokio::task::spawn_blocking(move || {
                 let allowed: Option<std::collections::HashSet<&str>> = allowed
                     .as_ref()
                     .map(|a| a.iter().map(String::as_str).collect());
                 index.top_k(&qv, allowed.as_ref(), want)
-            }
-            _ => Vec::new(),
+            })
+            .await
+            .map_err(|e| KnowledgeServiceError::Store(KnowledgeStoreError(e.to_string())))
         };
+        let (fulltext, vector) = tokio::join!(fulltext, vector);
+        let (fulltext, vector) = (fulltext?, vector?);
         let ranked: Vec<(i64, f32)> = match mode {
             SearchMode::Fulltext => fulltext.into_iter().take(top_k).collect(),
             SearchMode::Vector => vector.into_iter().take(top_k).collect(),
