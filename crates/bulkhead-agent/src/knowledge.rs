@@ -261,10 +261,18 @@ pub struct SearchResult {
 /// large tenants, which this does not have yet.
 pub struct VectorIndex {
     items: Vec<(i64, String, Vec<f32>, f32)>,
+    /// The HNSW graph over `items`, once built (feature `ann`).
+    #[cfg(feature = "ann")]
+    ann: std::sync::OnceLock<hnsw_rs::hnsw::Hnsw<'static, f32, hnsw_rs::prelude::DistCosine>>,
 }
 
+/// Collections with at least this many vectors get an ANN index (feature
+/// `ann`); below it the exact scan takes a few milliseconds at most.
+pub const ANN_MIN_VECTORS: usize = 20_000;
+
 impl VectorIndex {
-    fn new(raw: Vec<(i64, String, Vec<u8>)>) -> Self {
+    /// An index over stored vectors (chunk id, document id, bytes).
+    pub fn new(raw: Vec<(i64, String, Vec<u8>)>) -> Self {
         let items = raw
             .into_iter()
             .filter_map(|(id, doc, b)| {
@@ -273,7 +281,81 @@ impl VectorIndex {
                 (norm.is_finite() && norm > 0.0).then_some((id, doc, v, norm))
             })
             .collect();
-        Self { items }
+        Self {
+            items,
+            #[cfg(feature = "ann")]
+            ann: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Builds the HNSW graph (feature `ann`; seconds for 100,000 vectors,
+    /// on every core). Searches stay exact until it is ready. Returns
+    /// whether a graph is available afterwards.
+    pub fn build_ann(&self) -> bool {
+        #[cfg(feature = "ann")]
+        {
+            if self.items.is_empty() {
+                return false;
+            }
+            self.ann.get_or_init(|| {
+                let n = self.items.len();
+                let layers = 16.min(((n as f32).ln().trunc() as usize).max(1));
+                let graph =
+                    hnsw_rs::hnsw::Hnsw::new(16, n, layers, 200, hnsw_rs::prelude::DistCosine {});
+                let data: Vec<(&[f32], usize)> = self
+                    .items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, _, v, _))| (v.as_slice(), i))
+                    .collect();
+                graph.parallel_insert_slice(&data);
+                graph
+            });
+            true
+        }
+        #[cfg(not(feature = "ann"))]
+        {
+            false
+        }
+    }
+
+    /// Whether searches use the ANN graph.
+    pub fn uses_ann(&self) -> bool {
+        #[cfg(feature = "ann")]
+        {
+            self.ann.get().is_some()
+        }
+        #[cfg(not(feature = "ann"))]
+        {
+            false
+        }
+    }
+
+    /// The `k` most similar chunks: through the ANN graph when it is built
+    /// and no document filter applies (a filtered search stays exact, so a
+    /// selective filter cannot empty the result), else exact.
+    pub fn search(
+        &self,
+        query: &[f32],
+        allowed: Option<&std::collections::HashSet<&str>>,
+        k: usize,
+    ) -> Vec<(i64, f32)> {
+        #[cfg(feature = "ann")]
+        if allowed.is_none()
+            && let Some(graph) = self.ann.get()
+        {
+            let ef = (k * 4).max(64);
+            return graph
+                .search(query, k, ef)
+                .into_iter()
+                .filter_map(|n| {
+                    self.items
+                        .get(n.d_id)
+                        .map(|(id, ..)| (*id, 1.0 - n.distance))
+                })
+                .collect();
+        }
+        self.top_k(query, allowed, k)
     }
 
     /// Vectors held.
@@ -409,6 +491,11 @@ impl Knowledge {
         }
         let raw = self.store.vectors(scope, collection, model).await?;
         let index = Arc::new(VectorIndex::new(raw));
+        if index.len() >= ANN_MIN_VECTORS && cfg!(feature = "ann") {
+            // Built in the background; exact until then.
+            let building = index.clone();
+            std::thread::spawn(move || building.build_ann());
+        }
         if let Ok(mut c) = self.indexes.lock() {
             c.insert(key, index.clone());
         }
@@ -663,7 +750,7 @@ impl Knowledge {
                 let allowed: Option<std::collections::HashSet<&str>> = allowed
                     .as_ref()
                     .map(|a| a.iter().map(String::as_str).collect());
-                index.top_k(&qv, allowed.as_ref(), want)
+                index.search(&qv, allowed.as_ref(), want)
             })
             .await
             .map_err(|e| KnowledgeServiceError::Store(KnowledgeStoreError(e.to_string())))
@@ -704,5 +791,77 @@ impl Knowledge {
             results.extend(hook(scope));
         }
         Ok(SearchResult { mode, results })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VectorIndex;
+
+    fn index(n: usize, dims: usize) -> (VectorIndex, Vec<Vec<f32>>) {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 2001) as f32 / 1000.0 - 1.0
+        };
+        let vectors: Vec<Vec<f32>> = (0..n)
+            .map(|_| (0..dims).map(|_| next()).collect())
+            .collect();
+        let raw = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                (
+                    i as i64,
+                    format!("d{}", i % 7),
+                    bulkhead_knowledge::encode_vector(v),
+                )
+            })
+            .collect();
+        (VectorIndex::new(raw), vectors)
+    }
+
+    #[test]
+    fn exact_search_ranks_a_vector_first_for_itself_and_honours_the_filter() {
+        let (idx, vectors) = index(500, 16);
+        let top = idx.search(&vectors[42], None, 3);
+        assert_eq!(top[0].0, 42);
+        assert!((top[0].1 - 1.0).abs() < 1e-5);
+        let allowed: std::collections::HashSet<&str> = ["d1"].into_iter().collect();
+        let filtered = idx.search(&vectors[42], Some(&allowed), 10);
+        assert_eq!(filtered.len(), 10);
+        assert!(filtered.iter().all(|(id, _)| id % 7 == 1));
+    }
+
+    #[cfg(feature = "ann")]
+    #[test]
+    fn the_ann_graph_finds_what_the_exact_scan_finds() {
+        let (idx, vectors) = index(3000, 32);
+        assert!(!idx.uses_ann());
+        assert!(idx.build_ann());
+        assert!(idx.uses_ann());
+        let mut found = 0;
+        let queries = 50;
+        for q in vectors.iter().step_by(61).take(queries) {
+            let exact: std::collections::HashSet<i64> = idx
+                .top_k(q, None, 10)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            let approx = idx.search(q, None, 10);
+            assert_eq!(approx.len(), 10);
+            found += approx.iter().filter(|(id, _)| exact.contains(id)).count();
+        }
+        let recall = found as f64 / (queries * 10) as f64;
+        assert!(recall >= 0.9, "recall@10 {recall}");
+        // A filtered search stays exact.
+        let allowed: std::collections::HashSet<&str> = ["d3"].into_iter().collect();
+        assert!(
+            idx.search(&vectors[0], Some(&allowed), 10)
+                .iter()
+                .all(|(id, _)| id % 7 == 3)
+        );
     }
 }
