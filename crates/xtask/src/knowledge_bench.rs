@@ -289,36 +289,44 @@ embedding_model = "embed"
         index.len(),
         t.elapsed().as_secs_f64() * 1000.0
     );
-    let t = Instant::now();
-    let ann = index.build_ann();
-    println!(
-        "ANN (HNSW, hnsw_rs) graph over them: {} in {:.1} s",
-        if ann {
-            "built"
-        } else {
-            "not available (feature ann off)"
-        },
-        t.elapsed().as_secs_f64()
-    );
-    let mut found = 0;
-    let probes = 100;
-    for _ in 0..probes {
-        let q = rng.vector(o.dims);
-        let exact: std::collections::HashSet<i64> = index
-            .top_k(&q, None, 10)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        found += index
-            .search(&q, None, 10)
-            .iter()
-            .filter(|(id, _)| exact.contains(id))
-            .count();
+    if index.len() >= bulkhead_agent::knowledge::ANN_MIN_VECTORS {
+        let t = Instant::now();
+        let ann = index.build_ann();
+        println!(
+            "ANN (HNSW, hnsw_rs) graph over them: {} in {:.1} s",
+            if ann {
+                "built"
+            } else {
+                "not available (feature ann off)"
+            },
+            t.elapsed().as_secs_f64()
+        );
+        let mut found = 0;
+        let probes = 100;
+        for _ in 0..probes {
+            let q = rng.vector(o.dims);
+            let exact: std::collections::HashSet<i64> = index
+                .top_k(&q, None, 10)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            found += index
+                .search(&q, None, 10)
+                .iter()
+                .filter(|(id, _)| exact.contains(id))
+                .count();
+        }
+        println!(
+            "recall@10 of the index against the exact scan: {:.3}",
+            found as f64 / (probes * 10) as f64
+        );
+    } else {
+        println!(
+            "no ANN graph: {} vectors is below the {} from which one is built; searches are exact",
+            index.len(),
+            bulkhead_agent::knowledge::ANN_MIN_VECTORS
+        );
     }
-    println!(
-        "recall@10 of the index against the exact scan: {:.3}",
-        found as f64 / (probes * 10) as f64
-    );
     println!("\nsearch on the big tenant, top_k 10        p50 ms    p99 ms");
     for (name, mode) in [
         ("fulltext", SearchMode::Fulltext),
