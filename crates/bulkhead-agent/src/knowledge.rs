@@ -160,6 +160,12 @@ pub trait KnowledgeStore: Send + Sync {
         name: &str,
         event: NewAuditEvent,
     ) -> Result<bool, KnowledgeStoreError>;
+    /// Whether the collection exists.
+    async fn collection_exists(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+    ) -> Result<bool, KnowledgeStoreError>;
     /// The collection's documents' ids and metadata (for filtering).
     async fn document_metadata(
         &self,
@@ -692,19 +698,30 @@ impl Knowledge {
             ));
         }
         let filter = filter.map(Filter::parse).transpose()?;
-        let docs = self
-            .store
-            .document_metadata(scope, collection)
-            .await?
-            .ok_or(KnowledgeServiceError::NotFound)?;
         // Filtered before ranking, so a selective filter never empties the
-        // top k the way filtering an index's results afterwards would.
-        let allowed: Option<Vec<String>> = filter.map(|f| {
-            docs.iter()
-                .filter(|(_, m)| f.matches(m))
-                .map(|(id, _)| id.clone())
-                .collect()
-        });
+        // top k the way filtering an index's results afterwards would. The
+        // documents' metadata is read only when there is a filter.
+        let allowed: Option<Vec<String>> = match filter {
+            None => {
+                if !self.store.collection_exists(scope, collection).await? {
+                    return Err(KnowledgeServiceError::NotFound);
+                }
+                None
+            }
+            Some(f) => {
+                let docs = self
+                    .store
+                    .document_metadata(scope, collection)
+                    .await?
+                    .ok_or(KnowledgeServiceError::NotFound)?;
+                Some(
+                    docs.iter()
+                        .filter(|(_, m)| f.matches(m))
+                        .map(|(id, _)| id.clone())
+                        .collect(),
+                )
+            }
+        };
         if allowed.as_ref().is_some_and(Vec::is_empty) {
             return Ok(SearchResult {
                 mode,

@@ -254,6 +254,17 @@ impl Gateway {
         Ok(settings)
     }
 
+    /// After a settings write: the cached settings go whatever the outcome
+    /// (a failed write may still have committed).
+    fn settings_changed(
+        &self,
+        scope: &TenantScope,
+        result: Result<(), crate::store::GatewayStoreError>,
+    ) -> Result<(), GatewayError> {
+        self.forget_settings(scope);
+        result.map_err(|e| GatewayError::Internal(e.to_string()))
+    }
+
     /// Turns keeping prompts in the tenant's audit chain on or off.
     pub async fn set_audit_prompts(
         &self,
@@ -261,13 +272,8 @@ impl Gateway {
         on: bool,
         event: NewAuditEvent,
     ) -> Result<(), GatewayError> {
-        let result = self
-            .store
-            .set_audit_prompts(scope, on, event)
-            .await
-            .map_err(|e| GatewayError::Internal(e.to_string()));
-        self.forget_settings(scope);
-        result
+        let result = self.store.set_audit_prompts(scope, on, event).await;
+        self.settings_changed(scope, result)
     }
 
     /// Sets or clears the tenant's message retention.
@@ -277,13 +283,8 @@ impl Gateway {
         days: Option<u32>,
         event: NewAuditEvent,
     ) -> Result<(), GatewayError> {
-        let result = self
-            .store
-            .set_retention(scope, days, event)
-            .await
-            .map_err(|e| GatewayError::Internal(e.to_string()));
-        self.forget_settings(scope);
-        result
+        let result = self.store.set_retention(scope, days, event).await;
+        self.settings_changed(scope, result)
     }
 
     /// Replaces the tenant's model allow-list.
@@ -293,13 +294,8 @@ impl Gateway {
         models: Option<Vec<String>>,
         event: NewAuditEvent,
     ) -> Result<(), GatewayError> {
-        let result = self
-            .store
-            .set_allowed_models(scope, models, event)
-            .await
-            .map_err(|e| GatewayError::Internal(e.to_string()));
-        self.forget_settings(scope);
-        result
+        let result = self.store.set_allowed_models(scope, models, event).await;
+        self.settings_changed(scope, result)
     }
 
     /// Usage by day and model.

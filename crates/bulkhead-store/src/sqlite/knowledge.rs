@@ -137,6 +137,17 @@ fn fulltext_fast(
     ))
 }
 
+fn collection_exists(conn: &rusqlite::Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(partition::one(
+        conn,
+        "SELECT 1 FROM collections WHERE name = ?1",
+        params![name],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
 /// Deletes a document's chunks (the trigger removes their index entries)
 /// and the document row.
 fn remove_document(tx: &rusqlite::Connection, id: &str) -> Result<(), StoreError> {
@@ -315,6 +326,21 @@ impl KnowledgeStore for SqliteStore {
         .map_err(ks)
     }
 
+    async fn collection_exists(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+    ) -> Result<bool, KnowledgeStoreError> {
+        let scope = scope.clone();
+        let collection = collection.to_owned();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| collection_exists(conn, &collection))
+        })
+        .await
+        .map_err(ks)
+    }
+
     async fn document_metadata(
         &self,
         scope: &TenantScope,
@@ -325,15 +351,7 @@ impl KnowledgeStore for SqliteStore {
         self.blocking(move |s| {
             let p = s.partition(scope.tenant(), scope.partition())?;
             p.with_conn(|conn| {
-                let exists = partition::one(
-                    conn,
-                    "SELECT 1 FROM collections WHERE name = ?1",
-                    params![collection],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
-                if !exists {
+                if !collection_exists(conn, &collection)? {
                     return Ok(None);
                 }
                 let mut stmt = conn
