@@ -1,6 +1,7 @@
 //! The capability types: tenant scope, operator scope and failure
 //! attribution. None of them can be built outside this crate.
 
+use bulkhead_core::config::QuotaValues;
 use bulkhead_core::{
     Principal, PrincipalKind, Region, RequestId, Role, Tenant, TenantId, TenantUid,
 };
@@ -16,6 +17,7 @@ pub struct TenantScope {
     region: Region,
     principal: Principal,
     request_id: RequestId,
+    quotas: std::sync::Arc<QuotaValues>,
 }
 
 impl TenantScope {
@@ -26,7 +28,13 @@ impl TenantScope {
             region: tenant.region.clone(),
             principal,
             request_id,
+            quotas: std::sync::Arc::new(tenant.quotas.clone()),
         }
+    }
+
+    /// The tenant's own quota overrides, as of authentication.
+    pub fn quota_overrides(&self) -> &QuotaValues {
+        &self.quotas
     }
 
     /// The tenant's public id.

@@ -64,6 +64,8 @@ pub struct Tenant {
     pub created_at: Timestamp,
     /// Last change.
     pub updated_at: Timestamp,
+    /// The tenant's own limits, over the configured defaults.
+    pub quotas: crate::config::QuotaValues,
 }
 
 /// A change to a tenant; `None` leaves a field as it is.
@@ -77,6 +79,8 @@ pub struct TenantPatch {
     pub isolation: Option<Isolation>,
     /// New status.
     pub status: Option<TenantStatus>,
+    /// The tenant's whole new quota overrides (merged by the caller).
+    pub quotas: Option<crate::config::QuotaValues>,
 }
 
 impl TenantPatch {
@@ -86,6 +90,7 @@ impl TenantPatch {
             && self.region.is_none()
             && self.isolation.is_none()
             && self.status.is_none()
+            && self.quotas.is_none()
     }
 }
 

@@ -45,6 +45,35 @@ impl Timestamp {
         OffsetDateTime::parse(s, &Rfc3339).map(Self::from_datetime)
     }
 
+    /// The UTC calendar month, `YYYY-MM`.
+    pub fn month(self) -> String {
+        let d = self.0.date();
+        format!("{:04}-{:02}", d.year(), u8::from(d.month()))
+    }
+
+    /// Midnight UTC that starts this timestamp's day.
+    pub fn start_of_day(self) -> Self {
+        Self(self.0.replace_time(time::Time::MIDNIGHT))
+    }
+
+    /// Midnight UTC of the first day of this timestamp's month.
+    pub fn start_of_month(self) -> Self {
+        let day = self.start_of_day();
+        Self(day.0 - time::Duration::days(i64::from(day.0.day()) - 1))
+    }
+
+    /// Midnight UTC that starts the next day.
+    pub fn next_day(self) -> Self {
+        Self(self.start_of_day().0 + time::Duration::days(1))
+    }
+
+    /// Midnight UTC of the first day of the next month.
+    pub fn next_month(self) -> Self {
+        let start = self.start_of_month().0;
+        let days = start.month().length(start.year());
+        Self(start + time::Duration::days(i64::from(days)))
+    }
+
     /// The timestamp `seconds` later.
     pub fn plus_seconds(self, seconds: i64) -> Self {
         Self(self.0 + time::Duration::seconds(seconds))
@@ -91,5 +120,17 @@ mod tests {
         assert_eq!(t.to_string(), "2026-01-02T01:04:05.123456Z");
         assert_eq!(t.day(), "2026-01-02");
         assert_eq!(t.unix_micros() % 1_000_000, 123_456);
+    }
+
+    #[test]
+    fn period_boundaries_are_utc_days_and_months() {
+        let t = Timestamp::parse("2028-02-29T23:59:59.5Z").unwrap();
+        assert_eq!(t.month(), "2028-02");
+        assert_eq!(t.start_of_day().to_string(), "2028-02-29T00:00:00Z");
+        assert_eq!(t.next_day().to_string(), "2028-03-01T00:00:00Z");
+        assert_eq!(t.start_of_month().to_string(), "2028-02-01T00:00:00Z");
+        assert_eq!(t.next_month().to_string(), "2028-03-01T00:00:00Z");
+        let dec = Timestamp::parse("2026-12-31T10:00:00Z").unwrap();
+        assert_eq!(dec.next_month().to_string(), "2027-01-01T00:00:00Z");
     }
 }

@@ -36,6 +36,9 @@ pub struct TenantBody {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// The tenant's own quota overrides (over `[quotas.default]`).
+    #[schema(value_type = Object)]
+    pub quotas: bulkhead_core::config::QuotaValues,
 }
 
 impl From<Tenant> for TenantBody {
@@ -48,6 +51,7 @@ impl From<Tenant> for TenantBody {
             status: t.status.as_str().to_owned(),
             created_at: t.created_at.to_string(),
             updated_at: t.updated_at.to_string(),
+            quotas: t.quotas,
         }
     }
 }
@@ -164,6 +168,35 @@ pub struct PatchTenant {
     /// `active` or `suspended`.
     #[schema(value_type = Option<String>)]
     pub status: Option<TenantStatus>,
+    /// Quota overrides merged into the tenant's current ones; a `null`
+    /// value removes that override (back to the configured default).
+    #[schema(value_type = Option<Object>)]
+    pub quotas: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The tenant's quota overrides after merging `patch` into `current`.
+fn merge_quotas(
+    current: &bulkhead_core::config::QuotaValues,
+    patch: serde_json::Map<String, serde_json::Value>,
+) -> Result<bulkhead_core::config::QuotaValues, ApiError> {
+    let mut merged = match serde_json::to_value(current) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            merged.remove(&key);
+        } else {
+            merged.insert(key, value);
+        }
+    }
+    let quotas: bulkhead_core::config::QuotaValues =
+        serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|e| ApiError::Validation(format!("quotas: {e}")))?;
+    if let Some((key, message)) = quotas.problems().into_iter().next() {
+        return Err(ApiError::Validation(format!("quotas.{key}: {message}")));
+    }
+    Ok(quotas)
 }
 
 /// Changes a tenant's name, region, isolation or status.
@@ -180,15 +213,24 @@ pub async fn update_tenant(
     if let Some(name) = &body.name {
         validate_tenant_name(name).map_err(|m| ApiError::Validation(m.into()))?;
     }
+    let quotas = match body.quotas {
+        Some(q) => {
+            let current = state.control.get_tenant(&op, &id).await?;
+            Some(merge_quotas(&current.quotas, q)?)
+        }
+        None => None,
+    };
     let patch = TenantPatch {
         name: body.name,
         region: body.region,
         isolation: body.isolation,
         status: body.status,
+        quotas,
     };
     if patch.is_empty() {
         return Err(ApiError::Validation(
-            "the patch changes nothing; set at least one of name, region, isolation, status".into(),
+            "the patch changes nothing; set at least one of name, region, isolation, status, quotas"
+                .into(),
         ));
     }
     let tenant = state.control.update_tenant(&op, &id, patch).await?;

@@ -99,6 +99,8 @@ const CONTROL_MIGRATIONS: &[&str] = &[
         tenant_uid TEXT PRIMARY KEY,
         canary     TEXT NOT NULL
     ) STRICT;",
+    // v4: each tenant's quota overrides (JSON), over the configured defaults.
+    "ALTER TABLE tenants ADD COLUMN quotas TEXT NOT NULL DEFAULT '{}';",
 ];
 
 /// Open partitions, least recently used evicted first. Each open partition
@@ -218,6 +220,10 @@ fn tenant_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
         updated_at: parse(
             Timestamp::parse(&r.get::<_, String>("updated_at")?),
             "timestamp",
+        )?,
+        quotas: parse(
+            serde_json::from_str(&r.get::<_, String>("quotas")?),
+            "tenant quotas",
         )?,
     })
 }
@@ -484,6 +490,7 @@ impl ControlStore for SqliteStore {
                 status: TenantStatus::Active,
                 created_at: now,
                 updated_at: now,
+                quotas: Default::default(),
             };
             // The partition exists before the tenant row: a crash in between
             // leaves an orphan directory (swept on open), never a tenant
@@ -580,9 +587,16 @@ impl ControlStore for SqliteStore {
                     changed.insert("status".into(), json!({"from": t.status, "to": status}));
                     t.status = status;
                 }
+                if let Some(quotas) = patch.quotas {
+                    changed.insert("quotas".into(), json!({"from": t.quotas, "to": quotas}));
+                    t.quotas = quotas;
+                }
                 t.updated_at = Timestamp::now();
+                let quotas = serde_json::to_string(&t.quotas)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?;
                 let n = tx.execute(
-                    "UPDATE tenants SET name = ?2, region = ?3, isolation = ?4, status = ?5, updated_at = ?6
+                    "UPDATE tenants SET name = ?2, region = ?3, isolation = ?4, status = ?5, updated_at = ?6,
+                       quotas = ?7
                      WHERE uid = ?1",
                     params![
                         t.uid.to_string(),
@@ -590,7 +604,8 @@ impl ControlStore for SqliteStore {
                         t.region.as_str(),
                         t.isolation.as_str(),
                         t.status.as_str(),
-                        t.updated_at.to_string()
+                        t.updated_at.to_string(),
+                        quotas
                     ],
                 )?;
                 if n != 1 {

@@ -402,3 +402,96 @@ async fn a_failing_write_in_a_group_commit_rolls_back_alone() {
         Ok(events.len() as u64)
     );
 }
+
+/// Writes `docs` documents of `per_doc` chunks to collection `kb`; chunk
+/// `i` of document `d` says "common filler" and, for the first `rare`
+/// chunks overall, "zebra".
+async fn seed_chunks(
+    store: &SqliteStore,
+    s: &bulkhead_auth::TenantScope,
+    docs: usize,
+    per_doc: usize,
+    rare: usize,
+) {
+    use bulkhead_agent::knowledge::{ChunkRow, DocumentInfo, KnowledgeStore};
+    use bulkhead_core::audit::{NewAuditEvent, Outcome};
+    let mut n = 0usize;
+    for d in 0..docs {
+        let rows: Vec<ChunkRow> = (0..per_doc)
+            .map(|i| {
+                let word = if n + i < rare { " zebra" } else { "" };
+                ChunkRow {
+                    seq: i as u32,
+                    text: format!("common filler text number {}{word}", n + i),
+                    heading: None,
+                    tokens: 6,
+                    embedding: None,
+                }
+            })
+            .collect();
+        n += per_doc;
+        let now = bulkhead_core::Timestamp::now();
+        let info = DocumentInfo {
+            id: format!("doc-{d}"),
+            collection: "kb".into(),
+            external_id: None,
+            title: None,
+            chunks: per_doc as u32,
+            bytes: 0,
+            sha256: String::new(),
+            embedding_model: None,
+            metadata: serde_json::json!({}),
+            created_at: now,
+            updated_at: now,
+        };
+        let event = NewAuditEvent::new(
+            "document.put",
+            "collection:kb",
+            Outcome::Success,
+            bulkhead_core::RequestId::generate(),
+        );
+        KnowledgeStore::put_document(store, s, &info, rows, event)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn very_common_terms_are_left_out_of_large_fulltext_queries_only() {
+    use bulkhead_agent::knowledge::KnowledgeStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    create(&store, "small").await;
+    create(&store, "large").await;
+    let small = scope(&store, "small").await;
+    let large = scope(&store, "large").await;
+    seed_chunks(&store, &small, 10, 100, 3).await;
+    seed_chunks(&store, &large, 60, 100, 3).await;
+    let q = bulkhead_knowledge::fts_query("common zebra").unwrap();
+
+    // Below 5,000 chunks every term counts: "common" matches everything.
+    let hits = KnowledgeStore::fulltext(&store, &small, "kb", &q, None, 50)
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 50, "a small index scores every term");
+    // (Chunk 1 is the tenant's canary, so the rare chunks are 2..=4.)
+    assert!(
+        hits[..3].iter().all(|(id, _)| (2..=4).contains(id)) && hits[3].1 < hits[2].1,
+        "rare term ranks first: {hits:?}"
+    );
+
+    // Above it, a term in more than a quarter of the chunks is dropped, so
+    // only the chunks with the rare term are scored and returned.
+    let hits = KnowledgeStore::fulltext(&store, &large, "kb", &q, None, 50)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = hits.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), 3, "only the rare term's chunks: {ids:?}");
+
+    // A query of common terms only keeps the rarest, so it still answers.
+    let q = bulkhead_knowledge::fts_query("common filler").unwrap();
+    let hits = KnowledgeStore::fulltext(&store, &large, "kb", &q, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 10, "all-common query still answers");
+}

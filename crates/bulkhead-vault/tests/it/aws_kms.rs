@@ -392,6 +392,7 @@ fn tenant_scope(op: &OperatorScope, id: &str) -> TenantScope {
         status: TenantStatus::Active,
         created_at: now,
         updated_at: now,
+        quotas: Default::default(),
     })
 }
 
