@@ -34,6 +34,9 @@ pub enum AgentError {
     /// Boot-time configuration problem (templates, tools).
     #[error("{0}")]
     Config(String),
+    /// Over one of the tenant's limits (concurrent runs).
+    #[error("{0}")]
+    Limited(bulkhead_quota::Refusal),
 }
 
 impl AgentError {
@@ -47,6 +50,7 @@ impl AgentError {
             AgentError::Finished => "run_finished",
             AgentError::Prompt(_) => "prompt_error",
             AgentError::Store(_) | AgentError::Config(_) => "internal",
+            AgentError::Limited(r) => r.code(),
         }
     }
 }

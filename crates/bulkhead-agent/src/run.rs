@@ -69,6 +69,9 @@ pub struct Runtime {
     tasks: TaskTracker,
     settings_cache: Mutex<HashMap<(TenantUid, String), (AgentSettings, Instant)>>,
     knowledge: Option<Arc<Knowledge>>,
+    limiter: Option<Arc<bulkhead_quota::Limiter>>,
+    /// Runs executing at once in this process, admitted fairly when full.
+    run_gate: Option<bulkhead_quota::FairGate>,
 }
 
 fn failure(code: &str, message: impl Into<String>) -> RunFailure {
@@ -165,7 +168,22 @@ impl Runtime {
             tasks: TaskTracker::new(),
             settings_cache: Mutex::new(HashMap::new()),
             knowledge: None,
+            limiter: None,
+            run_gate: None,
         }
+    }
+
+    /// Enforces tenants' concurrent-run and tool-call limits with
+    /// `limiter`; with `run_gate`, runs beyond its capacity wait and are
+    /// admitted per tenant by weighted fair queueing.
+    pub fn with_limits(
+        mut self,
+        limiter: Arc<bulkhead_quota::Limiter>,
+        run_gate: Option<bulkhead_quota::FairGate>,
+    ) -> Self {
+        self.limiter = Some(limiter);
+        self.run_gate = run_gate;
+        self
     }
 
     /// Lets agents with `knowledge` collections retrieve from them (in the
@@ -426,6 +444,28 @@ impl Runtime {
         // Render before anything is stored: a template error is the
         // caller's to fix (a missing variable), not a failed run.
         let system = self.prompts.render(&agent, scope, &settings.variables)?;
+        // The slot is held until the run ends; if this process dies, it
+        // expires after the run's own time limit.
+        let lease = match &self.limiter {
+            Some(l) => match l
+                .start_run(scope, agent.timeout + std::time::Duration::from_secs(60))
+                .await
+            {
+                Ok(lease) => Some(lease),
+                Err(refusal) => {
+                    self.gateway
+                        .audit_refusal(
+                            scope,
+                            &format!("agent:{}", agent.name),
+                            "run.start",
+                            &refusal,
+                        )
+                        .await;
+                    return Err(AgentError::Limited(refusal));
+                }
+            },
+            None => None,
+        };
         let record = RunRecord {
             id: RunId::generate(),
             thread_id,
@@ -491,7 +531,7 @@ impl Runtime {
         };
         let this = self.clone();
         self.tasks
-            .spawn(async move { this.execute(ctx, tx, token, done_tx).await });
+            .spawn(async move { this.execute(ctx, tx, token, done_tx, lease).await });
         Ok(RunStarted {
             run: record,
             events: rx,
@@ -511,10 +551,21 @@ impl Runtime {
         tx: mpsc::Sender<RunEvent>,
         cancel: CancellationToken,
         finished: oneshot::Sender<RunRecord>,
+        lease: Option<bulkhead_quota::RunLease>,
     ) {
         let timeout = ctx.agent.timeout;
+        let gate = self.run_gate.clone();
+        let weight = self.limiter.as_ref().map_or(1, |l| l.weight(&ctx.scope));
+        let tenant = ctx.scope.tenant().as_str().to_owned();
         let outcome = tokio::select! {
-            r = self.drive(&mut ctx, &tx) => r,
+            r = async {
+                // Waiting for a slot counts against the run's time limit.
+                let _slot = match &gate {
+                    Some(g) => Some(g.acquire(&tenant, weight).await),
+                    None => None,
+                };
+                self.drive(&mut ctx, &tx).await
+            } => r,
             _ = cancel.cancelled() => Err(failure("cancelled", "the run was cancelled")),
             _ = tokio::time::sleep(timeout) => Err(failure(
                 "timeout",
@@ -566,6 +617,11 @@ impl Runtime {
             .await
         {
             tracing::error!(error = %e, run_id = %record.id, "could not record the end of a run");
+        }
+        // The slot is free before anyone hears that the run ended, so a
+        // client starting its next run right away is not refused.
+        if let Some(lease) = lease {
+            lease.release().await;
         }
         self.forget(scope.partition(), record.id);
         for ev in std::mem::take(&mut ctx.outbox) {
@@ -986,19 +1042,37 @@ impl Runtime {
         // cannot lead to a call being made twice.
         self.flush(ctx, tx).await?;
         // Independent calls run concurrently.
-        let outputs = futures_util::future::join_all(
-            planned
-                .iter()
-                .map(|p| self.execute_tool(&ctx.agent, &ctx.scope, p)),
-        )
+        let outputs = futures_util::future::join_all(planned.iter().map(|p| async {
+            let started = Instant::now();
+            let out = self.execute_tool(&ctx.agent, &ctx.scope, p).await;
+            (out, started.elapsed())
+        }))
         .await;
-        for (p, (ok, code, content)) in planned.iter().zip(outputs) {
+        for (p, ((ok, code, content), took)) in planned.iter().zip(outputs) {
+            // The cost ledger's row for the call (tools have no price).
+            if code != Some("rate_limited") {
+                self.gateway.record_tool_call(
+                    &ctx.scope,
+                    bulkhead_gateway::ToolUsage {
+                        agent: &ctx.agent.name,
+                        run_id: &ctx.record.id.to_string(),
+                        tool: &p.name,
+                        region: ctx.scope.region().as_str(),
+                        status: if ok { "ok" } else { code.unwrap_or("error") },
+                        latency_ms: took.as_millis() as u64,
+                    },
+                );
+            }
             let m = json!({"role": "tool", "tool_call_id": p.id, "content": content});
             let outcome = match (ok, code) {
                 (true, _) => Outcome::Success,
-                (false, Some("host_not_allowed" | "invalid_arguments" | "missing_credential")) => {
-                    Outcome::Denied
-                }
+                (
+                    false,
+                    Some(
+                        "host_not_allowed" | "invalid_arguments" | "missing_credential"
+                        | "rate_limited",
+                    ),
+                ) => Outcome::Denied,
                 _ => Outcome::Failure,
             };
             let event = NewAuditEvent::new(
@@ -1048,6 +1122,18 @@ impl Runtime {
         scope: &TenantScope,
         p: &Planned<'_>,
     ) -> (bool, Option<&'static str>, String) {
+        if let Some(limiter) = &self.limiter
+            && let Err(refusal) = limiter.tool_call(scope).await
+        {
+            self.gateway
+                .audit_refusal(scope, &format!("tool:{}", p.name), "tool.call", &refusal)
+                .await;
+            return (
+                false,
+                Some(refusal.code()),
+                json!({"error": refusal.code(), "message": refusal.to_string()}).to_string(),
+            );
+        }
         let tool = match p.target {
             Target::Tool(t) => t,
             Target::Search => return self.search_tool(ctx_agent, scope, &p.args).await,

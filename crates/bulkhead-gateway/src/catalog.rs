@@ -7,7 +7,6 @@ use std::time::Duration;
 use bulkhead_core::config::{Config, ProviderCredential, ProviderKind};
 use bulkhead_core::money::Usd;
 use bulkhead_core::{Region, SecretString};
-use tokio::sync::Semaphore;
 
 /// Where a provider's key comes from.
 #[derive(Debug, Clone)]
@@ -37,8 +36,9 @@ pub struct Provider {
     pub timeout: Duration,
     /// Retries after 429/5xx.
     pub max_retries: u32,
-    /// Caps calls in flight.
-    pub permits: Arc<Semaphore>,
+    /// Caps calls in flight; when they are all taken, tenants are
+    /// admitted by weighted fair queueing.
+    pub permits: bulkhead_quota::FairGate,
     /// `azure-openai`: the `api-version` query parameter.
     pub api_version: Option<String>,
 }
@@ -89,7 +89,7 @@ impl Catalog {
                     key,
                     timeout: Duration::from_secs(p.timeout_s),
                     max_retries: p.max_retries,
-                    permits: Arc::new(Semaphore::new(p.max_concurrency as usize)),
+                    permits: bulkhead_quota::FairGate::new(p.max_concurrency as usize),
                     api_version: p.api_version.clone(),
                 };
                 (p.name.clone(), Arc::new(provider))

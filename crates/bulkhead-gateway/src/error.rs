@@ -45,6 +45,9 @@ pub enum GatewayError {
         "The request was blocked: it carried data of another organisation. The incident has been reported."
     )]
     CrossTenantLeak,
+    /// Over one of the tenant's limits (rate, concurrency, budget).
+    #[error("{0}")]
+    Limited(bulkhead_quota::Refusal),
 }
 
 impl GatewayError {
@@ -59,6 +62,8 @@ impl GatewayError {
             GatewayError::Upstream(_) => 502,
             GatewayError::Internal(_) => 500,
             GatewayError::CrossTenantLeak => 403,
+            GatewayError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => 503,
+            GatewayError::Limited(_) => 429,
         }
     }
 
@@ -73,6 +78,11 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) | GatewayError::Upstream(_) => "upstream_error",
             GatewayError::Internal(_) => "server_error",
             GatewayError::CrossTenantLeak => "permission_error",
+            GatewayError::Limited(bulkhead_quota::Refusal::BudgetExceeded { .. }) => {
+                "insufficient_quota"
+            }
+            GatewayError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => "server_error",
+            GatewayError::Limited(_) => "rate_limit_error",
         }
     }
 
@@ -88,6 +98,16 @@ impl GatewayError {
             GatewayError::Upstream(_) => "upstream_error",
             GatewayError::Internal(_) => "internal",
             GatewayError::CrossTenantLeak => "cross_tenant_leak",
+            GatewayError::Limited(r) => r.code(),
+        }
+    }
+
+    /// Seconds a client should wait before retrying, when that is known.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::UpstreamRateLimited { retry_after } => *retry_after,
+            GatewayError::Limited(r) => Some(r.retry_after_s()),
+            _ => None,
         }
     }
 

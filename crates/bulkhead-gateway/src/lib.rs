@@ -23,6 +23,6 @@ pub mod usage;
 
 pub use catalog::{Catalog, Model, Provider};
 pub use error::GatewayError;
-pub use service::{ChatOutcome, Gateway};
+pub use service::{ChatOutcome, Gateway, ToolUsage};
 pub use store::GatewayStore;
 pub use usage::{UsageRecord, UsageSummary};

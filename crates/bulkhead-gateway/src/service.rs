@@ -24,7 +24,8 @@ use crate::error::GatewayError;
 use crate::sse;
 use crate::store::{GatewaySettings, GatewayStore};
 use crate::upstream::{Endpoint, Upstream};
-use crate::usage::{Tokens, UsageRecord, UsageSummary, cost_nanos, nanos_to_usd};
+use crate::usage::{Tokens, UsageGroup, UsageRecord, UsageSummary, cost_nanos, nanos_to_usd};
+use bulkhead_quota::{Limiter, Refusal, Reservation};
 
 /// What a chat completion returns.
 pub enum ChatOutcome {
@@ -53,6 +54,33 @@ pub struct Gateway {
     settings_cache: Mutex<HashMap<TenantUid, (GatewaySettings, Instant)>>,
     canaries: Arc<CanaryScanner>,
     alarm: Option<Arc<dyn LeakAlarm>>,
+    limiter: Option<Arc<Limiter>>,
+}
+
+/// One tool call, for the cost ledger.
+pub struct ToolUsage<'a> {
+    /// The agent whose run made it.
+    pub agent: &'a str,
+    /// The run.
+    pub run_id: &'a str,
+    /// The tool.
+    pub tool: &'a str,
+    /// The tool's region.
+    pub region: &'a str,
+    /// `ok` or the failure code.
+    pub status: &'a str,
+    /// Wall time.
+    pub latency_ms: u64,
+}
+
+/// Output tokens reserved for a call that does not say how many it wants.
+const DEFAULT_OUTPUT_ESTIMATE: u64 = 4096;
+
+/// A rough count of the tokens in `bytes` of request text, for
+/// reservations only (the settle uses the provider's count): about four
+/// bytes a token, rounded up, so the estimate errs high.
+fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
 }
 
 fn now_unix() -> u64 {
@@ -81,6 +109,8 @@ struct Call {
     prompt: Option<Value>,
     /// The agent and run the call belongs to, if any.
     run: Option<(String, String)>,
+    /// The budget and token reservation, settled by [`Call::finish`].
+    reservation: Mutex<Option<Reservation>>,
 }
 
 impl Call {
@@ -98,6 +128,14 @@ impl Call {
             latency_ms: self.started.elapsed().as_millis() as u64,
             status: status.to_owned(),
             stream: self.stream,
+            kind: if self.action == "model.embed" {
+                "embed"
+            } else {
+                "model"
+            },
+            agent: self.run.as_ref().map(|(a, _)| a.clone()),
+            run_id: self.run.as_ref().map(|(_, r)| r.clone()),
+            tool: None,
         };
         let outcome = if status == "ok" {
             Outcome::Success
@@ -135,8 +173,14 @@ impl Call {
     fn finish(&self, recorder: &Recorder, tokens: Tokens, status: &str) {
         let (usage, event) = self.record(tokens, status);
         let model = usage.model.clone();
+        let cost = usage.cost_nanos;
         let write = recorder.store.record_usage(&self.scope, usage, event);
+        let reservation = self.reservation.lock().ok().and_then(|mut r| r.take());
         recorder.tasks.spawn(async move {
+            // The ledger row is queued (above); the counters follow it.
+            if let Some(r) = reservation {
+                r.settle(tokens.input + tokens.output, cost).await;
+            }
             if let Err(e) = write.await {
                 // The call happened; losing its row is an operator alarm, not a client error.
                 tracing::error!(error = %e, model = %model, "could not record model usage");
@@ -171,7 +215,102 @@ impl Gateway {
             settings_cache: Mutex::new(HashMap::new()),
             canaries: Arc::new(CanaryScanner::new()),
             alarm: None,
+            limiter: None,
         })
+    }
+
+    /// Enforces tenants' token rates and budgets with `limiter`, and
+    /// admits them to saturated providers by their weights.
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// The limiter, if limits are enforced.
+    pub fn limiter(&self) -> Option<&Arc<Limiter>> {
+        self.limiter.as_ref()
+    }
+
+    fn weight(&self, scope: &TenantScope) -> u32 {
+        self.limiter.as_ref().map_or(1, |l| l.weight(scope))
+    }
+
+    /// Reserves a call's estimated tokens and cost; a refusal is audited.
+    async fn reserve(
+        &self,
+        scope: &TenantScope,
+        model: &Model,
+        action: &str,
+        est: Tokens,
+    ) -> Result<Option<Reservation>, GatewayError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(None);
+        };
+        let cost = cost_nanos(
+            est,
+            model.price_input,
+            model.price_output,
+            model.price_cached,
+        );
+        match limiter.reserve(scope, est.input + est.output, cost).await {
+            Ok(r) => Ok(Some(r)),
+            Err(refusal) => {
+                self.audit_refusal(scope, &format!("model:{}", model.name), action, &refusal)
+                    .await;
+                Err(GatewayError::Limited(refusal))
+            }
+        }
+    }
+
+    /// Appends a `limit.exceeded` event for a refused `action` on `resource`.
+    pub async fn audit_refusal(
+        &self,
+        scope: &TenantScope,
+        resource: &str,
+        action: &str,
+        refusal: &Refusal,
+    ) {
+        let event = NewAuditEvent::new(
+            "limit.exceeded",
+            resource.to_owned(),
+            Outcome::Denied,
+            scope.request_id().clone(),
+        )
+        .with_details(json!({
+            "code": refusal.code(), "action": action, "reason": refusal.to_string(),
+            "retry_after_s": refusal.retry_after_s(),
+        }));
+        if let Err(e) = self.store.append_audit(scope, event).await {
+            tracing::error!(error = %e, "could not audit a refusal over a limit");
+        }
+    }
+
+    /// Writes a tool call's ledger row (tools have no price: cost 0), with
+    /// the agent and run that made it.
+    pub fn record_tool_call(&self, scope: &TenantScope, call: ToolUsage<'_>) {
+        let usage = UsageRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            time: Timestamp::now(),
+            request_id: scope.request_id().to_string(),
+            model: String::new(),
+            provider: String::new(),
+            region: call.region.to_owned(),
+            tokens: Tokens::default(),
+            cost_nanos: 0,
+            latency_ms: call.latency_ms,
+            status: call.status.to_owned(),
+            stream: false,
+            kind: "tool",
+            agent: Some(call.agent.to_owned()),
+            run_id: Some(call.run_id.to_owned()),
+            tool: Some(call.tool.to_owned()),
+        };
+        let write = self.recorder.store.record_usage_row(scope, usage);
+        self.recorder.tasks.spawn(async move {
+            if let Err(e) = write.await {
+                tracing::error!(error = %e, "could not record a tool call in the ledger");
+            }
+        });
     }
 
     /// Arms the cross-tenant tripwire: outbound requests are scanned with
@@ -298,15 +437,16 @@ impl Gateway {
         self.settings_changed(scope, result)
     }
 
-    /// Usage by day and model.
+    /// The ledger grouped by `group`.
     pub async fn usage(
         &self,
         scope: &TenantScope,
         from: Timestamp,
         to: Timestamp,
+        group: &[UsageGroup],
     ) -> Result<Vec<UsageSummary>, GatewayError> {
         self.store
-            .usage_summary(scope, from, to)
+            .usage_summary(scope, from, to, group)
             .await
             .map_err(|e| GatewayError::Internal(e.to_string()))
     }
@@ -464,6 +604,16 @@ impl Gateway {
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         self.check_outbound(scope, &bytes, Channel::Model).await?;
         let key = self.key(scope, &model).await?;
+        let est = Tokens {
+            input: estimate_tokens(bytes.len()),
+            output: req
+                .get("max_completion_tokens")
+                .or_else(|| req.get("max_tokens"))
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_OUTPUT_ESTIMATE),
+            cached: 0,
+        };
+        let reservation = self.reserve(scope, &model, "model.call", est).await?;
         let call = Call {
             action: "model.call",
             scope: scope.clone(),
@@ -476,14 +626,13 @@ impl Gateway {
                 .then(|| req.get("messages").cloned())
                 .flatten(),
             run,
+            reservation: Mutex::new(reservation),
         };
         let permit = model
             .provider
             .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            .acquire(scope.tenant().as_str(), self.weight(scope))
+            .await;
         let res = match self
             .upstream
             .send(
@@ -559,6 +708,12 @@ impl Gateway {
         self.check_outbound(scope, joined.as_bytes(), Channel::Model)
             .await?;
         let key = self.key(scope, &model).await?;
+        let est = Tokens {
+            input: estimate_tokens(joined.len()),
+            output: 0,
+            cached: 0,
+        };
+        let reservation = self.reserve(scope, &model, "model.embed", est).await?;
         let call = Call {
             action: "model.embed",
             scope: scope.clone(),
@@ -568,15 +723,14 @@ impl Gateway {
             stream: false,
             prompt: None,
             run: None,
+            reservation: Mutex::new(reservation),
         };
         let body = json!({"model": model.upstream, "input": inputs, "dimensions": dimensions});
         let permit = model
             .provider
             .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            .acquire(scope.tenant().as_str(), self.weight(scope))
+            .await;
         let result = async {
             let res = self
                 .upstream

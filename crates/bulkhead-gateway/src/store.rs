@@ -8,7 +8,7 @@ use bulkhead_auth::TenantScope;
 use bulkhead_core::Timestamp;
 use bulkhead_core::audit::NewAuditEvent;
 
-use crate::usage::{UsageRecord, UsageSummary};
+use crate::usage::{UsageGroup, UsageRecord, UsageSummary};
 
 /// A tenant's gateway settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,19 +42,30 @@ pub trait GatewayStore: Send + Sync {
         usage: UsageRecord,
         event: NewAuditEvent,
     ) -> UsageWrite;
+    /// Queues a ledger row that has no audit event of its own (a tool
+    /// call, audited by the agent runtime), like [`GatewayStore::record_usage`].
+    fn record_usage_row(&self, scope: &TenantScope, usage: UsageRecord) -> UsageWrite;
     /// Appends an event to the tenant's audit chain (a refused call).
     async fn append_audit(
         &self,
         scope: &TenantScope,
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError>;
-    /// Usage aggregated by UTC day and model, for `from <= time < to`.
+    /// The ledger aggregated by `group` (in that order), for
+    /// `from <= time < to`, ordered by the groups.
     async fn usage_summary(
         &self,
         scope: &TenantScope,
         from: Timestamp,
         to: Timestamp,
+        group: &[UsageGroup],
     ) -> Result<Vec<UsageSummary>, GatewayStoreError>;
+    /// Nano-dollars spent since `from` (budgets are seeded from it).
+    async fn spent_since(
+        &self,
+        scope: &TenantScope,
+        from: Timestamp,
+    ) -> Result<u64, GatewayStoreError>;
     /// The tenant's gateway settings (one read per call).
     async fn settings(&self, scope: &TenantScope) -> Result<GatewaySettings, GatewayStoreError>;
     /// Turns keeping prompts in the audit chain on or off, with its audit event.
@@ -78,4 +89,18 @@ pub trait GatewayStore: Send + Sync {
         models: Option<Vec<String>>,
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError>;
+}
+
+/// The ledger as the limiter's source of committed spend: budgets are
+/// seeded from the usage rows of the current day and month.
+pub struct LedgerSpend(pub std::sync::Arc<dyn GatewayStore>);
+
+#[async_trait]
+impl bulkhead_quota::SpendLedger for LedgerSpend {
+    async fn spent_since(&self, scope: &TenantScope, from: Timestamp) -> Result<u64, String> {
+        self.0
+            .spent_since(scope, from)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }

@@ -1,4 +1,6 @@
-//! Usage records: one per model call, with its cost in fixed point.
+//! The cost ledger: one usage record per model call, embedding call and
+//! tool call, with the agent and run that made it and its cost in fixed
+//! point; and the report lines aggregated from it.
 
 use bulkhead_core::Timestamp;
 use bulkhead_core::money::Usd;
@@ -41,6 +43,14 @@ pub struct UsageRecord {
     pub status: String,
     /// Whether it was a streamed call.
     pub stream: bool,
+    /// `model` (chat), `embed` or `tool`.
+    pub kind: &'static str,
+    /// The agent whose run made the call, if any.
+    pub agent: Option<String>,
+    /// That run's id.
+    pub run_id: Option<String>,
+    /// The tool called (`kind = tool`; `model` is empty then).
+    pub tool: Option<String>,
 }
 
 /// Cost of `tokens` at the given per-million prices, in nano-dollars,
@@ -60,13 +70,57 @@ pub fn nanos_to_usd(nanos: u64) -> String {
     format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
 }
 
-/// One aggregate line of `GET /v1/usage`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What a usage report groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UsageGroup {
+    /// UTC day.
+    Day,
+    /// Agent (none for direct API calls).
+    Agent,
+    /// Model alias (none for tool calls).
+    Model,
+    /// Tool (none for model calls).
+    Tool,
+}
+
+impl UsageGroup {
+    /// Parses a `group_by` list such as `day,model`: known names, no
+    /// repeats, at least one.
+    pub fn parse_list(s: &str) -> Result<Vec<UsageGroup>, String> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let g = match part {
+                "day" => UsageGroup::Day,
+                "agent" => UsageGroup::Agent,
+                "model" => UsageGroup::Model,
+                "tool" => UsageGroup::Tool,
+                other => {
+                    return Err(format!(
+                        "`group_by` takes day, agent, model and tool (comma-separated), not {other:?}"
+                    ));
+                }
+            };
+            if out.contains(&g) {
+                return Err(format!("`group_by` names {part:?} twice"));
+            }
+            out.push(g);
+        }
+        Ok(out)
+    }
+}
+
+/// One aggregate line of a usage report; the grouping fields not asked
+/// for are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UsageSummary {
     /// UTC day, `YYYY-MM-DD`.
-    pub day: String,
+    pub day: Option<String>,
+    /// Agent.
+    pub agent: Option<String>,
     /// Model alias.
-    pub model: String,
+    pub model: Option<String>,
+    /// Tool.
+    pub tool: Option<String>,
     /// Calls.
     pub requests: u64,
     /// Input tokens.

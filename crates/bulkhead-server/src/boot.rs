@@ -39,6 +39,9 @@ pub enum BootError {
     /// The key provider could not be opened.
     #[error("kms: {0}")]
     Kms(String),
+    /// The limit backend could not be set up.
+    #[error("limits: {0}")]
+    Limits(String),
     /// The operator token file could not be read or written.
     #[error("operator token file {path}: {message}")]
     OperatorToken {
@@ -113,10 +116,12 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     let canaries = store.canary_scanner();
     let leak_metric = metrics.clone();
     canaries.set_on_leak(Box::new(move || leak_metric.cross_tenant_leak()));
+    let limiter = Arc::new(limiter(config, store_arc.clone()).await?);
     let gateway = Arc::new(
         bulkhead_gateway::Gateway::new(catalog.clone(), vault.clone(), store_arc.clone())
             .map_err(|e| BootError::Kms(format!("model gateway: {e}")))?
-            .with_tripwire(canaries, store_arc.clone()),
+            .with_tripwire(canaries, store_arc.clone())
+            .with_limiter(limiter.clone()),
     );
     let (tools, agents, prompts) = agent_parts(config, base_dir)?;
     let embedders = config
@@ -139,7 +144,14 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
             vault.clone(),
             store_arc.clone(),
         )
-        .with_knowledge(knowledge.clone()),
+        .with_knowledge(knowledge.clone())
+        .with_limits(
+            limiter.clone(),
+            config
+                .limits
+                .max_concurrent_runs
+                .map(|n| bulkhead_quota::FairGate::new(n as usize)),
+        ),
     );
     let state = AppState {
         control: store_arc.clone(),
@@ -162,6 +174,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
                 .as_ref()
                 .map(|t| bulkhead_auth::TokenDigest::new(t.value())),
         }),
+        limiter,
     };
     let startup_operator = bulkhead_core::RequestId::parse("startup")
         .ok()
@@ -172,6 +185,55 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         operator_token: source,
         startup_operator,
     })
+}
+
+/// The limiter of a configuration: its backend (in-process, or Redis with
+/// the `redis` feature), the default quotas, the ledger budgets are seeded
+/// from, and the budget alerts when a signing key is configured.
+pub async fn limiter(
+    config: &Config,
+    store: Arc<SqliteStore>,
+) -> Result<bulkhead_quota::Limiter, BootError> {
+    let backend: Arc<dyn bulkhead_quota::LimitBackend> = match config.limits.backend {
+        bulkhead_core::config::LimitsBackend::Memory => {
+            Arc::new(bulkhead_quota::MemoryBackend::new())
+        }
+        bulkhead_core::config::LimitsBackend::Redis => redis_backend(config).await?,
+    };
+    let limiter = bulkhead_quota::Limiter::new(
+        config.quotas.default.clone(),
+        backend,
+        Arc::new(bulkhead_gateway::store::LedgerSpend(store.clone())),
+        std::time::Duration::from_secs(config.limits.reservation_ttl_s),
+    );
+    Ok(match &config.quotas.alerts.signing_key {
+        Some(key) => {
+            let alerts = crate::alerts::WebhookAlerts::new(key.value().clone(), store)
+                .map_err(BootError::Limits)?;
+            limiter.with_alerts(config.quotas.alerts.thresholds.clone(), Arc::new(alerts))
+        }
+        None => limiter,
+    })
+}
+
+#[cfg(feature = "redis")]
+async fn redis_backend(
+    config: &Config,
+) -> Result<Arc<dyn bulkhead_quota::LimitBackend>, BootError> {
+    let url = config.limits.redis_url.as_deref().unwrap_or_default();
+    let backend = bulkhead_store::redis_limits::RedisBackend::connect(url)
+        .await
+        .map_err(|e| BootError::Limits(e.to_string()))?;
+    Ok(Arc::new(backend))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_backend(
+    _config: &Config,
+) -> Result<Arc<dyn bulkhead_quota::LimitBackend>, BootError> {
+    Err(BootError::Limits(
+        "backend = \"redis\" needs a build with the cargo feature `redis`".into(),
+    ))
 }
 
 /// The tools, agents and compiled prompt templates of a configuration:

@@ -80,6 +80,10 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
+    /// Over one of the tenant's limits: 429 with `Retry-After` (503 when
+    /// the limit counters cannot be reached).
+    #[error("{0}")]
+    Limited(bulkhead_quota::Refusal),
 }
 
 impl ApiError {
@@ -104,6 +108,10 @@ impl ApiError {
             ApiError::AgentDisabled(_) | ApiError::RunFinished => StatusCode::CONFLICT,
             ApiError::Residency(_) => StatusCode::FORBIDDEN,
             ApiError::Prompt(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Knowledge { code, .. } => match *code {
                 "document_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
                 "embedding_failed" => StatusCode::BAD_GATEWAY,
@@ -135,6 +143,7 @@ impl ApiError {
             ApiError::RunFinished => "run_finished",
             ApiError::Prompt(_) => "prompt_error",
             ApiError::Knowledge { code, .. } => code,
+            ApiError::Limited(r) => r.code(),
         }
     }
 
@@ -160,6 +169,12 @@ impl ApiError {
             ApiError::RunFinished => "Run already ended",
             ApiError::Prompt(_) => "Prompt error",
             ApiError::Knowledge { .. } => "Knowledge request refused",
+            ApiError::Limited(bulkhead_quota::Refusal::BudgetExceeded { .. }) => "Budget exceeded",
+            ApiError::Limited(bulkhead_quota::Refusal::ConcurrencyLimited { .. }) => {
+                "Too many concurrent runs"
+            }
+            ApiError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => "Limits unavailable",
+            ApiError::Limited(_) => "Rate limited",
         }
     }
 }
@@ -202,6 +217,7 @@ impl From<bulkhead_agent::AgentError> for ApiError {
             AgentError::Prompt(m) => ApiError::Prompt(m),
             AgentError::Store(s) => ApiError::Internal(s.to_string()),
             AgentError::Config(m) => ApiError::Internal(m),
+            AgentError::Limited(r) => ApiError::Limited(r),
         }
     }
 }
@@ -259,6 +275,11 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::Limited(r) = &self
+            && let Ok(v) = HeaderValue::from_str(&r.retry_after_s().to_string())
+        {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
         }
         res
     }

@@ -118,6 +118,16 @@ impl FromRequestParts<AppState> for TenantCtx {
             Ok(scope) => {
                 tracing::Span::current().record("tenant_id", scope.tenant().as_str());
                 state.metrics.tenant_request(scope.tenant().as_str());
+                // Every tenant-plane request counts against the tenant's
+                // requests per minute, whatever it asks for.
+                if let Err(refusal) = state.limiter.request(&scope).await {
+                    state.metrics.limited(refusal.code());
+                    state
+                        .gateway
+                        .audit_refusal(&scope, parts.uri.path(), "request", &refusal)
+                        .await;
+                    return Err(ApiError::Limited(refusal));
+                }
                 Ok(TenantCtx(scope))
             }
             Err(err) => {

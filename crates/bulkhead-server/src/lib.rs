@@ -4,6 +4,7 @@
 //! domain function with the caller's scope, and map the result to an API
 //! type. Only this crate knows axum.
 
+pub mod alerts;
 pub mod boot;
 pub mod error;
 pub mod extract;

@@ -42,6 +42,7 @@ pub struct Metrics {
     auth_failures: Family<ReasonLabels, Counter>,
     tenant_requests: Family<TenantLabels, Counter>,
     cross_tenant_leak: Counter,
+    limited: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -87,6 +88,12 @@ impl Metrics {
             "Outbound requests blocked because they carried another tenant's canary",
             cross_tenant_leak.clone(),
         );
+        let limited = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "limit_refusals",
+            "Requests refused over a tenant limit, by code",
+            limited.clone(),
+        );
         Self {
             registry,
             requests,
@@ -94,6 +101,7 @@ impl Metrics {
             auth_failures,
             tenant_requests,
             cross_tenant_leak,
+            limited,
         }
     }
 
@@ -127,6 +135,15 @@ impl Metrics {
         self.tenant_requests
             .get_or_create(&TenantLabels {
                 tenant: tenant.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records a request refused over a tenant limit.
+    pub fn limited(&self, code: &str) {
+        self.limited
+            .get_or_create(&ReasonLabels {
+                reason: code.to_owned(),
             })
             .inc();
     }

@@ -48,4 +48,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Request settings.
     pub settings: Arc<Settings>,
+    /// Tenants' limits and budgets.
+    pub limiter: Arc<bulkhead_quota::Limiter>,
 }

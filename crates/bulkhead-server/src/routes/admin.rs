@@ -191,8 +191,15 @@ fn merge_quotas(
         }
     }
     let quotas: bulkhead_core::config::QuotaValues =
-        serde_json::from_value(serde_json::Value::Object(merged))
-            .map_err(|e| ApiError::Validation(format!("quotas: {e}")))?;
+        serde_path_to_error::deserialize(serde_json::Value::Object(merged)).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                ApiError::Validation(format!("quotas: {inner}"))
+            } else {
+                ApiError::Validation(format!("quotas.{path}: {inner}"))
+            }
+        })?;
     if let Some((key, message)) = quotas.problems().into_iter().next() {
         return Err(ApiError::Validation(format!("quotas.{key}: {message}")));
     }

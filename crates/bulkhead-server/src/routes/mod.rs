@@ -121,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/cancel", post(agents::cancel))
         .route("/v1/threads/{id}/messages", get(agents::messages))
         .route("/v1/usage", get(usage::usage))
+        .route("/admin/v1/usage", get(usage::operator_usage))
         .route(
             "/admin/v1/tenants/{id}/models",
             get(usage::get_models).put(usage::put_models),

@@ -38,7 +38,7 @@ impl From<GatewayError> for OpenAiError {
             tracing::error!(error = %m, "gateway internal error");
         }
         let retry_after = match &e {
-            GatewayError::UpstreamRateLimited { retry_after } => *retry_after,
+            GatewayError::UpstreamRateLimited { .. } | GatewayError::Limited(_) => e.retry_after(),
             _ => None,
         };
         let message = match &e {
@@ -63,6 +63,7 @@ impl From<ApiError> for OpenAiError {
                 ("permission_error", e.code())
             }
             ApiError::Internal(_) | ApiError::Unavailable => ("server_error", e.code()),
+            ApiError::Limited(r) => return GatewayError::Limited(r.clone()).into(),
             _ => ("invalid_request_error", e.code()),
         };
         Self {

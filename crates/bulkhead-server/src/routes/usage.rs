@@ -1,11 +1,14 @@
-//! Usage reports (`GET /v1/usage`) and the per-tenant model allow-list on
-//! the operator plane.
+//! Usage reports from the cost ledger (`GET /v1/usage`, the operator's
+//! `GET /admin/v1/usage` across tenants, JSON or CSV) and the per-tenant
+//! model allow-list on the operator plane.
 
 use axum::Json as AxumJson;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_core::{TenantId, Timestamp};
-use bulkhead_gateway::usage::nanos_to_usd;
+use bulkhead_gateway::usage::{UsageGroup, UsageSummary, nanos_to_usd};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -13,7 +16,7 @@ use crate::error::ApiError;
 use crate::extract::{Json, OperatorCtx, Path, Query, TenantCtx};
 use crate::state::AppState;
 
-/// `GET /v1/usage` query.
+/// `GET /v1/usage` and `GET /admin/v1/usage` query.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
@@ -21,6 +24,11 @@ pub struct UsageQuery {
     pub from: Option<String>,
     /// End, exclusive: `YYYY-MM-DD` or RFC 3339 (default: now).
     pub to: Option<String>,
+    /// What each row groups by: a comma-separated list of `day`, `agent`,
+    /// `model`, `tool` (default `day,model`).
+    pub group_by: Option<String>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
 }
 
 fn instant(s: &str, name: &str) -> Result<Timestamp, ApiError> {
@@ -36,15 +44,94 @@ fn instant(s: &str, name: &str) -> Result<Timestamp, ApiError> {
     })
 }
 
-/// One line of the report.
-#[derive(Serialize, utoipa::ToSchema)]
+/// A query's period, groups and format, checked.
+struct Report {
+    from: Timestamp,
+    to: Timestamp,
+    group: Vec<UsageGroup>,
+    csv: bool,
+}
+
+impl Report {
+    fn parse(q: &UsageQuery) -> Result<Self, ApiError> {
+        let to = match &q.to {
+            Some(t) => instant(t, "to")?,
+            None => Timestamp::now().plus_seconds(1),
+        };
+        let from = match &q.from {
+            Some(f) => instant(f, "from")?,
+            None => to.plus_seconds(-30 * 86_400),
+        };
+        if from >= to {
+            return Err(ApiError::InvalidParameter(
+                "`from` must be before `to`".into(),
+            ));
+        }
+        let group = UsageGroup::parse_list(q.group_by.as_deref().unwrap_or("day,model"))
+            .map_err(ApiError::InvalidParameter)?;
+        let csv = match q.format.as_deref() {
+            None | Some("json") => false,
+            Some("csv") => true,
+            Some(other) => {
+                return Err(ApiError::InvalidParameter(format!(
+                    "`format` is json or csv, not {other:?}"
+                )));
+            }
+        };
+        Ok(Self {
+            from,
+            to,
+            group,
+            csv,
+        })
+    }
+
+    /// The report as JSON or CSV.
+    fn answer(&self, lines: Vec<UsageLine>) -> Response {
+        let mut total = UsageLine::default();
+        let mut nanos = 0u64;
+        for l in &lines {
+            total.requests += l.requests;
+            total.input_tokens += l.input_tokens;
+            total.output_tokens += l.output_tokens;
+            total.cached_tokens += l.cached_tokens;
+            nanos += l.cost_nanos;
+        }
+        total.cost_usd = nanos_to_usd(nanos);
+        if self.csv {
+            return csv(&lines).into_response();
+        }
+        AxumJson(UsageReport {
+            from: self.from.to_string(),
+            to: self.to.to_string(),
+            rows: lines,
+            total,
+        })
+        .into_response()
+    }
+}
+
+/// One line of the report; grouping fields not asked for are absent.
+#[derive(Serialize, Default, utoipa::ToSchema)]
 pub struct UsageLine {
-    /// UTC day (absent in the total).
+    /// Tenant (operator report only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// UTC day.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub day: Option<String>,
-    /// Model alias (absent in the total).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
+    /// Agent (`null` in its group: calls made directly, not by a run).
+    #[serde(skip_serializing_if = "Grouped::is_absent")]
+    #[schema(value_type = Option<String>)]
+    pub agent: Grouped,
+    /// Model alias (`null` in its group: tool calls).
+    #[serde(skip_serializing_if = "Grouped::is_absent")]
+    #[schema(value_type = Option<String>)]
+    pub model: Grouped,
+    /// Tool (`null` in its group: model calls).
+    #[serde(skip_serializing_if = "Grouped::is_absent")]
+    #[schema(value_type = Option<String>)]
+    pub tool: Grouped,
     /// Calls.
     pub requests: u64,
     /// Input tokens (cached included).
@@ -55,6 +142,105 @@ pub struct UsageLine {
     pub cached_tokens: u64,
     /// Cost, USD, decimal string with nine decimals.
     pub cost_usd: String,
+    #[serde(skip)]
+    cost_nanos: u64,
+}
+
+/// A grouping field: absent when not grouped by, else a value or `null`.
+#[derive(Default)]
+pub enum Grouped {
+    /// Not grouped by this field.
+    #[default]
+    Absent,
+    /// Grouped: this row's value (`None`: the row's calls have none).
+    Value(Option<String>),
+}
+
+impl Grouped {
+    fn is_absent(&self) -> bool {
+        matches!(self, Grouped::Absent)
+    }
+    fn text(&self) -> &str {
+        match self {
+            Grouped::Value(Some(v)) => v,
+            _ => "",
+        }
+    }
+}
+
+impl Serialize for Grouped {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Grouped::Value(Some(v)) => s.serialize_str(v),
+            _ => s.serialize_none(),
+        }
+    }
+}
+
+fn line(tenant: Option<&str>, group: &[UsageGroup], r: UsageSummary) -> UsageLine {
+    let pick = |g: UsageGroup, v: Option<String>| {
+        if group.contains(&g) {
+            Grouped::Value(v)
+        } else {
+            Grouped::Absent
+        }
+    };
+    UsageLine {
+        tenant: tenant.map(str::to_owned),
+        day: r.day,
+        agent: pick(UsageGroup::Agent, r.agent),
+        model: pick(UsageGroup::Model, r.model),
+        tool: pick(UsageGroup::Tool, r.tool),
+        requests: r.requests,
+        input_tokens: r.input_tokens,
+        output_tokens: r.output_tokens,
+        cached_tokens: r.cached_tokens,
+        cost_usd: nanos_to_usd(r.cost_nanos),
+        cost_nanos: r.cost_nanos,
+    }
+}
+
+/// A CSV field, quoted when it holds a separator, quote or line break.
+fn field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// The lines as CSV with a header (every grouping column, empty when not
+/// grouped by), `text/csv`.
+fn csv(lines: &[UsageLine]) -> impl IntoResponse {
+    let mut out = String::from(
+        "tenant,day,agent,model,tool,requests,input_tokens,output_tokens,cached_tokens,cost_usd\n",
+    );
+    for l in lines {
+        let cols = [
+            field(l.tenant.as_deref().unwrap_or("")),
+            field(l.day.as_deref().unwrap_or("")),
+            field(l.agent.text()),
+            field(l.model.text()),
+            field(l.tool.text()),
+            l.requests.to_string(),
+            l.input_tokens.to_string(),
+            l.output_tokens.to_string(),
+            l.cached_tokens.to_string(),
+            l.cost_usd.clone(),
+        ];
+        out.push_str(&cols.join(","));
+        out.push('\n');
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"usage.csv\"",
+            ),
+        ],
+        out,
+    )
 }
 
 /// The usage report.
@@ -64,72 +250,73 @@ pub struct UsageReport {
     pub from: String,
     /// End of the period (RFC 3339).
     pub to: String,
-    /// By day and model.
-    pub usage: Vec<UsageLine>,
-    /// Sum of all lines.
+    /// One per group, ordered by the groups.
+    pub rows: Vec<UsageLine>,
+    /// Sum of all rows.
     pub total: UsageLine,
 }
 
-/// The calling tenant's model usage by day and model, with cost.
+/// The calling tenant's cost ledger, grouped by day, agent, model or
+/// tool, as JSON or CSV.
 #[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("bearer" = [])), params(UsageQuery),
     responses((status = 200, body = UsageReport), (status = 400, body = crate::error::Problem)))]
 pub async fn usage(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
     Query(q): Query<UsageQuery>,
-) -> Result<AxumJson<UsageReport>, ApiError> {
-    let to = match &q.to {
-        Some(t) => instant(t, "to")?,
-        None => Timestamp::now().plus_seconds(1),
-    };
-    let from = match &q.from {
-        Some(f) => instant(f, "from")?,
-        None => to.plus_seconds(-30 * 86_400),
-    };
-    if from >= to {
-        return Err(ApiError::InvalidParameter(
-            "`from` must be before `to`".into(),
-        ));
-    }
+) -> Result<Response, ApiError> {
+    let report = Report::parse(&q)?;
     let rows = state
         .gateway
-        .usage(&scope, from, to)
+        .usage(&scope, report.from, report.to, &report.group)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut total = (0u64, 0u64, 0u64, 0u64, 0u64);
-    let usage = rows
+    let lines = rows
         .into_iter()
-        .map(|r| {
-            total.0 += r.requests;
-            total.1 += r.input_tokens;
-            total.2 += r.output_tokens;
-            total.3 += r.cached_tokens;
-            total.4 += r.cost_nanos;
-            UsageLine {
-                day: Some(r.day),
-                model: Some(r.model),
-                requests: r.requests,
-                input_tokens: r.input_tokens,
-                output_tokens: r.output_tokens,
-                cached_tokens: r.cached_tokens,
-                cost_usd: nanos_to_usd(r.cost_nanos),
-            }
-        })
+        .map(|r| line(None, &report.group, r))
         .collect();
-    Ok(AxumJson(UsageReport {
-        from: from.to_string(),
-        to: to.to_string(),
-        usage,
-        total: UsageLine {
-            day: None,
-            model: None,
-            requests: total.0,
-            input_tokens: total.1,
-            output_tokens: total.2,
-            cached_tokens: total.3,
-            cost_usd: nanos_to_usd(total.4),
-        },
-    }))
+    Ok(report.answer(lines))
+}
+
+/// The operator's view: every tenant's ledger, one row per tenant and
+/// group, as JSON or CSV. Recorded in the operator's chain.
+#[utoipa::path(get, path = "/admin/v1/usage", tag = "operator", security(("operator" = [])), params(UsageQuery),
+    responses((status = 200, body = UsageReport), (status = 400, body = crate::error::Problem)))]
+pub async fn operator_usage(
+    State(state): State<AppState>,
+    OperatorCtx(op): OperatorCtx,
+    Query(q): Query<UsageQuery>,
+) -> Result<Response, ApiError> {
+    let report = Report::parse(&q)?;
+    let tenants = state.control.list_tenants(&op).await?;
+    let event = NewAuditEvent::new(
+        "usage.report",
+        "tenants:*".to_owned(),
+        Outcome::Success,
+        op.request_id().clone(),
+    )
+    .with_details(json!({
+        "from": report.from.to_string(), "to": report.to.to_string(),
+        "tenants": tenants.len(),
+    }));
+    state
+        .control
+        .append_operator_audit(&op, None, event)
+        .await?;
+    let mut lines = Vec::new();
+    for tenant in tenants {
+        let scope = op.act_for_tenant(&tenant);
+        let rows = state
+            .gateway
+            .usage(&scope, report.from, report.to, &report.group)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        lines.extend(
+            rows.into_iter()
+                .map(|r| line(Some(tenant.id.as_str()), &report.group, r)),
+        );
+    }
+    Ok(report.answer(lines))
 }
 
 /// `PUT /admin/v1/tenants/{id}/models` body.

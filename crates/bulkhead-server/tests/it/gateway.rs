@@ -214,7 +214,7 @@ async fn completions_stream_translate_and_are_billed() {
     // Usage: six calls, the first one's cost exact to the nano-dollar.
     let u = usage(&app, &key).await;
     assert_eq!(u["total"]["requests"], 6, "{u}");
-    let small = u["usage"]
+    let small = u["rows"]
         .as_array()
         .unwrap()
         .iter()

@@ -12,5 +12,6 @@ mod gateway;
 mod jwt;
 mod knowledge;
 mod lifecycle;
+mod limits;
 mod matrix;
 mod support;

@@ -255,6 +255,22 @@ fn rows(f: &Fixture) -> Vec<Row> {
         row("GET", "/v1/models", "/v1/models", None, Plane::Tenant, 200),
         row("GET", "/v1/usage", "/v1/usage", None, Plane::Tenant, 200),
         row(
+            "GET",
+            "/v1/usage",
+            "/v1/usage?group_by=agent,tool&format=csv",
+            None,
+            Plane::Tenant,
+            200,
+        ),
+        row(
+            "GET",
+            "/admin/v1/usage",
+            "/admin/v1/usage?group_by=day",
+            None,
+            Plane::Operator,
+            200,
+        ),
+        row(
             "PUT",
             "/admin/v1/tenants/{id}/models",
             "/admin/v1/tenants/acme/models",

@@ -17,6 +17,7 @@ use tower::ServiceExt;
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 pub const PLATFORM_KEY: &str = "sk-platform-key-0123456789";
 pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
+pub const ALERT_KEY: &str = "test-alert-signing-key-0123456789";
 pub const HS_SECRET: &str = "hs-secret-for-tests-0123456789abcdef";
 pub const HS_ISSUER: &str = "https://hs.test";
 pub const RS_ISSUER: &str = "https://rs.test";
@@ -192,6 +193,7 @@ jwks_file = "{jwks}"
             "HS_SECRET" => Some(HS_SECRET.to_owned()),
             "METRICS_TOKEN" => Some(METRICS_TOKEN.to_owned()),
             "FAKE_KEY" => Some(PLATFORM_KEY.to_owned()),
+            "ALERT_KEY" => Some(ALERT_KEY.to_owned()),
             _ => None,
         };
         let config = bulkhead_core::config::load(&text, &env).unwrap();

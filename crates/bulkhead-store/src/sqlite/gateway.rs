@@ -6,7 +6,7 @@ use bulkhead_auth::TenantScope;
 use bulkhead_core::Timestamp;
 use bulkhead_core::audit::NewAuditEvent;
 use bulkhead_gateway::store::{GatewaySettings, GatewayStore, GatewayStoreError, UsageWrite};
-use bulkhead_gateway::usage::{UsageRecord, UsageSummary};
+use bulkhead_gateway::usage::{UsageGroup, UsageRecord, UsageSummary};
 use rusqlite::params;
 
 use super::SqliteStore;
@@ -27,8 +27,8 @@ const RETENTION: &str = "message_retention_days";
 fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreError> {
     partition::exec(tx,
         "INSERT INTO usage (id, time, ts_micros, day, request_id, model, provider, region, input_tokens,
-           output_tokens, cached_tokens, cost_nanos, latency_ms, status, stream)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+           output_tokens, cached_tokens, cost_nanos, latency_ms, status, stream, kind, agent, run_id, tool)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         params![
             u.id,
             u.time.to_string(),
@@ -44,7 +44,11 @@ fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreE
             u.cost_nanos as i64,
             u.latency_ms as i64,
             u.status,
-            u.stream
+            u.stream,
+            u.kind,
+            u.agent,
+            u.run_id,
+            u.tool
         ],
     )?;
     Ok(())
@@ -77,6 +81,19 @@ impl GatewayStore for SqliteStore {
         })
     }
 
+    fn record_usage_row(&self, scope: &TenantScope, usage: UsageRecord) -> UsageWrite {
+        let queued = self.queue_write(scope, move |tx, _principal| insert_usage(tx, &usage));
+        Box::pin(async move {
+            match queued {
+                Ok(rx) => match rx.await {
+                    Ok(result) => result.map_err(gw),
+                    Err(_) => Err(GatewayStoreError("the usage writer stopped".into())),
+                },
+                Err(e) => Err(gw(e)),
+            }
+        })
+    }
+
     async fn append_audit(
         &self,
         scope: &TenantScope,
@@ -93,29 +110,90 @@ impl GatewayStore for SqliteStore {
         scope: &TenantScope,
         from: Timestamp,
         to: Timestamp,
+        group: &[UsageGroup],
     ) -> Result<Vec<UsageSummary>, GatewayStoreError> {
+        self.settle(scope).await;
+        let scope = scope.clone();
+        // Only these fixed column expressions reach the SQL text.
+        let cols: Vec<&'static str> = group
+            .iter()
+            .map(|g| match g {
+                UsageGroup::Day => "day",
+                UsageGroup::Agent => "agent",
+                UsageGroup::Model => "NULLIF(model, '')",
+                UsageGroup::Tool => "tool",
+            })
+            .collect();
+        let group = group.to_vec();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let select = if cols.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}, ", cols.join(", "))
+                };
+                let by = if cols.is_empty() {
+                    String::new()
+                } else {
+                    let n: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
+                    format!("GROUP BY {0} ORDER BY {0}", n.join(", "))
+                };
+                let sql = format!(
+                    "SELECT {select}COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
+                       COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cost_nanos), 0)
+                     FROM usage WHERE ts_micros >= ?1 AND ts_micros < ?2 {by}"
+                );
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map(params![from.unix_micros(), to.unix_micros()], |r| {
+                    let mut line = UsageSummary::default();
+                    for (i, g) in group.iter().enumerate() {
+                        let v: Option<String> = r.get(i)?;
+                        match g {
+                            UsageGroup::Day => line.day = v,
+                            UsageGroup::Agent => line.agent = v,
+                            UsageGroup::Model => line.model = v,
+                            UsageGroup::Tool => line.tool = v,
+                        }
+                    }
+                    let n = group.len();
+                    line.requests = r.get::<_, i64>(n)? as u64;
+                    line.input_tokens = r.get::<_, i64>(n + 1)? as u64;
+                    line.output_tokens = r.get::<_, i64>(n + 2)? as u64;
+                    line.cached_tokens = r.get::<_, i64>(n + 3)? as u64;
+                    line.cost_nanos = r.get::<_, i64>(n + 4)? as u64;
+                    Ok(line)
+                })?;
+                let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+                // No row in the period: no lines (an empty group, not zeros).
+                if group.is_empty() && out.first().is_some_and(|l| l.requests == 0) {
+                    out.clear();
+                }
+                Ok(out)
+            })
+        })
+        .await
+        .map_err(gw)
+    }
+
+    async fn spent_since(
+        &self,
+        scope: &TenantScope,
+        from: Timestamp,
+    ) -> Result<u64, GatewayStoreError> {
         self.settle(scope).await;
         let scope = scope.clone();
         self.blocking(move |s| {
             let p = s.partition(scope.tenant(), scope.partition())?;
             p.with_conn(|conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT day, model, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_nanos)
-                     FROM usage WHERE ts_micros >= ?1 AND ts_micros < ?2
-                     GROUP BY day, model ORDER BY day, model",
-                )?;
-                let rows = stmt.query_map(params![from.unix_micros(), to.unix_micros()], |r| {
-                    Ok(UsageSummary {
-                        day: r.get(0)?,
-                        model: r.get(1)?,
-                        requests: r.get::<_, i64>(2)? as u64,
-                        input_tokens: r.get::<_, i64>(3)? as u64,
-                        output_tokens: r.get::<_, i64>(4)? as u64,
-                        cached_tokens: r.get::<_, i64>(5)? as u64,
-                        cost_nanos: r.get::<_, i64>(6)? as u64,
-                    })
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(StoreError::from)
+                partition::one(
+                    conn,
+                    "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage WHERE ts_micros >= ?1",
+                    params![from.unix_micros()],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|v| v.max(0) as u64)
+                .map_err(StoreError::from)
             })
         })
         .await

@@ -158,6 +158,12 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO chunks_fts (chunks_fts, rowid, text, heading)
         VALUES ('delete', old.id, old.text, old.heading);
     END;",
+    // v6: the usage table becomes the cost ledger: what kind of call
+    // (model, embed, tool), the agent and run that made it, the tool.
+    "ALTER TABLE usage ADD COLUMN kind TEXT NOT NULL DEFAULT 'model';
+    ALTER TABLE usage ADD COLUMN agent TEXT;
+    ALTER TABLE usage ADD COLUMN run_id TEXT;
+    ALTER TABLE usage ADD COLUMN tool TEXT;",
 ];
 
 /// File name of the tenant database inside its partition directory.

@@ -176,7 +176,7 @@ async fn open_partitions_are_bounded_and_evicted_ones_reopen() {
 async fn concurrent_usage_rows_are_all_written_in_chain_order() {
     use bulkhead_core::audit::{NewAuditEvent, Outcome, verify_chain};
     use bulkhead_gateway::GatewayStore;
-    use bulkhead_gateway::usage::{Tokens, UsageRecord};
+    use bulkhead_gateway::usage::{Tokens, UsageGroup, UsageRecord};
 
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
@@ -203,6 +203,10 @@ async fn concurrent_usage_rows_are_all_written_in_chain_order() {
                 latency_ms: 1,
                 status: "ok".into(),
                 stream: false,
+                kind: "model",
+                agent: (i % 2 == 0).then(|| "support".to_owned()),
+                run_id: (i % 2 == 0).then(|| format!("run{i}")),
+                tool: None,
             };
             let event = NewAuditEvent::new(
                 "model.call",
@@ -217,14 +221,33 @@ async fn concurrent_usage_rows_are_all_written_in_chain_order() {
         t.await.unwrap();
     }
     let day_ago = bulkhead_core::Timestamp::now().plus_seconds(-86_400);
+    let soon = bulkhead_core::Timestamp::now().plus_seconds(5);
     let rows = store
-        .usage_summary(&s, day_ago, bulkhead_core::Timestamp::now().plus_seconds(5))
+        .usage_summary(&s, day_ago, soon, &[UsageGroup::Day, UsageGroup::Model])
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].model.as_deref(), Some("small"));
     assert_eq!(rows[0].requests, 50);
     assert_eq!(rows[0].input_tokens, (0..50).sum::<u64>());
     assert_eq!(rows[0].cost_nanos, 500);
+    // The ledger by agent: the runs' calls and the direct ones (no agent).
+    let by_agent = store
+        .usage_summary(&s, day_ago, soon, &[UsageGroup::Agent])
+        .await
+        .unwrap();
+    let agents: Vec<(Option<&str>, u64)> = by_agent
+        .iter()
+        .map(|r| (r.agent.as_deref(), r.requests))
+        .collect();
+    assert_eq!(agents, vec![(None, 25), (Some("support"), 25)]);
+    assert!(
+        by_agent
+            .iter()
+            .all(|r| r.day.is_none() && r.model.is_none())
+    );
+    assert_eq!(store.spent_since(&s, day_ago).await.unwrap(), 500);
+    assert_eq!(store.spent_since(&s, soon).await.unwrap(), 0);
     let events = store
         .audit(
             &s,
@@ -251,7 +274,7 @@ async fn concurrent_usage_rows_are_all_written_in_chain_order() {
 async fn reads_include_usage_rows_queued_before_them() {
     use bulkhead_core::audit::{NewAuditEvent, Outcome};
     use bulkhead_gateway::GatewayStore;
-    use bulkhead_gateway::usage::{Tokens, UsageRecord};
+    use bulkhead_gateway::usage::{Tokens, UsageGroup, UsageRecord};
 
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
@@ -275,6 +298,10 @@ async fn reads_include_usage_rows_queued_before_them() {
             latency_ms: 1,
             status: "ok".into(),
             stream: false,
+            kind: "model",
+            agent: None,
+            run_id: None,
+            tool: None,
         };
         let event = NewAuditEvent::new(
             "model.call",
@@ -287,7 +314,12 @@ async fn reads_include_usage_rows_queued_before_them() {
     }
     let day_ago = bulkhead_core::Timestamp::now().plus_seconds(-86_400);
     let rows = store
-        .usage_summary(&s, day_ago, bulkhead_core::Timestamp::now().plus_seconds(5))
+        .usage_summary(
+            &s,
+            day_ago,
+            bulkhead_core::Timestamp::now().plus_seconds(5),
+            &[UsageGroup::Day, UsageGroup::Model],
+        )
         .await
         .unwrap();
     assert_eq!(rows.iter().map(|r| r.requests).sum::<u64>(), 20);
