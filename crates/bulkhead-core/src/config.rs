@@ -1555,8 +1555,8 @@ fn validate_resources(
             None => errors.push("limits.redis_url", "is required when backend = \"redis\""),
         }
     }
-    if config.limits.reservation_ttl_s < 10 {
-        errors.push("limits.reservation_ttl_s", "must be at least 10");
+    if config.limits.reservation_ttl_s == 0 {
+        errors.push("limits.reservation_ttl_s", "must be at least 1");
     }
     if config.limits.max_concurrent_runs == Some(0) {
         errors.push("limits.max_concurrent_runs", "must be at least 1");

@@ -594,9 +594,18 @@ fn scenario(
                         && e.outcome == bulkhead_core::audit::Outcome::Denied)
             })
             .count();
-        let usage = http.ok("GET", "/v1/usage", key, None)?;
+        let usage = http.ok("GET", "/v1/usage?group_by=tool", key, None)?;
+        let calls = |tools: bool| {
+            usage["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["tool"].is_null() != tools)
+                .filter_map(|r| r["requests"].as_u64())
+                .sum::<u64>()
+        };
         println!(
-            "  {tenant}: {} events, chain {} head #{} {}…; {refused} refused tool call(s) audited; usage: {} model calls, {} tokens in / {} out, ${}",
+            "  {tenant}: {} events, chain {} head #{} {}…; {refused} refused tool call(s) audited; ledger: {} model calls, {} tool calls, {} tokens in / {} out, ${}",
             events.len(),
             if verified.is_ok() {
                 "verified,"
@@ -605,7 +614,8 @@ fn scenario(
             },
             head.0,
             &head.1[..16.min(head.1.len())],
-            usage["total"]["requests"],
+            calls(false),
+            calls(true),
             usage["total"]["input_tokens"],
             usage["total"]["output_tokens"],
             usage["total"]["cost_usd"].as_str().unwrap_or("0"),

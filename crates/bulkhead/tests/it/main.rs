@@ -7,6 +7,7 @@ mod check;
 mod demo;
 mod e2e;
 mod kb;
+mod limits;
 mod runs;
 mod sdk_openai;
 mod secrets;
