@@ -41,6 +41,10 @@ impl From<KnowledgeServiceError> for ApiError {
                 ApiError::Knowledge { code, message }
             }
             KnowledgeServiceError::NotFound => ApiError::NotFound,
+            // Over a limit is the tenant's to wait for, not a provider failure.
+            KnowledgeServiceError::Embedding(bulkhead_gateway::GatewayError::Limited(r)) => {
+                ApiError::Limited(r)
+            }
             KnowledgeServiceError::Embedding(g) => ApiError::Knowledge {
                 code: "embedding_failed",
                 message: g.to_string(),

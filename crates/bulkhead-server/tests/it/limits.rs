@@ -38,6 +38,14 @@ provider = "fake-eu"
 upstream = "gpt-4o-mini"
 price_input_per_mtok = "1"
 price_output_per_mtok = "2"
+[[embedding_models]]
+name = "embed"
+provider = "fake-eu"
+upstream = "text-embedding-3-small"
+dimensions = 16
+price_input_per_mtok = "1000"
+[knowledge]
+embedding_model = "embed"
 [[tools]]
 name = "notify"
 kind = "http"
@@ -703,4 +711,40 @@ async fn crossing_half_the_monthly_budget_posts_one_signed_webhook() {
         )
         .await;
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn embeddings_count_against_the_budget_and_a_refused_ingestion_stores_nothing() {
+    let w = world("").await;
+    // A thousandth of a cent: less than one embedding call's estimate.
+    patch_quotas(&w.app, "acme", json!({"daily_budget_usd": "0.00001"})).await;
+    let doc = json!({"content": "The incident runbook says to page the on-call engineer."});
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/collections/faq/documents",
+            Some(&w.acme),
+            Some(doc.clone()),
+        )
+        .await;
+    r.assert_problem(429, "budget_exceeded");
+    assert!(r.headers.contains_key("retry-after"));
+    let r = w
+        .app
+        .call("GET", "/v1/collections", Some(&w.acme), None)
+        .await;
+    assert_eq!(r.body["collections"], json!([]), "{}", r.body);
+    assert_eq!(w.fake.request_count(), 0, "nothing reached the provider");
+    // globex, without that budget, ingests.
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/collections/faq/documents",
+            Some(&w.globex),
+            Some(doc),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
 }
