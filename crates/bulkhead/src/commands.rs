@@ -85,6 +85,21 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     }
+    if config.limits.backend == bulkhead_core::config::LimitsBackend::Redis
+        && !cfg!(feature = "redis")
+    {
+        eprintln!(
+            "{}: limits.backend: \"redis\" needs a build with the cargo feature `redis`",
+            args.config.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if config.quotas.alerts.signing_key.is_none() && config.quotas.default.alert_webhook.is_some() {
+        eprintln!(
+            "{}: note: quotas.default.alert_webhook is set but quotas.alerts.signing_key is not: budget alerts are not sent",
+            args.config.display()
+        );
+    }
     println!("{}: configuration is valid", args.config.display());
     Ok(ExitCode::SUCCESS)
 }
