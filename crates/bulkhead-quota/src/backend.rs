@@ -330,7 +330,9 @@ pub mod conformance {
             .await
             .unwrap();
         assert!(r.ok, "the refused reservation left no trace in the month");
-        b.settle(&[month.clone()], "c", 0, 60_000).await.unwrap();
+        b.settle(std::slice::from_ref(&month), "c", 0, 60_000)
+            .await
+            .unwrap();
         let after = b
             .settle(&[day.clone(), month.clone()], "a", 30, 60_000)
             .await
