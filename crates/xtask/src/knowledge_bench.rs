@@ -86,6 +86,7 @@ impl Rng {
 /// noise: `n` vectors around 200 random centres (each a centre plus
 /// noise), queries drawn the same way. Prints build time, recall@10
 /// against the exact scan and both search times.
+#[allow(clippy::print_stdout)]
 fn ann_on_clusters(rng: &mut Rng, n: usize, dims: usize) {
     let centres: Vec<Vec<f32>> = (0..200).map(|_| rng.vector(dims)).collect();
     let near = |rng: &mut Rng| -> Vec<f32> {
