@@ -251,6 +251,16 @@ impl RedisBackend {
         })
     }
 
+    /// One PING round trip: whether the server answers (for health
+    /// checks), and the floor under every operation's latency.
+    pub async fn ping(&self) -> Result<(), LimitError> {
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .run("ping", redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+
     /// Runs one operation within [`OP_TIMEOUT`], its failure named.
     async fn run<T>(
         &self,
