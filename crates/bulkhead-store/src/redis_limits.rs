@@ -150,10 +150,9 @@ struct Scripts {
     acquire: Script,
 }
 
-/// Limit counters in one Redis server (or a primary with replicas behind
-/// one address), over one multiplexed connection that reconnects by
-/// itself. Cloning the connection is cheap; concurrent operations are
-/// pipelined on it.
+/// Limit counters in one Redis server, over one multiplexed connection
+/// that reconnects by itself: concurrent operations are pipelined on it
+/// rather than each waiting for a connection of its own.
 pub struct RedisBackend {
     conn: ConnectionManager,
     scripts: Scripts,
