@@ -12,8 +12,14 @@
 //! [`bulkhead_core::TenantUid`]. A PostgreSQL implementation (row-level
 //! security) is meant to implement the same traits and pass the same
 //! conformance suite (`tests/it/conformance.rs`).
+//!
+//! With the feature `redis`, [`redis_limits::RedisBackend`] keeps the
+//! tenants' limit counters (`bulkhead_quota::LimitBackend`) in Redis, so
+//! that several processes enforce one limit together.
 
 pub mod migrate;
+#[cfg(feature = "redis")]
+pub mod redis_limits;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -22,10 +22,16 @@
 //! `cargo xtask bench-agent` measures the agent runtime's overhead: a
 //! three-step scripted run through the release binary against the same
 //! calls made directly.
+//!
+//! `cargo xtask bench-limits` measures a limit decision in-process: a
+//! per-minute window and a model call's reserve then settle, on the
+//! in-process backend (the baseline) and on Redis at 127.0.0.1:6379, from
+//! one caller and from many at once.
 
 mod agent_bench;
 mod gateway_bench;
 mod knowledge_bench;
+mod limits_bench;
 mod load;
 mod vault_bench;
 
@@ -92,8 +98,9 @@ fn main() -> anyhow::Result<()> {
         "bench-gateway" => gateway_bench::run(std::env::args().skip(2).collect()),
         "bench-agent" => agent_bench::run(std::env::args().skip(2).collect()),
         "bench-knowledge" => knowledge_bench::run(std::env::args().skip(2).collect()),
+        "bench-limits" => limits_bench::run(std::env::args().skip(2).collect()),
         _ => bail!(
-            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]\n       cargo xtask bench-agent [--duration SECS] [--warmup SECS] [--concurrency N]\n       cargo xtask bench-knowledge [--tenants N] [--chunks N] [--idle-tenants N] [--queries N] [--dims N]"
+            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]\n       cargo xtask bench-agent [--duration SECS] [--warmup SECS] [--concurrency N]\n       cargo xtask bench-knowledge [--tenants N] [--chunks N] [--idle-tenants N] [--queries N] [--dims N]\n       cargo xtask bench-limits [--decisions N] [--concurrency N] [--redis-url URL]"
         ),
     }
 }

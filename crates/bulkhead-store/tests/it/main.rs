@@ -1,9 +1,12 @@
 //! Store tests: the conformance suite every backend must pass, run here
 //! against the embedded SQLite store, plus SQLite-specific recovery tests,
-//! and the vault on top of it (encryption, rotation, crypto-shredding).
+//! the vault on top of it (encryption, rotation, crypto-shredding), and
+//! with the feature `redis` the limit counters in Redis.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod conformance;
+#[cfg(feature = "redis")]
+mod redis;
 mod sqlite;
 mod vault;
