@@ -148,6 +148,7 @@ mod shared {
 
     /// Redis for these tests, or `None` (a note) outside CI; in CI a
     /// missing Redis is a failure.
+    #[allow(clippy::disallowed_methods)] // CI's marker, not configuration
     fn redis_url() -> Option<String> {
         let url = "redis://127.0.0.1:6379".to_owned();
         if std::net::TcpStream::connect("127.0.0.1:6379").is_ok() {
