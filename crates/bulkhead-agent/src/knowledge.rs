@@ -353,9 +353,11 @@ impl VectorIndex {
         if allowed.is_none()
             && let Some(graph) = self.ann.get()
         {
-            // A wide beam: recall over speed (graph search is cheap next to
-            // an exact scan of this many vectors).
-            let ef = (k * 8).max(128);
+            // The beam: at least 128 (recall@10 0.97 on 100,000 clustered
+            // vectors, measured), twice `k` for the 100 candidates of a
+            // hybrid search — eight times `k` made those slower than the
+            // exact scan.
+            let ef = (k * 2).max(128);
             return graph
                 .search(query, k, ef)
                 .into_iter()

@@ -82,18 +82,31 @@ impl Rng {
     }
 }
 
+/// Vectors shaped like real embeddings rather than uniform noise: each a
+/// random one of 200 fixed centres plus noise (topics, and documents
+/// within them). Uniform random vectors in 256 dimensions are the worst
+/// case for graph indexes and unlike any embedding model's output.
+struct Clusters(Vec<Vec<f32>>);
+
+impl Clusters {
+    fn new(rng: &mut Rng, dims: usize) -> Self {
+        Self((0..200).map(|_| rng.vector(dims)).collect())
+    }
+    fn near(&self, rng: &mut Rng) -> Vec<f32> {
+        let c = &self.0[(rng.next() % self.0.len() as u64) as usize];
+        let noise = rng.vector(c.len());
+        c.iter().zip(noise).map(|(c, e)| c + 0.35 * e).collect()
+    }
+}
+
 /// The ANN graph on data shaped more like real embeddings than uniform
 /// noise: `n` vectors around 200 random centres (each a centre plus
 /// noise), queries drawn the same way. Prints build time, recall@10
 /// against the exact scan and both search times.
 #[allow(clippy::print_stdout)]
 fn ann_on_clusters(rng: &mut Rng, n: usize, dims: usize) {
-    let centres: Vec<Vec<f32>> = (0..200).map(|_| rng.vector(dims)).collect();
-    let near = |rng: &mut Rng| -> Vec<f32> {
-        let c = &centres[(rng.next() % centres.len() as u64) as usize];
-        let noise = rng.vector(dims);
-        c.iter().zip(noise).map(|(c, e)| c + 0.35 * e).collect()
-    };
+    let clusters = Clusters::new(rng, dims);
+    let near = |rng: &mut Rng| clusters.near(rng);
     let raw: Vec<(i64, String, Vec<u8>)> = (0..n)
         .map(|i| {
             let v = near(rng);
@@ -248,6 +261,7 @@ embedding_model = "embed"
     );
     let big = scopes.first().context("no tenants")?.clone();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let clusters = Clusters::new(&mut rng, o.dims);
 
     // The big tenant: precomputed vectors, written straight to the store
     // in documents of 100 chunks.
@@ -264,7 +278,7 @@ embedding_model = "embed"
                     text: text.join(" "),
                     heading: None,
                     tokens: 60,
-                    embedding: Some(bulkhead_knowledge::encode_vector(&rng.vector(o.dims))),
+                    embedding: Some(bulkhead_knowledge::encode_vector(&clusters.near(&mut rng))),
                 }
             })
             .collect();
@@ -362,7 +376,7 @@ embedding_model = "embed"
         let mut found = 0;
         let probes = 100;
         for _ in 0..probes {
-            let q = rng.vector(o.dims);
+            let q = clusters.near(&mut rng);
             let exact: std::collections::HashSet<i64> = index
                 .top_k(&q, None, 10)
                 .into_iter()

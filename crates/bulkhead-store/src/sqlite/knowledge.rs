@@ -34,9 +34,11 @@ fn doc_list(documents: Option<&[String]>) -> Option<String> {
 }
 
 /// Share of all chunks above which a query term is left out: such a term
-/// barely moves BM25 (its inverse document frequency is near zero) but
-/// makes FTS5 score most of the index.
-const COMMON_TERM_SHARE: f64 = 0.25;
+/// moves BM25 little (inverse document frequency at most ln 9.5 ≈ 2.3,
+/// against ~10 for a rare term) but makes FTS5 score a large part of the
+/// index. Measured on the knowledge bench: at a quarter, the full-text p99
+/// was 16.7 ms and hybrid 19.9 ms; at a tenth, 9.2 ms and 11.0 ms.
+const COMMON_TERM_SHARE: f64 = 0.10;
 /// Below this many chunks nothing is pruned.
 const PRUNE_FROM_CHUNKS: i64 = 5_000;
 

@@ -512,7 +512,7 @@ async fn very_common_terms_are_left_out_of_large_fulltext_queries_only() {
         "rare term ranks first: {hits:?}"
     );
 
-    // Above it, a term in more than a quarter of the chunks is dropped, so
+    // Above it, a term in more than a tenth of the chunks is dropped, so
     // only the chunks with the rare term are scored and returned.
     let hits = KnowledgeStore::fulltext(&store, &large, "kb", &q, None, 50)
         .await
