@@ -295,25 +295,31 @@ impl Limiter {
             });
         }
         let ts = Timestamp::now();
-        let mut budgets: Vec<(String, u64, &'static str, Usd, Timestamp)> = Vec::new();
-        if let Some(b) = quotas.daily_budget_usd {
-            budgets.push((
-                format!("bh:{}:spend:d:{}", scope.tenant(), ts.day()),
-                nanos(b),
+        // (counter key, limit in nanos, period, budget, when it renews)
+        let budgets: Vec<(String, u64, &'static str, Usd, Timestamp)> = [
+            (
+                quotas.daily_budget_usd,
                 "daily",
-                b,
+                "d",
+                ts.day(),
                 ts.next_day(),
-            ));
-        }
-        if let Some(b) = quotas.monthly_budget_usd {
-            budgets.push((
-                format!("bh:{}:spend:m:{}", scope.tenant(), ts.month()),
-                nanos(b),
+            ),
+            (
+                quotas.monthly_budget_usd,
                 "monthly",
-                b,
+                "m",
+                ts.month(),
                 ts.next_month(),
-            ));
-        }
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(budget, period, tag, name, end)| {
+            budget.map(|b| {
+                let key = format!("bh:{}:spend:{tag}:{name}", scope.tenant());
+                (key, nanos(b), period, b, end)
+            })
+        })
+        .collect();
         let id = uuid::Uuid::now_v7().to_string();
         let undo_tokens = |this: &Self| {
             let backend = this.backend.clone();

@@ -123,6 +123,18 @@ fn metered(max_tokens: u64) -> Value {
            "messages": [{"role": "user", "content": "hello"}]})
 }
 
+/// A metered chat completion as `key`.
+async fn chat(w: &World, key: &str, max_tokens: u64) -> Resp {
+    w.app
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(key),
+            Some(metered(max_tokens)),
+        )
+        .await
+}
+
 fn answer_all(fake: &FakeProvider) {
     fake.set_responder(|_| Some(Reply::text("ok").with_usage(Usage::new(1000, 100))));
 }
@@ -223,15 +235,7 @@ async fn fifty_concurrent_calls_never_bill_past_the_budget_and_the_ledger_sums_t
     // Sequential calls fill the budget up to one estimate below it, then stop.
     let mut more = 0;
     loop {
-        let r = w
-            .app
-            .call(
-                "POST",
-                "/v1/chat/completions",
-                Some(&w.acme),
-                Some(metered(1000)),
-            )
-            .await;
+        let r = chat(&w, &w.acme, 1000).await;
         w.app.state.gateway.drain().await;
         if r.status == 429 {
             assert_eq!(r.body["error"]["code"], "budget_exceeded");
@@ -251,15 +255,7 @@ async fn fifty_concurrent_calls_never_bill_past_the_budget_and_the_ledger_sums_t
         "the tenth call's estimate would overrun the budget"
     );
     // Another tenant's budget is its own.
-    let r = w
-        .app
-        .call(
-            "POST",
-            "/v1/chat/completions",
-            Some(&w.globex),
-            Some(metered(1000)),
-        )
-        .await;
+    let r = chat(&w, &w.globex, 1000).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -315,27 +311,11 @@ async fn streams_that_end_early_settle_their_reservation() {
     assert_eq!(r.status, 200);
     w.app.state.gateway.drain().await;
     answer_all(&w.fake);
-    let r = w
-        .app
-        .call(
-            "POST",
-            "/v1/chat/completions",
-            Some(&w.acme),
-            Some(metered(1000)),
-        )
-        .await;
+    let r = chat(&w, &w.acme, 1000).await;
     assert_eq!(r.status, 200, "a reservation was left behind: {}", r.body);
     w.app.state.gateway.drain().await;
     // Now 2 × 1.2 spent: another estimate does not fit.
-    let r = w
-        .app
-        .call(
-            "POST",
-            "/v1/chat/completions",
-            Some(&w.acme),
-            Some(metered(1000)),
-        )
-        .await;
+    let r = chat(&w, &w.acme, 1000).await;
     assert_eq!(r.status, 429, "{}", r.body);
 }
 
@@ -654,15 +634,7 @@ async fn crossing_half_the_monthly_budget_posts_one_signed_webhook() {
     answer_all(&w.fake);
     // 50 % is 6,000,000 nano-dollars: the fifth call crosses it.
     for i in 1..=7 {
-        let r = w
-            .app
-            .call(
-                "POST",
-                "/v1/chat/completions",
-                Some(&w.acme),
-                Some(metered(100)),
-            )
-            .await;
+        let r = chat(&w, &w.acme, 100).await;
         assert_eq!(r.status, 200, "{}", r.body);
         w.app.state.gateway.drain().await;
         let posted = w.saas.requests().len();
@@ -701,15 +673,7 @@ async fn crossing_half_the_monthly_budget_posts_one_signed_webhook() {
         bulkhead_core::audit::Outcome::Success
     );
     // globex has no webhook: nothing posted for it.
-    let r = w
-        .app
-        .call(
-            "POST",
-            "/v1/chat/completions",
-            Some(&w.globex),
-            Some(metered(100)),
-        )
-        .await;
+    let r = chat(&w, &w.globex, 100).await;
     assert_eq!(r.status, 200);
 }
 

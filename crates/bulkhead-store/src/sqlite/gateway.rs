@@ -54,6 +54,21 @@ fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreE
     Ok(())
 }
 
+/// The outcome of a queued ledger write, as the gateway awaits it.
+fn usage_write(
+    queued: Result<tokio::sync::oneshot::Receiver<Result<(), StoreError>>, StoreError>,
+) -> UsageWrite {
+    Box::pin(async move {
+        match queued {
+            Ok(rx) => match rx.await {
+                Ok(result) => result.map_err(gw),
+                Err(_) => Err(GatewayStoreError("the usage writer stopped".into())),
+            },
+            Err(e) => Err(gw(e)),
+        }
+    })
+}
+
 #[async_trait]
 impl GatewayStore for SqliteStore {
     fn record_usage(
@@ -70,28 +85,12 @@ impl GatewayStore for SqliteStore {
             partition::append_chain(tx, Some(tenant), principal, event)?;
             Ok(())
         });
-        Box::pin(async move {
-            match queued {
-                Ok(rx) => match rx.await {
-                    Ok(result) => result.map_err(gw),
-                    Err(_) => Err(GatewayStoreError("the usage writer stopped".into())),
-                },
-                Err(e) => Err(gw(e)),
-            }
-        })
+        usage_write(queued)
     }
 
     fn record_usage_row(&self, scope: &TenantScope, usage: UsageRecord) -> UsageWrite {
         let queued = self.queue_write(scope, move |tx, _principal| insert_usage(tx, &usage));
-        Box::pin(async move {
-            match queued {
-                Ok(rx) => match rx.await {
-                    Ok(result) => result.map_err(gw),
-                    Err(_) => Err(GatewayStoreError("the usage writer stopped".into())),
-                },
-                Err(e) => Err(gw(e)),
-            }
-        })
+        usage_write(queued)
     }
 
     async fn append_audit(

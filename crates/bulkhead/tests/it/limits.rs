@@ -171,27 +171,61 @@ mod shared {
         format!("rl-{}-{nanos}", std::process::id())
     }
 
-    #[test]
-    fn two_processes_sharing_redis_enforce_one_rate_limit() {
-        let Some(redis) = redis_url() else { return };
+    /// Two replicas — each its own data directory — sharing one Redis,
+    /// with `quotas` (TOML) and the same fresh tenant on both.
+    struct Replicas {
+        fake: FakeProvider,
+        a: Server,
+        b: Server,
+        key_a: String,
+        key_b: String,
+        _rt: tokio::runtime::Runtime,
+        _dir: tempfile::TempDir,
+    }
+
+    fn replicas(redis: &str, quotas: &str, limits: &str) -> Replicas {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let fake = rt.block_on(FakeProvider::start());
+        provider(&fake);
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(
             dir.path(),
             &fake,
             &format!(
-                "[quotas.default]\nrequests_per_minute = 10\n[limits]\nbackend = \"redis\"\nredis_url = \"{redis}\""
+                "[quotas.default]\n{quotas}\n[limits]\nbackend = \"redis\"\nredis_url = \"{redis}\"\n{limits}"
             ),
         );
         let env = [("LIMITS_TEST_PROVIDER_KEY", PROVIDER_KEY)];
         let tenant = unique_tenant();
-        // Two replicas: each its own data directory, one Redis.
         let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
         let a = Server::start(&data_a, Some(&config), &env);
         let b = Server::start(&data_b, Some(&config), &env);
         let key_a = tenant_with_admin_key(&a.url, &data_a, &tenant, "eu");
         let key_b = tenant_with_admin_key(&b.url, &data_b, &tenant, "eu");
+        Replicas {
+            fake,
+            a,
+            b,
+            key_a,
+            key_b,
+            _rt: rt,
+            _dir: dir,
+        }
+    }
+
+    #[test]
+    fn two_processes_sharing_redis_enforce_one_rate_limit() {
+        let Some(redis) = redis_url() else { return };
+        // (The runtime and directory are bound, not dropped, until the end.)
+        let Replicas {
+            a,
+            b,
+            key_a,
+            key_b,
+            fake: _fake,
+            _rt,
+            _dir,
+        } = replicas(&redis, "requests_per_minute = 10", "");
         let minute = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -232,24 +266,19 @@ mod shared {
     #[test]
     fn a_killed_replicas_reservation_expires_for_the_other() {
         let Some(redis) = redis_url() else { return };
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let fake = rt.block_on(FakeProvider::start());
-        provider(&fake);
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_config(
-            dir.path(),
-            &fake,
-            &format!(
-                "[quotas.default]\nmonthly_budget_usd = \"0.003\"\n[limits]\nbackend = \"redis\"\nredis_url = \"{redis}\"\nreservation_ttl_s = 2"
-            ),
+        let Replicas {
+            fake,
+            a,
+            b,
+            key_a,
+            key_b,
+            _rt,
+            _dir,
+        } = replicas(
+            &redis,
+            "monthly_budget_usd = \"0.003\"",
+            "reservation_ttl_s = 2",
         );
-        let env = [("LIMITS_TEST_PROVIDER_KEY", PROVIDER_KEY)];
-        let tenant = unique_tenant();
-        let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
-        let a = Server::start(&data_a, Some(&config), &env);
-        let b = Server::start(&data_b, Some(&config), &env);
-        let key_a = tenant_with_admin_key(&a.url, &data_a, &tenant, "eu");
-        let key_b = tenant_with_admin_key(&b.url, &data_b, &tenant, "eu");
         let client = hang(&a.url, &key_a);
         wait_for("the hanging call to reach the provider", || {
             fake.request_count() >= 1
