@@ -135,6 +135,18 @@ async fn chat(w: &World, key: &str, max_tokens: u64) -> Resp {
         .await
 }
 
+/// Runs the `support` agent on `input` as `key` (the ended run).
+async fn run(w: &World, key: &str, input: &str) -> Resp {
+    w.app
+        .call(
+            "POST",
+            "/v1/agents/support/runs",
+            Some(key),
+            Some(json!({ "input": input })),
+        )
+        .await
+}
+
 fn answer_all(fake: &FakeProvider) {
     fake.set_responder(|_| Some(Reply::text("ok").with_usage(Usage::new(1000, 100))));
 }
@@ -442,27 +454,11 @@ async fn concurrent_runs_and_tool_calls_are_limited_and_tool_calls_enter_the_led
         .as_str()
         .unwrap()
         .to_owned();
-    let r = w
-        .app
-        .call(
-            "POST",
-            "/v1/agents/support/runs",
-            Some(&w.acme),
-            Some(json!({"input": "again"})),
-        )
-        .await;
+    let r = run(&w, &w.acme, "again").await;
     r.assert_problem(429, "concurrency_limited");
     assert_eq!(r.headers["retry-after"], "1");
     // Another tenant is not held back.
-    let r = w
-        .app
-        .call(
-            "POST",
-            "/v1/agents/support/runs",
-            Some(&w.globex),
-            Some(json!({"input": "hi"})),
-        )
-        .await;
+    let r = run(&w, &w.globex, "hi").await;
     assert_eq!(r.status, 200, "{}", r.body);
     // Run 1 is cancelled; it ends (and frees its slot) in its own task.
     let r = w
@@ -480,15 +476,7 @@ async fn concurrent_runs_and_tool_calls_are_limited_and_tool_calls_enter_the_led
     // runs, the second is refused to the model; the run completes.
     let started = std::time::Instant::now();
     let r = loop {
-        let r = w
-            .app
-            .call(
-                "POST",
-                "/v1/agents/support/runs",
-                Some(&w.acme),
-                Some(json!({"input": "post"})),
-            )
-            .await;
+        let r = run(&w, &w.acme, "post").await;
         // Run 1's cancellation is recorded in its own task; until then the
         // slot is held (bounded wait, not a timing assumption).
         if r.status != 429 || started.elapsed().as_secs() > 30 {
