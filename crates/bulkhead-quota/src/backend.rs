@@ -88,11 +88,23 @@ pub trait LimitBackend: Send + Sync {
     async fn release(&self, key: &str, id: &str) -> Result<(), LimitError>;
 }
 
-#[derive(Default)]
 struct Budget {
     spent: u64,
     /// id → (amount, expires_ms)
     reservations: HashMap<String, (u64, u64)>,
+    /// When the whole budget may be forgotten (its period is over).
+    expires_ms: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            spent: 0,
+            reservations: HashMap::new(),
+            // Not seeded: kept until the process ends.
+            expires_ms: u64::MAX,
+        }
+    }
 }
 
 impl Budget {
@@ -143,8 +155,11 @@ impl MemoryBackend {
             .map_err(|_| LimitError("the in-process limit state is poisoned".into()))?;
         state.ops += 1;
         if state.ops % 4096 == 0 {
+            // Past windows and past periods' budgets: memory stays bounded
+            // however long the process runs.
             let now = now_ms();
             state.counters.retain(|_, (_, exp)| *exp > now);
+            state.budgets.retain(|_, b| b.expires_ms > now);
         }
         Ok(f(&mut state))
     }
@@ -193,11 +208,12 @@ impl LimitBackend for MemoryBackend {
         })
     }
 
-    async fn seed(&self, key: &str, spent: u64, _ttl_ms: u64) -> Result<(), LimitError> {
+    async fn seed(&self, key: &str, spent: u64, ttl_ms: u64) -> Result<(), LimitError> {
         self.with(|s| {
             s.budgets.entry(key.to_owned()).or_insert_with(|| Budget {
                 spent,
                 reservations: HashMap::new(),
+                expires_ms: now_ms().saturating_add(ttl_ms),
             });
         })
     }
