@@ -72,6 +72,8 @@ pub struct Runtime {
     limiter: Option<Arc<bulkhead_quota::Limiter>>,
     /// Runs executing at once in this process, admitted fairly when full.
     run_gate: Option<bulkhead_quota::FairGate>,
+    /// Tool-call policies (Cedar).
+    policies: Option<Arc<bulkhead_policy::Policies>>,
 }
 
 fn failure(code: &str, message: impl Into<String>) -> RunFailure {
@@ -170,7 +172,15 @@ impl Runtime {
             knowledge: None,
             limiter: None,
             run_gate: None,
+            policies: None,
         }
+    }
+
+    /// Decides every tool call the model asks for with the tenant's
+    /// policies (`call_tool`): permitted, forbidden, or needing approval.
+    pub fn with_policies(mut self, policies: Arc<bulkhead_policy::Policies>) -> Self {
+        self.policies = Some(policies);
+        self
     }
 
     /// Enforces tenants' concurrent-run and tool-call limits with
@@ -876,6 +886,7 @@ impl Runtime {
         ctx: &RunCtx,
         call: &Value,
         index: usize,
+        compiled: Option<&Result<bulkhead_policy::TenantPolicies, String>>,
     ) -> Result<Planned<'a>, Refused> {
         let id = call
             .get("id")
@@ -941,6 +952,8 @@ impl Runtime {
                     format!("invalid arguments: {e}"),
                 ));
             }
+            self.check_policy(ctx, compiled, &name, "read", "builtin", None, &args)
+                .map_err(|(code, message)| refuse(code, message))?;
             return Ok(Planned {
                 id,
                 name,
@@ -976,6 +989,30 @@ impl Runtime {
             })?),
             None => None,
         };
+        let needs_approval = self
+            .check_policy(
+                ctx,
+                compiled,
+                &name,
+                tool.risk.as_str(),
+                tool.kind.as_str(),
+                connection.as_ref(),
+                &args,
+            )
+            .map_err(|(code, message)| refuse(code, message))?;
+        let needs_approval = match tool.approval {
+            bulkhead_core::config::ApprovalMode::Always => true,
+            bulkhead_core::config::ApprovalMode::Never => false,
+            bulkhead_core::config::ApprovalMode::Policy => needs_approval,
+        };
+        if needs_approval {
+            // Fail closed: a call that needs a person's approval is not
+            // made until approvals exist.
+            return Err(refuse(
+                "approval_required",
+                "this call needs a person's approval, which this deployment cannot ask for yet; it was not made".into(),
+            ));
+        }
         Ok(Planned {
             id,
             name,
@@ -983,6 +1020,61 @@ impl Runtime {
             args,
             connection,
         })
+    }
+
+    /// The tenant's `call_tool` decision: `Ok(needs approval)`, or the
+    /// refusal's code and message.
+    #[allow(clippy::too_many_arguments)]
+    fn check_policy(
+        &self,
+        ctx: &RunCtx,
+        compiled: Option<&Result<bulkhead_policy::TenantPolicies, String>>,
+        name: &str,
+        risk: &str,
+        kind: &str,
+        connection: Option<&ConnectionName>,
+        args: &Value,
+    ) -> Result<bool, (&'static str, String)> {
+        let (Some(policies), Some(compiled)) = (&self.policies, compiled) else {
+            return Ok(false);
+        };
+        let compiled = compiled.as_ref().map_err(|e| {
+            tracing::error!(error = %e, "could not load the tenant's policies");
+            (
+                "internal",
+                "the organisation's policies could not be read".to_owned(),
+            )
+        })?;
+        let resource = bulkhead_policy::Resource::Tool {
+            name,
+            risk,
+            kind,
+            connection: connection.map_or("", ConnectionName::as_str),
+            arguments: args,
+        };
+        match policies.engine().authorize(
+            compiled,
+            &ctx.scope,
+            bulkhead_policy::Action::CallTool,
+            &resource,
+        ) {
+            Ok(d) if !d.allowed => Err((
+                "policy_denied",
+                format!(
+                    "the organisation's policies do not allow this call (decided by: {})",
+                    if d.policies.is_empty() {
+                        "no permit applies".to_owned()
+                    } else {
+                        d.policies.join(", ")
+                    }
+                ),
+            )),
+            Ok(d) => Ok(d.approval),
+            Err(e) => {
+                tracing::error!(error = %e, "tool-call policy decision failed");
+                Err(("internal", "the policy decision failed".to_owned()))
+            }
+        }
     }
 
     async fn tool_round(
@@ -993,8 +1085,14 @@ impl Runtime {
     ) -> Result<(), RunFailure> {
         let mut planned = Vec::new();
         let mut refused = Vec::new();
+        // The tenant's policies as of this round (a change applies from
+        // the next one).
+        let compiled = match &self.policies {
+            Some(p) => Some(p.tenant(&ctx.scope).await.map_err(|e| e.to_string())),
+            None => None,
+        };
         for (i, call) in calls.iter().enumerate() {
-            match self.plan(ctx, call, i) {
+            match self.plan(ctx, call, i, compiled.as_ref()) {
                 Ok(p) => planned.push(p),
                 Err(r) => refused.push(r),
             }

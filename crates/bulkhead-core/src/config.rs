@@ -581,6 +581,29 @@ pub enum Risk {
     Destructive,
 }
 
+impl Risk {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Read => "read",
+            Risk::Write => "write",
+            Risk::Destructive => "destructive",
+        }
+    }
+}
+
+impl ToolKind {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolKind::Slack => "slack",
+            ToolKind::Jira => "jira",
+            ToolKind::Github => "github",
+            ToolKind::Http => "http",
+        }
+    }
+}
+
 /// Tool approval modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -18,6 +18,10 @@
 //! Entities are built per request from the caller's [`TenantScope`]: the
 //! principal's tenant is the scope's, never a string from the request.
 
+pub mod service;
+
+pub use service::{Policies, PoliciesError, PolicyStore};
+
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -43,8 +47,9 @@ action read_profile, read_audit, read_usage, use_models, read_credentials,
        read_policies, manage_policies
   appliesTo { principal: User, resource: Tenant };
 action manage_credentials appliesTo { principal: User, resource: Connection };
-action read_agents, manage_agents, run_agent, read_runs
+action read_agents, manage_agents, run_agent
   appliesTo { principal: User, resource: Agent };
+action read_runs appliesTo { principal: User, resource: [Agent, Tenant] };
 action call_tool appliesTo { principal: User, resource: Tool, context: { connection: String } };
 action search, manage_documents, manage_collections
   appliesTo { principal: User, resource: Collection };
@@ -66,7 +71,7 @@ permit(principal, action, resource)
 permit(
   principal,
   action in [Action::"read_profile", Action::"read_audit", Action::"read_usage",
-             Action::"use_models", Action::"read_credentials", Action::"read_policies",
+             Action::"use_models", Action::"read_policies",
              Action::"read_agents", Action::"read_runs", Action::"search"],
   resource
 );

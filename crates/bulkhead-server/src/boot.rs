@@ -39,6 +39,9 @@ pub enum BootError {
     /// The key provider could not be opened.
     #[error("kms: {0}")]
     Kms(String),
+    /// The platform's policies could not be read or are invalid.
+    #[error("policies: {0}")]
+    Policies(String),
     /// The limit backend could not be set up.
     #[error("limits: {0}")]
     Limits(String),
@@ -135,6 +138,10 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         embedders,
         bulkhead_knowledge::Limits::default(),
     ));
+    let policies = Arc::new(bulkhead_policy::Policies::new(
+        policy_engine(config, base_dir)?,
+        store_arc.clone(),
+    ));
     let runtime = Arc::new(
         bulkhead_agent::Runtime::new(
             agents,
@@ -151,7 +158,8 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
                 .limits
                 .max_concurrent_runs
                 .map(|n| bulkhead_quota::FairGate::new(n as usize)),
-        ),
+        )
+        .with_policies(policies.clone()),
     );
     let state = AppState {
         control: store_arc.clone(),
@@ -175,6 +183,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
                 .map(|t| bulkhead_auth::TokenDigest::new(t.value())),
         }),
         limiter,
+        policies,
     };
     let startup_operator = bulkhead_core::RequestId::parse("startup")
         .ok()
@@ -184,6 +193,32 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         store,
         operator_token: source,
         startup_operator,
+    })
+}
+
+/// The policy engine of a configuration: the schema and the platform's
+/// policies (`[policies] file`, relative to `base_dir`, else the defaults
+/// per role), validated.
+pub fn policy_engine(
+    config: &Config,
+    base_dir: &Path,
+) -> Result<bulkhead_policy::PolicyEngine, BootError> {
+    let text = match &config.policies {
+        Some(p) => {
+            let path = base_dir.join(&p.file);
+            Some(std::fs::read_to_string(&path).map_err(|e| {
+                BootError::Policies(format!("policies.file {}: {e}", path.display()))
+            })?)
+        }
+        None => None,
+    };
+    bulkhead_policy::PolicyEngine::new(text.as_deref()).map_err(|e| {
+        let file = config
+            .policies
+            .as_ref()
+            .map(|p| p.file.display().to_string())
+            .unwrap_or_else(|| "the default platform policies".into());
+        BootError::Policies(format!("{file}: {e}"))
     })
 }
 

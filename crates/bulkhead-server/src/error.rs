@@ -80,6 +80,9 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
+    /// A tenant's policies do not parse or validate (the validator's message).
+    #[error("{0}")]
+    InvalidPolicy(String),
     /// Over one of the tenant's limits: 429 with `Retry-After` (503 when
     /// the limit counters cannot be reached).
     #[error("{0}")]
@@ -108,6 +111,7 @@ impl ApiError {
             ApiError::AgentDisabled(_) | ApiError::RunFinished => StatusCode::CONFLICT,
             ApiError::Residency(_) => StatusCode::FORBIDDEN,
             ApiError::Prompt(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidPolicy(_) => StatusCode::BAD_REQUEST,
             ApiError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -144,6 +148,7 @@ impl ApiError {
             ApiError::Prompt(_) => "prompt_error",
             ApiError::Knowledge { code, .. } => code,
             ApiError::Limited(r) => r.code(),
+            ApiError::InvalidPolicy(_) => "invalid_policy",
         }
     }
 
@@ -169,6 +174,7 @@ impl ApiError {
             ApiError::RunFinished => "Run already ended",
             ApiError::Prompt(_) => "Prompt error",
             ApiError::Knowledge { .. } => "Knowledge request refused",
+            ApiError::InvalidPolicy(_) => "Invalid policy",
             ApiError::Limited(bulkhead_quota::Refusal::BudgetExceeded { .. }) => "Budget exceeded",
             ApiError::Limited(bulkhead_quota::Refusal::ConcurrencyLimited { .. }) => {
                 "Too many concurrent runs"

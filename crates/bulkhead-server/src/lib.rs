@@ -5,6 +5,7 @@
 //! type. Only this crate knows axum.
 
 pub mod alerts;
+pub mod authz;
 pub mod boot;
 pub mod error;
 pub mod extract;

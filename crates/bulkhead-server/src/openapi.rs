@@ -5,7 +5,9 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, agents, credentials, kms, knowledge, openai, system, tenant, usage};
+use crate::routes::{
+    admin, agents, credentials, kms, knowledge, openai, policies, system, tenant, usage,
+};
 
 struct Security;
 
@@ -51,7 +53,7 @@ impl Modify for Security {
         knowledge::list_collections, knowledge::delete_collection, knowledge::put_document, knowledge::delete_document, knowledge::search,
         knowledge::operator_put_document, knowledge::operator_search,
         agents::list, agents::get_settings, agents::put_settings, agents::start, agents::get_run, agents::cancel, agents::messages,
-        openai::chat, openai::models, usage::usage, usage::operator_usage, usage::get_models, usage::put_models, usage::get_settings, usage::put_settings,
+        openai::chat, openai::models, usage::usage, usage::operator_usage, policies::get, policies::put, usage::get_models, usage::put_models, usage::get_settings, usage::put_settings,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&Security)

@@ -50,4 +50,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Tenants' limits and budgets.
     pub limiter: Arc<bulkhead_quota::Limiter>,
+    /// Who may do what inside a tenant (Cedar).
+    pub policies: Arc<bulkhead_policy::Policies>,
 }

@@ -68,6 +68,9 @@ pub struct Tool {
     /// Risk level (configured, or by kind: connectors write; an http tool
     /// reads with GET, destroys with DELETE, writes otherwise).
     pub risk: Risk,
+    /// Whether a call needs a person's approval: always, never, or as the
+    /// policies decide (the default).
+    pub approval: bulkhead_core::config::ApprovalMode,
     /// The vault connection the tenant's credential comes from, by default.
     pub connection: Option<String>,
     /// JSON Schema of the arguments.
@@ -394,6 +397,9 @@ fn build(
                 .clone()
                 .unwrap_or_else(|| connectors::description(config.kind).to_owned()),
             risk: config.risk.unwrap_or_else(|| default_risk(config)),
+            approval: config
+                .approval
+                .unwrap_or(bulkhead_core::config::ApprovalMode::Policy),
             connection: config.connection.clone(),
             parameters,
             spec,

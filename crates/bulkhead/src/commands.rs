@@ -85,6 +85,10 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     }
+    if let Err(e) = boot::policy_engine(&config, &base) {
+        eprintln!("{}: {e}", args.config.display());
+        return Ok(ExitCode::FAILURE);
+    }
     if config.limits.backend == bulkhead_core::config::LimitsBackend::Redis
         && !cfg!(feature = "redis")
     {

@@ -13,10 +13,11 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bulkhead_agent::{AgentSettings, RunRecord, RunRequest};
-use bulkhead_auth::TenantScope;
-use bulkhead_core::{Role, RunId, ThreadId};
+use bulkhead_core::{RunId, ThreadId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use bulkhead_policy::{Action, Resource};
 
 use crate::error::ApiError;
 use crate::extract::{Json, Path, TenantCtx};
@@ -25,14 +26,6 @@ use crate::state::AppState;
 /// The path prefix of run creation (no request timeout: a run is bounded
 /// by its agent's own `timeout_s`).
 pub const RUNS_PATH_SUFFIX: &str = "/runs";
-
-fn require(scope: &TenantScope, roles: &[Role]) -> Result<(), ApiError> {
-    if roles.iter().any(|r| scope.principal().has_role(*r)) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden)
-    }
-}
 
 /// One agent as a tenant sees it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -65,6 +58,7 @@ pub async fn list(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
 ) -> Result<AxumJson<AgentList>, ApiError> {
+    crate::authz::authorize(&state, &scope, Action::ReadAgents, Resource::Agent("*")).await?;
     let agents = state.runtime.agents(&scope).await?;
     Ok(AxumJson(AgentList {
         agents: agents
@@ -104,7 +98,13 @@ pub async fn get_settings(
     TenantCtx(scope): TenantCtx,
     Path(agent): Path<String>,
 ) -> Result<AxumJson<AgentSettings>, ApiError> {
-    require(&scope, &[Role::Admin])?;
+    crate::authz::authorize(
+        &state,
+        &scope,
+        Action::ManageAgents,
+        Resource::Agent(&agent),
+    )
+    .await?;
     Ok(AxumJson(state.runtime.settings(&scope, &agent).await?))
 }
 
@@ -121,7 +121,13 @@ pub async fn put_settings(
     Path(agent): Path<String>,
     Json(body): Json<AgentSettings>,
 ) -> Result<AxumJson<AgentSettings>, ApiError> {
-    require(&scope, &[Role::Admin])?;
+    crate::authz::authorize(
+        &state,
+        &scope,
+        Action::ManageAgents,
+        Resource::Agent(&agent),
+    )
+    .await?;
     Ok(AxumJson(
         state.runtime.put_settings(&scope, &agent, body).await?,
     ))
@@ -216,7 +222,7 @@ pub async fn start(
     Path(agent): Path<String>,
     Json(body): Json<StartRun>,
 ) -> Result<Response, ApiError> {
-    require(&scope, &[Role::Admin, Role::Member])?;
+    crate::authz::authorize(&state, &scope, Action::RunAgent, Resource::Agent(&agent)).await?;
     let thread_id = match body.thread_id.as_deref() {
         None => None,
         Some(t) => Some(ThreadId::parse(t).map_err(|_| ApiError::NotFound)?),
@@ -287,6 +293,13 @@ pub async fn get_run(
     Path(id): Path<String>,
 ) -> Result<AxumJson<RunBody>, ApiError> {
     let run = state.runtime.run(&scope, run_id(&id)?).await?;
+    crate::authz::authorize(
+        &state,
+        &scope,
+        Action::ReadRuns,
+        Resource::Agent(&run.agent),
+    )
+    .await?;
     Ok(AxumJson(run.into()))
 }
 
@@ -300,8 +313,16 @@ pub async fn cancel(
     TenantCtx(scope): TenantCtx,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, AxumJson<RunBody>), ApiError> {
-    require(&scope, &[Role::Admin, Role::Member])?;
-    let run = state.runtime.cancel(&scope, run_id(&id)?).await?;
+    let id = run_id(&id)?;
+    let run = state.runtime.run(&scope, id).await?;
+    crate::authz::authorize(
+        &state,
+        &scope,
+        Action::RunAgent,
+        Resource::Agent(&run.agent),
+    )
+    .await?;
+    let run = state.runtime.cancel(&scope, id).await?;
     Ok((StatusCode::ACCEPTED, AxumJson(run.into())))
 }
 
@@ -337,6 +358,7 @@ pub async fn messages(
     TenantCtx(scope): TenantCtx,
     Path(id): Path<String>,
 ) -> Result<AxumJson<MessageList>, ApiError> {
+    crate::authz::authorize(&state, &scope, Action::ReadRuns, Resource::Tenant).await?;
     let thread = ThreadId::parse(&id).map_err(|_| ApiError::NotFound)?;
     let messages = state.runtime.messages(&scope, thread).await?;
     Ok(AxumJson(MessageList {

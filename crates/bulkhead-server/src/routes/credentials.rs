@@ -7,10 +7,12 @@ use axum::Json as AxumJson;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bulkhead_auth::TenantScope;
-use bulkhead_core::{Role, TenantId};
+use bulkhead_core::TenantId;
 use bulkhead_vault::credential::{ConnectionName, CredentialMeta, CredentialWire};
 use bulkhead_vault::store::CredScope;
 use serde::Serialize;
+
+use bulkhead_policy::{Action, Resource};
 
 use crate::error::ApiError;
 use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
@@ -95,14 +97,6 @@ pub(crate) fn connection(raw: &str) -> Result<ConnectionName, ApiError> {
     ConnectionName::parse(raw).map_err(|e| ApiError::InvalidParameter(e.to_string()))
 }
 
-fn require_admin(scope: &TenantScope) -> Result<(), ApiError> {
-    if scope.principal().has_role(Role::Admin) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden)
-    }
-}
-
 pub(crate) async fn put_in(
     state: &AppState,
     scope: CredScope<'_>,
@@ -154,7 +148,13 @@ pub async fn put(
     Path(name): Path<String>,
     Json(body): Json<CredentialWire>,
 ) -> Result<(StatusCode, AxumJson<CredentialBody>), ApiError> {
-    require_admin(&scope)?;
+    crate::authz::authorize(
+        &state,
+        &scope,
+        Action::ManageCredentials,
+        Resource::Connection(&name),
+    )
+    .await?;
     put_in(&state, CredScope::Tenant(&scope), &name, body).await
 }
 
@@ -165,7 +165,7 @@ pub async fn list(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
 ) -> Result<AxumJson<CredentialList>, ApiError> {
-    require_admin(&scope)?;
+    crate::authz::authorize(&state, &scope, Action::ReadCredentials, Resource::Tenant).await?;
     list_in(&state, CredScope::Tenant(&scope)).await
 }
 
@@ -178,7 +178,13 @@ pub async fn delete(
     TenantCtx(scope): TenantCtx,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&scope)?;
+    crate::authz::authorize(
+        &state,
+        &scope,
+        Action::ManageCredentials,
+        Resource::Connection(&name),
+    )
+    .await?;
     delete_in(&state, CredScope::Tenant(&scope), &name).await
 }
 

@@ -14,9 +14,11 @@ use bulkhead_agent::knowledge::{
     CollectionInfo, DocumentInfo, Hit, KnowledgeServiceError, NewDocument, SearchMode,
 };
 use bulkhead_auth::{OperatorScope, TenantScope};
-use bulkhead_core::{Role, TenantId};
+use bulkhead_core::TenantId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use bulkhead_policy::{Action, Resource};
 
 use crate::error::ApiError;
 use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
@@ -25,14 +27,6 @@ use crate::state::AppState;
 /// Documents can be long: their route takes a larger body than the rest
 /// of the API (the content itself is limited by the chunker's own limit).
 pub const DOCUMENT_BODY_LIMIT: usize = 4 * 1024 * 1024;
-
-fn require(scope: &TenantScope, roles: &[Role]) -> Result<(), ApiError> {
-    if roles.iter().any(|r| scope.principal().has_role(*r)) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden)
-    }
-}
 
 impl From<KnowledgeServiceError> for ApiError {
     fn from(e: KnowledgeServiceError) -> Self {
@@ -132,7 +126,13 @@ pub async fn put_document(
     Path(collection): Path<String>,
     Json(body): Json<PutDocument>,
 ) -> Result<(StatusCode, AxumJson<DocumentBody>), ApiError> {
-    require(&scope, &[Role::Admin, Role::Member])?;
+    crate::authz::authorize(
+        &state,
+        &scope,
+        Action::ManageDocuments,
+        Resource::Collection(&collection),
+    )
+    .await?;
     ingest_in(&state, &scope, collection, body).await
 }
 
@@ -181,7 +181,13 @@ pub async fn delete_document(
     TenantCtx(scope): TenantCtx,
     Path((collection, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    require(&scope, &[Role::Admin, Role::Member])?;
+    crate::authz::authorize(
+        &state,
+        &scope,
+        Action::ManageDocuments,
+        Resource::Collection(&collection),
+    )
+    .await?;
     state
         .knowledge
         .delete_document(&scope, &collection, &id)
@@ -227,6 +233,7 @@ pub async fn list_collections(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
 ) -> Result<AxumJson<CollectionList>, ApiError> {
+    crate::authz::authorize(&state, &scope, Action::Search, Resource::Collection("*")).await?;
     let list = state.knowledge.collections(&scope).await?;
     Ok(AxumJson(CollectionList {
         collections: list.into_iter().map(CollectionBody::from).collect(),
@@ -242,7 +249,13 @@ pub async fn delete_collection(
     TenantCtx(scope): TenantCtx,
     Path(collection): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require(&scope, &[Role::Admin])?;
+    crate::authz::authorize(
+        &state,
+        &scope,
+        Action::ManageCollections,
+        Resource::Collection(&collection),
+    )
+    .await?;
     state
         .knowledge
         .delete_collection(&scope, &collection)
@@ -322,6 +335,13 @@ pub async fn search(
     Path(collection): Path<String>,
     Json(body): Json<SearchBody>,
 ) -> Result<AxumJson<SearchResponse>, ApiError> {
+    crate::authz::authorize(
+        &state,
+        &scope,
+        Action::Search,
+        Resource::Collection(&collection),
+    )
+    .await?;
     search_in(&state, &scope, &collection, body).await
 }
 

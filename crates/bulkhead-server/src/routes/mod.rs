@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod kms;
 pub mod knowledge;
 pub mod openai;
+pub mod policies;
 pub mod system;
 pub mod tenant;
 pub mod usage;
@@ -121,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/cancel", post(agents::cancel))
         .route("/v1/threads/{id}/messages", get(agents::messages))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/policies", get(policies::get).put(policies::put))
         .route("/admin/v1/usage", get(usage::operator_usage))
         .route(
             "/admin/v1/tenants/{id}/models",

@@ -15,6 +15,8 @@ use bulkhead_gateway::{ChatOutcome, GatewayError};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use bulkhead_policy::{Action, Resource};
+
 use crate::error::ApiError;
 use crate::extract::TenantCtx;
 use crate::state::AppState;
@@ -121,6 +123,11 @@ pub async fn chat(
     OpenAiTenant(scope): OpenAiTenant,
     body: Bytes,
 ) -> Response {
+    if let Err(e) =
+        crate::authz::authorize(&state, &scope, Action::UseModels, Resource::Tenant).await
+    {
+        return OpenAiError::from(e).into_response();
+    }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -186,6 +193,7 @@ pub async fn models(
     State(state): State<AppState>,
     OpenAiTenant(scope): OpenAiTenant,
 ) -> Result<axum::Json<ModelList>, OpenAiError> {
+    crate::authz::authorize(&state, &scope, Action::UseModels, Resource::Tenant).await?;
     let models = state.gateway.models(&scope).await?;
     Ok(axum::Json(ModelList {
         object: "list",

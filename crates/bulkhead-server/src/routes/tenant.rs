@@ -6,6 +6,8 @@ use axum::extract::State;
 use bulkhead_store::Page;
 use serde::{Deserialize, Serialize};
 
+use bulkhead_policy::{Action, Resource};
+
 use crate::error::ApiError;
 use crate::extract::{Query, TenantCtx};
 use crate::state::AppState;
@@ -28,9 +30,13 @@ pub struct Me {
 /// The authenticated tenant and principal.
 #[utoipa::path(get, path = "/v1/me", tag = "tenant", security(("bearer" = [])),
     responses((status = 200, body = Me), (status = 401, body = crate::error::Problem), (status = 403, body = crate::error::Problem)))]
-pub async fn me(TenantCtx(scope): TenantCtx) -> Json<Me> {
+pub async fn me(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+) -> Result<Json<Me>, ApiError> {
+    crate::authz::authorize(&state, &scope, Action::ReadProfile, Resource::Tenant).await?;
     let p = scope.principal();
-    Json(Me {
+    Ok(Json(Me {
         tenant: scope.tenant().to_string(),
         principal: p.id().to_owned(),
         principal_kind: serde_json::to_value(p.kind())
@@ -39,7 +45,7 @@ pub async fn me(TenantCtx(scope): TenantCtx) -> Json<Me> {
             .unwrap_or_default(),
         roles: p.roles().iter().map(|r| r.as_str().to_owned()).collect(),
         region: scope.region().to_string(),
-    })
+    }))
 }
 
 /// Paging of an audit chain.
@@ -99,6 +105,7 @@ pub async fn audit(
     TenantCtx(scope): TenantCtx,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
+    crate::authz::authorize(&state, &scope, Action::ReadAudit, Resource::Tenant).await?;
     let page = q.page()?;
     let events = state.tenants.audit(&scope, page).await?;
     Ok(Json(AuditPage::new(events, page)))

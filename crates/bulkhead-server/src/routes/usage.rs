@@ -265,6 +265,13 @@ pub async fn usage(
     TenantCtx(scope): TenantCtx,
     Query(q): Query<UsageQuery>,
 ) -> Result<Response, ApiError> {
+    crate::authz::authorize(
+        &state,
+        &scope,
+        bulkhead_policy::Action::ReadUsage,
+        bulkhead_policy::Resource::Tenant,
+    )
+    .await?;
     let report = Report::parse(&q)?;
     let rows = state
         .gateway

@@ -14,4 +14,5 @@ mod knowledge;
 mod lifecycle;
 mod limits;
 mod matrix;
+mod policies;
 mod support;

@@ -256,6 +256,24 @@ fn rows(f: &Fixture) -> Vec<Row> {
         row("GET", "/v1/usage", "/v1/usage", None, Plane::Tenant, 200),
         row(
             "GET",
+            "/v1/policies",
+            "/v1/policies",
+            None,
+            Plane::Tenant,
+            200,
+        ),
+        row(
+            "PUT",
+            "/v1/policies",
+            "/v1/policies",
+            Some(
+                json!({"policies": "forbid(principal, action, resource) when { resource.tenant == \"nobody\" };"}),
+            ),
+            Plane::Tenant,
+            200,
+        ),
+        row(
+            "GET",
             "/v1/usage",
             "/v1/usage?group_by=agent,tool&format=csv",
             None,

@@ -17,6 +17,7 @@ mod commit;
 mod gateway;
 mod knowledge;
 pub mod partition;
+mod policy;
 mod vault;
 
 use std::collections::HashMap;

@@ -1,0 +1,138 @@
+//! Tenants' policies kept in their partitions, compiled once and cached:
+//! what the HTTP layer and the agent runtime ask for every decision.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bulkhead_auth::TenantScope;
+use bulkhead_core::TenantUid;
+use bulkhead_core::audit::NewAuditEvent;
+
+use crate::{Action, Decision, PolicyEngine, PolicyError, Resource, TenantPolicies};
+
+/// How long a tenant's compiled policies are reused without reading them
+/// again. A change made through this process applies at once; another
+/// replica's change applies within this time.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Where a tenant's policy text lives (its partition).
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    /// The tenant's policy text, if it has any.
+    async fn tenant_policies(&self, scope: &TenantScope) -> Result<Option<String>, String>;
+    /// Replaces (or, with `None`, removes) the tenant's policies, with
+    /// its audit event, in one transaction.
+    async fn set_tenant_policies(
+        &self,
+        scope: &TenantScope,
+        text: Option<String>,
+        event: NewAuditEvent,
+    ) -> Result<(), String>;
+}
+
+/// Why a policy operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoliciesError {
+    /// The policies are invalid (the parser's or validator's message).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The store failed.
+    #[error("policy store: {0}")]
+    Store(String),
+}
+
+/// Decisions for every tenant.
+pub struct Policies {
+    engine: PolicyEngine,
+    store: std::sync::Arc<dyn PolicyStore>,
+    cache: Mutex<HashMap<TenantUid, (TenantPolicies, Instant)>>,
+}
+
+impl std::fmt::Debug for Policies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Policies")
+    }
+}
+
+impl Policies {
+    /// Decisions with `engine`, tenants' policies read from `store`.
+    pub fn new(engine: PolicyEngine, store: std::sync::Arc<dyn PolicyStore>) -> Self {
+        Self {
+            engine,
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The engine (schema and platform policies).
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+
+    /// The tenant's compiled policies (cached).
+    pub async fn tenant(&self, scope: &TenantScope) -> Result<TenantPolicies, PoliciesError> {
+        if let Ok(cache) = self.cache.lock()
+            && let Some((p, at)) = cache.get(&scope.partition())
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(p.clone());
+        }
+        let text = self
+            .store
+            .tenant_policies(scope)
+            .await
+            .map_err(PoliciesError::Store)?;
+        // Stored text was valid when written; if a platform change made it
+        // invalid, its forbids must not silently vanish: refuse everything
+        // rather than fall back to the platform's permits.
+        let compiled = self.engine.compile(text.as_deref().unwrap_or(""))?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(scope.partition(), (compiled.clone(), Instant::now()));
+        }
+        Ok(compiled)
+    }
+
+    /// Decides `action` on `resource` for the scope's principal.
+    pub async fn authorize(
+        &self,
+        scope: &TenantScope,
+        action: Action,
+        resource: &Resource<'_>,
+    ) -> Result<Decision, PoliciesError> {
+        let policies = self.tenant(scope).await?;
+        Ok(self.engine.authorize(&policies, scope, action, resource)?)
+    }
+
+    /// The tenant's own policy text (empty when it has none).
+    pub async fn text(&self, scope: &TenantScope) -> Result<String, PoliciesError> {
+        Ok(self.tenant(scope).await?.text().to_owned())
+    }
+
+    /// Replaces the tenant's policies: validated first (an invalid text is
+    /// refused and the old policies stay), then stored with `event`.
+    /// Empty text removes them.
+    pub async fn replace(
+        &self,
+        scope: &TenantScope,
+        text: &str,
+        event: NewAuditEvent,
+    ) -> Result<(), PoliciesError> {
+        let compiled = self.engine.compile(text)?;
+        let stored = (!text.trim().is_empty()).then(|| text.to_owned());
+        let result = self.store.set_tenant_policies(scope, stored, event).await;
+        if let Ok(mut cache) = self.cache.lock() {
+            match &result {
+                Ok(()) => {
+                    cache.insert(scope.partition(), (compiled, Instant::now()));
+                }
+                // A failed write may still have committed: read it again.
+                Err(_) => {
+                    cache.remove(&scope.partition());
+                }
+            }
+        }
+        result.map_err(PoliciesError::Store)
+    }
+}

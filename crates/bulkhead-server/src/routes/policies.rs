@@ -1,0 +1,74 @@
+//! A tenant's own Cedar policies: `GET` and `PUT /v1/policies`. A new
+//! text is validated against the schema before it replaces the old one;
+//! an invalid text is refused with the validator's message and the old
+//! policies stay.
+
+use axum::Json as AxumJson;
+use axum::extract::State;
+use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_policy::{Action, PoliciesError, Resource};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::Digest;
+
+use crate::error::ApiError;
+use crate::extract::{Json, TenantCtx};
+use crate::state::AppState;
+
+/// The tenant's policies.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    /// Cedar policies, added to the platform's (`""`: none of its own).
+    pub policies: String,
+}
+
+fn policy_error(e: PoliciesError) -> ApiError {
+    match e {
+        PoliciesError::Policy(p) => ApiError::InvalidPolicy(p.to_string()),
+        PoliciesError::Store(s) => ApiError::Internal(s),
+    }
+}
+
+/// The caller's tenant's own policies.
+#[utoipa::path(get, path = "/v1/policies", tag = "policies", security(("bearer" = [])),
+    responses((status = 200, body = PolicyBody), (status = 403, body = crate::error::Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+) -> Result<AxumJson<PolicyBody>, ApiError> {
+    crate::authz::authorize(&state, &scope, Action::ReadPolicies, Resource::Tenant).await?;
+    let policies = state.policies.text(&scope).await.map_err(policy_error)?;
+    Ok(AxumJson(PolicyBody { policies }))
+}
+
+/// Replaces the caller's tenant's policies (tenant admins by default).
+/// They apply from the next request.
+#[utoipa::path(put, path = "/v1/policies", tag = "policies", security(("bearer" = [])),
+    request_body = PolicyBody,
+    responses((status = 200, body = PolicyBody), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem)))]
+pub async fn put(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Json(body): Json<PolicyBody>,
+) -> Result<AxumJson<PolicyBody>, ApiError> {
+    crate::authz::authorize(&state, &scope, Action::ManagePolicies, Resource::Tenant).await?;
+    let digest = sha2::Sha256::digest(body.policies.as_bytes());
+    let event = NewAuditEvent::new(
+        "policies.update",
+        format!("tenant:{}", scope.tenant()),
+        Outcome::Success,
+        scope.request_id().clone(),
+    )
+    .with_details(json!({
+        "sha256": bulkhead_core::audit::hex(&digest),
+        "bytes": body.policies.len(),
+        "cleared": body.policies.trim().is_empty(),
+    }));
+    state
+        .policies
+        .replace(&scope, &body.policies, event)
+        .await
+        .map_err(policy_error)?;
+    Ok(AxumJson(body))
+}
