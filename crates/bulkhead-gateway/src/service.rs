@@ -628,53 +628,69 @@ impl Gateway {
             run,
             reservation: Mutex::new(reservation),
         };
-        let permit = model
-            .provider
-            .permits
-            .acquire(scope.tenant().as_str(), self.weight(scope))
-            .await;
-        let res = match self
-            .upstream
-            .send(
-                &model.provider,
-                Endpoint::Chat,
-                &model.upstream,
-                key.as_ref(),
-                &upstream_body,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                call.finish(&self.recorder, Tokens::default(), e.usage_status());
-                return Err(e);
+        // The call runs in its own task: a caller that goes away (a
+        // cancelled run, a dropped request) cannot stop it half-way, so
+        // what the provider bills is always recorded and settled. One that
+        // goes away before the call is sent stops it from being sent.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let upstream = self.upstream.clone();
+        let recorder = self.recorder.clone();
+        let tenant = scope.tenant().as_str().to_owned();
+        let weight = self.weight(scope);
+        self.recorder.tasks.spawn(async move {
+            let permit = model.provider.permits.acquire(&tenant, weight).await;
+            if done_tx.is_closed() {
+                // Nothing was sent: no usage, and the reservation (dropped
+                // with `call`) is given back.
+                return;
             }
-        };
-        if !stream {
-            let result = self.complete(&call, res).await;
-            drop(permit);
-            return match result {
-                Ok((value, tokens)) => {
-                    call.finish(&self.recorder, tokens, "ok");
-                    Ok(ChatOutcome::Complete(value))
-                }
+            let res = match upstream
+                .send(
+                    &model.provider,
+                    Endpoint::Chat,
+                    &model.upstream,
+                    key.as_ref(),
+                    &upstream_body,
+                )
+                .await
+            {
+                Ok(r) => r,
                 Err(e) => {
-                    call.finish(&self.recorder, Tokens::default(), e.usage_status());
-                    Err(e)
+                    call.finish(&recorder, Tokens::default(), e.usage_status());
+                    let _ = done_tx.send(Err(e));
+                    return;
                 }
             };
-        }
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let recorder = self.recorder.clone();
-        self.recorder.tasks.spawn(async move {
-            let _permit = permit;
+            if !stream {
+                let result = complete(&call, res).await;
+                drop(permit);
+                let answer = match result {
+                    Ok((value, tokens)) => {
+                        call.finish(&recorder, tokens, "ok");
+                        Ok(ChatOutcome::Complete(value))
+                    }
+                    Err(e) => {
+                        call.finish(&recorder, Tokens::default(), e.usage_status());
+                        Err(e)
+                    }
+                };
+                let _ = done_tx.send(answer);
+                return;
+            }
+            let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+            let _ = done_tx.send(Ok(ChatOutcome::Stream(rx)));
             let (tokens, status) = pump(&call, res, &tx, wants_usage).await;
             // Queued before the client's stream ends (dropping `tx`), so a
             // read that follows the stream sees the row.
             call.finish(&recorder, tokens, status);
             drop(tx);
+            drop(permit);
         });
-        Ok(ChatOutcome::Stream(rx))
+        done_rx.await.unwrap_or_else(|_| {
+            Err(GatewayError::Internal(
+                "the model call's task stopped".into(),
+            ))
+        })
     }
 
     /// Embeds `inputs` with the embedding model `name` for the scope's
@@ -793,40 +809,34 @@ impl Gateway {
             }
         }
     }
+}
 
-    async fn complete(
-        &self,
-        call: &Call,
-        res: reqwest::Response,
-    ) -> Result<(Value, Tokens), GatewayError> {
-        let provider = &call.model.provider;
-        let bytes = tokio::time::timeout(provider.timeout, res.bytes())
-            .await
-            .map_err(|_| GatewayError::UpstreamTimeout(provider.timeout.as_secs()))?
-            .map_err(|e| GatewayError::Upstream(e.without_url().to_string()))?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            GatewayError::Upstream("the provider answered with malformed JSON".into())
-        })?;
-        match provider.kind {
-            ProviderKind::Openai | ProviderKind::AzureOpenai => {
-                let Value::Object(mut obj) = value else {
-                    return Err(GatewayError::Upstream(
-                        "the provider answered with a non-object".into(),
-                    ));
-                };
-                if !obj.get("choices").is_some_and(Value::is_array) {
-                    return Err(GatewayError::Upstream(
-                        "the provider's answer has no choices".into(),
-                    ));
-                }
-                let tokens = openai_tokens(obj.get("usage").unwrap_or(&Value::Null));
-                obj.insert("model".into(), Value::String(call.model.name.clone()));
-                Ok((Value::Object(obj), tokens))
+/// A non-streamed chat answer: read, checked, model renamed, usage taken.
+async fn complete(call: &Call, res: reqwest::Response) -> Result<(Value, Tokens), GatewayError> {
+    let provider = &call.model.provider;
+    let bytes = tokio::time::timeout(provider.timeout, res.bytes())
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout(provider.timeout.as_secs()))?
+        .map_err(|e| GatewayError::Upstream(e.without_url().to_string()))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| GatewayError::Upstream("the provider answered with malformed JSON".into()))?;
+    match provider.kind {
+        ProviderKind::Openai | ProviderKind::AzureOpenai => {
+            let Value::Object(mut obj) = value else {
+                return Err(GatewayError::Upstream(
+                    "the provider answered with a non-object".into(),
+                ));
+            };
+            if !obj.get("choices").is_some_and(Value::is_array) {
+                return Err(GatewayError::Upstream(
+                    "the provider's answer has no choices".into(),
+                ));
             }
-            ProviderKind::Anthropic => {
-                anthropic::from_anthropic(&value, &call.model.name, now_unix())
-            }
+            let tokens = openai_tokens(obj.get("usage").unwrap_or(&Value::Null));
+            obj.insert("model".into(), Value::String(call.model.name.clone()));
+            Ok((Value::Object(obj), tokens))
         }
+        ProviderKind::Anthropic => anthropic::from_anthropic(&value, &call.model.name, now_unix()),
     }
 }
 

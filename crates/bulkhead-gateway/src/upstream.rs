@@ -29,7 +29,8 @@ pub enum Endpoint {
     Embeddings,
 }
 
-/// The shared HTTP client.
+/// The shared HTTP client (cheap to clone: one connection pool).
+#[derive(Clone)]
 pub struct Upstream {
     client: reqwest::Client,
 }

@@ -94,6 +94,11 @@ async fn world(quotas: &str) -> World {
                 std::time::Duration::from_secs(3600),
                 Reply::text("late"),
             )),
+            // Answers after a short while (the provider's own time).
+            "slowish" => Some(Reply::delay(
+                std::time::Duration::from_millis(200),
+                Reply::text("eventually").with_usage(Usage::new(1000, 100)),
+            )),
             "post" => Some(
                 Reply::tool_calls([
                     ToolCall::new("notify", json!({"text": "one"})),
@@ -500,7 +505,8 @@ async fn concurrent_runs_and_tool_calls_are_limited_and_tool_calls_enter_the_led
         "{codes:?}"
     );
     assert_eq!(w.saas.requests().len(), 1, "the refused call was not sent");
-    w.app.state.gateway.drain().await;
+    // (No drain: rows are queued before the run answers, and reads wait
+    // for what was queued before them; run 1's call is still in flight.)
     // The ledger by agent and tool: the model calls and the one tool call.
     let u = w
         .app
@@ -699,4 +705,75 @@ async fn embeddings_count_against_the_budget_and_a_refused_ingestion_stores_noth
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_model_call_in_flight_when_its_run_is_cancelled_is_still_recorded() {
+    let w = world("").await;
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/agents/support/runs")
+        .header("authorization", format!("Bearer {}", w.acme))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            serde_json::to_vec(&json!({"input": "slowish", "stream": true})).unwrap(),
+        ))
+        .unwrap();
+    let res = w.app.router.clone().oneshot(req).await.unwrap();
+    let mut stream = res.into_body();
+    let first = stream.frame().await.unwrap().unwrap().into_data().unwrap();
+    let first = String::from_utf8_lossy(&first).into_owned();
+    let data = first
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap();
+    let run_id = serde_json::from_str::<Value>(data).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The call has reached the provider (which takes 200 ms to answer).
+    let started = std::time::Instant::now();
+    while w.fake.request_count() == 0 {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the model call never left"
+        );
+        tokio::task::yield_now().await;
+    }
+    let r = w
+        .app
+        .call(
+            "POST",
+            &format!("/v1/runs/{run_id}/cancel"),
+            Some(&w.acme),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    drop(stream);
+    // The call finishes on its own and is billed to the run's agent.
+    w.app.state.gateway.drain().await;
+    let u = w
+        .app
+        .call("GET", "/v1/usage?group_by=agent", Some(&w.acme), None)
+        .await
+        .body;
+    let row = u["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["agent"] == "support")
+        .unwrap_or_else(|| panic!("no ledger row for the cancelled run's call: {u}"))
+        .clone();
+    assert_eq!(row["requests"], 1);
+    assert_eq!(
+        row["cost_usd"],
+        bulkhead_gateway::usage::nanos_to_usd(CALL_NANOS)
+    );
+    let run = w
+        .app
+        .call("GET", &format!("/v1/runs/{run_id}"), Some(&w.acme), None)
+        .await
+        .body;
+    assert_eq!(run["status"], "cancelled", "{run}");
 }
