@@ -417,6 +417,28 @@ impl VectorIndex {
 
 type IndexKey = (bulkhead_core::TenantUid, String, String);
 
+/// Queues `index` for its HNSW graph. One background thread builds the
+/// graphs one at a time (a build takes both cores for tens of seconds), and
+/// skips indexes that were dropped meanwhile (their collection changed):
+/// a tenant writing documents to a large collection cannot start a build
+/// per write.
+fn queue_ann_build(index: &Arc<VectorIndex>) {
+    static QUEUE: std::sync::OnceLock<std::sync::mpsc::Sender<std::sync::Weak<VectorIndex>>> =
+        std::sync::OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<std::sync::Weak<VectorIndex>>();
+        std::thread::spawn(move || {
+            while let Ok(weak) = rx.recv() {
+                if let Some(index) = weak.upgrade() {
+                    index.build_ann();
+                }
+            }
+        });
+        tx
+    });
+    let _ = queue.send(Arc::downgrade(index));
+}
+
 /// A dot product the compiler can vectorise: eight independent running
 /// sums (a single `sum()` over floats must keep its order, which forbids
 /// SIMD).
@@ -506,8 +528,7 @@ impl Knowledge {
         let index = Arc::new(VectorIndex::new(raw));
         if index.len() >= ANN_MIN_VECTORS && cfg!(feature = "ann") {
             // Built in the background; exact until then.
-            let building = index.clone();
-            std::thread::spawn(move || building.build_ann());
+            queue_ann_build(&index);
         }
         if let Ok(mut c) = self.indexes.lock() {
             c.insert(key, index.clone());
