@@ -14,11 +14,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bulkhead_agent::{AgentSettings, RunRecord, RunRequest};
 use bulkhead_core::{RunId, ThreadId};
+use bulkhead_policy::{Action, Resource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use bulkhead_policy::{Action, Resource};
-
+use crate::authz::authorize;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, TenantCtx};
 use crate::state::AppState;
@@ -58,7 +58,7 @@ pub async fn list(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
 ) -> Result<AxumJson<AgentList>, ApiError> {
-    crate::authz::authorize(&state, &scope, Action::ReadAgents, Resource::Agent("*")).await?;
+    authorize(&state, &scope, Action::ReadAgents, Resource::Agent("*")).await?;
     let agents = state.runtime.agents(&scope).await?;
     Ok(AxumJson(AgentList {
         agents: agents
@@ -98,7 +98,7 @@ pub async fn get_settings(
     TenantCtx(scope): TenantCtx,
     Path(agent): Path<String>,
 ) -> Result<AxumJson<AgentSettings>, ApiError> {
-    crate::authz::authorize(
+    authorize(
         &state,
         &scope,
         Action::ManageAgents,
@@ -121,7 +121,7 @@ pub async fn put_settings(
     Path(agent): Path<String>,
     Json(body): Json<AgentSettings>,
 ) -> Result<AxumJson<AgentSettings>, ApiError> {
-    crate::authz::authorize(
+    authorize(
         &state,
         &scope,
         Action::ManageAgents,
@@ -222,7 +222,7 @@ pub async fn start(
     Path(agent): Path<String>,
     Json(body): Json<StartRun>,
 ) -> Result<Response, ApiError> {
-    crate::authz::authorize(&state, &scope, Action::RunAgent, Resource::Agent(&agent)).await?;
+    authorize(&state, &scope, Action::RunAgent, Resource::Agent(&agent)).await?;
     let thread_id = match body.thread_id.as_deref() {
         None => None,
         Some(t) => Some(ThreadId::parse(t).map_err(|_| ApiError::NotFound)?),
@@ -293,7 +293,7 @@ pub async fn get_run(
     Path(id): Path<String>,
 ) -> Result<AxumJson<RunBody>, ApiError> {
     let run = state.runtime.run(&scope, run_id(&id)?).await?;
-    crate::authz::authorize(
+    authorize(
         &state,
         &scope,
         Action::ReadRuns,
@@ -315,7 +315,7 @@ pub async fn cancel(
 ) -> Result<(StatusCode, AxumJson<RunBody>), ApiError> {
     let id = run_id(&id)?;
     let run = state.runtime.run(&scope, id).await?;
-    crate::authz::authorize(
+    authorize(
         &state,
         &scope,
         Action::RunAgent,
@@ -358,7 +358,7 @@ pub async fn messages(
     TenantCtx(scope): TenantCtx,
     Path(id): Path<String>,
 ) -> Result<AxumJson<MessageList>, ApiError> {
-    crate::authz::authorize(&state, &scope, Action::ReadRuns, Resource::Tenant).await?;
+    authorize(&state, &scope, Action::ReadRuns, Resource::Tenant).await?;
     let thread = ThreadId::parse(&id).map_err(|_| ApiError::NotFound)?;
     let messages = state.runtime.messages(&scope, thread).await?;
     Ok(AxumJson(MessageList {

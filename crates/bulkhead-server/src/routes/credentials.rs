@@ -8,12 +8,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::TenantId;
+use bulkhead_policy::{Action, Resource};
 use bulkhead_vault::credential::{ConnectionName, CredentialMeta, CredentialWire};
 use bulkhead_vault::store::CredScope;
 use serde::Serialize;
 
-use bulkhead_policy::{Action, Resource};
-
+use crate::authz::authorize;
 use crate::error::ApiError;
 use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
 use crate::state::AppState;
@@ -148,7 +148,7 @@ pub async fn put(
     Path(name): Path<String>,
     Json(body): Json<CredentialWire>,
 ) -> Result<(StatusCode, AxumJson<CredentialBody>), ApiError> {
-    crate::authz::authorize(
+    authorize(
         &state,
         &scope,
         Action::ManageCredentials,
@@ -165,7 +165,7 @@ pub async fn list(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
 ) -> Result<AxumJson<CredentialList>, ApiError> {
-    crate::authz::authorize(&state, &scope, Action::ReadCredentials, Resource::Tenant).await?;
+    authorize(&state, &scope, Action::ReadCredentials, Resource::Tenant).await?;
     list_in(&state, CredScope::Tenant(&scope)).await
 }
 
@@ -178,7 +178,7 @@ pub async fn delete(
     TenantCtx(scope): TenantCtx,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    crate::authz::authorize(
+    authorize(
         &state,
         &scope,
         Action::ManageCredentials,

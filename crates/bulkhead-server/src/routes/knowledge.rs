@@ -15,11 +15,11 @@ use bulkhead_agent::knowledge::{
 };
 use bulkhead_auth::{OperatorScope, TenantScope};
 use bulkhead_core::TenantId;
+use bulkhead_policy::{Action, Resource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use bulkhead_policy::{Action, Resource};
-
+use crate::authz::authorize;
 use crate::error::ApiError;
 use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
 use crate::state::AppState;
@@ -126,7 +126,7 @@ pub async fn put_document(
     Path(collection): Path<String>,
     Json(body): Json<PutDocument>,
 ) -> Result<(StatusCode, AxumJson<DocumentBody>), ApiError> {
-    crate::authz::authorize(
+    authorize(
         &state,
         &scope,
         Action::ManageDocuments,
@@ -181,7 +181,7 @@ pub async fn delete_document(
     TenantCtx(scope): TenantCtx,
     Path((collection, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    crate::authz::authorize(
+    authorize(
         &state,
         &scope,
         Action::ManageDocuments,
@@ -233,7 +233,7 @@ pub async fn list_collections(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
 ) -> Result<AxumJson<CollectionList>, ApiError> {
-    crate::authz::authorize(&state, &scope, Action::Search, Resource::Collection("*")).await?;
+    authorize(&state, &scope, Action::Search, Resource::Collection("*")).await?;
     let list = state.knowledge.collections(&scope).await?;
     Ok(AxumJson(CollectionList {
         collections: list.into_iter().map(CollectionBody::from).collect(),
@@ -249,7 +249,7 @@ pub async fn delete_collection(
     TenantCtx(scope): TenantCtx,
     Path(collection): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    crate::authz::authorize(
+    authorize(
         &state,
         &scope,
         Action::ManageCollections,
@@ -335,7 +335,7 @@ pub async fn search(
     Path(collection): Path<String>,
     Json(body): Json<SearchBody>,
 ) -> Result<AxumJson<SearchResponse>, ApiError> {
-    crate::authz::authorize(
+    authorize(
         &state,
         &scope,
         Action::Search,

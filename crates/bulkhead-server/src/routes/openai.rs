@@ -12,11 +12,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bulkhead_auth::TenantScope;
 use bulkhead_gateway::{ChatOutcome, GatewayError};
+use bulkhead_policy::{Action, Resource};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use bulkhead_policy::{Action, Resource};
-
+use crate::authz::authorize;
 use crate::error::ApiError;
 use crate::extract::TenantCtx;
 use crate::state::AppState;
@@ -123,9 +123,7 @@ pub async fn chat(
     OpenAiTenant(scope): OpenAiTenant,
     body: Bytes,
 ) -> Response {
-    if let Err(e) =
-        crate::authz::authorize(&state, &scope, Action::UseModels, Resource::Tenant).await
-    {
+    if let Err(e) = authorize(&state, &scope, Action::UseModels, Resource::Tenant).await {
         return OpenAiError::from(e).into_response();
     }
     let value: Value = match serde_json::from_slice(&body) {
@@ -193,7 +191,7 @@ pub async fn models(
     State(state): State<AppState>,
     OpenAiTenant(scope): OpenAiTenant,
 ) -> Result<axum::Json<ModelList>, OpenAiError> {
-    crate::authz::authorize(&state, &scope, Action::UseModels, Resource::Tenant).await?;
+    authorize(&state, &scope, Action::UseModels, Resource::Tenant).await?;
     let models = state.gateway.models(&scope).await?;
     Ok(axum::Json(ModelList {
         object: "list",

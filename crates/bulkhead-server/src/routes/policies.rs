@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Digest;
 
+use crate::authz::authorize;
 use crate::error::ApiError;
 use crate::extract::{Json, TenantCtx};
 use crate::state::AppState;
@@ -37,7 +38,7 @@ pub async fn get(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
 ) -> Result<AxumJson<PolicyBody>, ApiError> {
-    crate::authz::authorize(&state, &scope, Action::ReadPolicies, Resource::Tenant).await?;
+    authorize(&state, &scope, Action::ReadPolicies, Resource::Tenant).await?;
     let policies = state.policies.text(&scope).await.map_err(policy_error)?;
     Ok(AxumJson(PolicyBody { policies }))
 }
@@ -52,7 +53,7 @@ pub async fn put(
     TenantCtx(scope): TenantCtx,
     Json(body): Json<PolicyBody>,
 ) -> Result<AxumJson<PolicyBody>, ApiError> {
-    crate::authz::authorize(&state, &scope, Action::ManagePolicies, Resource::Tenant).await?;
+    authorize(&state, &scope, Action::ManagePolicies, Resource::Tenant).await?;
     let digest = sha2::Sha256::digest(body.policies.as_bytes());
     let event = NewAuditEvent::new(
         "policies.update",

@@ -3,11 +3,11 @@
 
 use axum::Json;
 use axum::extract::State;
+use bulkhead_policy::{Action, Resource};
 use bulkhead_store::Page;
 use serde::{Deserialize, Serialize};
 
-use bulkhead_policy::{Action, Resource};
-
+use crate::authz::authorize;
 use crate::error::ApiError;
 use crate::extract::{Query, TenantCtx};
 use crate::state::AppState;
@@ -34,7 +34,7 @@ pub async fn me(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
 ) -> Result<Json<Me>, ApiError> {
-    crate::authz::authorize(&state, &scope, Action::ReadProfile, Resource::Tenant).await?;
+    authorize(&state, &scope, Action::ReadProfile, Resource::Tenant).await?;
     let p = scope.principal();
     Ok(Json(Me {
         tenant: scope.tenant().to_string(),
@@ -105,7 +105,7 @@ pub async fn audit(
     TenantCtx(scope): TenantCtx,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    crate::authz::authorize(&state, &scope, Action::ReadAudit, Resource::Tenant).await?;
+    authorize(&state, &scope, Action::ReadAudit, Resource::Tenant).await?;
     let page = q.page()?;
     let events = state.tenants.audit(&scope, page).await?;
     Ok(Json(AuditPage::new(events, page)))

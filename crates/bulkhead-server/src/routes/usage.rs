@@ -9,9 +9,11 @@ use axum::response::{IntoResponse, Response};
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_core::{TenantId, Timestamp};
 use bulkhead_gateway::usage::{UsageGroup, UsageSummary, nanos_to_usd};
+use bulkhead_policy::{Action, Resource};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::authz::authorize;
 use crate::error::ApiError;
 use crate::extract::{Json, OperatorCtx, Path, Query, TenantCtx};
 use crate::state::AppState;
@@ -265,13 +267,7 @@ pub async fn usage(
     TenantCtx(scope): TenantCtx,
     Query(q): Query<UsageQuery>,
 ) -> Result<Response, ApiError> {
-    crate::authz::authorize(
-        &state,
-        &scope,
-        bulkhead_policy::Action::ReadUsage,
-        bulkhead_policy::Resource::Tenant,
-    )
-    .await?;
+    authorize(&state, &scope, Action::ReadUsage, Resource::Tenant).await?;
     let report = Report::parse(&q)?;
     let rows = state
         .gateway
