@@ -128,6 +128,34 @@ fn metered(max_tokens: u64) -> Value {
            "messages": [{"role": "user", "content": "hello"}]})
 }
 
+/// Starts a streamed run of `support` as acme; returns its id (from the
+/// first event) and the still-open event stream.
+async fn start_streamed(w: &World, input: &str) -> (String, Body) {
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/agents/support/runs")
+        .header("authorization", format!("Bearer {}", w.acme))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            serde_json::to_vec(&json!({"input": input, "stream": true})).unwrap(),
+        ))
+        .unwrap();
+    let res = w.app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let mut stream = res.into_body();
+    let first = stream.frame().await.unwrap().unwrap().into_data().unwrap();
+    let first = String::from_utf8_lossy(&first).into_owned();
+    let data = first
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap();
+    let run_id = serde_json::from_str::<Value>(data).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (run_id, stream)
+}
+
 /// A metered chat completion as `key`.
 async fn chat(w: &World, key: &str, max_tokens: u64) -> Resp {
     w.app
@@ -437,28 +465,7 @@ async fn concurrent_runs_and_tool_calls_are_limited_and_tool_calls_enter_the_led
     )
     .await;
     // Run 1 is held by a slow model answer while run 2 is asked for.
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/agents/support/runs")
-        .header("authorization", format!("Bearer {}", w.acme))
-        .header("content-type", "application/json")
-        .body(Body::from(
-            serde_json::to_vec(&json!({"input": "slow", "stream": true})).unwrap(),
-        ))
-        .unwrap();
-    let res = w.app.router.clone().oneshot(req).await.unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    let mut stream = res.into_body();
-    let first = stream.frame().await.unwrap().unwrap().into_data().unwrap();
-    let first = String::from_utf8_lossy(&first).into_owned();
-    let data = first
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .unwrap();
-    let run_id = serde_json::from_str::<Value>(data).unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (run_id, stream) = start_streamed(&w, "slow").await;
     let r = run(&w, &w.acme, "again").await;
     r.assert_problem(429, "concurrency_limited");
     assert_eq!(r.headers["retry-after"], "1");
@@ -710,27 +717,7 @@ async fn embeddings_count_against_the_budget_and_a_refused_ingestion_stores_noth
 #[tokio::test]
 async fn a_model_call_in_flight_when_its_run_is_cancelled_is_still_recorded() {
     let w = world("").await;
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/agents/support/runs")
-        .header("authorization", format!("Bearer {}", w.acme))
-        .header("content-type", "application/json")
-        .body(Body::from(
-            serde_json::to_vec(&json!({"input": "slowish", "stream": true})).unwrap(),
-        ))
-        .unwrap();
-    let res = w.app.router.clone().oneshot(req).await.unwrap();
-    let mut stream = res.into_body();
-    let first = stream.frame().await.unwrap().unwrap().into_data().unwrap();
-    let first = String::from_utf8_lossy(&first).into_owned();
-    let data = first
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .unwrap();
-    let run_id = serde_json::from_str::<Value>(data).unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (run_id, stream) = start_streamed(&w, "slowish").await;
     // The call has reached the provider (which takes 200 ms to answer).
     let started = std::time::Instant::now();
     while w.fake.request_count() == 0 {
