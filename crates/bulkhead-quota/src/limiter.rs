@@ -25,7 +25,7 @@ use bulkhead_core::Timestamp;
 use bulkhead_core::config::QuotaValues;
 use bulkhead_core::money::Usd;
 
-use crate::backend::{LimitBackend, LimitError};
+use crate::backend::{LimitBackend, LimitError, Reserved};
 
 /// Length of a rate window, and how long its counter is kept.
 const WINDOW_MS: u64 = 60_000;
@@ -282,18 +282,6 @@ impl Limiter {
                 limit,
             )
         });
-        if let Some((key, limit)) = &tokens_key
-            && !self
-                .backend
-                .add_within(key, est_tokens, *limit, 2 * WINDOW_MS)
-                .await?
-        {
-            return Err(Refusal::RateLimited {
-                what: "tokens",
-                limit: *limit,
-                retry_after_s: (WINDOW_MS - now % WINDOW_MS).div_ceil(1000).max(1),
-            });
-        }
         let ts = Timestamp::now();
         // (counter key, limit in nanos, period, budget, when it renews)
         let budgets: Vec<(String, u64, &'static str, Usd, Timestamp)> = [
@@ -320,78 +308,99 @@ impl Limiter {
             })
         })
         .collect();
+        for (key, _, period, _, end) in &budgets {
+            let from = if *period == "daily" {
+                ts.start_of_day()
+            } else {
+                ts.start_of_month()
+            };
+            let ttl =
+                (end.unix_seconds() - ts.unix_seconds()).max(0) as u64 * 1000 + BUDGET_GRACE_MS;
+            self.seed(scope, key, from, ttl).await?;
+        }
         let id = uuid::Uuid::now_v7().to_string();
-        let undo_tokens = |this: &Self| {
-            let backend = this.backend.clone();
-            let key = tokens_key.as_ref().map(|(k, _)| k.clone());
-            async move {
-                if let Some(key) = key
-                    && let Err(e) = backend
-                        .adjust(&key, -(est_tokens as i64), 2 * WINDOW_MS)
+        let pairs: Vec<(String, u64)> = budgets.iter().map(|(k, l, ..)| (k.clone(), *l)).collect();
+        // The token window and the budgets are independent counters: both
+        // are asked at once (one round trip with Redis, not two), and the
+        // one that admitted is given back if the other refused.
+        let window = async {
+            match &tokens_key {
+                Some((key, limit)) => {
+                    self.backend
+                        .add_within(key, est_tokens, *limit, 2 * WINDOW_MS)
                         .await
-                {
-                    tracing::warn!(error = %e, "could not give back a refused call's tokens");
                 }
+                None => Ok(true),
             }
         };
-        if !budgets.is_empty() {
-            let seeded = async {
-                for (key, _, period, _, end) in &budgets {
-                    let from = if *period == "daily" {
-                        ts.start_of_day()
-                    } else {
-                        ts.start_of_month()
-                    };
-                    let ttl = (end.unix_seconds() - ts.unix_seconds()).max(0) as u64 * 1000
-                        + BUDGET_GRACE_MS;
-                    self.seed(scope, key, from, ttl).await?;
-                }
-                let pairs: Vec<(String, u64)> =
-                    budgets.iter().map(|(k, l, ..)| (k.clone(), *l)).collect();
-                let r = self
-                    .backend
-                    .reserve(
-                        &pairs,
-                        &id,
-                        est_cost_nanos,
-                        now,
-                        now + self.reservation_ttl_ms,
-                    )
-                    .await?;
-                Ok::<_, Refusal>(r)
+        let budget = async {
+            if pairs.is_empty() {
+                return Ok(None);
             }
-            .await;
-            let r = match seeded {
-                Ok(r) => r,
-                Err(e) => {
-                    undo_tokens(self).await;
-                    return Err(e);
+            self.backend
+                .reserve(
+                    &pairs,
+                    &id,
+                    est_cost_nanos,
+                    now,
+                    now + self.reservation_ttl_ms,
+                )
+                .await
+                .map(Some)
+        };
+        let (window, budget) = tokio::join!(window, budget);
+        let window_ok = matches!(window, Ok(true));
+        let budget_ok = matches!(budget, Ok(None) | Ok(Some(Reserved { ok: true, .. })));
+        if !(window_ok && budget_ok) {
+            if window_ok
+                && let Some((key, _)) = &tokens_key
+                && let Err(e) = self
+                    .backend
+                    .adjust(key, -(est_tokens as i64), 2 * WINDOW_MS)
+                    .await
+            {
+                tracing::warn!(error = %e, "could not give back a refused call's tokens");
+            }
+            if budget_ok && !pairs.is_empty() {
+                let keys: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
+                if let Err(e) = self.backend.settle(&keys, &id, 0, BUDGET_GRACE_MS).await {
+                    tracing::warn!(error = %e, "could not give back a refused call's reservation; it expires");
                 }
-            };
-            if !r.ok {
-                undo_tokens(self).await;
-                // The budget the call alone would overrun, else the first
-                // one held by calls in flight.
-                let over = budgets
-                    .iter()
-                    .zip(&r.spent)
-                    .find(|((_, limit, ..), spent)| spent.saturating_add(est_cost_nanos) > *limit);
-                return Err(match over {
-                    Some(((_, _, period, budget, end), _)) => Refusal::BudgetExceeded {
+            }
+        }
+        let reserved = budget?;
+        if !window? {
+            let limit = tokens_key.as_ref().map_or(0, |(_, l)| *l);
+            return Err(Refusal::RateLimited {
+                what: "tokens",
+                limit,
+                retry_after_s: (WINDOW_MS - now % WINDOW_MS).div_ceil(1000).max(1),
+            });
+        }
+        if let Some(r) = reserved
+            && !r.ok
+        {
+            // The budget the call alone would overrun, else the first one
+            // held by calls in flight.
+            let over = budgets
+                .iter()
+                .zip(&r.spent)
+                .find(|((_, limit, ..), spent)| spent.saturating_add(est_cost_nanos) > *limit);
+            return Err(match over {
+                Some(((_, _, period, budget, end), _)) => Refusal::BudgetExceeded {
+                    period,
+                    budget: *budget,
+                    retry_after_s: seconds_until(*end, ts),
+                },
+                None => {
+                    let (_, _, period, budget, _) = &budgets[0];
+                    Refusal::BudgetExceeded {
                         period,
                         budget: *budget,
-                        retry_after_s: seconds_until(*end, ts),
-                    },
-                    None => {
-                        let (_, _, period, budget, _) = &budgets[0];
-                        Refusal::BudgetExceeded {
-                            period,
-                            budget: *budget,
-                            retry_after_s: 1,
-                        }
+                        retry_after_s: 1,
                     }
-                });
-            }
+                }
+            });
         }
         let month = budgets
             .iter()
@@ -511,28 +520,36 @@ async fn settle(
     month: Option<(usize, u64, String)>,
     alert: Option<AlertTarget>,
 ) {
-    if let Some(key) = tokens_key {
-        let delta = tokens as i64 - est_tokens as i64;
-        if delta != 0
-            && let Err(e) = backend.adjust(&key, delta, 2 * WINDOW_MS).await
-        {
-            tracing::warn!(error = %e, "could not settle a call's tokens");
-        }
-    }
-    if budget_keys.is_empty() {
-        return;
-    }
-    let after = match backend
-        .settle(&budget_keys, &id, cost_nanos, BUDGET_GRACE_MS)
-        .await
-    {
-        Ok(after) => after,
-        Err(e) => {
-            // The reservation expires on its own; the ledger row is the record.
-            tracing::error!(error = %e, "could not settle a call's cost");
-            return;
+    // The token correction and the budgets' settle are independent: both
+    // at once (one round trip with Redis).
+    let tokens_done = async {
+        if let Some(key) = tokens_key {
+            let delta = tokens as i64 - est_tokens as i64;
+            if delta != 0
+                && let Err(e) = backend.adjust(&key, delta, 2 * WINDOW_MS).await
+            {
+                tracing::warn!(error = %e, "could not settle a call's tokens");
+            }
         }
     };
+    let budgets_done = async {
+        if budget_keys.is_empty() {
+            return None;
+        }
+        match backend
+            .settle(&budget_keys, &id, cost_nanos, BUDGET_GRACE_MS)
+            .await
+        {
+            Ok(after) => Some(after),
+            Err(e) => {
+                // The reservation expires on its own; the ledger row is the record.
+                tracing::error!(error = %e, "could not settle a call's cost");
+                None
+            }
+        }
+    };
+    let ((), after) = tokio::join!(tokens_done, budgets_done);
+    let Some(after) = after else { return };
     let (Some((i, budget, month)), Some((alerts, webhook, thresholds))) = (month, alert) else {
         return;
     };
