@@ -20,8 +20,7 @@ const CALL_NANOS: u64 = 1_200_000;
 
 fn tables(fake: &FakeProvider, saas: &SaasStandIn, quotas: &str) -> String {
     let base = fake.base_url();
-    let s = saas.base_url();
-    let host = saas.addr().to_string();
+    let notify = notify_tool(saas);
     format!(
         r#"
 [[providers]]
@@ -46,16 +45,7 @@ dimensions = 16
 price_input_per_mtok = "1000"
 [knowledge]
 embedding_model = "embed"
-[[tools]]
-name = "notify"
-kind = "http"
-region = "eu"
-url = "{s}/echo/notify?text={{{{ text }}}}"
-allowed_hosts = ["{host}"]
-[tools.parameters]
-type = "object"
-required = ["text"]
-properties.text = {{ type = "string" }}
+{notify}
 [[agents]]
 name = "support"
 model = "metered"
@@ -154,6 +144,20 @@ async fn start_streamed(w: &World, input: &str) -> (String, Body) {
         .unwrap()
         .to_owned();
     (run_id, stream)
+}
+
+/// Cancels acme's run `run_id` (202: it ends in its own task).
+async fn cancel(w: &World, run_id: &str) {
+    let r = w
+        .app
+        .call(
+            "POST",
+            &format!("/v1/runs/{run_id}/cancel"),
+            Some(&w.acme),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
 }
 
 /// A metered chat completion as `key`.
@@ -473,16 +477,7 @@ async fn concurrent_runs_and_tool_calls_are_limited_and_tool_calls_enter_the_led
     let r = run(&w, &w.globex, "hi").await;
     assert_eq!(r.status, 200, "{}", r.body);
     // Run 1 is cancelled; it ends (and frees its slot) in its own task.
-    let r = w
-        .app
-        .call(
-            "POST",
-            &format!("/v1/runs/{run_id}/cancel"),
-            Some(&w.acme),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.body);
+    cancel(&w, &run_id).await;
     drop(stream);
     // Two tool calls in one turn against one tool call a minute: the first
     // runs, the second is refused to the model; the run completes.
@@ -727,16 +722,7 @@ async fn a_model_call_in_flight_when_its_run_is_cancelled_is_still_recorded() {
         );
         tokio::task::yield_now().await;
     }
-    let r = w
-        .app
-        .call(
-            "POST",
-            &format!("/v1/runs/{run_id}/cancel"),
-            Some(&w.acme),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.body);
+    cancel(&w, &run_id).await;
     drop(stream);
     // The call finishes on its own and is billed to the run's agent.
     w.app.state.gateway.drain().await;

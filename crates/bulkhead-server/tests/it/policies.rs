@@ -10,8 +10,7 @@ use crate::support::*;
 
 fn tables(fake: &FakeProvider, saas: &SaasStandIn, extra: &str) -> String {
     let base = fake.base_url();
-    let s = saas.base_url();
-    let host = saas.addr().to_string();
+    let notify = notify_tool(saas);
     format!(
         r#"
 [[providers]]
@@ -25,16 +24,7 @@ max_retries = 0
 name = "small"
 provider = "fake-eu"
 upstream = "gpt-4o-mini"
-[[tools]]
-name = "notify"
-kind = "http"
-region = "eu"
-url = "{s}/echo/notify?text={{{{ text }}}}"
-allowed_hosts = ["{host}"]
-[tools.parameters]
-type = "object"
-required = ["text"]
-properties.text = {{ type = "string" }}
+{notify}
 [[agents]]
 name = "support"
 model = "small"

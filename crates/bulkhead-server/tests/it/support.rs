@@ -361,3 +361,24 @@ pub fn raw_token(header: &Value, claims: &Value, signature: &str) -> String {
         b64(&serde_json::to_vec(claims).unwrap())
     )
 }
+
+/// A `[[tools]]` table: `notify`, an http tool that sends `text` to the
+/// stand-in's `/echo/notify` (used by the limits and policies tests).
+pub fn notify_tool(saas: &bulkhead_testkit::SaasStandIn) -> String {
+    format!(
+        r#"
+[[tools]]
+name = "notify"
+kind = "http"
+region = "eu"
+url = "{}/echo/notify?text={{{{ text }}}}"
+allowed_hosts = ["{}"]
+[tools.parameters]
+type = "object"
+required = ["text"]
+properties.text = {{ type = "string" }}
+"#,
+        saas.base_url(),
+        saas.addr()
+    )
+}
