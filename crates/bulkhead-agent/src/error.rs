@@ -37,6 +37,15 @@ pub enum AgentError {
     /// Over one of the tenant's limits (concurrent runs).
     #[error("{0}")]
     Limited(bulkhead_quota::Refusal),
+    /// The approval request was already decided (or has expired).
+    #[error("the approval request is already {}", .0.as_str())]
+    Decided(crate::approval::ApprovalStatus),
+    /// The decision names other arguments than the request holds.
+    #[error("{0}")]
+    Mismatch(String),
+    /// A run of the thread is waiting for an approval.
+    #[error("a run of this thread is awaiting approval; decide it (or cancel the run) first")]
+    ThreadPaused,
 }
 
 impl AgentError {
@@ -51,6 +60,9 @@ impl AgentError {
             AgentError::Prompt(_) => "prompt_error",
             AgentError::Store(_) | AgentError::Config(_) => "internal",
             AgentError::Limited(r) => r.code(),
+            AgentError::Decided(_) => "approval_decided",
+            AgentError::Mismatch(_) => "approval_mismatch",
+            AgentError::ThreadPaused => "thread_paused",
         }
     }
 }

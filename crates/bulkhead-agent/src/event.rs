@@ -6,7 +6,10 @@ use serde_json::Value;
 /// One event: its SSE name and JSON payload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunEvent {
-    /// `step`, `model_call`, `tool_call`, `tool_result`, `message`, `done` or `error`.
+    /// `step`, `model_call`, `tool_call`, `tool_result`,
+    /// `approval_requested`, `message`, then `done`, `error` or
+    /// `awaiting_approval` (the run paused; it goes on after a decision,
+    /// without this stream).
     pub event: &'static str,
     /// Payload.
     pub data: Value,
@@ -20,6 +23,6 @@ impl RunEvent {
 
     /// Whether the run ends with this event.
     pub fn is_last(&self) -> bool {
-        matches!(self.event, "done" | "error")
+        matches!(self.event, "done" | "error" | "awaiting_approval")
     }
 }

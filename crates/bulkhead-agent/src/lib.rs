@@ -15,6 +15,7 @@
 //! completes, so a crash leaves a consistent record.
 
 pub mod agent;
+pub mod approval;
 pub mod error;
 pub mod event;
 pub mod knowledge;
@@ -23,6 +24,7 @@ pub mod run;
 pub mod store;
 
 pub use agent::{Agent, AgentCatalog, AgentSettings};
+pub use approval::{Approval, ApprovalStatus, Verdict};
 pub use error::AgentError;
 pub use event::RunEvent;
 pub use run::{RunRequest, RunStarted, Runtime};

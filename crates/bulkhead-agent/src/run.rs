@@ -1,5 +1,8 @@
 //! The run loop: render → model call → tool calls → results → repeat,
-//! persisting each step as it completes.
+//! persisting each step as it completes. A round with calls that need a
+//! person's approval pauses the run ([`approvals`]).
+
+mod approvals;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
-use bulkhead_core::{RunId, TenantUid, ThreadId, Timestamp};
+use bulkhead_core::{ApprovalId, Principal, RunId, TenantUid, ThreadId, Timestamp};
 use bulkhead_gateway::{ChatOutcome, Gateway};
 use bulkhead_tools::{Tool, ToolBox};
 use bulkhead_vault::credential::{ConnectionName, CredentialSecret};
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agent::{Agent, AgentCatalog, AgentSettings};
+use crate::approval::{self, Approval, ApprovalNotifier, ApprovalStatus};
 use crate::error::AgentError;
 use crate::event::RunEvent;
 use crate::knowledge::{Knowledge, SearchMode};
@@ -65,7 +69,7 @@ pub struct Runtime {
     tools: Arc<ToolBox>,
     vault: Arc<Vault>,
     store: Arc<dyn AgentStore>,
-    active: Mutex<HashMap<(TenantUid, RunId), CancellationToken>>,
+    active: Mutex<HashMap<(TenantUid, RunId), ActiveRun>>,
     tasks: TaskTracker,
     settings_cache: Mutex<HashMap<(TenantUid, String), (AgentSettings, Instant)>>,
     knowledge: Option<Arc<Knowledge>>,
@@ -74,7 +78,32 @@ pub struct Runtime {
     run_gate: Option<bulkhead_quota::FairGate>,
     /// Tool-call policies (Cedar).
     policies: Option<Arc<bulkhead_policy::Policies>>,
+    /// How long an approval request stays open.
+    approval_ttl: Duration,
+    /// Told of new approval requests.
+    notifier: Option<Arc<dyn ApprovalNotifier>>,
+    /// Deliveries to the notifier in flight.
+    notices: TaskTracker,
 }
+
+/// A run executing in this process.
+struct ActiveRun {
+    /// Cancels it.
+    cancel: CancellationToken,
+    /// Cancelled once its end (or pause) is stored.
+    ended: CancellationToken,
+}
+
+/// How the loop stopped without failing.
+enum Ended {
+    /// The model's final answer.
+    Answer(String),
+    /// Tool calls wait for a person's decision.
+    Paused(Vec<Approval>),
+}
+
+/// Default time an approval request stays open.
+const DEFAULT_APPROVAL_TTL: Duration = Duration::from_secs(86_400);
 
 fn failure(code: &str, message: impl Into<String>) -> RunFailure {
     RunFailure {
@@ -95,6 +124,10 @@ struct Planned<'a> {
     target: Target<'a>,
     args: Value,
     connection: Option<ConnectionName>,
+    /// Made only once a person approves it.
+    needs_approval: bool,
+    /// The approval it was made under.
+    approval: Option<ApprovalId>,
 }
 
 /// What a checked call runs.
@@ -129,11 +162,18 @@ struct Refused {
     name: String,
     code: &'static str,
     message: String,
+    /// The approval request it answers, if any.
+    approval: Option<ApprovalId>,
 }
 
 /// Mutable state of one run.
 struct RunCtx {
     scope: TenantScope,
+    /// Who the run acts for (the principal who started it; a run resumed
+    /// by an approver's request keeps acting for its starter).
+    principal: Principal,
+    /// The number of the next model call (1, or more for a resumed run).
+    first_step: u32,
     agent: Agent,
     settings: AgentSettings,
     record: RunRecord,
@@ -173,7 +213,21 @@ impl Runtime {
             limiter: None,
             run_gate: None,
             policies: None,
+            approval_ttl: DEFAULT_APPROVAL_TTL,
+            notifier: None,
+            notices: TaskTracker::new(),
         }
+    }
+
+    /// Approval requests stay open `ttl`; `notifier` hears of new ones.
+    pub fn with_approvals(
+        mut self,
+        ttl: Duration,
+        notifier: Option<Arc<dyn ApprovalNotifier>>,
+    ) -> Self {
+        self.approval_ttl = ttl;
+        self.notifier = notifier;
+        self
     }
 
     /// Decides every tool call the model asks for with the tenant's
@@ -391,6 +445,9 @@ impl Runtime {
     /// Asks a running run to stop; returns the record as it then stands.
     pub async fn cancel(&self, scope: &TenantScope, id: RunId) -> Result<RunRecord, AgentError> {
         let run = self.run(scope, id).await?;
+        if run.status == RunStatus::AwaitingApproval {
+            return self.cancel_paused(scope, run).await;
+        }
         if run.status != RunStatus::Running {
             return Err(AgentError::Finished);
         }
@@ -398,7 +455,7 @@ impl Runtime {
             .active
             .lock()
             .ok()
-            .and_then(|a| a.get(&(scope.partition(), id)).cloned());
+            .and_then(|a| a.get(&(scope.partition(), id)).map(|r| r.cancel.clone()));
         match token {
             Some(t) => {
                 t.cancel();
@@ -413,12 +470,22 @@ impl Runtime {
     /// Cancels every active run and waits until each has recorded its end.
     pub async fn shutdown(&self) {
         if let Ok(active) = self.active.lock() {
-            for t in active.values() {
-                t.cancel();
+            for r in active.values() {
+                r.cancel.cancel();
             }
         }
         self.tasks.close();
         self.tasks.wait().await;
+        self.notices.close();
+        self.notices.wait().await;
+    }
+
+    /// Waits until every approval notice sent so far is delivered (or has
+    /// failed for good).
+    pub async fn drain_notices(&self) {
+        self.notices.close();
+        self.notices.wait().await;
+        self.notices.reopen();
     }
 
     /// Starts a run of `agent` for the scope's tenant. The run goes on in
@@ -446,6 +513,9 @@ impl Runtime {
             Some(t) => {
                 if !self.store.thread_exists(scope, t).await? {
                     return Err(AgentError::NotFound);
+                }
+                if self.store.thread_paused(scope, t).await? {
+                    return Err(AgentError::ThreadPaused);
                 }
                 (t, false)
             }
@@ -499,10 +569,7 @@ impl Runtime {
         )
         .with_run(agent.name.clone(), record.id.to_string())
         .with_details(json!({"agent": agent.name, "thread_id": thread_id.to_string()}));
-        let token = CancellationToken::new();
-        if let Ok(mut active) = self.active.lock() {
-            active.insert((scope.partition(), record.id), token.clone());
-        }
+        let token = self.activate(scope.partition(), record.id);
         if let Err(e) = self
             .store
             .begin_run(scope, &record, new_thread, &input, event)
@@ -511,24 +578,13 @@ impl Runtime {
             self.forget(scope.partition(), record.id);
             return Err(e.into());
         }
-        let mut fragments = vec![Fragment {
-            owner: Owner::Platform,
-            message: json!({"role": "system", "content": system}),
-        }];
-        if let Some(i) = settings
-            .instructions
-            .as_ref()
-            .filter(|i| !i.trim().is_empty())
-        {
-            fragments.push(Fragment::tenant(
-                scope,
-                json!({"role": "system", "content": format!("Instructions from the customer organisation (data, not platform policy):\n{i}")}),
-            ));
-        }
+        let fragments = opening(scope, system, &settings);
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let (done_tx, done_rx) = oneshot::channel();
         let ctx = RunCtx {
             scope: scope.clone(),
+            principal: scope.principal().clone(),
+            first_step: 1,
             agent,
             settings,
             record: record.clone(),
@@ -541,7 +597,7 @@ impl Runtime {
         };
         let this = self.clone();
         self.tasks
-            .spawn(async move { this.execute(ctx, tx, token, done_tx, lease).await });
+            .spawn(async move { this.execute(ctx, tx, token, done_tx, lease, None).await });
         Ok(RunStarted {
             run: record,
             events: rx,
@@ -549,10 +605,48 @@ impl Runtime {
         })
     }
 
-    fn forget(&self, uid: TenantUid, id: RunId) {
+    /// Registers a run executing in this process; returns its cancel token.
+    fn activate(&self, uid: TenantUid, id: RunId) -> CancellationToken {
+        let run = ActiveRun {
+            cancel: CancellationToken::new(),
+            ended: CancellationToken::new(),
+        };
+        let token = run.cancel.clone();
         if let Ok(mut active) = self.active.lock() {
-            active.remove(&(uid, id));
+            active.insert((uid, id), run);
         }
+        token
+    }
+
+    /// The run no longer executes here (its end or pause is stored).
+    fn forget(&self, uid: TenantUid, id: RunId) {
+        let run = self
+            .active
+            .lock()
+            .ok()
+            .and_then(|mut active| active.remove(&(uid, id)));
+        if let Some(r) = run {
+            r.ended.cancel();
+        }
+    }
+
+    /// The run once it is no longer executing in this process (ended,
+    /// paused, or never here), waiting at most `max`.
+    pub async fn wait(
+        &self,
+        scope: &TenantScope,
+        id: RunId,
+        max: Duration,
+    ) -> Result<RunRecord, AgentError> {
+        let ended = self
+            .active
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&(scope.partition(), id)).map(|r| r.ended.clone()));
+        if let Some(ended) = ended {
+            let _ = tokio::time::timeout(max, ended.cancelled()).await;
+        }
+        self.run(scope, id).await
     }
 
     async fn execute(
@@ -562,18 +656,22 @@ impl Runtime {
         cancel: CancellationToken,
         finished: oneshot::Sender<RunRecord>,
         lease: Option<bulkhead_quota::RunLease>,
+        resume: Option<Vec<Approval>>,
     ) {
         let timeout = ctx.agent.timeout;
         let gate = self.run_gate.clone();
         let weight = self.limiter.as_ref().map_or(1, |l| l.weight(&ctx.scope));
         let tenant = ctx.scope.tenant().as_str().to_owned();
-        let outcome = tokio::select! {
+        let mut outcome = tokio::select! {
             r = async {
                 // Waiting for a slot counts against the run's time limit.
                 let _slot = match &gate {
                     Some(g) => Some(g.acquire(&tenant, weight).await),
                     None => None,
                 };
+                if let Some(decided) = resume {
+                    self.resume_round(&mut ctx, &tx, decided).await?;
+                }
                 self.drive(&mut ctx, &tx).await
             } => r,
             _ = cancel.cancelled() => Err(failure("cancelled", "the run was cancelled")),
@@ -583,12 +681,50 @@ impl Runtime {
             )),
         };
         let scope = ctx.scope.clone();
+        if let Ok(Ended::Paused(approvals)) = outcome {
+            match self.pause(&mut ctx, &approvals).await {
+                Ok(()) => {
+                    if let Some(lease) = lease {
+                        lease.release().await;
+                    }
+                    self.forget(scope.partition(), ctx.record.id);
+                    for ev in std::mem::take(&mut ctx.outbox) {
+                        let _ = tx.send(ev).await;
+                    }
+                    let listed: Vec<Value> = approvals
+                        .iter()
+                        .map(|a| json!({"id": a.id, "tool": a.tool, "summary": a.summary, "expires_at": a.expires_at.to_string()}))
+                        .collect();
+                    let _ = tx
+                        .send(RunEvent::new(
+                            "awaiting_approval",
+                            json!({"run_id": ctx.record.id.to_string(), "status": RunStatus::AwaitingApproval, "approvals": listed}),
+                        ))
+                        .await;
+                    if let Some(notifier) = self.notifier.clone() {
+                        let scope = scope.clone();
+                        self.notices
+                            .spawn(async move { notifier.requested(&scope, &approvals).await });
+                    }
+                    let mut record = ctx.record;
+                    record.steps = std::mem::take(&mut ctx.steps);
+                    let _ = finished.send(record);
+                    return;
+                }
+                Err(f) => outcome = Err(f),
+            }
+        }
         let mut record = ctx.record;
         record.finished_at = Some(Timestamp::now());
         match outcome {
-            Ok(answer) => {
+            Ok(Ended::Answer(answer)) => {
                 record.status = RunStatus::Completed;
                 record.output = Some(answer);
+            }
+            // A pause either returned above or became a failure.
+            Ok(Ended::Paused(_)) => {
+                record.status = RunStatus::Failed;
+                record.error = Some(failure("internal", "the run could not pause"));
             }
             Err(f) => {
                 record.status = if f.code == "cancelled" {
@@ -697,7 +833,7 @@ impl Runtime {
         &self,
         ctx: &mut RunCtx,
         tx: &mpsc::Sender<RunEvent>,
-    ) -> Result<String, RunFailure> {
+    ) -> Result<Ended, RunFailure> {
         let history = self
             .store
             .messages(&ctx.scope, ctx.record.thread_id)
@@ -731,7 +867,7 @@ impl Runtime {
                 );
             }
         }
-        for step in 1..=ctx.agent.max_steps {
+        for step in ctx.first_step..=ctx.agent.max_steps {
             let _ = tx.send(RunEvent::new("step", json!({"step": step}))).await;
             let messages = match prompt::assemble(&ctx.scope, ctx.fragments.clone()) {
                 Ok(mut m) => {
@@ -840,7 +976,7 @@ impl Runtime {
                     None,
                     Some(announce),
                 );
-                return Ok(content);
+                return Ok(Ended::Answer(content));
             }
             let assistant = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null), "tool_calls": calls});
             // Stored with the tool calls it asks for, before any of them runs.
@@ -855,7 +991,9 @@ impl Runtime {
             );
             ctx.fragments.push(Fragment::tenant(&ctx.scope, assistant));
             self.check_tokens(ctx)?;
-            self.tool_round(ctx, tx, &calls).await?;
+            if let Some(asks) = self.tool_round(ctx, tx, &calls, step).await? {
+                return Ok(Ended::Paused(asks));
+            }
         }
         Err(failure(
             "step_limit",
@@ -903,6 +1041,7 @@ impl Runtime {
             name: name.chars().take(64).collect(),
             code,
             message,
+            approval: None,
         };
         let builtin =
             name == SEARCH_TOOL && !ctx.agent.knowledge.is_empty() && self.knowledge.is_some();
@@ -960,6 +1099,8 @@ impl Runtime {
                 target: Target::Search,
                 args,
                 connection: None,
+                needs_approval: false,
+                approval: None,
             });
         };
         if let Err(e) = tool.validate(&args) {
@@ -1005,20 +1146,14 @@ impl Runtime {
             bulkhead_core::config::ApprovalMode::Never => false,
             bulkhead_core::config::ApprovalMode::Policy => needs_approval,
         };
-        if needs_approval {
-            // Fail closed: a call that needs a person's approval is not
-            // made until approvals exist.
-            return Err(refuse(
-                "approval_required",
-                "this call needs a person's approval, which this deployment cannot ask for yet; it was not made".into(),
-            ));
-        }
         Ok(Planned {
             id,
             name,
             target: Target::Tool(tool),
             args,
             connection,
+            needs_approval,
+            approval: None,
         })
     }
 
@@ -1052,9 +1187,10 @@ impl Runtime {
             connection: connection.map_or("", ConnectionName::as_str),
             arguments: args,
         };
-        match policies.engine().authorize(
+        match policies.engine().authorize_as(
             compiled,
             &ctx.scope,
+            &ctx.principal,
             bulkhead_policy::Action::CallTool,
             &resource,
         ) {
@@ -1077,12 +1213,16 @@ impl Runtime {
         }
     }
 
+    /// Checks and makes one round of tool calls; `Some`: the calls that
+    /// need a person's approval (staged as requests, not yet stored), and
+    /// the run pauses.
     async fn tool_round(
         &self,
         ctx: &mut RunCtx,
         tx: &mpsc::Sender<RunEvent>,
         calls: &[Value],
-    ) -> Result<(), RunFailure> {
+        round: u32,
+    ) -> Result<Option<Vec<Approval>>, RunFailure> {
         let mut planned = Vec::new();
         let mut refused = Vec::new();
         // The tenant's policies as of this round (a change applies from
@@ -1091,8 +1231,10 @@ impl Runtime {
             Some(p) => Some(p.tenant(&ctx.scope).await.map_err(|e| e.to_string())),
             None => None,
         };
+        let mut asks = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             match self.plan(ctx, call, i, compiled.as_ref()) {
+                Ok(p) if p.needs_approval => asks.push(p),
                 Ok(p) => planned.push(p),
                 Err(r) => refused.push(r),
             }
@@ -1100,39 +1242,78 @@ impl Runtime {
         // Results go back in the order the model asked for them.
         let mut results: Vec<(String, Value)> = Vec::new();
         for r in refused {
-            let content = json!({"error": r.code, "message": r.message}).to_string();
-            let m = json!({"role": "tool", "tool_call_id": r.id, "content": content});
-            let event = NewAuditEvent::new(
-                "tool.refused",
-                format!("tool:{}", r.name),
-                Outcome::Denied,
-                ctx.scope.request_id().clone(),
-            )
-            .with_run(ctx.agent.name.clone(), ctx.record.id.to_string())
-            .with_details(
-                json!({"run_id": ctx.record.id.to_string(), "code": r.code, "reason": r.message}),
-            );
-            let data = json!({"id": r.id, "tool": r.name, "code": r.code, "message": r.message});
-            let announce = RunEvent::new(
-                "tool_result",
-                json!({"id": r.id, "tool": r.name, "ok": false, "code": r.code, "message": r.message}),
-            );
-            self.stage(
-                ctx,
-                "tool_refused",
-                data,
-                Some(m.clone()),
-                Some(event),
-                Some(announce),
-            );
-            results.push((r.id, m));
+            results.push(self.stage_refusal(ctx, r));
         }
-        for p in &planned {
-            let data = json!({
+        results.extend(self.make_calls(ctx, tx, &planned).await?);
+        if !asks.is_empty() {
+            // The permitted calls are made; the others wait for a person.
+            return Ok(Some(self.stage_requests(ctx, asks, round)));
+        }
+        let order: HashMap<&str, usize> = calls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.get("id").and_then(Value::as_str).map(|id| (id, i)))
+            .collect();
+        results.sort_by_key(|(id, _)| order.get(id.as_str()).copied().unwrap_or(usize::MAX));
+        for (_, m) in results {
+            ctx.fragments.push(Fragment::tenant(&ctx.scope, m));
+        }
+        Ok(None)
+    }
+
+    /// Stages a refused call: its tool message for the model, step and
+    /// audit event. Returns the call id and message.
+    fn stage_refusal(&self, ctx: &mut RunCtx, r: Refused) -> (String, Value) {
+        let content = json!({"error": r.code, "message": r.message}).to_string();
+        let m = json!({"role": "tool", "tool_call_id": r.id, "content": content});
+        let mut details =
+            json!({"run_id": ctx.record.id.to_string(), "code": r.code, "reason": r.message});
+        if let Some(a) = r.approval {
+            details["approval_id"] = json!(a);
+        }
+        let event = NewAuditEvent::new(
+            "tool.refused",
+            format!("tool:{}", r.name),
+            Outcome::Denied,
+            ctx.scope.request_id().clone(),
+        )
+        .with_run(ctx.agent.name.clone(), ctx.record.id.to_string())
+        .with_details(details);
+        let data = json!({"id": r.id, "tool": r.name, "code": r.code, "message": r.message});
+        let announce = RunEvent::new(
+            "tool_result",
+            json!({"id": r.id, "tool": r.name, "ok": false, "code": r.code, "message": r.message}),
+        );
+        self.stage(
+            ctx,
+            "tool_refused",
+            data,
+            Some(m.clone()),
+            Some(event),
+            Some(announce),
+        );
+        (r.id, m)
+    }
+
+    /// Makes checked calls: each is on record before any is sent, they run
+    /// concurrently, and their results are stored. Returns each call id
+    /// with its tool message.
+    async fn make_calls(
+        &self,
+        ctx: &mut RunCtx,
+        tx: &mpsc::Sender<RunEvent>,
+        planned: &[Planned<'_>],
+    ) -> Result<Vec<(String, Value)>, RunFailure> {
+        let mut results = Vec::new();
+        for p in planned {
+            let mut data = json!({
                 "id": p.id, "tool": p.name,
                 "connection": p.connection.as_ref().map(ConnectionName::as_str),
                 "arguments": p.args,
             });
+            if let Some(a) = p.approval {
+                data["approval_id"] = json!(a);
+            }
             let announce = RunEvent::new("tool_call", data.clone());
             self.stage(ctx, "tool_call", data, None, None, Some(announce));
         }
@@ -1173,6 +1354,15 @@ impl Runtime {
                 ) => Outcome::Denied,
                 _ => Outcome::Failure,
             };
+            let mut details = json!({
+                "run_id": ctx.record.id.to_string(),
+                "connection": p.connection.as_ref().map(ConnectionName::as_str),
+                "arguments_sha256": approval::arguments_hash(&p.args),
+                "code": code,
+            });
+            if let Some(a) = p.approval {
+                details["approval_id"] = json!(a);
+            }
             let event = NewAuditEvent::new(
                 "tool.call",
                 format!("tool:{}", p.name),
@@ -1180,12 +1370,7 @@ impl Runtime {
                 ctx.scope.request_id().clone(),
             )
             .with_run(ctx.agent.name.clone(), ctx.record.id.to_string())
-            .with_details(json!({
-                "run_id": ctx.record.id.to_string(),
-                "connection": p.connection.as_ref().map(ConnectionName::as_str),
-                "arguments_sha256": sha256_hex(p.args.to_string().as_bytes()),
-                "code": code,
-            }));
+            .with_details(details);
             let data =
                 json!({"id": p.id, "tool": p.name, "ok": ok, "code": code, "content": content});
             let announce = RunEvent::new("tool_result", data.clone());
@@ -1200,16 +1385,86 @@ impl Runtime {
             results.push((p.id.clone(), m));
         }
         self.flush(ctx, tx).await?;
-        let order: HashMap<&str, usize> = calls
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.get("id").and_then(Value::as_str).map(|id| (id, i)))
-            .collect();
-        results.sort_by_key(|(id, _)| order.get(id.as_str()).copied().unwrap_or(usize::MAX));
-        for (_, m) in results {
-            ctx.fragments.push(Fragment::tenant(&ctx.scope, m));
+        Ok(results)
+    }
+
+    /// Stages an approval request (step and `approval.request` event) for
+    /// each call that needs one; they are stored with the run's pause.
+    fn stage_requests(
+        &self,
+        ctx: &mut RunCtx,
+        asks: Vec<Planned<'_>>,
+        round: u32,
+    ) -> Vec<Approval> {
+        let now = Timestamp::now();
+        let expires = now.plus_seconds(self.approval_ttl.as_secs() as i64);
+        let mut out = Vec::new();
+        for p in asks {
+            let (risk, kind) = match p.target {
+                Target::Tool(t) => (t.risk.as_str(), t.kind.as_str()),
+                Target::Search => ("read", "builtin"),
+            };
+            let connection = p.connection.as_ref().map(|c| c.as_str().to_owned());
+            let a = Approval {
+                id: ApprovalId::generate(),
+                status: ApprovalStatus::Pending,
+                run_id: ctx.record.id,
+                agent: ctx.agent.name.clone(),
+                tool: p.name.clone(),
+                tool_call_id: p.id.clone(),
+                connection: connection.clone(),
+                arguments_hash: approval::arguments_hash(&p.args),
+                summary: approval::summary(
+                    &ctx.agent.name,
+                    ctx.scope.tenant().as_str(),
+                    &p.name,
+                    risk,
+                    kind,
+                    connection.as_deref(),
+                    &p.args,
+                ),
+                arguments: p.args,
+                requested_by: ctx.principal.id().to_owned(),
+                requested_roles: ctx.principal.roles().to_vec(),
+                round,
+                created_at: now,
+                expires_at: expires,
+                decided_by: None,
+                decided_at: None,
+                comment: None,
+            };
+            // The event names the call by its hash: argument values are
+            // the model's output, kept out of the audit chain like prompts.
+            let event = NewAuditEvent::new(
+                "approval.request",
+                format!("approval:{}", a.id),
+                Outcome::Success,
+                ctx.scope.request_id().clone(),
+            )
+            .with_run(ctx.agent.name.clone(), ctx.record.id.to_string())
+            .with_details(json!({
+                "approval_id": a.id, "run_id": a.run_id, "tool": a.tool,
+                "connection": a.connection, "arguments_sha256": a.arguments_hash,
+                "requested_by": a.requested_by, "expires_at": a.expires_at.to_string(),
+            }));
+            let data = json!({
+                "id": a.tool_call_id, "tool": a.tool, "approval_id": a.id,
+                "connection": a.connection, "arguments": a.arguments,
+                "arguments_hash": a.arguments_hash, "summary": a.summary,
+                "expires_at": a.expires_at.to_string(),
+            });
+            let announce = RunEvent::new("approval_requested", data.clone());
+            self.stage(
+                ctx,
+                "approval_requested",
+                data,
+                None,
+                Some(event),
+                Some(announce),
+            );
+            out.push(a);
         }
-        Ok(())
+        out
     }
 
     /// Runs one checked tool call with the tenant's credential; returns
@@ -1305,6 +1560,26 @@ impl Runtime {
             }
         }
     }
+}
+
+/// The fragments every model call of a run starts with: the platform's
+/// rendered prompt, then the tenant's instructions (as its own data).
+fn opening(scope: &TenantScope, system: String, settings: &AgentSettings) -> Vec<Fragment> {
+    let mut fragments = vec![Fragment {
+        owner: Owner::Platform,
+        message: json!({"role": "system", "content": system}),
+    }];
+    if let Some(i) = settings
+        .instructions
+        .as_ref()
+        .filter(|i| !i.trim().is_empty())
+    {
+        fragments.push(Fragment::tenant(
+            scope,
+            json!({"role": "system", "content": format!("Instructions from the customer organisation (data, not platform policy):\n{i}")}),
+        ));
+    }
+    fragments
 }
 
 /// A run without its steps, for `done` events.

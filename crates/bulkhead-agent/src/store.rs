@@ -4,11 +4,12 @@
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::NewAuditEvent;
-use bulkhead_core::{RunId, TenantUid, ThreadId, Timestamp};
+use bulkhead_core::{ApprovalId, RunId, TenantUid, ThreadId, Timestamp};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::agent::AgentSettings;
+use crate::approval::{Approval, ApprovalStatus, Settled};
 
 /// Storage failures, as the runtime sees them.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,8 @@ pub struct AgentStoreError(pub String);
 pub enum RunStatus {
     /// In progress.
     Running,
+    /// Paused until a person decides its tool calls (no task runs it).
+    AwaitingApproval,
     /// The model gave a final answer.
     Completed,
     /// Ended by an error, a limit, or a restart of the server.
@@ -34,6 +37,7 @@ impl RunStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Running => "running",
+            RunStatus::AwaitingApproval => "awaiting_approval",
             RunStatus::Completed => "completed",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
@@ -44,6 +48,7 @@ impl RunStatus {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "running" => RunStatus::Running,
+            "awaiting_approval" => RunStatus::AwaitingApproval,
             "completed" => RunStatus::Completed,
             "failed" => RunStatus::Failed,
             "cancelled" => RunStatus::Cancelled,
@@ -67,7 +72,8 @@ pub struct RunFailure {
 pub struct Step {
     /// 1-based position in the run.
     pub seq: u32,
-    /// `model_call`, `tool_call`, `tool_result`, `tool_refused`, `message`, `error`.
+    /// `model_call`, `tool_call`, `tool_result`, `tool_refused`,
+    /// `approval_requested`, `message`, `error`.
     pub kind: String,
     /// What happened (never a secret; arguments and outputs as the model saw them).
     pub data: Value,
@@ -200,9 +206,67 @@ pub trait AgentStore: Send + Sync {
     /// A run with its steps (`None`: no such run in this tenant). A run a
     /// stopped process left `running` is reported — and from then on
     /// stored — as failed (`interrupted`), with a `run.interrupted` event.
+    /// A run `awaiting_approval` is left as it is: no process owns it.
     async fn run(
         &self,
         scope: &TenantScope,
         id: RunId,
     ) -> Result<Option<RunRecord>, AgentStoreError>;
+    /// Whether a run of the thread is awaiting approval (a new run on it
+    /// would answer the paused tool calls out of turn).
+    async fn thread_paused(
+        &self,
+        scope: &TenantScope,
+        thread: ThreadId,
+    ) -> Result<bool, AgentStoreError>;
+    /// Pauses a run: its last steps (with their events), its approval
+    /// requests and its status `awaiting_approval` (with its token
+    /// counts), in one transaction.
+    async fn pause_run(
+        &self,
+        scope: &TenantScope,
+        run: &RunRecord,
+        steps: Vec<StepWrite>,
+        approvals: &[Approval],
+    ) -> Result<(), AgentStoreError>;
+    /// The tenant's approval requests, newest first, optionally only those
+    /// in `status` or of `run` (at most `limit`).
+    async fn approvals(
+        &self,
+        scope: &TenantScope,
+        status: Option<ApprovalStatus>,
+        run: Option<RunId>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, AgentStoreError>;
+    /// One request (`None`: no such request in this tenant).
+    async fn approval(
+        &self,
+        scope: &TenantScope,
+        id: ApprovalId,
+    ) -> Result<Option<Approval>, AgentStoreError>;
+    /// Compare-and-set of a pending request to `to`, decided by the scope's
+    /// principal (`decided_by` stays empty for `expired`), with its audit
+    /// event, in one transaction. `approved`/`denied` apply only before
+    /// `now` reaches the expiry; `expired` only after. When no request of
+    /// the run is pending any more, the run moves from `awaiting_approval`
+    /// to `running` (owned by this process) in the same transaction and
+    /// the result says `resume`. `None`: no such request.
+    async fn settle_approval(
+        &self,
+        scope: &TenantScope,
+        id: ApprovalId,
+        to: ApprovalStatus,
+        comment: Option<String>,
+        now: Timestamp,
+        event: NewAuditEvent,
+    ) -> Result<Option<Settled>, AgentStoreError>;
+    /// Ends a paused run as cancelled: its pending requests become
+    /// `expired`, with the run's end and its audit event, in one
+    /// transaction. False when the run was not paused.
+    async fn cancel_paused(
+        &self,
+        scope: &TenantScope,
+        run: &RunRecord,
+        event: NewAuditEvent,
+    ) -> Result<bool, AgentStoreError>;
 }

@@ -181,6 +181,9 @@ pub struct Config {
     /// `[policies]`
     #[serde(default)]
     pub policies: Option<PoliciesConfig>,
+    /// `[approvals]`
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
 }
 
 /// `[server]`
@@ -970,6 +973,36 @@ pub enum LimitsBackend {
     Redis,
 }
 
+/// `[approvals]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long an approval request stays open (seconds); after it the
+    /// request is `expired` and its run ends without the call.
+    #[serde(default = "default_approval_ttl")]
+    pub ttl_s: u64,
+    /// HMAC-SHA256 key of the `Bulkhead-Signature` header on approval
+    /// webhooks (`"env:NAME"`). Without one, tenants cannot set an
+    /// approval webhook.
+    pub signing_key: Option<ConfigSecret>,
+}
+
+fn default_approval_ttl() -> u64 {
+    86_400
+}
+
+/// Longest an approval request may stay open: 30 days.
+pub const MAX_APPROVAL_TTL_S: u64 = 30 * 86_400;
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            ttl_s: default_approval_ttl(),
+            signing_key: None,
+        }
+    }
+}
+
 /// `[policies]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1583,6 +1616,12 @@ fn validate_resources(
             None => errors.push("limits.redis_url", "is required when backend = \"redis\""),
         }
     }
+    if !(1..=MAX_APPROVAL_TTL_S).contains(&config.approvals.ttl_s) {
+        errors.push(
+            "approvals.ttl_s",
+            format!("must be between 1 and {MAX_APPROVAL_TTL_S} (30 days)"),
+        );
+    }
     if config.limits.reservation_ttl_s == 0 {
         errors.push("limits.reservation_ttl_s", "must be at least 1");
     }
@@ -1602,6 +1641,9 @@ fn validate_resources(
     }
     if let Some(key) = &mut config.quotas.alerts.signing_key {
         resolve(key, "quotas.alerts.signing_key", env, errors);
+    }
+    if let Some(key) = &mut config.approvals.signing_key {
+        resolve(key, "approvals.signing_key", env, errors);
     }
 }
 

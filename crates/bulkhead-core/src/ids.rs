@@ -217,6 +217,12 @@ uuid_id!(
     ThreadId,
     "thread:"
 );
+uuid_id!(
+    /// The id of one approval request (a paused tool call), minted by the
+    /// server.
+    ApprovalId,
+    "approval:"
+);
 
 #[cfg(test)]
 mod tests {

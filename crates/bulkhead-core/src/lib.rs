@@ -15,7 +15,9 @@ pub mod secret;
 pub mod tenant;
 pub mod timestamp;
 
-pub use ids::{ApiKeyId, EventId, Region, RequestId, RunId, TenantId, TenantUid, ThreadId};
+pub use ids::{
+    ApiKeyId, ApprovalId, EventId, Region, RequestId, RunId, TenantId, TenantUid, ThreadId,
+};
 pub use principal::{Principal, PrincipalKind, Role};
 pub use secret::SecretString;
 pub use tenant::{ApiKeyRecord, Isolation, Tenant, TenantStatus};

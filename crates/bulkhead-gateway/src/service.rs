@@ -426,6 +426,17 @@ impl Gateway {
         self.settings_changed(scope, result)
     }
 
+    /// Sets or clears the tenant's approval webhook.
+    pub async fn set_approval_webhook(
+        &self,
+        scope: &TenantScope,
+        url: Option<String>,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayError> {
+        let result = self.store.set_approval_webhook(scope, url, event).await;
+        self.settings_changed(scope, result)
+    }
+
     /// Replaces the tenant's model allow-list.
     pub async fn set_allowed(
         &self,

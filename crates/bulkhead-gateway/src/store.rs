@@ -19,6 +19,8 @@ pub struct GatewaySettings {
     pub audit_prompts: bool,
     /// Thread messages older than this many days are deleted (none: kept).
     pub message_retention_days: Option<u32>,
+    /// Where new approval requests are posted (none: nowhere).
+    pub approval_webhook: Option<String>,
 }
 
 /// Storage failures, as the gateway sees them.
@@ -80,6 +82,13 @@ pub trait GatewayStore: Send + Sync {
         &self,
         scope: &TenantScope,
         days: Option<u32>,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayStoreError>;
+    /// Sets or clears the approval webhook URL, with its audit event.
+    async fn set_approval_webhook(
+        &self,
+        scope: &TenantScope,
+        url: Option<String>,
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError>;
     /// Replaces the tenant's model allow-list, with its audit event.

@@ -44,7 +44,7 @@ entity Connection = { tenant: String };
 entity Collection = { tenant: String };
 
 action read_profile, read_audit, read_usage, use_models, read_credentials,
-       read_policies, manage_policies
+       read_policies, manage_policies, read_approvals
   appliesTo { principal: User, resource: Tenant };
 action manage_credentials appliesTo { principal: User, resource: Connection };
 action read_agents, manage_agents, run_agent
@@ -53,7 +53,7 @@ action read_runs appliesTo { principal: User, resource: [Agent, Tenant] };
 action call_tool appliesTo { principal: User, resource: Tool, context: { connection: String } };
 action search, manage_documents, manage_collections
   appliesTo { principal: User, resource: Collection };
-action approve appliesTo { principal: User, resource: Agent };
+action approve appliesTo { principal: User, resource: Agent, context: { own_request: Bool } };
 "#;
 
 /// The platform's policies when `[policies] file` is not set: what each
@@ -71,7 +71,7 @@ permit(principal, action, resource)
 permit(
   principal,
   action in [Action::"read_profile", Action::"read_audit", Action::"read_usage",
-             Action::"use_models", Action::"read_policies",
+             Action::"use_models", Action::"read_policies", Action::"read_approvals",
              Action::"read_agents", Action::"read_runs", Action::"search"],
   resource
 );
@@ -85,9 +85,11 @@ permit(
   resource
 ) when { principal.roles.contains("member") };
 
+// Approvers decide paused tool calls, except those of runs they started
+// themselves (a tenant may permit that in its own policies).
 @id("approvers")
 permit(principal, action == Action::"approve", resource)
-  when { principal.roles.contains("approver") };
+  when { principal.roles.contains("approver") && !context.own_request };
 "#;
 
 /// The built-in guardrail: nothing crosses tenants, whatever a permit says.
@@ -136,6 +138,8 @@ pub enum Action {
     ManageCollections,
     /// Approve or deny a paused tool call.
     Approve,
+    /// List approval requests.
+    ReadApprovals,
 }
 
 impl Action {
@@ -159,6 +163,7 @@ impl Action {
             Action::ManageDocuments => "manage_documents",
             Action::ManageCollections => "manage_collections",
             Action::Approve => "approve",
+            Action::ReadApprovals => "read_approvals",
         }
     }
 }
@@ -188,6 +193,15 @@ pub enum Resource<'a> {
     Connection(&'a str),
     /// A knowledge collection (`*` for all of them).
     Collection(&'a str),
+    /// A paused tool call of an agent's run, to approve or deny
+    /// (`Agent::"<name>"`, with `context.own_request`: whether the caller
+    /// started the run).
+    Approval {
+        /// The agent whose run is paused.
+        agent: &'a str,
+        /// Whether the deciding principal started the run.
+        own_request: bool,
+    },
 }
 
 /// A decision.
@@ -368,6 +382,20 @@ impl PolicyEngine {
         )
     }
 
+    /// [`PolicyEngine::authorize`] for `who`, a principal of the scope's
+    /// tenant other than the scope's own: a run resumed by an approver
+    /// still acts for the principal who started it.
+    pub fn authorize_as(
+        &self,
+        policies: &TenantPolicies,
+        scope: &TenantScope,
+        who: &bulkhead_core::Principal,
+        action: Action,
+        resource: &Resource<'_>,
+    ) -> Result<Decision, PolicyError> {
+        self.decide(policies, scope.tenant().as_str(), who, action, resource)
+    }
+
     /// [`PolicyEngine::authorize`] for a principal of `tenant`. Private:
     /// outside this crate the tenant comes only from a scope.
     fn decide(
@@ -414,6 +442,17 @@ impl PolicyEngine {
             }
             Resource::Agent(name) => {
                 let u = uid("Agent", name)?;
+                (
+                    u.clone(),
+                    Entity::new(u, tenant_attr(owner), Default::default()),
+                )
+            }
+            Resource::Approval { agent, own_request } => {
+                let u = uid("Agent", agent)?;
+                context.push((
+                    "own_request".to_owned(),
+                    RestrictedExpression::new_bool(*own_request),
+                ));
                 (
                     u.clone(),
                     Entity::new(u, tenant_attr(owner), Default::default()),

@@ -75,8 +75,10 @@ fn default_policies_give_each_role_what_it_had() {
         ),
         (&member, Action::ManagePolicies, Resource::Tenant, false),
         (&admin, Action::ManagePolicies, Resource::Tenant, true),
-        (&admin, Action::Approve, Resource::Agent("support"), false),
-        (&approver, Action::Approve, Resource::Agent("support"), true),
+        (&admin, Action::Approve, approval(false), false),
+        (&approver, Action::Approve, approval(false), true),
+        (&approver, Action::Approve, approval(true), false),
+        (&viewer, Action::ReadApprovals, Resource::Tenant, true),
         (&approver, Action::UseModels, Resource::Tenant, true),
     ] {
         assert_eq!(
@@ -219,4 +221,35 @@ fn invalid_policies_are_refused_with_the_validators_message() {
         .is_err()
     );
     assert!(e.compile("  ").is_ok(), "empty: the platform's alone");
+}
+
+fn approval(own_request: bool) -> Resource<'static> {
+    Resource::Approval {
+        agent: "support",
+        own_request,
+    }
+}
+
+#[test]
+fn a_tenant_may_let_approvers_approve_their_own_runs() {
+    let e = PolicyEngine::new(None).unwrap();
+    let approver = user(&[Role::Approver]);
+    assert!(!allowed(
+        &e,
+        &e.platform(),
+        &approver,
+        Action::Approve,
+        &approval(true)
+    ));
+    let p = e
+        .compile(
+            r#"@id("self-approval")
+            permit(principal, action == Action::"approve", resource)
+              when { principal.roles.contains("approver") && context.own_request };"#,
+        )
+        .unwrap();
+    assert!(allowed(&e, &p, &approver, Action::Approve, &approval(true)));
+    // Still only approvers.
+    let member = user(&[Role::Member]);
+    assert!(!allowed(&e, &p, &member, Action::Approve, &approval(true)));
 }

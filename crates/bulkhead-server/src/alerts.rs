@@ -1,5 +1,6 @@
-//! Budget alerts: a signed webhook posted when a tenant's spend crosses a
-//! configured share of its monthly budget.
+//! Signed webhooks: budget alerts, posted when a tenant's spend crosses a
+//! configured share of its monthly budget, and new approval requests
+//! ([`ApprovalWebhook`]), posted to the tenant's `approval_webhook`.
 //!
 //! The body is JSON (`type: "budget.threshold"`, tenant, threshold,
 //! month, spend and budget as decimal dollar strings). The
@@ -47,15 +48,55 @@ pub fn signature(key: &SecretString, t: i64, body: &[u8]) -> String {
     format!("t={t},v1={hex}")
 }
 
+/// Posts a signed JSON body, trying three times (5 s each, no
+/// redirects); the receiver's status, or why it was not reached.
+async fn deliver(
+    client: &reqwest::Client,
+    key: &SecretString,
+    url: &str,
+    bytes: &[u8],
+) -> Result<u16, String> {
+    let mut outcome = Err("not sent".to_owned());
+    for attempt in 0..3u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+        }
+        let t = Timestamp::now().unix_seconds();
+        let sent = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("bulkhead-signature", signature(key, t, bytes))
+            .body(bytes.to_vec())
+            .send()
+            .await;
+        outcome = match sent {
+            Ok(r) if r.status().is_success() => Ok(r.status().as_u16()),
+            Ok(r) => Err(format!("the receiver answered {}", r.status().as_u16())),
+            Err(e) => Err(e.without_url().to_string()),
+        };
+        if outcome.is_ok() {
+            break;
+        }
+    }
+    outcome
+}
+
+fn webhook_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("webhook client: {e}"))
+}
+
 impl WebhookAlerts {
     /// Alerts signed with `key`, recorded in `store`'s audit chains.
     pub fn new(key: SecretString, store: Arc<dyn TenantStore>) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("alert webhook client: {e}"))?;
-        Ok(Self { key, client, store })
+        Ok(Self {
+            key,
+            client: webhook_client()?,
+            store,
+        })
     }
 }
 
@@ -72,33 +113,12 @@ impl BudgetAlerts for WebhookAlerts {
             "time": Timestamp::now().to_string(),
         });
         let bytes = body.to_string().into_bytes();
-        let (client, key, store) = (&self.client, &self.key, &self.store);
         // This runs in the gateway's background recording task, after the
         // client has its answer: a slow receiver delays no request, and a
         // graceful shutdown waits for the delivery.
+        let store = &self.store;
         {
-            let mut outcome = Err("not sent".to_owned());
-            for attempt in 0..3u32 {
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-                }
-                let t = Timestamp::now().unix_seconds();
-                let sent = client
-                    .post(&alert.webhook)
-                    .header("content-type", "application/json")
-                    .header("bulkhead-signature", signature(key, t, &bytes))
-                    .body(bytes.clone())
-                    .send()
-                    .await;
-                outcome = match sent {
-                    Ok(r) if r.status().is_success() => Ok(r.status().as_u16()),
-                    Ok(r) => Err(format!("the receiver answered {}", r.status().as_u16())),
-                    Err(e) => Err(e.without_url().to_string()),
-                };
-                if outcome.is_ok() {
-                    break;
-                }
-            }
+            let outcome = deliver(&self.client, &self.key, &alert.webhook, &bytes).await;
             let (result, detail) = match &outcome {
                 Ok(status) => (Outcome::Success, json!({ "status": status })),
                 Err(e) => (Outcome::Failure, json!({ "error": e })),
@@ -120,6 +140,86 @@ impl BudgetAlerts for WebhookAlerts {
             .with_details(details);
             if let Err(e) = store.append_audit(scope, event).await {
                 tracing::error!(error = %e, "could not audit a budget alert");
+            }
+        }
+    }
+}
+
+/// Posts each new approval request to the tenant's `approval_webhook`
+/// (a tenant setting), signed like budget alerts, and records the
+/// delivery as an `approval.notify` event in the tenant's chain.
+pub struct ApprovalWebhook {
+    key: SecretString,
+    client: reqwest::Client,
+    store: Arc<dyn TenantStore>,
+    gateway: Arc<bulkhead_gateway::Gateway>,
+}
+
+impl ApprovalWebhook {
+    /// Webhooks signed with `key`; the URL is read from `gateway`'s tenant
+    /// settings, events go to `store`.
+    pub fn new(
+        key: SecretString,
+        store: Arc<dyn TenantStore>,
+        gateway: Arc<bulkhead_gateway::Gateway>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            key,
+            client: webhook_client()?,
+            store,
+            gateway,
+        })
+    }
+}
+
+#[async_trait]
+impl bulkhead_agent::approval::ApprovalNotifier for ApprovalWebhook {
+    async fn requested(&self, scope: &TenantScope, approvals: &[bulkhead_agent::Approval]) {
+        let url = match self.gateway.settings(scope).await {
+            Ok(s) => s.approval_webhook,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the approval webhook setting");
+                return;
+            }
+        };
+        let Some(url) = url else { return };
+        for a in approvals {
+            // The tenant's own data, to the tenant's own endpoint: the
+            // request whole, so a person can decide from the message.
+            let body = json!({
+                "type": "approval.requested",
+                "tenant": scope.tenant().as_str(),
+                "approval": {
+                    "id": a.id, "status": a.status, "run_id": a.run_id, "agent": a.agent,
+                    "tool": a.tool, "connection": a.connection, "arguments": a.arguments,
+                    "arguments_hash": a.arguments_hash, "summary": a.summary,
+                    "requested_by": a.requested_by, "created_at": a.created_at.to_string(),
+                    "expires_at": a.expires_at.to_string(),
+                },
+                "time": Timestamp::now().to_string(),
+            });
+            let bytes = body.to_string().into_bytes();
+            let outcome = deliver(&self.client, &self.key, &url, &bytes).await;
+            let (result, details) = match &outcome {
+                Ok(status) => (
+                    Outcome::Success,
+                    json!({"approval_id": a.id, "run_id": a.run_id, "status": status}),
+                ),
+                Err(e) => (
+                    Outcome::Failure,
+                    json!({"approval_id": a.id, "run_id": a.run_id, "error": e}),
+                ),
+            };
+            let event = NewAuditEvent::new(
+                "approval.notify",
+                format!("approval:{}", a.id),
+                result,
+                scope.request_id().clone(),
+            )
+            .with_run(a.agent.clone(), a.run_id.to_string())
+            .with_details(details);
+            if let Err(e) = self.store.append_audit(scope, event).await {
+                tracing::error!(error = %e, "could not audit an approval webhook");
             }
         }
     }

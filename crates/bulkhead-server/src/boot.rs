@@ -159,7 +159,22 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
                 .max_concurrent_runs
                 .map(|n| bulkhead_quota::FairGate::new(n as usize)),
         )
-        .with_policies(policies.clone()),
+        .with_policies(policies.clone())
+        .with_approvals(
+            std::time::Duration::from_secs(config.approvals.ttl_s),
+            match &config.approvals.signing_key {
+                Some(key) => Some(Arc::new(
+                    crate::alerts::ApprovalWebhook::new(
+                        key.value().clone(),
+                        store_arc.clone(),
+                        gateway.clone(),
+                    )
+                    .map_err(BootError::Limits)?,
+                )
+                    as Arc<dyn bulkhead_agent::approval::ApprovalNotifier>),
+                None => None,
+            },
+        ),
     );
     let state = AppState {
         control: store_arc.clone(),
@@ -181,6 +196,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
                 .metrics_token
                 .as_ref()
                 .map(|t| bulkhead_auth::TokenDigest::new(t.value())),
+            approvals_signed: config.approvals.signing_key.is_some(),
         }),
         limiter,
         policies,

@@ -45,6 +45,15 @@ pub enum ApiError {
     /// A conflicting resource exists.
     #[error("{0}")]
     Conflict(String),
+    /// The resource is not in a state that allows this (409 with its own
+    /// code: `approval_decided`, `approval_mismatch`, `thread_paused`).
+    #[error("{message}")]
+    State {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The body is larger than the server accepts.
     #[error("the request body is too large (limit {0} bytes)")]
     PayloadTooLarge(usize),
@@ -102,7 +111,7 @@ impl ApiError {
             }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::State { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -137,6 +146,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
+            ApiError::State { code, .. } => code,
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Timeout(_) => "timeout",
@@ -163,7 +173,7 @@ impl ApiError {
             ApiError::Forbidden => "Forbidden",
             ApiError::NotFound => "Not found",
             ApiError::MethodNotAllowed => "Method not allowed",
-            ApiError::Conflict(_) => "Conflict",
+            ApiError::Conflict(_) | ApiError::State { .. } => "Conflict",
             ApiError::PayloadTooLarge(_) => "Payload too large",
             ApiError::UnsupportedMediaType => "Unsupported media type",
             ApiError::Timeout(_) => "Timeout",
@@ -224,6 +234,12 @@ impl From<bulkhead_agent::AgentError> for ApiError {
             AgentError::Store(s) => ApiError::Internal(s.to_string()),
             AgentError::Config(m) => ApiError::Internal(m),
             AgentError::Limited(r) => ApiError::Limited(r),
+            AgentError::Decided(_) | AgentError::Mismatch(_) | AgentError::ThreadPaused => {
+                ApiError::State {
+                    code: e.code(),
+                    message: e.to_string(),
+                }
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    admin, agents, credentials, kms, knowledge, openai, policies, system, tenant, usage,
+    admin, agents, approvals, credentials, kms, knowledge, openai, policies, system, tenant, usage,
 };
 
 struct Security;
@@ -52,6 +52,7 @@ impl Modify for Security {
         kms::rotate, kms::rewrap, kms::rotate_tenant_key,
         knowledge::list_collections, knowledge::delete_collection, knowledge::put_document, knowledge::delete_document, knowledge::search,
         knowledge::operator_put_document, knowledge::operator_search,
+        approvals::list, approvals::get, approvals::approve, approvals::deny,
         agents::list, agents::get_settings, agents::put_settings, agents::start, agents::get_run, agents::cancel, agents::messages,
         openai::chat, openai::models, usage::usage, usage::operator_usage, policies::get, policies::put, usage::get_models, usage::put_models, usage::get_settings, usage::put_settings,
     ),

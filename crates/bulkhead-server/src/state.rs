@@ -21,6 +21,8 @@ pub struct Settings {
     pub default_region: Region,
     /// When set, `GET /metrics` requires this bearer token.
     pub metrics_token: Option<TokenDigest>,
+    /// Whether approval webhooks can be signed (`[approvals] signing_key`).
+    pub approvals_signed: bool,
 }
 
 /// Everything handlers need.

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::authz::authorize;
 use crate::error::ApiError;
-use crate::extract::{Json, Path, TenantCtx};
+use crate::extract::{Json, Path, Query, TenantCtx};
 use crate::state::AppState;
 
 /// The path prefix of run creation (no request timeout: a run is bounded
@@ -155,7 +155,7 @@ pub struct RunBody {
     pub thread_id: String,
     /// Agent.
     pub agent: String,
-    /// `running`, `completed`, `failed` or `cancelled`.
+    /// `running`, `awaiting_approval`, `completed`, `failed` or `cancelled`.
     pub status: String,
     /// The final answer.
     pub output: Option<String>,
@@ -276,23 +276,55 @@ pub async fn start(
         // The run's task ended without reporting (a bug): what is stored.
         Err(_) => state.runtime.run(&scope, id).await?,
     };
-    Ok((StatusCode::OK, AxumJson(RunBody::from(run))).into_response())
+    // A paused run is accepted, not done: it goes on after a decision.
+    let status = if run.status == bulkhead_agent::RunStatus::AwaitingApproval {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, AxumJson(RunBody::from(run))).into_response())
 }
 
 fn sse(ev: &bulkhead_agent::RunEvent) -> Bytes {
     Bytes::from(format!("event: {}\ndata: {}\n\n", ev.event, ev.data))
 }
 
+/// `GET /v1/runs/{id}` parameters.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RunParams {
+    /// Wait up to this many seconds (at most 60) for a run executing in
+    /// this process to end or pause before answering.
+    pub wait: Option<u64>,
+}
+
+/// Longest `wait` of `GET /v1/runs/{id}`.
+const MAX_WAIT_S: u64 = 60;
+
 /// A run of the caller's tenant, with its steps.
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "agents", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Run id")),
-    responses((status = 200, body = RunBody), (status = 404, body = crate::error::Problem)))]
+    params(("id" = String, Path, description = "Run id"), RunParams),
+    responses((status = 200, body = RunBody), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
 pub async fn get_run(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
     Path(id): Path<String>,
+    Query(params): Query<RunParams>,
 ) -> Result<AxumJson<RunBody>, ApiError> {
-    let run = state.runtime.run(&scope, run_id(&id)?).await?;
+    let id = run_id(&id)?;
+    let wait = match params.wait {
+        Some(w) if w > MAX_WAIT_S => {
+            return Err(ApiError::InvalidParameter(format!(
+                "wait: at most {MAX_WAIT_S} seconds"
+            )));
+        }
+        // Answered before the server's request timeout cuts the wait.
+        Some(w) => w.min(state.settings.request_timeout_s.saturating_sub(1)),
+        None => 0,
+    };
+    // Authorised before waiting: a caller who may not read runs learns
+    // nothing, not even how long the run takes.
+    let run = state.runtime.run(&scope, id).await?;
     authorize(
         &state,
         &scope,
@@ -300,6 +332,13 @@ pub async fn get_run(
         Resource::Agent(&run.agent),
     )
     .await?;
+    if wait == 0 || run.status != bulkhead_agent::RunStatus::Running {
+        return Ok(AxumJson(run.into()));
+    }
+    let run = state
+        .runtime
+        .wait(&scope, id, std::time::Duration::from_secs(wait))
+        .await?;
     Ok(AxumJson(run.into()))
 }
 

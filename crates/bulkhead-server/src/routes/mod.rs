@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod approvals;
 pub mod credentials;
 pub mod kms;
 pub mod knowledge;
@@ -121,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}", get(agents::get_run))
         .route("/v1/runs/{id}/cancel", post(agents::cancel))
         .route("/v1/threads/{id}/messages", get(agents::messages))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::get))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/deny", post(approvals::deny))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/policies", get(policies::get).put(policies::put))
         .route("/admin/v1/usage", get(usage::operator_usage))

@@ -434,6 +434,18 @@ pub struct PutSettings {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>)]
     pub message_retention_days: Option<Option<u32>>,
+    /// An http(s) URL that new approval requests are posted to, signed
+    /// with `[approvals] signing_key`; `null` removes it. Absent: unchanged.
+    #[serde(default, deserialize_with = "present_text")]
+    #[schema(value_type = Option<String>)]
+    pub approval_webhook: Option<Option<String>>,
+}
+
+/// Tells `null` (`Some(None)`) from an absent field (`None`).
+fn present_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// Tells `null` (`Some(None)`) from an absent field (`None`).
@@ -452,6 +464,8 @@ pub struct SettingsBody {
     pub allowed_models: Option<Vec<String>>,
     /// Days thread messages are kept (`null`: forever).
     pub message_retention_days: Option<u32>,
+    /// Where new approval requests are posted (`null`: nowhere).
+    pub approval_webhook: Option<String>,
 }
 
 async fn settings_body(
@@ -468,6 +482,7 @@ async fn settings_body(
         audit_prompts: s.audit_prompts,
         allowed_models: s.allowed_models,
         message_retention_days: s.message_retention_days,
+        approval_webhook: s.approval_webhook,
     })
 }
 
@@ -495,10 +510,27 @@ pub async fn put_settings(
     Json(body): Json<PutSettings>,
 ) -> Result<AxumJson<SettingsBody>, ApiError> {
     let scope = tenant_scope(&state, &op, &id).await?;
-    if body.audit_prompts.is_none() && body.message_retention_days.is_none() {
+    if body.audit_prompts.is_none()
+        && body.message_retention_days.is_none()
+        && body.approval_webhook.is_none()
+    {
         return Err(ApiError::Validation(
-            "set audit_prompts and/or message_retention_days".into(),
+            "set audit_prompts, message_retention_days and/or approval_webhook".into(),
         ));
+    }
+    if let Some(Some(url)) = &body.approval_webhook {
+        if !state.settings.approvals_signed {
+            return Err(ApiError::Validation(
+                "approval_webhook: this server has no [approvals] signing_key, so it cannot sign approval webhooks".into(),
+            ));
+        }
+        let ok = reqwest::Url::parse(url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok || url.len() > 2048 {
+            return Err(ApiError::Validation(
+                "approval_webhook: must be an http(s) URL of at most 2048 characters".into(),
+            ));
+        }
     }
     if let Some(Some(d)) = body.message_retention_days
         && !(1..=3650).contains(&d)
@@ -520,6 +552,19 @@ pub async fn put_settings(
         state
             .gateway
             .set_audit_prompts(&scope, on, event(json!({"audit_prompts": on})))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    if let Some(url) = body.approval_webhook {
+        // The URL itself may carry a token: the event records only whether
+        // one is set.
+        state
+            .gateway
+            .set_approval_webhook(
+                &scope,
+                url.clone(),
+                event(json!({"approval_webhook_set": url.is_some()})),
+            )
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     }

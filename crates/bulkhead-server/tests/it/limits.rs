@@ -646,18 +646,7 @@ async fn crossing_half_the_monthly_budget_posts_one_signed_webhook() {
     assert_eq!(v["spent_usd"], "0.006000000");
     assert_eq!(v["monthly_budget_usd"], "0.012000000");
     // The signature verifies with the configured key over "<t>.<body>".
-    let sig = req.header("bulkhead-signature").unwrap();
-    let t: i64 = sig
-        .split(',')
-        .find_map(|p| p.strip_prefix("t="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    let key = bulkhead_core::SecretString::new(ALERT_KEY.into());
-    assert_eq!(
-        sig,
-        bulkhead_server::alerts::signature(&key, t, body.as_bytes())
-    );
+    assert_signed(req, &body);
     let alert_events: Vec<_> = events(&w.app, &w.acme)
         .await
         .into_iter()

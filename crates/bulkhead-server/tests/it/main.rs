@@ -5,6 +5,7 @@
 
 mod agents;
 mod api_keys;
+mod approvals;
 mod bodies;
 mod credentials;
 mod fakes;

@@ -41,7 +41,13 @@ struct Fixture {
     thread_id: String,
     /// A document of the owner's in collection `kb`.
     document_id: String,
+    /// Two pending approval requests of the owner's.
+    approvals: [String; 2],
 }
+
+/// The owner tenant's policies: admins may also approve (so the owner's
+/// admin credentials can decide the fixture's requests).
+const MATRIX_POLICY: &str = r#"permit(principal, action == Action::"approve", resource) when { principal.roles.contains("admin") };"#;
 
 fn rows(f: &Fixture) -> Vec<Row> {
     let row = |method, template, path: &str, body: Option<Value>, plane, ok: u16| Row {
@@ -266,9 +272,7 @@ fn rows(f: &Fixture) -> Vec<Row> {
             "PUT",
             "/v1/policies",
             "/v1/policies",
-            Some(
-                json!({"policies": "forbid(principal, action, resource) when { resource.tenant == \"nobody\" };"}),
-            ),
+            Some(json!({ "policies": MATRIX_POLICY })),
             Plane::Tenant,
             200,
         ),
@@ -319,6 +323,38 @@ fn rows(f: &Fixture) -> Vec<Row> {
             None,
             Plane::Operator,
             200,
+        ),
+        row(
+            "GET",
+            "/v1/approvals",
+            "/v1/approvals?status=pending",
+            None,
+            Plane::Tenant,
+            200,
+        ),
+        row(
+            "GET",
+            "/v1/approvals/{id}",
+            &format!("/v1/approvals/{}", f.approvals[0]),
+            None,
+            Plane::Tenant,
+            200,
+        ),
+        twice(
+            "POST",
+            "/v1/approvals/{id}/approve",
+            &format!("/v1/approvals/{}/approve", f.approvals[0]),
+            Some(json!({"comment": "matrix"})),
+            200,
+            409,
+        ),
+        twice(
+            "POST",
+            "/v1/approvals/{id}/deny",
+            &format!("/v1/approvals/{}/deny", f.approvals[1]),
+            Some(json!({"comment": "matrix"})),
+            200,
+            409,
         ),
         row("GET", "/v1/agents", "/v1/agents", None, Plane::Tenant, 200),
         row(
@@ -442,13 +478,39 @@ credential = "env:FAKE_KEY"
 name = "small"
 provider = "fake"
 upstream = "gpt-4o-mini"
+[[tools]]
+name = "risky"
+kind = "http"
+region = "eu"
+approval = "always"
+url = "{}/risky"
+allowed_hosts = ["{}"]
+[tools.parameters]
+type = "object"
 [[agents]]
 name = "helper"
 model = "small"
 prompt = "You help."
+tools = ["risky"]
 "#,
-        fake.base_url()
+        fake.base_url(),
+        fake.base_url(),
+        fake.base_url().trim_start_matches("http://")
     );
+    // "needs approval" asks for the risky tool; anything after a tool
+    // result is answered; the rest gets the fake's default answer.
+    fake.set_responder(|req| {
+        let last = req["messages"].as_array()?.last()?.clone();
+        if last["role"] == "tool" {
+            return Some(bulkhead_testkit::Reply::text("ok"));
+        }
+        (last["content"] == "needs approval").then(|| {
+            bulkhead_testkit::Reply::tool_calls([bulkhead_testkit::ToolCall::new(
+                "risky",
+                json!({}),
+            )])
+        })
+    });
     TestApp::with_config("", &tables).await
 }
 
@@ -540,7 +602,37 @@ async fn fixture(app: &TestApp) -> Fixture {
             document_id = doc.body["id"].as_str().unwrap().to_owned();
         }
     }
+    let r = app
+        .call(
+            "PUT",
+            "/v1/policies",
+            Some(&owner_key),
+            Some(json!({ "policies": MATRIX_POLICY })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut approvals = Vec::new();
+    for _ in 0..2 {
+        let r = app
+            .call(
+                "POST",
+                "/v1/agents/helper/runs",
+                Some(&owner_key),
+                Some(json!({"input": "needs approval"})),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let step = r.body["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == "approval_requested")
+            .unwrap()
+            .clone();
+        approvals.push(step["data"]["approval_id"].as_str().unwrap().to_owned());
+    }
     Fixture {
+        approvals: [approvals[0].clone(), approvals[1].clone()],
         owner_key,
         other_key,
         owner_key_id,
@@ -705,6 +797,7 @@ async fn the_matrix_covers_every_route_of_the_api() {
         run_id: String::new(),
         thread_id: String::new(),
         document_id: String::new(),
+        approvals: [String::new(), String::new()],
     };
     let tested: BTreeSet<(String, String)> = rows(&f)
         .iter()

@@ -135,7 +135,7 @@ async fn a_policy_change_applies_from_the_next_request() {
 }
 
 #[tokio::test]
-async fn tool_calls_are_decided_by_their_arguments_and_approval_fails_closed() {
+async fn tool_calls_are_decided_by_their_arguments_and_an_approval_annotation_pauses() {
     let fake = FakeProvider::start().await;
     let saas = SaasStandIn::start().await;
     fake.set_responder(|req| {
@@ -196,7 +196,7 @@ async fn tool_calls_are_decided_by_their_arguments_and_approval_fails_closed() {
         .map(|q| q.query.clone().unwrap_or_default())
         .collect();
     assert_eq!(sent, ["text=public"], "only the permitted call was sent");
-    // A permit that requires approval: refused (no approvals yet), not sent.
+    // A permit that requires approval: the run pauses, nothing is sent.
     let r = put(
         &app,
         &admin,
@@ -207,13 +207,16 @@ async fn tool_calls_are_decided_by_their_arguments_and_approval_fails_closed() {
     assert_eq!(r.status, 200, "{}", r.body);
     saas.clear();
     let r = run("notify").await;
-    let got = codes(&r.body);
-    assert_eq!(
-        got,
-        [json!("approval_required"), json!("approval_required")],
-        "{}",
-        r.body
-    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body["status"], "awaiting_approval");
+    let asked: Vec<&Value> = r.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "approval_requested")
+        .map(|s| &s["data"]["arguments"]["text"])
+        .collect();
+    assert_eq!(asked, [&json!("public"), &json!("secret")], "{}", r.body);
     assert!(saas.requests().is_empty());
     let refused = app
         .audit(&admin)
@@ -221,7 +224,10 @@ async fn tool_calls_are_decided_by_their_arguments_and_approval_fails_closed() {
         .into_iter()
         .filter(|e| e["action"] == "tool.refused")
         .count();
-    assert_eq!(refused, 3, "each refusal is audited");
+    assert_eq!(
+        refused, 1,
+        "the refusal is audited; paused calls are not refusals"
+    );
 }
 
 #[tokio::test]

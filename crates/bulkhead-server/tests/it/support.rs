@@ -382,3 +382,20 @@ properties.text = {{ type = "string" }}
         saas.addr()
     )
 }
+
+/// Asserts that a webhook the stand-in received carries a
+/// `Bulkhead-Signature` that verifies with [`ALERT_KEY`] over `"<t>.<body>"`.
+pub fn assert_signed(req: &bulkhead_testkit::SaasRequest, body: &str) {
+    let sig = req.header("bulkhead-signature").unwrap();
+    let t: i64 = sig
+        .split(',')
+        .find_map(|p| p.strip_prefix("t="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let key = bulkhead_core::SecretString::new(ALERT_KEY.into());
+    assert_eq!(
+        sig,
+        bulkhead_server::alerts::signature(&key, t, body.as_bytes())
+    );
+}

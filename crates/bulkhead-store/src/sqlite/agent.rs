@@ -4,17 +4,18 @@
 
 use async_trait::async_trait;
 use bulkhead_agent::AgentSettings;
+use bulkhead_agent::approval::{Approval, ApprovalStatus, Settled};
 use bulkhead_agent::store::{
     AgentStore, AgentStoreError, RunFailure, RunRecord, RunStatus, Step, StepWrite, StoredMessage,
 };
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
-use bulkhead_core::{RequestId, RunId, TenantId, TenantUid, ThreadId, Timestamp};
+use bulkhead_core::{ApprovalId, RequestId, RunId, TenantId, TenantUid, ThreadId, Timestamp};
 use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
 
 use super::SqliteStore;
-use super::partition;
+use super::{approval, partition};
 use crate::StoreError;
 
 fn ag(e: StoreError) -> AgentStoreError {
@@ -515,6 +516,145 @@ impl AgentStore for SqliteStore {
         self.blocking(move |s| {
             let p = s.partition(scope2.tenant(), scope2.partition())?;
             p.with_conn(|conn| read_run(conn, id))
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn thread_paused(
+        &self,
+        scope: &TenantScope,
+        thread: ThreadId,
+    ) -> Result<bool, AgentStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT 1 FROM runs WHERE thread_id = ?1 AND status = 'awaiting_approval' LIMIT 1",
+                        params![thread.to_string()],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some())
+            })
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn pause_run(
+        &self,
+        scope: &TenantScope,
+        run: &RunRecord,
+        steps: Vec<StepWrite>,
+        approvals: &[Approval],
+    ) -> Result<(), AgentStoreError> {
+        let scope2 = scope.clone();
+        let run = run.clone();
+        let approvals = approvals.to_vec();
+        self.tenant_write(scope, move |tx, principal| {
+            write_steps(tx, &scope2, principal, run.id, steps)?;
+            for a in &approvals {
+                approval::insert(tx, a)?;
+            }
+            let changed = partition::exec(
+                tx,
+                "UPDATE runs SET status = 'awaiting_approval', input_tokens = ?2, output_tokens = ?3
+                 WHERE id = ?1 AND status = 'running'",
+                params![run.id.to_string(), run.input_tokens as i64, run.output_tokens as i64],
+            )?;
+            if changed != 1 {
+                return Err(StoreError::Conflict("the run is no longer running".into()));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn approvals(
+        &self,
+        scope: &TenantScope,
+        status: Option<ApprovalStatus>,
+        run: Option<RunId>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, AgentStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| approval::list(conn, status, run, limit))
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn approval(
+        &self,
+        scope: &TenantScope,
+        id: ApprovalId,
+    ) -> Result<Option<Approval>, AgentStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| approval::get(conn, id))
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn settle_approval(
+        &self,
+        scope: &TenantScope,
+        id: ApprovalId,
+        to: ApprovalStatus,
+        comment: Option<String>,
+        now: Timestamp,
+        event: NewAuditEvent,
+    ) -> Result<Option<Settled>, AgentStoreError> {
+        let tenant = scope.tenant().clone();
+        let boot = self.inner.boot_id.clone();
+        self.tenant_write(scope, move |tx, principal| {
+            approval::settle(tx, &tenant, principal, &boot, id, to, comment, now, event)
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn cancel_paused(
+        &self,
+        scope: &TenantScope,
+        run: &RunRecord,
+        event: NewAuditEvent,
+    ) -> Result<bool, AgentStoreError> {
+        let tenant = scope.tenant().clone();
+        let run = run.clone();
+        self.tenant_write(scope, move |tx, principal| {
+            let id = run.id.to_string();
+            let changed = partition::exec(
+                tx,
+                "UPDATE runs SET status = ?2, finished_at = ?3, error_code = ?4, error_message = ?5
+                 WHERE id = ?1 AND status = 'awaiting_approval'",
+                params![
+                    id,
+                    run.status.as_str(),
+                    run.finished_at.map(|t| t.to_string()),
+                    run.error.as_ref().map(|e| e.code.clone()),
+                    run.error.as_ref().map(|e| e.message.clone())
+                ],
+            )?;
+            if changed == 0 {
+                return Ok(false);
+            }
+            partition::exec(
+                tx,
+                "UPDATE approvals SET status = 'expired', decided_at = ?2, comment = 'the run was cancelled'
+                 WHERE run_id = ?1 AND status = 'pending'",
+                params![id, Timestamp::now().to_string()],
+            )?;
+            partition::append_chain(tx, Some(tenant), principal, event)?;
+            Ok(true)
         })
         .await
         .map_err(ag)

@@ -23,6 +23,7 @@ const ALLOWED_MODELS: &str = "allowed_models";
 const AUDIT_PROMPTS: &str = "audit_prompts";
 /// Settings key of the message retention (days).
 const RETENTION: &str = "message_retention_days";
+const APPROVAL_WEBHOOK: &str = "approval_webhook";
 
 fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreError> {
     partition::exec(tx,
@@ -205,12 +206,13 @@ impl GatewayStore for SqliteStore {
             let p = s.partition(scope.tenant(), scope.partition())?;
             p.with_conn(|conn| {
                 let mut settings = GatewaySettings::default();
-                let mut stmt = conn
-                    .prepare_cached("SELECT key, value FROM settings WHERE key IN (?1, ?2, ?3)")?;
-                let rows = stmt
-                    .query_map(params![ALLOWED_MODELS, AUDIT_PROMPTS, RETENTION], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                    })?;
+                let mut stmt = conn.prepare_cached(
+                    "SELECT key, value FROM settings WHERE key IN (?1, ?2, ?3, ?4)",
+                )?;
+                let rows = stmt.query_map(
+                    params![ALLOWED_MODELS, AUDIT_PROMPTS, RETENTION, APPROVAL_WEBHOOK],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                )?;
                 for row in rows {
                     let (key, text) = row?;
                     let corrupt = |e: serde_json::Error| {
@@ -219,6 +221,8 @@ impl GatewayStore for SqliteStore {
                     if key == ALLOWED_MODELS {
                         settings.allowed_models =
                             Some(serde_json::from_str(&text).map_err(corrupt)?);
+                    } else if key == APPROVAL_WEBHOOK {
+                        settings.approval_webhook = Some(text);
                     } else if key == RETENTION {
                         settings.message_retention_days =
                             serde_json::from_str(&text).map_err(corrupt)?;
@@ -273,6 +277,34 @@ impl GatewayStore for SqliteStore {
                     tx,
                     "DELETE FROM settings WHERE key = ?1",
                     params![RETENTION],
+                )?,
+            };
+            partition::append_chain(tx, Some(tenant), principal, event)?;
+            Ok(())
+        })
+        .await
+        .map_err(gw)
+    }
+
+    async fn set_approval_webhook(
+        &self,
+        scope: &TenantScope,
+        url: Option<String>,
+        event: NewAuditEvent,
+    ) -> Result<(), GatewayStoreError> {
+        let tenant = scope.tenant().clone();
+        self.tenant_write(scope, move |tx, principal| {
+            match url {
+                Some(u) => partition::exec(
+                    tx,
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = ?2",
+                    params![APPROVAL_WEBHOOK, u],
+                )?,
+                None => partition::exec(
+                    tx,
+                    "DELETE FROM settings WHERE key = ?1",
+                    params![APPROVAL_WEBHOOK],
                 )?,
             };
             partition::append_chain(tx, Some(tenant), principal, event)?;

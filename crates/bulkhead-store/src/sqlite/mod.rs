@@ -12,6 +12,7 @@
 //! updated under its write lock right after each commit.
 
 mod agent;
+mod approval;
 mod canary;
 mod commit;
 mod gateway;

@@ -164,6 +164,32 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage ADD COLUMN agent TEXT;
     ALTER TABLE usage ADD COLUMN run_id TEXT;
     ALTER TABLE usage ADD COLUMN tool TEXT;",
+    // v7: approval requests (a paused tool call each: its exact arguments
+    // and their hash, who asked, who decided), and the lookups a paused
+    // run needs (its thread, its requests).
+    "CREATE TABLE approvals (
+        id              TEXT PRIMARY KEY,
+        run_id          TEXT NOT NULL REFERENCES runs(id),
+        round           INTEGER NOT NULL,
+        status          TEXT NOT NULL,
+        agent           TEXT NOT NULL,
+        tool            TEXT NOT NULL,
+        tool_call_id    TEXT NOT NULL,
+        connection      TEXT,
+        arguments       TEXT NOT NULL,
+        arguments_hash  TEXT NOT NULL,
+        summary         TEXT NOT NULL,
+        requested_by    TEXT NOT NULL,
+        requested_roles TEXT NOT NULL,
+        created_at      TEXT NOT NULL,
+        expires_at      TEXT NOT NULL,
+        decided_by      TEXT,
+        decided_at      TEXT,
+        comment         TEXT
+    ) STRICT;
+    CREATE INDEX approvals_by_status ON approvals (status, created_at);
+    CREATE INDEX approvals_by_run ON approvals (run_id);
+    CREATE INDEX runs_by_thread ON runs (thread_id, status);",
 ];
 
 /// File name of the tenant database inside its partition directory.
