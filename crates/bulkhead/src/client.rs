@@ -70,6 +70,21 @@ impl Client {
         })
     }
 
+    /// A client that presents `token` (a tenant API key or JWT) to the
+    /// tenant plane at `url`.
+    pub fn with_token(url: &str, token: &str) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Self {
+            agent,
+            base: url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

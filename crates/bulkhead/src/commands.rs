@@ -473,7 +473,7 @@ pub enum KeyCommand {
     },
 }
 
-fn print(value: &Value) -> anyhow::Result<ExitCode> {
+pub(crate) fn print(value: &Value) -> anyhow::Result<ExitCode> {
     if !value.is_null() {
         println!("{}", serde_json::to_string_pretty(value)?);
     }

@@ -4,6 +4,7 @@
 // The binary's output is its interface; libraries must not print.
 #![allow(clippy::print_stdout)]
 
+mod approvals;
 mod client;
 mod commands;
 mod demo;
@@ -56,6 +57,9 @@ enum Command {
     /// Ingest files into a tenant's knowledge collection; search it.
     #[command(subcommand)]
     Kb(kb::KbCommand),
+    /// List, approve and deny paused tool calls (with a tenant API key).
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
         Command::Secret(cmd) => commands::secret(cmd),
         Command::Kms(cmd) => commands::kms(cmd),
         Command::Kb(cmd) => kb::kb(cmd),
+        Command::Approvals(cmd) => approvals::approvals(cmd),
     };
     match result {
         Ok(code) => code,
