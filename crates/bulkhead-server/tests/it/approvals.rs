@@ -601,3 +601,47 @@ async fn without_a_signing_key_no_webhook_can_be_set() {
         r.body
     );
 }
+
+#[tokio::test]
+async fn an_undecided_request_expires_and_its_run_ends_without_the_call() {
+    let w = world("[approvals]\nttl_s = 1").await;
+    let (run, id) = paused(&w, &w.member, "slow").await;
+    // Expiry is wall-clock time passing; the request is settled when it is
+    // next read after its expiry.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = w
+            .app
+            .call(
+                "GET",
+                &format!("/v1/approvals/{id}"),
+                Some(&w.approver),
+                None,
+            )
+            .await;
+        if r.body["status"] == "expired" {
+            assert!(r.body["decided_by"].is_null());
+            break;
+        }
+        assert_eq!(r.body["status"], "pending", "{}", r.body);
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let done = wait_run(&w, &w.member, &run).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "approval_expired");
+    decide(&w, &w.approver, &id, "approve", "too late")
+        .await
+        .assert_problem(409, "approval_decided");
+    assert!(deploys(&w.saas).is_empty());
+    let events = w.app.audit(&w.admin).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(
+                |e| e["action"] == "approval.expire" && e["details"]["approval_id"] == id.as_str()
+            )
+            .count(),
+        1
+    );
+}

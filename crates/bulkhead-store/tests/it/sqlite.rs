@@ -527,3 +527,198 @@ async fn very_common_terms_are_left_out_of_large_fulltext_queries_only() {
         .unwrap();
     assert_eq!(hits.len(), 10, "all-common query still answers");
 }
+
+/// Approval requests: a decision is a compare-and-set (one of two racing
+/// decisions wins), `approved`/`denied` apply only before the expiry and
+/// `expired` only after, the last decision claims the paused run once,
+/// and another tenant finds nothing.
+#[tokio::test]
+async fn approval_decisions_are_compare_and_set_and_respect_expiry() {
+    use bulkhead_agent::approval::{Approval, ApprovalStatus, Settled, arguments_hash};
+    use bulkhead_agent::store::{AgentStore, RunRecord, RunStatus};
+    use bulkhead_core::audit::{NewAuditEvent, Outcome};
+    use bulkhead_core::{ApprovalId, RunId, ThreadId, Timestamp};
+    use serde_json::json;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    create(&store, "acme").await;
+    create(&store, "globex").await;
+    let s = scope(&store, "acme").await;
+    let other = scope(&store, "globex").await;
+    let now = Timestamp::now();
+    let mut run = RunRecord {
+        id: RunId::generate(),
+        thread_id: ThreadId::generate(),
+        agent: "a".into(),
+        principal: "p".into(),
+        status: RunStatus::Running,
+        created_at: now,
+        finished_at: None,
+        output: None,
+        error: None,
+        input_tokens: 3,
+        output_tokens: 4,
+        steps: vec![],
+    };
+    let ev =
+        |action: &str| NewAuditEvent::new(action, "x", Outcome::Success, s.request_id().clone());
+    store
+        .begin_run(
+            &s,
+            &run,
+            true,
+            &json!({"role": "user", "content": "hi"}),
+            ev("run.start"),
+        )
+        .await
+        .unwrap();
+    let request = |n: u32| {
+        let args = json!({"n": n});
+        Approval {
+            id: ApprovalId::generate(),
+            status: ApprovalStatus::Pending,
+            run_id: run.id,
+            agent: "a".into(),
+            tool: "t".into(),
+            tool_call_id: format!("call_{n}"),
+            connection: None,
+            arguments_hash: arguments_hash(&args),
+            arguments: args,
+            summary: "s".into(),
+            requested_by: "p".into(),
+            requested_roles: vec![bulkhead_core::Role::Member],
+            round: 1,
+            created_at: now,
+            expires_at: now.plus_seconds(60),
+            decided_by: None,
+            decided_at: None,
+            comment: None,
+        }
+    };
+    let (a, b) = (request(1), request(2));
+    run.status = RunStatus::AwaitingApproval;
+    store
+        .pause_run(&s, &run, vec![], &[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    assert!(store.thread_paused(&s, run.thread_id).await.unwrap());
+    assert_eq!(
+        store.run(&s, run.id).await.unwrap().unwrap().status,
+        RunStatus::AwaitingApproval
+    );
+    // Another tenant finds neither the requests nor a way to decide them.
+    assert_eq!(store.approval(&other, a.id).await.unwrap(), None);
+    assert!(
+        store
+            .approvals(&other, None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let foreign = store
+        .settle_approval(&other, a.id, ApprovalStatus::Approved, None, now, ev("x"))
+        .await
+        .unwrap();
+    assert_eq!(foreign, None);
+    // Expiry cannot apply early; a decision cannot apply late.
+    let early = store
+        .settle_approval(
+            &s,
+            a.id,
+            ApprovalStatus::Expired,
+            None,
+            now,
+            ev("approval.expire"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(early, Some(Settled::Unchanged(_))), "{early:?}");
+    let late = store
+        .settle_approval(
+            &s,
+            a.id,
+            ApprovalStatus::Approved,
+            None,
+            now.plus_seconds(61),
+            ev("approval.approve"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(late, Some(Settled::Unchanged(_))), "{late:?}");
+    // Two racing decisions: exactly one changes it.
+    let (x, y) = tokio::join!(
+        store.settle_approval(
+            &s,
+            a.id,
+            ApprovalStatus::Approved,
+            Some("yes".into()),
+            now,
+            ev("approval.approve")
+        ),
+        store.settle_approval(
+            &s,
+            a.id,
+            ApprovalStatus::Denied,
+            Some("no".into()),
+            now,
+            ev("approval.deny")
+        ),
+    );
+    let outcomes = [x.unwrap().unwrap(), y.unwrap().unwrap()];
+    let changed: Vec<&Settled> = outcomes
+        .iter()
+        .filter(|o| matches!(o, Settled::Changed { .. }))
+        .collect();
+    assert_eq!(changed.len(), 1, "{outcomes:?}");
+    // b is still pending: no resume yet.
+    assert!(matches!(changed[0], Settled::Changed { resume: false, .. }));
+    // b expires (after its time): the run is claimed, once.
+    let last = store
+        .settle_approval(
+            &s,
+            b.id,
+            ApprovalStatus::Expired,
+            None,
+            now.plus_seconds(61),
+            ev("approval.expire"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    match last {
+        Settled::Changed { approval, resume } => {
+            assert!(resume);
+            assert_eq!(approval.status, ApprovalStatus::Expired);
+            assert_eq!(approval.decided_by, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let stored = store.run(&s, run.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Running);
+    assert_eq!((stored.input_tokens, stored.output_tokens), (3, 4));
+    assert!(!store.thread_paused(&s, run.thread_id).await.unwrap());
+    // Exactly the decisions that changed something are in the chain.
+    let events = store
+        .audit(
+            &s,
+            bulkhead_store::Page {
+                after: 0,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    let decided = events
+        .iter()
+        .filter(|e| e.action.starts_with("approval."))
+        .count();
+    assert_eq!(decided, 2);
+    let listed = store
+        .approvals(&s, Some(ApprovalStatus::Expired), Some(run.id), 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, b.id);
+    assert_eq!(listed[0].requested_roles, [bulkhead_core::Role::Member]);
+}
