@@ -316,6 +316,11 @@ fn describe_run(run: &Value) -> Vec<String> {
                 d["code"].as_str().unwrap_or("?"),
                 d["message"].as_str().unwrap_or("")
             ),
+            "approval_requested" => format!(
+                "  paused      {}: asked a person (approval {})",
+                d["tool"].as_str().unwrap_or("?"),
+                d["approval_id"].as_str().unwrap_or("?")
+            ),
             "message" => format!("  answer      {}", d["content"].as_str().unwrap_or("")),
             _ => continue,
         };
@@ -415,6 +420,96 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_dir_all(&data);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Part 4: acme's policy makes Jira tickets need a person's approval; the
+/// run pauses, globex's approver cannot see the request, acme's approver
+/// approves it, and the run resumes and files the ticket once.
+fn approvals(http: &Http, acme: &str, op: &str, saas: &SaasStandIn) -> anyhow::Result<()> {
+    println!("\n4. acme requires a person's approval before its agent files a Jira ticket");
+    let policy = r#"@id("jira-needs-approval") @approval("required")
+permit(principal, action == Action::"call_tool", resource) when { resource.kind == "jira" };"#;
+    http.ok(
+        "PUT",
+        "/v1/policies",
+        acme,
+        Some(json!({ "policies": policy })),
+    )?;
+    println!("  acme's policy: {}", policy.replace('\n', " "));
+    let key = |t: &str, role: &str| -> anyhow::Result<String> {
+        let v = http.ok(
+            "POST",
+            &format!("/admin/v1/tenants/{t}/api-keys"),
+            op,
+            Some(json!({"roles": [role], "name": format!("demo {role}")})),
+        )?;
+        v["key"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no key in the answer")
+    };
+    let (approver, globex_approver) = (key("acme", "approver")?, key("globex", "approver")?);
+    saas.clear();
+    let (status, run) = http.call(
+        "POST",
+        "/v1/agents/support/runs",
+        acme,
+        Some(json!({"input": "Suspicious logins on the admin console"})),
+    )?;
+    let run_id = run["id"].as_str().unwrap_or_default().to_owned();
+    println!(
+        "  run {run_id} answered {status} — {}; Slack was posted at once, the stand-ins got {} request(s)",
+        run["status"].as_str().unwrap_or("?"),
+        saas.requests().len()
+    );
+    let pending = http.ok("GET", "/v1/approvals?status=pending", &approver, None)?;
+    let Some(request) = pending["approvals"].as_array().and_then(|a| a.first()) else {
+        bail!("the demo run did not ask for approval: {run}");
+    };
+    let id = request["id"].as_str().unwrap_or_default().to_owned();
+    println!(
+        "  approval {id}: {}",
+        request["summary"].as_str().unwrap_or("")
+    );
+    println!(
+        "    arguments_hash {}…, requested by {}",
+        &request["arguments_hash"].as_str().unwrap_or("")[..16],
+        request["requested_by"].as_str().unwrap_or("?")
+    );
+    let (status, body) = http.call(
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        &globex_approver,
+        Some(json!({"comment": "let me in"})),
+    )?;
+    println!(
+        "  globex's approver tries to approve it: {status} {} (exactly as for a request that does not exist)",
+        body["code"].as_str().unwrap_or("")
+    );
+    let decided = http.ok(
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        &approver,
+        Some(json!({"comment": "confirmed with the on-call engineer", "arguments_hash": request["arguments_hash"]})),
+    )?;
+    println!(
+        "  acme's approver approves: {} (\"{}\")",
+        decided["status"].as_str().unwrap_or("?"),
+        decided["comment"].as_str().unwrap_or("")
+    );
+    let done = http.ok("GET", &format!("/v1/runs/{run_id}?wait=20"), acme, None)?;
+    for line in describe_run(&done) {
+        println!("  {line}");
+    }
+    let tickets = saas
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("issue"))
+        .count();
+    println!("  Jira tickets the stand-in received after approval: {tickets}");
+    // The rest of the demo runs without the approval policy.
+    http.ok("PUT", "/v1/policies", acme, Some(json!({ "policies": "" })))?;
+    Ok(())
 }
 
 /// The scenario and its report; returns the tenants' API keys.
@@ -576,7 +671,9 @@ fn scenario(
         body["code"].as_str().unwrap_or("")
     );
 
-    println!("\n4. Audit chains and usage");
+    approvals(http, &acme, op, saas)?;
+
+    println!("\n5. Audit chains and usage");
     for (tenant, key) in [("acme", &acme), ("globex", &globex)] {
         let audit = http.ok("GET", "/v1/audit?limit=1000", key, None)?;
         let events: Vec<AuditEvent> =

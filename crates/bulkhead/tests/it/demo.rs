@@ -30,6 +30,11 @@ fn the_demo_runs_its_scenario_and_reports_it() {
         "REFUSED     web: host_not_allowed",
         "posted, literally: \"{{ tenant }} {% include '/etc/passwd' %}\"",
         "refused: 404 not_found",
+        "answered 202 — awaiting_approval",
+        "wants to call `jira` (write, jira) with connection `jira`",
+        "globex's approver tries to approve it: 404 not_found",
+        "acme's approver approves: approved",
+        "Jira tickets the stand-in received after approval: 1",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
