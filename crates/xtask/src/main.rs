@@ -30,9 +30,11 @@
 //!
 //! `cargo xtask bench-policy` measures an authorisation decision (Cedar)
 //! with 1,000 tenants' policy sets loaded, against the role check it
-//! replaced.
+//! replaced, and the approval round trip (pause, approve, resume) against
+//! the same run without approval.
 
 mod agent_bench;
+mod approval_bench;
 mod gateway_bench;
 mod knowledge_bench;
 mod limits_bench;
@@ -106,7 +108,7 @@ fn main() -> anyhow::Result<()> {
         "bench-limits" => limits_bench::run(std::env::args().skip(2).collect()),
         "bench-policy" => policy_bench::run(std::env::args().skip(2).collect()),
         _ => bail!(
-            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]\n       cargo xtask bench-agent [--duration SECS] [--warmup SECS] [--concurrency N]\n       cargo xtask bench-knowledge [--tenants N] [--chunks N] [--idle-tenants N] [--queries N] [--dims N]\n       cargo xtask bench-limits [--decisions N] [--concurrency N] [--redis-url URL]\n       cargo xtask bench-policy [--tenants N] [--decisions N]"
+            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]\n       cargo xtask bench-agent [--duration SECS] [--warmup SECS] [--concurrency N]\n       cargo xtask bench-knowledge [--tenants N] [--chunks N] [--idle-tenants N] [--queries N] [--dims N]\n       cargo xtask bench-limits [--decisions N] [--concurrency N] [--redis-url URL]\n       cargo xtask bench-policy [--tenants N] [--decisions N] [--approval-rounds N]"
         ),
     }
 }

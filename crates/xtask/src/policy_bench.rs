@@ -9,6 +9,9 @@
 //! (`search` on a collection) and a tool-call check (`call_tool` with
 //! arguments as tags). The baseline, measured in the same run, is the role
 //! check the policies replaced (`Principal::has_role`).
+//!
+//! Then the approval round trip ([`crate::approval_bench`]), unless
+//! `--approval-rounds 0`.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -21,7 +24,8 @@ use bulkhead_store::sqlite::SqliteStore;
 use bulkhead_store::{ControlStore, NewTenant};
 use serde_json::json;
 
-const USAGE: &str = "usage: cargo xtask bench-policy [--tenants N] [--decisions N]";
+const USAGE: &str =
+    "usage: cargo xtask bench-policy [--tenants N] [--decisions N] [--approval-rounds N]";
 
 fn tenant_policies(i: usize) -> String {
     format!(
@@ -46,13 +50,18 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 /// Runs the bench and prints its figures.
 #[allow(clippy::print_stdout)]
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
-    let (mut tenants, mut decisions) = (1000usize, 200_000usize);
+    let (mut tenants, mut decisions, mut rounds) = (1000usize, 200_000usize, 300usize);
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let mut value = |n: &str| it.next().with_context(|| format!("{n} needs a value"));
         match a.as_str() {
             "--tenants" => tenants = value("--tenants")?.parse().context("--tenants")?,
             "--decisions" => decisions = value("--decisions")?.parse().context("--decisions")?,
+            "--approval-rounds" => {
+                rounds = value("--approval-rounds")?
+                    .parse()
+                    .context("--approval-rounds")?
+            }
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
@@ -154,5 +163,8 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     );
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+    if rounds > 0 {
+        crate::approval_bench::run(rounds)?;
+    }
     Ok(())
 }
