@@ -1234,7 +1234,26 @@ impl Runtime {
         let mut asks = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             match self.plan(ctx, call, i, compiled.as_ref()) {
-                Ok(p) if p.needs_approval => asks.push(p),
+                Ok(p) if p.needs_approval => {
+                    // A request is shown to people and posted to the
+                    // tenant's webhook: the tripwire checks it first, as it
+                    // checks every outbound tool call.
+                    let bytes = serde_json::to_vec(&p.args).unwrap_or_default();
+                    match self
+                        .gateway
+                        .check_outbound(&ctx.scope, &bytes, bulkhead_gateway::canary::Channel::Tool)
+                        .await
+                    {
+                        Ok(()) => asks.push(p),
+                        Err(e) => refused.push(Refused {
+                            id: p.id,
+                            name: p.name,
+                            code: "cross_tenant_leak",
+                            message: e.to_string(),
+                            approval: None,
+                        }),
+                    }
+                }
                 Ok(p) => planned.push(p),
                 Err(r) => refused.push(r),
             }

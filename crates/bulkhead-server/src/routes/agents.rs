@@ -206,13 +206,16 @@ fn run_id(raw: &str) -> Result<RunId, ApiError> {
 }
 
 /// Starts a run (tenant admins and members). Without `stream` the answer
-/// comes when the run has ended (its status says how); with `stream: true`
-/// it is an SSE stream of `step`, `model_call`, `tool_call`, `tool_result`,
-/// `message`, then `done` or `error`. The run goes on if the client leaves.
+/// comes when the run has ended (its status says how) or paused for
+/// approval (202); with `stream: true` it is an SSE stream of `step`,
+/// `model_call`, `tool_call`, `tool_result`, `approval_requested`,
+/// `message`, then `done`, `error` or `awaiting_approval`. The run goes on
+/// if the client leaves.
 #[utoipa::path(post, path = "/v1/agents/{agent}/runs", tag = "agents", security(("bearer" = [])),
     params(("agent" = String, Path, description = "Agent name")),
     request_body = StartRun,
     responses((status = 200, body = RunBody, description = "The ended run, or an SSE stream with `stream: true`"),
+        (status = 202, body = RunBody, description = "The run paused: a tool call awaits approval"),
         (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem),
         (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
         (status = 422, body = crate::error::Problem)))]

@@ -5,12 +5,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::Request;
 use bulkhead_testkit::{FakeProvider, Reply, SaasStandIn, ToolCall};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use crate::support::*;
 
@@ -675,35 +671,6 @@ async fn agents_are_listed_by_region_and_settings_are_validated() {
     assert_eq!(w.fake.request_count(), 0);
 }
 
-/// Reads an SSE response frame by frame until `stop` says so.
-async fn sse_events(app: &TestApp, key: &str, agent: &str, body: Value) -> axum::body::Body {
-    let req = Request::post(format!("/v1/agents/{agent}/runs"))
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let res = app.router.clone().oneshot(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["content-type"], "text/event-stream");
-    res.into_body()
-}
-
-async fn next_event(body: &mut Body) -> Option<(String, Value)> {
-    let frame = body.frame().await?.unwrap();
-    let bytes = frame.into_data().unwrap();
-    let text = String::from_utf8(bytes.to_vec()).unwrap();
-    let mut name = String::new();
-    let mut data = Value::Null;
-    for line in text.lines() {
-        if let Some(n) = line.strip_prefix("event: ") {
-            name = n.to_owned();
-        } else if let Some(d) = line.strip_prefix("data: ") {
-            data = serde_json::from_str(d).unwrap();
-        }
-    }
-    Some((name, data))
-}
-
 #[tokio::test]
 async fn a_streamed_run_reports_each_step_and_can_be_cancelled() {
     let w = world().await;
@@ -853,22 +820,6 @@ async fn retrieval_brings_each_tenant_only_its_own_passages() {
             "{content}"
         );
     }
-}
-
-fn canary_text(app: &TestApp, uid: bulkhead_core::TenantUid) -> String {
-    let db = app
-        .dir
-        .path()
-        .join("data/tenants")
-        .join(uid.to_string())
-        .join("tenant.db");
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row(
-        "SELECT text FROM chunks WHERE collection = '_canary'",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap()
 }
 
 #[tokio::test]

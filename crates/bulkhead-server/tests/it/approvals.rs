@@ -645,3 +645,73 @@ async fn an_undecided_request_expires_and_its_run_ends_without_the_call() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_streamed_run_ends_its_stream_when_it_pauses() {
+    let w = world("").await;
+    let mut body = sse_events(
+        &w.app,
+        &w.member,
+        "support",
+        json!({"input": "streamed", "stream": true}),
+    )
+    .await;
+    let mut names = Vec::new();
+    let mut last = Value::Null;
+    while let Some((name, data)) = next_event(&mut body).await {
+        names.push(name);
+        last = data;
+    }
+    assert!(
+        names.contains(&"approval_requested".to_owned()),
+        "{names:?}"
+    );
+    assert_eq!(names.last().map(String::as_str), Some("awaiting_approval"));
+    assert_eq!(last["status"], "awaiting_approval");
+    let id = last["approvals"][0]["id"].as_str().unwrap().to_owned();
+    let run = last["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        decide(&w, &w.approver, &id, "approve", "").await.status,
+        200
+    );
+    assert_eq!(wait_run(&w, &w.member, &run).await["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_request_carrying_another_tenants_canary_is_never_asked_for() {
+    let w = world("").await;
+    let globex = w.app.scope(&w.other_approver).await.partition();
+    let leaked = canary_text(&w.app, globex);
+    // A manipulated model puts the other tenant's canary in the call's
+    // arguments (the prompt itself is clean).
+    w.fake.set_responder(move |req| {
+        let last = req["messages"].as_array()?.last()?.clone();
+        if last["role"] == "tool" {
+            return Some(Reply::text("gave up"));
+        }
+        Some(Reply::tool_calls([ToolCall::new(
+            "deploy",
+            json!({ "text": leaked.clone() }),
+        )]))
+    });
+    let r = start(&w, &w.member, "exfiltrate").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let refused: Vec<&Value> = r.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "tool_refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{}", r.body);
+    assert_eq!(refused[0]["data"]["code"], "cross_tenant_leak");
+    let r = w
+        .app
+        .call("GET", "/v1/approvals", Some(&w.approver), None)
+        .await;
+    assert_eq!(
+        r.body["approvals"],
+        json!([]),
+        "nothing for a person to see"
+    );
+    assert!(deploys(&w.saas).is_empty());
+}

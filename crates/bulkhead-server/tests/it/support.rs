@@ -399,3 +399,49 @@ pub fn assert_signed(req: &bulkhead_testkit::SaasRequest, body: &str) {
         bulkhead_server::alerts::signature(&key, t, body.as_bytes())
     );
 }
+
+/// Reads an SSE response frame by frame until `stop` says so.
+pub async fn sse_events(app: &TestApp, key: &str, agent: &str, body: Value) -> axum::body::Body {
+    let req = Request::post(format!("/v1/agents/{agent}/runs"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let res = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    res.into_body()
+}
+
+pub async fn next_event(body: &mut Body) -> Option<(String, Value)> {
+    let frame = body.frame().await?.unwrap();
+    let bytes = frame.into_data().unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let mut name = String::new();
+    let mut data = Value::Null;
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_owned();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            data = serde_json::from_str(d).unwrap();
+        }
+    }
+    Some((name, data))
+}
+
+/// The secret canary planted in a tenant's partition (read from its file).
+pub fn canary_text(app: &TestApp, uid: bulkhead_core::TenantUid) -> String {
+    let db = app
+        .dir
+        .path()
+        .join("data/tenants")
+        .join(uid.to_string())
+        .join("tenant.db");
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(
+        "SELECT text FROM chunks WHERE collection = '_canary'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
