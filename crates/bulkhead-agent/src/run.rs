@@ -444,9 +444,13 @@ impl Runtime {
 
     /// Asks a running run to stop; returns the record as it then stands.
     pub async fn cancel(&self, scope: &TenantScope, id: RunId) -> Result<RunRecord, AgentError> {
-        let run = self.run(scope, id).await?;
+        let mut run = self.run(scope, id).await?;
         if run.status == RunStatus::AwaitingApproval {
-            return self.cancel_paused(scope, run).await;
+            match self.cancel_paused(scope, run).await {
+                // A decision resumed it meanwhile: cancel it as a running run.
+                Err(AgentError::Finished) => run = self.run(scope, id).await?,
+                other => return other,
+            }
         }
         if run.status != RunStatus::Running {
             return Err(AgentError::Finished);

@@ -436,21 +436,16 @@ pub struct PutSettings {
     pub message_retention_days: Option<Option<u32>>,
     /// An http(s) URL that new approval requests are posted to, signed
     /// with `[approvals] signing_key`; `null` removes it. Absent: unchanged.
-    #[serde(default, deserialize_with = "present_text")]
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub approval_webhook: Option<Option<String>>,
 }
 
 /// Tells `null` (`Some(None)`) from an absent field (`None`).
-fn present_text<'de, D: serde::Deserializer<'de>>(
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
-) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
-}
-
-/// Tells `null` (`Some(None)`) from an absent field (`None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
-    Option::<u32>::deserialize(d).map(Some)
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A tenant's gateway settings.

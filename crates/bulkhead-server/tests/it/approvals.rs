@@ -715,3 +715,36 @@ async fn a_request_carrying_another_tenants_canary_is_never_asked_for() {
     );
     assert!(deploys(&w.saas).is_empty());
 }
+
+#[tokio::test]
+async fn a_cancel_racing_an_approval_leaves_one_consistent_outcome() {
+    let w = world("").await;
+    for i in 0..6 {
+        let (run, id) = paused(&w, &w.member, &format!("cancel-race{i}")).await;
+        let before = deploys(&w.saas).len();
+        let path = format!("/v1/runs/{run}/cancel");
+        let (cancel, approve) = tokio::join!(
+            w.app.call("POST", &path, Some(&w.member), None),
+            decide(&w, &w.approver, &id, "approve", "race"),
+        );
+        let done = wait_run(&w, &w.member, &run).await;
+        let sent = deploys(&w.saas).len() - before;
+        match (cancel.status, approve.status) {
+            // Cancelled while paused: the request expired, nothing was sent.
+            (202, 409) => {
+                approve.assert_problem(409, "approval_decided");
+                assert_eq!(done["status"], "cancelled", "{done}");
+                assert_eq!(sent, 0);
+            }
+            // Approved first: the resumed run was cancelled or finished.
+            (202 | 409, 200) => {
+                assert!(sent <= 1, "{sent}");
+                assert!(
+                    ["cancelled", "completed"].contains(&done["status"].as_str().unwrap()),
+                    "{done}"
+                );
+            }
+            other => panic!("{other:?}: {} / {}", cancel.body, approve.body),
+        }
+    }
+}
