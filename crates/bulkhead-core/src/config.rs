@@ -985,10 +985,18 @@ pub struct ApprovalsConfig {
     /// webhooks (`"env:NAME"`). Without one, tenants cannot set an
     /// approval webhook.
     pub signing_key: Option<ConfigSecret>,
+    /// How often every tenant's undecided requests past their expiry are
+    /// settled (seconds, at least 10), ending their runs.
+    #[serde(default = "default_approval_sweep")]
+    pub sweep_interval_s: u64,
 }
 
 fn default_approval_ttl() -> u64 {
     86_400
+}
+
+fn default_approval_sweep() -> u64 {
+    300
 }
 
 /// Longest an approval request may stay open: 30 days.
@@ -999,6 +1007,7 @@ impl Default for ApprovalsConfig {
         Self {
             ttl_s: default_approval_ttl(),
             signing_key: None,
+            sweep_interval_s: default_approval_sweep(),
         }
     }
 }
@@ -1622,6 +1631,9 @@ fn validate_resources(
             format!("must be between 1 and {MAX_APPROVAL_TTL_S} (30 days)"),
         );
     }
+    if config.approvals.sweep_interval_s < 10 {
+        errors.push("approvals.sweep_interval_s", "must be at least 10");
+    }
     if config.limits.reservation_ttl_s == 0 {
         errors.push("limits.reservation_ttl_s", "must be at least 1");
     }
@@ -1677,6 +1689,29 @@ mod tests {
         for (g, e) in got.iter().zip(expected) {
             assert!(g.starts_with(e), "expected {e:?}, got {g:?}");
         }
+    }
+
+    #[test]
+    fn approval_settings_are_checked_by_key() {
+        let c = load("", &env).unwrap();
+        assert_eq!(
+            (c.approvals.ttl_s, c.approvals.sweep_interval_s),
+            (86_400, 300)
+        );
+        assert!(c.approvals.signing_key.is_none());
+        check(
+            "[approvals]\nttl_s = 0\nsweep_interval_s = 5\nsigning_key = \"env:NOPE\"",
+            &[
+                "approvals.ttl_s",
+                "approvals.sweep_interval_s",
+                "approvals.signing_key",
+            ],
+        );
+        check("[approvals]\nttl_s = 2592001", &["approvals.ttl_s"]);
+        check("[approvals]\nttl = 60", &["approvals.ttl"]);
+        let c = load("[approvals]\nttl_s = 60\nsigning_key = \"env:KEY\"", &env).unwrap();
+        assert_eq!(c.approvals.ttl_s, 60);
+        assert!(c.approvals.signing_key.is_some());
     }
 
     #[test]

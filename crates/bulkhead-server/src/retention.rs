@@ -1,29 +1,38 @@
-//! The retention task: each tenant's thread messages older than its
-//! `message_retention_days` are deleted, tenant by tenant, on a timer.
+//! Timed housekeeping over every tenant, as the operator (so each change is
+//! an audited operator action in the tenant's chain):
+//! - retention: each tenant's thread messages older than its
+//!   `message_retention_days` are deleted;
+//! - approval expiry: undecided approval requests past their expiry are
+//!   settled as `expired`, and their runs end (`approval_expired`).
 
+use std::future::Future;
 use std::time::Duration;
 
-use bulkhead_auth::OperatorScope;
+use bulkhead_auth::{OperatorScope, TenantScope};
 
 use crate::state::AppState;
+
+/// A scope for each tenant, as the operator (none, logged, when the
+/// tenants cannot be listed).
+async fn every_tenant(state: &AppState, op: &OperatorScope, task: &str) -> Vec<TenantScope> {
+    match state.control.list_tenants(op).await {
+        Ok(tenants) => tenants.iter().map(|t| op.act_for_tenant(t)).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, task, "could not list tenants");
+            Vec::new()
+        }
+    }
+}
 
 /// One pass over every tenant; returns how many messages were deleted.
 /// A tenant that fails is logged and skipped, not retried at once.
 pub async fn apply_once(state: &AppState, op: &OperatorScope) -> u64 {
-    let tenants = match state.control.list_tenants(op).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "retention: could not list tenants");
-            return 0;
-        }
-    };
     let mut deleted = 0;
-    for tenant in tenants {
-        let scope = op.act_for_tenant(&tenant);
+    for scope in every_tenant(state, op, "retention").await {
         let days = match state.gateway.settings(&scope).await {
             Ok(s) => s.message_retention_days,
             Err(e) => {
-                tracing::error!(error = %e, tenant = %tenant.id, "retention: could not read settings");
+                tracing::error!(error = %e, tenant = %scope.tenant(), "retention: could not read settings");
                 continue;
             }
         };
@@ -31,24 +40,65 @@ pub async fn apply_once(state: &AppState, op: &OperatorScope) -> u64 {
         match state.runtime.apply_retention(&scope, days).await {
             Ok(n) => deleted += n,
             Err(e) => {
-                tracing::error!(error = %e, tenant = %tenant.id, "retention: could not delete old messages")
+                tracing::error!(error = %e, tenant = %scope.tenant(), "retention: could not delete old messages")
             }
         }
     }
     deleted
 }
 
-/// Runs [`apply_once`] every `interval`, first right away.
-pub fn spawn(state: AppState, op: OperatorScope, interval: Duration) {
+/// One pass over every tenant's approval requests; returns how many
+/// expired. A tenant that fails is logged and skipped.
+pub async fn expire_approvals_once(state: &AppState, op: &OperatorScope) -> usize {
+    let mut expired = 0;
+    for scope in every_tenant(state, op, "approval expiry").await {
+        match state.runtime.expire_due(&scope).await {
+            Ok(n) => expired += n,
+            Err(e) => {
+                tracing::error!(error = %e, tenant = %scope.tenant(), "approval expiry: could not settle expired requests")
+            }
+        }
+    }
+    expired
+}
+
+/// Runs `pass` every `interval`, first right away, logging what it did.
+fn every<F, Fut>(interval: Duration, what: &'static str, mut pass: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = u64> + Send,
+{
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let n = apply_once(&state, &op).await;
+            let n = pass().await;
             if n > 0 {
-                tracing::info!(deleted = n, "retention: deleted old thread messages");
+                tracing::info!(count = n, "{what}");
             }
         }
     });
+}
+
+/// Runs [`apply_once`] every `retention`, and [`expire_approvals_once`]
+/// every `approvals`.
+pub fn spawn(state: AppState, op: OperatorScope, retention: Duration, approvals: Duration) {
+    let (s, o) = (state.clone(), op.clone());
+    every(
+        retention,
+        "retention: deleted old thread messages",
+        move || {
+            let (s, o) = (s.clone(), o.clone());
+            async move { apply_once(&s, &o).await }
+        },
+    );
+    every(
+        approvals,
+        "approval expiry: settled undecided requests",
+        move || {
+            let (s, o) = (state.clone(), op.clone());
+            async move { expire_approvals_once(&s, &o).await as u64 }
+        },
+    );
 }

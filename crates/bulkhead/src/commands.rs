@@ -160,6 +160,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 boot.state.clone(),
                 op.clone(),
                 std::time::Duration::from_secs(config.server.retention_interval_s),
+                std::time::Duration::from_secs(config.approvals.sweep_interval_s),
             );
             // Finish a key-encryption-key rotation a crash interrupted.
             let vault = boot.state.vault.clone();

@@ -85,17 +85,18 @@ impl Runtime {
     }
 
     /// Settles the tenant's pending requests whose time is up; their runs
-    /// end (`approval_expired`).
-    pub async fn expire_due(self: &Arc<Self>, scope: &TenantScope) -> Result<(), AgentError> {
+    /// end (`approval_expired`). Returns how many expired.
+    pub async fn expire_due(self: &Arc<Self>, scope: &TenantScope) -> Result<usize, AgentError> {
         let now = Timestamp::now();
         let pending = self
             .store
             .approvals(scope, Some(ApprovalStatus::Pending), None, MAX_LISTED)
             .await?;
-        for a in pending.iter().filter(|a| a.expires_at <= now) {
+        let due: Vec<&Approval> = pending.iter().filter(|a| a.expires_at <= now).collect();
+        for a in &due {
             self.expire(scope, a).await?;
         }
-        Ok(())
+        Ok(due.len())
     }
 
     async fn expire(self: &Arc<Self>, scope: &TenantScope, a: &Approval) -> Result<(), AgentError> {

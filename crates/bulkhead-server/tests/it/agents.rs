@@ -966,12 +966,7 @@ async fn retention_removes_old_messages_and_nothing_else() {
         count("SELECT COUNT(*) FROM run_steps"),
     );
     // Off by default: nothing happens.
-    let op = w
-        .app
-        .state
-        .operator
-        .verify(Some(OPERATOR_TOKEN), &bulkhead_core::RequestId::generate())
-        .unwrap();
+    let op = w.app.operator_scope();
     assert_eq!(
         bulkhead_server::retention::apply_once(&w.app.state, &op).await,
         0

@@ -606,10 +606,24 @@ async fn without_a_signing_key_no_webhook_can_be_set() {
 async fn an_undecided_request_expires_and_its_run_ends_without_the_call() {
     let w = world("[approvals]\nttl_s = 1").await;
     let (run, id) = paused(&w, &w.member, "slow").await;
-    // Expiry is wall-clock time passing; the request is settled when it is
-    // next read after its expiry.
+    let (other_run, other_id) = paused(&w, &w.member, "slower").await;
+    let op = w.app.operator_scope();
+    // Expiry is wall-clock time passing: the sweep finds nothing until the
+    // second is up, then settles both requests without anyone reading them.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    let mut expired = 0;
+    while expired < 2 {
+        expired += bulkhead_server::retention::expire_approvals_once(&w.app.state, &op).await;
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        if expired < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(expired, 2);
+    for (run, id) in [(&run, &id), (&other_run, &other_id)] {
+        let done = wait_run(&w, &w.member, run).await;
+        assert_eq!(done["status"], "failed", "{done}");
+        assert_eq!(done["error"]["code"], "approval_expired");
         let r = w
             .app
             .call(
@@ -619,30 +633,27 @@ async fn an_undecided_request_expires_and_its_run_ends_without_the_call() {
                 None,
             )
             .await;
-        if r.body["status"] == "expired" {
-            assert!(r.body["decided_by"].is_null());
-            break;
-        }
-        assert_eq!(r.body["status"], "pending", "{}", r.body);
-        assert!(std::time::Instant::now() < deadline, "never expired");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(r.body["status"], "expired");
+        assert!(r.body["decided_by"].is_null());
+        decide(&w, &w.approver, id, "approve", "too late")
+            .await
+            .assert_problem(409, "approval_decided");
     }
-    let done = wait_run(&w, &w.member, &run).await;
-    assert_eq!(done["status"], "failed", "{done}");
-    assert_eq!(done["error"]["code"], "approval_expired");
-    decide(&w, &w.approver, &id, "approve", "too late")
-        .await
-        .assert_problem(409, "approval_decided");
+    assert_eq!(
+        bulkhead_server::retention::expire_approvals_once(&w.app.state, &op).await,
+        0,
+        "a settled request is not settled again"
+    );
     assert!(deploys(&w.saas).is_empty());
     let events = w.app.audit(&w.admin).await;
+    let expiries: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "approval.expire")
+        .collect();
+    assert_eq!(expiries.len(), 2);
     assert_eq!(
-        events
-            .iter()
-            .filter(
-                |e| e["action"] == "approval.expire" && e["details"]["approval_id"] == id.as_str()
-            )
-            .count(),
-        1
+        expiries[0]["principal"], "operator",
+        "the sweep is the actor"
     );
 }
 

@@ -300,6 +300,14 @@ jwks_file = "{jwks}"
             .unwrap()
     }
 
+    /// An operator scope, as the server's own timed tasks hold.
+    pub fn operator_scope(&self) -> bulkhead_auth::OperatorScope {
+        self.state
+            .operator
+            .verify(Some(OPERATOR_TOKEN), &bulkhead_core::RequestId::generate())
+            .unwrap()
+    }
+
     pub async fn audit(&self, token: &str) -> Vec<Value> {
         let r = self
             .call("GET", "/v1/audit?limit=1000", Some(token), None)
