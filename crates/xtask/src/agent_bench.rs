@@ -71,13 +71,15 @@ fn model(request: &Value) -> Option<Reply> {
 }
 
 /// The outside services and their runtime (dropped last).
-struct Outside {
-    fake: FakeProvider,
-    saas: SaasStandIn,
+pub(crate) struct Outside {
+    pub(crate) fake: FakeProvider,
+    pub(crate) saas: SaasStandIn,
     _rt: tokio::runtime::Runtime,
 }
 
-fn start_outside() -> anyhow::Result<Outside> {
+/// The fake model (answering with `responder`, not recording) and the
+/// Slack stand-in, on a runtime of their own.
+pub(crate) fn start_outside(responder: fn(&Value) -> Option<Reply>) -> anyhow::Result<Outside> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name("outside")
         .enable_all()
@@ -89,7 +91,7 @@ fn start_outside() -> anyhow::Result<Outside> {
         ))
     })?;
     fake.set_recording(false);
-    fake.set_responder(model);
+    fake.set_responder(responder);
     Ok(Outside {
         fake,
         saas,
@@ -322,7 +324,7 @@ fn setup(addr: SocketAddr) -> anyhow::Result<String> {
 #[allow(clippy::print_stdout)]
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let o = parse(args)?;
-    let outside = start_outside()?;
+    let outside = start_outside(model)?;
     let dir = std::env::temp_dir().join(format!("bulkhead-agent-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let server = crate::start_server(

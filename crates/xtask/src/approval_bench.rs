@@ -171,23 +171,13 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 /// Runs `rounds` plain runs and `rounds` approved runs, and prints them.
 #[allow(clippy::print_stdout)]
 pub fn run(rounds: usize) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("outside")
-        .enable_all()
-        .build()?;
-    let (fake, saas) = rt.block_on(async {
-        anyhow::Ok((
-            FakeProvider::try_start().await?,
-            SaasStandIn::try_start().await?,
-        ))
-    })?;
-    fake.set_recording(false);
-    fake.set_responder(model);
+    let outside = crate::agent_bench::start_outside(model)?;
+    let (fake, saas) = (&outside.fake, &outside.saas);
     let dir = std::env::temp_dir().join(format!("bulkhead-approval-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let server = crate::start_server(
         &dir,
-        &config(&fake, &saas),
+        &config(fake, saas),
         &[("BENCH_PROVIDER_KEY", PROVIDER_KEY)],
     )?;
     let addr: SocketAddr = server.addr;
@@ -292,7 +282,5 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
-    drop(fake);
-    drop(saas);
     Ok(())
 }

@@ -132,19 +132,21 @@ impl Runtime {
         Ok(())
     }
 
-    /// Decides a pending request as the scope's principal (who must have
-    /// been authorised to approve it). With `expected_hash`, the decision
-    /// holds only for exactly those arguments. When it is the run's last
-    /// pending request, the run resumes (in this process) before this
-    /// returns; only one decision ever does that.
+    /// Decides request `a` (as read by [`Runtime::approval`]) as the
+    /// scope's principal (who must have been authorised to approve it).
+    /// With `expected_hash`, the decision holds only for exactly those
+    /// arguments. When it is the run's last pending request, the run
+    /// resumes (in this process) before this returns; only one decision
+    /// ever does that.
     pub async fn decide(
         self: &Arc<Self>,
         scope: &TenantScope,
-        id: ApprovalId,
+        a: &Approval,
         verdict: Verdict,
         comment: Option<String>,
         expected_hash: Option<&str>,
     ) -> Result<Approval, AgentError> {
+        let id = a.id;
         if let Some(c) = &comment
             && c.chars().count() > MAX_COMMENT_CHARS
         {
@@ -152,7 +154,6 @@ impl Runtime {
                 "comment: longer than {MAX_COMMENT_CHARS} characters"
             )));
         }
-        let a = self.approval(scope, id).await?;
         if a.status != ApprovalStatus::Pending {
             return Err(AgentError::Decided(a.status));
         }

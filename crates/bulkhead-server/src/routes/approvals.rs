@@ -172,7 +172,7 @@ async fn decide(
         .runtime
         .decide(
             &scope,
-            id,
+            &a,
             verdict,
             body.comment,
             body.arguments_hash.as_deref(),

@@ -102,13 +102,12 @@ async fn world(extra: &str) -> World {
 }
 
 async fn start(w: &World, key: &str, input: &str) -> Resp {
+    start_body(w, key, json!({ "input": input })).await
+}
+
+async fn start_body(w: &World, key: &str, body: Value) -> Resp {
     w.app
-        .call(
-            "POST",
-            "/v1/agents/support/runs",
-            Some(key),
-            Some(json!({ "input": input })),
-        )
+        .call("POST", "/v1/agents/support/runs", Some(key), Some(body))
         .await
 }
 
@@ -131,12 +130,16 @@ async fn paused(w: &World, key: &str, input: &str) -> (String, String) {
 }
 
 async fn decide(w: &World, key: &str, id: &str, verdict: &str, comment: &str) -> Resp {
+    decide_body(w, key, id, verdict, json!({ "comment": comment })).await
+}
+
+async fn decide_body(w: &World, key: &str, id: &str, verdict: &str, body: Value) -> Resp {
     w.app
         .call(
             "POST",
             &format!("/v1/approvals/{id}/{verdict}"),
             Some(key),
-            Some(json!({ "comment": comment })),
+            Some(body),
         )
         .await
 }
@@ -212,26 +215,24 @@ async fn a_paused_run_resumes_once_when_an_approver_approves() {
     decide(&w, &w.admin, &id, "approve", "")
         .await
         .assert_problem(403, "forbidden");
-    let r = w
-        .app
-        .call(
-            "POST",
-            &format!("/v1/approvals/{id}/approve"),
-            Some(&w.approver),
-            Some(json!({"arguments_hash": "00".repeat(32)})),
-        )
-        .await;
+    let r = decide_body(
+        &w,
+        &w.approver,
+        &id,
+        "approve",
+        json!({"arguments_hash": "00".repeat(32)}),
+    )
+    .await;
     r.assert_problem(409, "approval_mismatch");
     // The approver approves, bound to the hash it saw.
-    let r = w
-        .app
-        .call(
-            "POST",
-            &format!("/v1/approvals/{id}/approve"),
-            Some(&w.approver),
-            Some(json!({"comment": "ship it", "arguments_hash": a["arguments_hash"]})),
-        )
-        .await;
+    let r = decide_body(
+        &w,
+        &w.approver,
+        &id,
+        "approve",
+        json!({"comment": "ship it", "arguments_hash": a["arguments_hash"]}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["status"], "approved");
     assert_eq!(r.body["comment"], "ship it");
@@ -315,15 +316,7 @@ async fn a_denied_call_is_never_made_and_the_run_ends_saying_why() {
         serde_json::from_str(last["message"]["content"].as_str().unwrap()).unwrap();
     assert_eq!(content["error"], "approval_denied");
     // The thread is free again: the next run on it works.
-    let r = w
-        .app
-        .call(
-            "POST",
-            "/v1/agents/support/runs",
-            Some(&w.member),
-            Some(json!({"input": "v4", "thread_id": thread})),
-        )
-        .await;
+    let r = start_body(&w, &w.member, json!({"input": "v4", "thread_id": thread})).await;
     assert_eq!(r.status, 202, "{}", r.body);
 }
 
@@ -449,15 +442,12 @@ async fn cancelling_a_paused_run_ends_it_and_its_requests() {
         .await
         .body["thread_id"]
         .clone();
-    let r = w
-        .app
-        .call(
-            "POST",
-            "/v1/agents/support/runs",
-            Some(&w.member),
-            Some(json!({"input": "again", "thread_id": thread})),
-        )
-        .await;
+    let r = start_body(
+        &w,
+        &w.member,
+        json!({"input": "again", "thread_id": thread}),
+    )
+    .await;
     r.assert_problem(409, "thread_paused");
     let r = w
         .app
@@ -500,25 +490,16 @@ async fn bad_parameters_and_decisions_are_refused_clearly() {
         .await;
     r.assert_problem(404, "not_found");
     let (_, id) = paused(&w, &w.member, "x").await;
-    let r = w
-        .app
-        .call(
-            "POST",
-            &format!("/v1/approvals/{id}/approve"),
-            Some(&w.approver),
-            Some(json!({"comment": "x".repeat(2001)})),
-        )
-        .await;
+    let r = decide_body(
+        &w,
+        &w.approver,
+        &id,
+        "approve",
+        json!({"comment": "x".repeat(2001)}),
+    )
+    .await;
     r.assert_problem(400, "validation_failed");
-    let r = w
-        .app
-        .call(
-            "POST",
-            &format!("/v1/approvals/{id}/approve"),
-            Some(&w.approver),
-            Some(json!({"verdict": "yes"})),
-        )
-        .await;
+    let r = decide_body(&w, &w.approver, &id, "approve", json!({"verdict": "yes"})).await;
     assert_eq!(r.status, 400, "unknown fields are refused: {}", r.body);
 }
 

@@ -235,6 +235,30 @@ fn fail_interrupted(
     Ok(true)
 }
 
+impl SqliteStore {
+    /// Whether `sql` (one `?1`: the thread id) finds a row in the scope's
+    /// partition.
+    async fn thread_has(
+        &self,
+        scope: &TenantScope,
+        sql: &'static str,
+        thread: ThreadId,
+    ) -> Result<bool, AgentStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                Ok(conn
+                    .query_row(sql, params![thread.to_string()], |_| Ok(()))
+                    .optional()?
+                    .is_some())
+            })
+        })
+        .await
+        .map_err(ag)
+    }
+}
+
 #[async_trait]
 impl AgentStore for SqliteStore {
     async fn agent_settings(
@@ -292,22 +316,8 @@ impl AgentStore for SqliteStore {
         scope: &TenantScope,
         thread: ThreadId,
     ) -> Result<bool, AgentStoreError> {
-        let scope = scope.clone();
-        self.blocking(move |s| {
-            let p = s.partition(scope.tenant(), scope.partition())?;
-            p.with_conn(|conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT 1 FROM threads WHERE id = ?1",
-                        params![thread.to_string()],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some())
-            })
-        })
-        .await
-        .map_err(ag)
+        self.thread_has(scope, "SELECT 1 FROM threads WHERE id = ?1", thread)
+            .await
     }
 
     async fn messages(
@@ -526,22 +536,12 @@ impl AgentStore for SqliteStore {
         scope: &TenantScope,
         thread: ThreadId,
     ) -> Result<bool, AgentStoreError> {
-        let scope = scope.clone();
-        self.blocking(move |s| {
-            let p = s.partition(scope.tenant(), scope.partition())?;
-            p.with_conn(|conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT 1 FROM runs WHERE thread_id = ?1 AND status = 'awaiting_approval' LIMIT 1",
-                        params![thread.to_string()],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some())
-            })
-        })
+        self.thread_has(
+            scope,
+            "SELECT 1 FROM runs WHERE thread_id = ?1 AND status = 'awaiting_approval' LIMIT 1",
+            thread,
+        )
         .await
-        .map_err(ag)
     }
 
     async fn pause_run(
