@@ -18,6 +18,7 @@
 //! Entities are built per request from the caller's [`TenantScope`]: the
 //! principal's tenant is the scope's, never a string from the request.
 
+mod nesting;
 pub mod service;
 
 pub use service::{Policies, PoliciesError, PolicyStore};
@@ -268,6 +269,13 @@ fn string(s: &str) -> RestrictedExpression {
 /// Parses `text` and adds its policies to `set` with ids `prefix.N` (or
 /// `prefix.<@id>` when annotated).
 fn add_policies(set: &mut PolicySet, text: &str, prefix: &str) -> Result<(), PolicyError> {
+    // Before the parser: deep nesting overflows Cedar's recursion.
+    if let Some((line, column)) = nesting::too_deep(text, nesting::MAX_POLICY_NESTING) {
+        return Err(PolicyError::Invalid(format!(
+            "{line}:{column}: the policies nest more than {} levels deep (brackets and `if`s together)",
+            nesting::MAX_POLICY_NESTING
+        )));
+    }
     let parsed = PolicySet::from_str(text).map_err(|e| {
         // Every error with its position, on one line.
         let all: Vec<String> = e.iter().map(|err| err.to_string()).collect();

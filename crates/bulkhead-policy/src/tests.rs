@@ -253,3 +253,99 @@ fn a_tenant_may_let_approvers_approve_their_own_runs() {
     let member = user(&[Role::Member]);
     assert!(!allowed(&e, &p, &member, Action::Approve, &approval(true)));
 }
+
+/// Every way policy text can nest, `depth` levels deep.
+fn nested(shape: usize, depth: usize) -> String {
+    let (open, close, inner) = match shape {
+        0 => ("(", ")", "true"),
+        1 => ("[", "]", "1"),
+        2 => ("{a: ", "}", "1"),
+        3 => ("[1].contains(", ")", "1"),
+        4 => ("if true then ", " else false", "true"),
+        5 => ("if false then false else ", "", "true"),
+        _ => ("(!", ")", "true"),
+    };
+    format!(
+        "permit(principal, action, resource) when {{ {}{inner}{} }};",
+        open.repeat(depth),
+        close.repeat(depth)
+    )
+}
+
+/// Compiles (and, if accepted, decides with) `text` on a thread with the
+/// 2 MiB stack tokio's workers have: a stack overflow aborts the test run.
+fn survives(e: &Arc<PolicyEngine>, text: String) -> Result<(), String> {
+    let e = e.clone();
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || match e.compile(&text) {
+            Ok(p) => {
+                let who = user(&[Role::Admin]);
+                e.decide(&p, "acme", &who, Action::ReadAudit, &Resource::Tenant)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        })
+        .unwrap()
+        .join()
+        .map_err(|_| "the compile thread panicked".to_owned())?
+}
+
+#[test]
+fn deeply_nested_policies_are_refused_before_cedar_recurses() {
+    let e = Arc::new(PolicyEngine::new(None).unwrap());
+    for shape in 0..7 {
+        // 150 parentheses (350 bytes) aborted the server before the bound.
+        for depth in [150, 2_000, 20_000] {
+            let err = survives(&e, nested(shape, depth)).unwrap_err();
+            assert!(
+                err.contains("nest more than 24 levels") || err.contains("longer than"),
+                "{shape}/{depth}: {err}"
+            );
+        }
+        // Right at the bound the text reaches Cedar and nothing overflows
+        // (it may still be refused by the validator: a type error).
+        let _ = survives(&e, nested(shape, nesting::MAX_POLICY_NESTING - 2));
+    }
+}
+
+#[test]
+fn random_nesting_below_the_bound_never_overflows() {
+    // A fuzz-style sweep: random mixes of every nesting form, closed in
+    // order, at every depth up to a little past the bound.
+    let e = Arc::new(PolicyEngine::new(None).unwrap());
+    let openers = [
+        ("(", ")"),
+        ("[", "]"),
+        ("{a: ", "}"),
+        ("[1].contains(", ")"),
+        ("if true then ", " else false"),
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..200 {
+        let depth = (next() % 40) as usize;
+        let mut open = String::new();
+        let mut close = Vec::new();
+        for _ in 0..depth {
+            let (o, c) = openers[(next() % openers.len() as u64) as usize];
+            open.push_str(o);
+            close.push(c);
+        }
+        close.reverse();
+        let text = format!(
+            "permit(principal, action, resource) when {{ {open}true{} }};",
+            close.concat()
+        );
+        if let Err(err) = survives(&e, text) {
+            // Refused is fine; only an abort would fail the run.
+            assert!(!err.contains("panicked"), "round {round}: {err}");
+        }
+    }
+}

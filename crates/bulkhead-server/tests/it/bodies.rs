@@ -225,3 +225,66 @@ async fn unknown_paths_and_methods_answer_problems() {
         .await
         .assert_problem(405, "method_not_allowed");
 }
+
+#[tokio::test]
+async fn deeply_nested_json_and_filters_are_refused_not_recursed_into() {
+    // Tenant input that nests without bound must answer a 4xx, never
+    // overflow a stack: JSON bodies (serde_json stops at 128 levels) and
+    // knowledge filters (8 levels).
+    let app = TestApp::new().await;
+    app.create_tenant("acme", "eu").await;
+    let (_, admin) = app.api_key("acme", &["admin"]).await;
+    let r = app
+        .call(
+            "POST",
+            "/v1/collections/docs/documents",
+            Some(&admin),
+            Some(json!({"content": "hello world"})),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.body);
+    let deep_json = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
+    for path in [
+        "/v1/collections/docs/search",
+        "/v1/policies",
+        "/v1/agents/support/runs",
+    ] {
+        let method = if path == "/v1/policies" {
+            "PUT"
+        } else {
+            "POST"
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {admin}"))
+            .header("content-type", "application/json")
+            .body(Body::from(deep_json.clone()))
+            .unwrap();
+        let r = app.request(req).await;
+        assert!(
+            (400..500).contains(&r.status),
+            "{path}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    let mut filter = json!({"k": "v"});
+    for _ in 0..40 {
+        filter = json!({"$and": [filter]});
+    }
+    let r = app
+        .call(
+            "POST",
+            "/v1/collections/docs/search",
+            Some(&admin),
+            Some(json!({"query": "x", "mode": "fulltext", "filter": filter})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("nested"),
+        "{}",
+        r.body
+    );
+}

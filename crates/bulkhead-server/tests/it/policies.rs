@@ -275,3 +275,36 @@ async fn the_platform_policies_come_from_the_configured_file() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn deeply_nested_policy_text_is_refused_and_the_server_stays_up() {
+    // 150 parentheses (350 bytes), nested `if`s or sets aborted the whole
+    // process by overflowing the stack (the test app's bodies are small).
+    let fake = FakeProvider::start().await;
+    let saas = SaasStandIn::start().await;
+    let app = TestApp::with_config("", &tables(&fake, &saas, "")).await;
+    app.create_tenant("acme", "eu").await;
+    let (_, admin) = app.api_key("acme", &["admin"]).await;
+    let cases = [
+        format!("{}true{}", "(".repeat(150), ")".repeat(150)),
+        format!(
+            "{}true{}",
+            "if true then ".repeat(100),
+            " else false".repeat(100)
+        ),
+        format!("[{}1{}].contains(1)", "[".repeat(1500), "]".repeat(1500)),
+    ];
+    for cond in cases {
+        let text = format!("permit(principal, action, resource) when {{ {cond} }};");
+        let r = put(&app, &admin, &text).await;
+        r.assert_problem(400, "invalid_policy");
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("levels deep"),
+            "{}",
+            r.body
+        );
+    }
+    let r = app.call("GET", "/v1/policies", Some(&admin), None).await;
+    assert_eq!(r.status, 200, "the server still answers");
+    assert_eq!(r.body["policies"], "");
+}
