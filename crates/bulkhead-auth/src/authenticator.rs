@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bulkhead_core::{
-    ApiKeyRecord, Principal, PrincipalKind, RequestId, Tenant, TenantId, TenantStatus, Timestamp,
+    ApiKeyRecord, Principal, RequestId, Tenant, TenantId, TenantStatus, Timestamp,
 };
 
 use crate::apikey::ApiKeyDigest;
@@ -166,10 +166,7 @@ impl Authenticator {
                 rid,
             ));
         }
-        Ok((
-            tenant,
-            Principal::new(principal_id, PrincipalKind::ApiKey, record.roles),
-        ))
+        Ok((tenant, Principal::api_key(record.id, record.roles)))
     }
 
     async fn jwt(&self, bearer: &str, _rid: &RequestId) -> Result<(Tenant, Principal), AuthError> {
@@ -188,7 +185,7 @@ impl Authenticator {
             .ok_or_else(|| AuthError::new(AuthFailure::Invalid("jwt_unknown_tenant")))?;
         Ok((
             tenant,
-            Principal::new(token.subject, PrincipalKind::Jwt, token.roles),
+            Principal::jwt(&token.issuer, &token.subject, token.roles),
         ))
     }
 }

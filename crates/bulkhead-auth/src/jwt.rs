@@ -49,6 +49,8 @@ struct Issuer {
 pub struct VerifiedToken {
     /// The tenant claim.
     pub tenant: TenantId,
+    /// The `iss` claim (a configured issuer).
+    pub issuer: String,
     /// The `sub` claim.
     pub subject: String,
     /// Known roles from the roles claim (unknown role names grant nothing
@@ -211,6 +213,7 @@ impl JwtVerifier {
         };
         Ok(VerifiedToken {
             tenant,
+            issuer: iss,
             subject,
             roles,
         })

@@ -68,9 +68,11 @@ pub enum PrincipalKind {
     Operator,
 }
 
-/// An authenticated actor. Its `id` is `key:<uuid>` for API keys, the JWT
-/// `sub` for tokens and `operator` for the operator; it is what audit events
-/// record as the principal.
+/// An authenticated actor. Its `id` is namespaced by how it authenticated —
+/// `key:<uuid>` for API keys, `jwt:<iss>:<sub>` for tokens, `operator` for
+/// the operator — so no token can claim another kind's name (a JWT whose
+/// `sub` is `operator` is `jwt:<iss>:operator`); it is what audit events
+/// and policies see as the principal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Principal {
     id: String,
@@ -88,6 +90,16 @@ impl Principal {
             kind,
             roles,
         }
+    }
+
+    /// The principal of an API key.
+    pub fn api_key(key_id: impl std::fmt::Display, roles: Vec<Role>) -> Self {
+        Self::new(format!("key:{key_id}"), PrincipalKind::ApiKey, roles)
+    }
+
+    /// The principal of a verified JWT: its issuer and subject.
+    pub fn jwt(issuer: &str, subject: &str, roles: Vec<Role>) -> Self {
+        Self::new(format!("jwt:{issuer}:{subject}"), PrincipalKind::Jwt, roles)
     }
 
     /// The principal's id as recorded in audit events.
@@ -126,5 +138,14 @@ mod tests {
         );
         assert_eq!(p.roles(), &[Role::Admin, Role::Viewer]);
         assert!(p.has_role(Role::Admin) && !p.has_role(Role::Member));
+    }
+
+    #[test]
+    fn ids_are_namespaced_by_kind() {
+        assert_eq!(Principal::api_key("k1", vec![]).id(), "key:k1");
+        let spoof = Principal::jwt("https://idp.test", "operator", vec![]);
+        assert_eq!(spoof.id(), "jwt:https://idp.test:operator");
+        let spoof = Principal::jwt("https://idp.test", "key:k1", vec![]);
+        assert_eq!(spoof.id(), "jwt:https://idp.test:key:k1");
     }
 }

@@ -210,7 +210,7 @@ impl Limiter {
     ) -> Result<(), Refusal> {
         let Some(limit) = limit else { return Ok(()) };
         let now = now_ms();
-        let key = format!("bh:{}:{counter}:{}", scope.tenant(), now / WINDOW_MS);
+        let key = format!("bh:{}:{counter}:{}", scope.partition(), now / WINDOW_MS);
         if self
             .backend
             .add_within(&key, amount, limit, 2 * WINDOW_MS)
@@ -278,7 +278,7 @@ impl Limiter {
         let now = now_ms();
         let tokens_key = quotas.tokens_per_minute.map(|limit| {
             (
-                format!("bh:{}:tok:{}", scope.tenant(), now / WINDOW_MS),
+                format!("bh:{}:tok:{}", scope.partition(), now / WINDOW_MS),
                 limit,
             )
         });
@@ -303,7 +303,7 @@ impl Limiter {
         .into_iter()
         .filter_map(|(budget, period, tag, name, end)| {
             budget.map(|b| {
-                let key = format!("bh:{}:spend:{tag}:{name}", scope.tenant());
+                let key = format!("bh:{}:spend:{tag}:{name}", scope.partition());
                 (key, nanos(b), period, b, end)
             })
         })
@@ -436,7 +436,7 @@ impl Limiter {
         let Some(limit) = self.quotas(scope).concurrent_runs else {
             return Ok(RunLease { inner: None });
         };
-        let key = format!("bh:{}:runs", scope.tenant());
+        let key = format!("bh:{}:runs", scope.partition());
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
         if self

@@ -37,7 +37,7 @@ async fn tokens_of_every_configured_issuer_and_key_type_authenticate() {
     let (status, body) = me(&app, &hs_token(&claims(HS_ISSUER, "acme"))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["tenant"], "acme");
-    assert_eq!(body["principal"], "user-1");
+    assert_eq!(body["principal"], format!("jwt:{HS_ISSUER}:user-1"));
     assert_eq!(body["principal_kind"], "jwt");
     assert_eq!(body["roles"], json!(["member"]));
 
@@ -284,7 +284,49 @@ async fn tenant_header_must_match_the_token() {
     assert!(
         events.iter().any(|e| e["action"] == "auth.failure"
             && e["details"]["reason"] == "tenant_header_mismatch"
-            && e["principal"] == "user-1"),
+            && e["principal"] == format!("jwt:{HS_ISSUER}:user-1")),
         "{events:?}"
     );
+}
+
+#[tokio::test]
+async fn a_jwt_cannot_claim_the_operator_or_an_api_key_as_its_principal() {
+    // `sub = "operator"` or `sub = "key:<id>"` appeared in audit as that
+    // principal; ids are now namespaced by how the caller authenticated.
+    let app = TestApp::new().await;
+    app.create_tenant("acme", "eu").await;
+    let (key_id, key) = app.api_key("acme", &["admin"]).await;
+    for sub in [
+        "operator".to_owned(),
+        format!("key:{key_id}"),
+        "system".to_owned(),
+    ] {
+        let mut c = claims(HS_ISSUER, "acme");
+        c["sub"] = json!(sub);
+        let (status, body) = me(&app, &hs_token(&c)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["principal"], format!("jwt:{HS_ISSUER}:{sub}"));
+        assert_eq!(body["principal_kind"], "jwt");
+        // An audited action by that token is recorded under the namespaced id.
+        let r = app
+            .call_with(
+                "GET",
+                "/v1/me",
+                Some(&hs_token(&c)),
+                None,
+                &[("x-tenant-id", "globex")],
+            )
+            .await;
+        r.assert_problem(403, "tenant_mismatch");
+    }
+    let events = app.audit(&key).await;
+    let failures: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "auth.failure")
+        .collect();
+    assert!(!failures.is_empty(), "{events:?}");
+    for e in failures {
+        let p = e["principal"].as_str().unwrap();
+        assert!(p.starts_with("jwt:"), "a token spoofed principal {p}");
+    }
 }

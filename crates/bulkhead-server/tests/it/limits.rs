@@ -739,3 +739,37 @@ async fn a_model_call_in_flight_when_its_run_is_cancelled_is_still_recorded() {
         .body;
     assert_eq!(run["status"], "cancelled", "{run}");
 }
+
+#[tokio::test]
+async fn a_tenant_created_again_with_a_deleted_ones_id_starts_with_nothing_spent() {
+    // Deleting a tenant and creating one with the same id carried the old
+    // in-memory budget spend: the new tenant was refused budget_exceeded.
+    let w = world("[quotas.default]\nmonthly_budget_usd = \"0.012\"").await;
+    loop {
+        let r = chat(&w, &w.acme, 1000).await;
+        w.app.state.gateway.drain().await;
+        if r.status == 429 {
+            assert_eq!(r.body["error"]["code"], "budget_exceeded", "{}", r.body);
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = w
+        .app
+        .call(
+            "DELETE",
+            "/admin/v1/tenants/acme",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.body);
+    w.app.create_tenant("acme", "eu").await;
+    let (_, fresh) = w.app.api_key("acme", &["admin"]).await;
+    let r = chat(&w, &fresh, 1000).await;
+    assert_eq!(
+        r.status, 200,
+        "the new acme inherited the old one's spend: {}",
+        r.body
+    );
+}

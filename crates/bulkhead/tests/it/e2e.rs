@@ -104,7 +104,10 @@ secret = "env:TEST_JWT_SECRET"
     assert_eq!(body["tenant"], "acme");
     assert_eq!(body["roles"], json!(["admin", "approver"]));
     let (status, body, _) = get(&me, Some(&jwt("acme")), &[]);
-    assert_eq!((status, body["principal"].as_str()), (200, Some("alice")));
+    assert_eq!(
+        (status, body["principal"].as_str()),
+        (200, Some("jwt:https://idp.test:alice"))
+    );
     let (status, body, _) = get(&me, Some(&globex_key), &[]);
     assert_eq!((status, body["tenant"].as_str()), (200, Some("globex")));
     let (status, body, _) = get(&me, Some(&globex_key), &[("x-tenant-id", "acme")]);
