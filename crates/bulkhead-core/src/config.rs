@@ -273,12 +273,42 @@ pub struct OperatorConfig {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Trusted JWT issuers.
     #[serde(default)]
     pub jwt: Vec<JwtIssuerConfig>,
+    /// Failed authentications one presented credential may cause in a
+    /// minute; past it, that credential is refused with 429 before it is
+    /// looked up, until the minute turns.
+    #[serde(default = "default_failures_per_credential")]
+    pub failures_per_minute_per_credential: u32,
+    /// Failed authentications one peer address may cause in a minute; past
+    /// it, its further failures answer 429 (its valid credentials are still
+    /// served).
+    #[serde(default = "default_failures_per_peer")]
+    pub failures_per_minute_per_peer: u32,
+}
+
+/// A client retrying a just-revoked key a few times stays under it.
+fn default_failures_per_credential() -> u32 {
+    10
+}
+
+/// Many clients behind one NAT or proxy mistyping keys stay under it.
+fn default_failures_per_peer() -> u32 {
+    100
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt: Vec::new(),
+            failures_per_minute_per_credential: default_failures_per_credential(),
+            failures_per_minute_per_peer: default_failures_per_peer(),
+        }
+    }
 }
 
 /// JWT signing algorithms bulkhead accepts. `none` is deliberately absent.
@@ -1192,6 +1222,15 @@ fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result
 
     if config.server.retention_interval_s < 60 {
         errors.push("server.retention_interval_s", "must be at least 60");
+    }
+    if config.auth.failures_per_minute_per_credential == 0 {
+        errors.push(
+            "auth.failures_per_minute_per_credential",
+            "must be at least 1",
+        );
+    }
+    if config.auth.failures_per_minute_per_peer == 0 {
+        errors.push("auth.failures_per_minute_per_peer", "must be at least 1");
     }
     if config.server.request_timeout_s == 0 {
         errors.push("server.request_timeout_s", "must be at least 1");

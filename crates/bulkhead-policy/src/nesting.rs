@@ -70,11 +70,9 @@ pub fn too_deep(text: &str, max: usize) -> Option<(usize, usize)> {
                     return Some((line, col));
                 }
             }
-            ')' | ']' | '}' => {
-                if frames.len() > 1 {
-                    let ifs = frames.pop().unwrap_or(0);
-                    depth = depth.saturating_sub(1 + ifs);
-                }
+            ')' | ']' | '}' if frames.len() > 1 => {
+                let ifs = frames.pop().unwrap_or(0);
+                depth = depth.saturating_sub(1 + ifs);
             }
             'i' if !prev_ident && chars.peek() == Some(&'f') => {
                 let mut ahead = chars.clone();

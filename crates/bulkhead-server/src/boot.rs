@@ -200,6 +200,10 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         }),
         limiter,
         policies,
+        auth_failures: Arc::new(crate::auth_failures::AuthFailures::new(
+            config.auth.failures_per_minute_per_credential,
+            config.auth.failures_per_minute_per_peer,
+        )),
     };
     let startup_operator = bulkhead_core::RequestId::parse("startup")
         .ok()

@@ -96,6 +96,10 @@ pub enum ApiError {
     /// the limit counters cannot be reached).
     #[error("{0}")]
     Limited(bulkhead_quota::Refusal),
+    /// Too many failed authentications from this credential or address in
+    /// the current minute: 429 `rate_limited` with `Retry-After`.
+    #[error("too many failed authentications from this credential or address; retry in {0} s")]
+    AuthThrottled(u64),
 }
 
 impl ApiError {
@@ -124,7 +128,7 @@ impl ApiError {
             ApiError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Limited(_) | ApiError::AuthThrottled(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Knowledge { code, .. } => match *code {
                 "document_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
                 "embedding_failed" => StatusCode::BAD_GATEWAY,
@@ -158,6 +162,7 @@ impl ApiError {
             ApiError::Prompt(_) => "prompt_error",
             ApiError::Knowledge { code, .. } => code,
             ApiError::Limited(r) => r.code(),
+            ApiError::AuthThrottled(_) => "rate_limited",
             ApiError::InvalidPolicy(_) => "invalid_policy",
         }
     }
@@ -190,7 +195,7 @@ impl ApiError {
                 "Too many concurrent runs"
             }
             ApiError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => "Limits unavailable",
-            ApiError::Limited(_) => "Rate limited",
+            ApiError::Limited(_) | ApiError::AuthThrottled(_) => "Rate limited",
         }
     }
 }
@@ -298,8 +303,13 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::Limited(r) = &self
-            && let Ok(v) = HeaderValue::from_str(&r.retry_after_s().to_string())
+        let retry_after = match &self {
+            ApiError::Limited(r) => Some(r.retry_after_s()),
+            ApiError::AuthThrottled(s) => Some(*s),
+            _ => None,
+        };
+        if let Some(s) = retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
             res.headers_mut().insert(header::RETRY_AFTER, v);
         }

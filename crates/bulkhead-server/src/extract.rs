@@ -3,7 +3,9 @@
 //! bad input always answers in the problem format.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use bulkhead_auth::{AuthFailure, OperatorScope, TenantScope};
@@ -12,6 +14,7 @@ use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::auth_failures::Verdict;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -107,13 +110,22 @@ impl FromRequestParts<AppState> for TenantCtx {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| ApiError::TenantMismatch)?),
         };
+        let peer = peer_ip(parts);
         let token = match bearer(parts) {
             Ok(t) => t,
             Err(()) => {
                 state.metrics.auth_failure("malformed_authorization");
-                return Err(ApiError::Unauthenticated);
+                return Err(throttled_or(
+                    state.auth_failures.failed(None, peer, None).0,
+                    ApiError::Unauthenticated,
+                ));
             }
         };
+        // A credential that failed too often this minute is not looked up.
+        if let Some(retry) = state.auth_failures.blocked(token) {
+            state.metrics.auth_failure("throttled");
+            return Err(ApiError::AuthThrottled(retry));
+        }
         match state.auth.authenticate(token, tenant_header, &rid).await {
             Ok(scope) => {
                 tracing::Span::current().record("tenant_id", scope.tenant().as_str());
@@ -140,33 +152,91 @@ impl FromRequestParts<AppState> for TenantCtx {
                 };
                 state.metrics.auth_failure(reason);
                 tracing::info!(reason, "authentication refused");
+                // A store outage is not the caller's failure.
+                let (verdict, audit_now) = if matches!(err.failure, AuthFailure::Unavailable) {
+                    (Verdict::Refuse, false)
+                } else {
+                    state
+                        .auth_failures
+                        .failed(token, peer, err.attribution.as_ref())
+                };
                 if let Some(attribution) = &err.attribution {
                     tracing::Span::current().record("tenant_id", attribution.tenant().as_str());
-                    let event = NewAuditEvent::new(
-                        "auth.failure",
-                        format!("tenant:{}", attribution.tenant()),
-                        Outcome::Denied,
-                        rid.clone(),
-                    )
-                    .with_details(json!({
-                        "reason": attribution.reason(),
-                        "method": parts.method.as_str(),
-                        "path": parts.uri.path(),
-                    }));
-                    if let Err(e) = state.tenants.append_failure(attribution, event).await {
-                        // Refusing is still right; the missing event is logged.
-                        tracing::error!(error = %e, "could not audit an authentication failure");
+                    if audit_now {
+                        let event = NewAuditEvent::new(
+                            "auth.failure",
+                            format!("tenant:{}", attribution.tenant()),
+                            Outcome::Denied,
+                            rid.clone(),
+                        )
+                        .with_details(json!({
+                            "reason": attribution.reason(),
+                            "method": parts.method.as_str(),
+                            "path": parts.uri.path(),
+                            "count": 1,
+                        }));
+                        if let Err(e) = state.tenants.append_failure(attribution, event).await {
+                            // Refusing is still right; the missing event is logged.
+                            tracing::error!(error = %e, "could not audit an authentication failure");
+                        }
                     }
                 }
-                Err(match err.failure {
-                    AuthFailure::Missing | AuthFailure::Invalid(_) => ApiError::Unauthenticated,
-                    AuthFailure::Suspended => ApiError::TenantSuspended,
-                    AuthFailure::TenantMismatch => ApiError::TenantMismatch,
-                    AuthFailure::Unavailable => ApiError::Unavailable,
-                })
+                Err(throttled_or(
+                    verdict,
+                    match err.failure {
+                        AuthFailure::Missing | AuthFailure::Invalid(_) => ApiError::Unauthenticated,
+                        AuthFailure::Suspended => ApiError::TenantSuspended,
+                        AuthFailure::TenantMismatch => ApiError::TenantMismatch,
+                        AuthFailure::Unavailable => ApiError::Unavailable,
+                    },
+                ))
             }
         }
     }
+}
+
+/// The peer's address, when the server recorded it for the connection.
+fn peer_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+fn throttled_or(verdict: Verdict, otherwise: ApiError) -> ApiError {
+    match verdict {
+        Verdict::Throttle(retry) => ApiError::AuthThrottled(retry),
+        Verdict::Refuse => otherwise,
+    }
+}
+
+/// Writes the aggregated `auth.failure` events that are due (`all`: also
+/// the current window's, at shutdown); returns how many were written.
+pub async fn flush_auth_failures(state: &AppState, all: bool) -> u64 {
+    let mut written = 0;
+    for agg in state.auth_failures.take_due(all) {
+        let a = &agg.attribution;
+        let event = NewAuditEvent::new(
+            "auth.failure",
+            format!("tenant:{}", a.tenant()),
+            Outcome::Denied,
+            a.request_id().clone(),
+        )
+        .with_details(json!({
+            "reason": a.reason(),
+            "count": agg.count,
+            "aggregated": true,
+            "window_start": agg.window_start,
+            "window_s": crate::auth_failures::WINDOW_S,
+        }));
+        match state.tenants.append_failure(a, event).await {
+            Ok(_) => written += 1,
+            Err(e) => {
+                tracing::error!(error = %e, "could not audit aggregated authentication failures")
+            }
+        }
+    }
+    written
 }
 
 /// An authenticated operator-plane request.
@@ -178,12 +248,17 @@ impl FromRequestParts<AppState> for OperatorCtx {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let rid = request_id(parts);
         let token = bearer(parts).ok().flatten();
+        if let Some(retry) = state.auth_failures.blocked(token) {
+            state.metrics.auth_failure("throttled");
+            return Err(ApiError::AuthThrottled(retry));
+        }
         match state.operator.verify(token, &rid) {
             Some(scope) => Ok(OperatorCtx(scope)),
             None => {
                 state.metrics.auth_failure("operator_token");
                 tracing::info!("operator authentication refused");
-                Err(ApiError::Unauthenticated)
+                let (verdict, _) = state.auth_failures.failed(token, peer_ip(parts), None);
+                Err(throttled_or(verdict, ApiError::Unauthenticated))
             }
         }
     }

@@ -5,6 +5,7 @@
 //! type. Only this crate knows axum.
 
 pub mod alerts;
+pub mod auth_failures;
 pub mod authz;
 pub mod boot;
 pub mod error;
@@ -37,9 +38,16 @@ pub async fn serve(
     });
     let gateway = state.gateway.clone();
     let runtime = state.runtime.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let flush_state = state.clone();
+    // The peer address feeds the per-peer limit on failed authentications.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    // Failed authentications counted but not yet audited are written.
+    extract::flush_auth_failures(&flush_state, true).await;
     // Answers no longer wait for their usage rows; nothing is lost on a
     // clean stop because the rows still queued are written here.
     // Runs still going (their clients left) end as cancelled, recorded.

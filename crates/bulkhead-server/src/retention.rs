@@ -3,7 +3,9 @@
 //! - retention: each tenant's thread messages older than its
 //!   `message_retention_days` are deleted;
 //! - approval expiry: undecided approval requests past their expiry are
-//!   settled as `expired`, and their runs end (`approval_expired`).
+//!   settled as `expired`, and their runs end (`approval_expired`);
+//! - failed authentications counted in a window that ended are written as
+//!   one aggregated `auth.failure` event per tenant, principal and reason.
 
 use std::future::Future;
 use std::time::Duration;
@@ -81,8 +83,9 @@ where
     });
 }
 
-/// Runs [`apply_once`] every `retention`, and [`expire_approvals_once`]
-/// every `approvals`.
+/// Runs [`apply_once`] every `retention`, [`expire_approvals_once`]
+/// every `approvals`, and the flush of aggregated authentication failures
+/// every window.
 pub fn spawn(state: AppState, op: OperatorScope, retention: Duration, approvals: Duration) {
     let (s, o) = (state.clone(), op.clone());
     every(
@@ -91,6 +94,15 @@ pub fn spawn(state: AppState, op: OperatorScope, retention: Duration, approvals:
         move || {
             let (s, o) = (s.clone(), o.clone());
             async move { apply_once(&s, &o).await }
+        },
+    );
+    let s = state.clone();
+    every(
+        Duration::from_secs(crate::auth_failures::WINDOW_S),
+        "auth failures: wrote aggregated events",
+        move || {
+            let s = s.clone();
+            async move { crate::extract::flush_auth_failures(&s, false).await }
         },
     );
     every(

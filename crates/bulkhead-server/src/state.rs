@@ -54,4 +54,6 @@ pub struct AppState {
     pub limiter: Arc<bulkhead_quota::Limiter>,
     /// Who may do what inside a tenant (Cedar).
     pub policies: Arc<bulkhead_policy::Policies>,
+    /// Failed authentications: limits and aggregated audit.
+    pub auth_failures: Arc<crate::auth_failures::AuthFailures>,
 }

@@ -66,14 +66,19 @@ impl From<ApiError> for OpenAiError {
             }
             ApiError::Internal(_) | ApiError::Unavailable => ("server_error", e.code()),
             ApiError::Limited(r) => return GatewayError::Limited(r.clone()).into(),
+            ApiError::AuthThrottled(_) => ("rate_limit_error", e.code()),
             _ => ("invalid_request_error", e.code()),
+        };
+        let retry_after = match &e {
+            ApiError::AuthThrottled(s) => Some(*s),
+            _ => None,
         };
         Self {
             status: e.status(),
             message: e.to_string(),
             kind,
             code,
-            retry_after: None,
+            retry_after,
         }
     }
 }

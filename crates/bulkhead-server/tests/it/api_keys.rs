@@ -223,3 +223,115 @@ async fn bad_key_requests_write_nothing() {
         assert_eq!(r.status, 401, "{malformed}");
     }
 }
+
+#[tokio::test]
+async fn a_revoked_key_in_a_loop_is_throttled_and_audited_as_one_counted_event() {
+    // A revoked key used in a loop wrote 3,000 auth.failure events into
+    // its tenant's chain in 3.8 s; failures counted against no limit.
+    let app = TestApp::with_config(
+        "",
+        "[auth]\nfailures_per_minute_per_credential = 10\nfailures_per_minute_per_peer = 1000000",
+    )
+    .await;
+    app.create_tenant("acme", "eu").await;
+    let (_, viewer) = app.api_key("acme", &["viewer"]).await;
+    let (id, key) = app.api_key("acme", &["viewer"]).await;
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/admin/v1/tenants/acme/api-keys/{id}"),
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    const TRIES: u64 = 3000;
+    let (mut refused, mut throttled) = (0, 0);
+    for _ in 0..TRIES {
+        let r = app.call("GET", "/v1/me", Some(&key), None).await;
+        match r.status {
+            401 => refused += 1,
+            429 => {
+                r.assert_problem(429, "rate_limited");
+                assert!(r.headers.contains_key("retry-after"));
+                throttled += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    // At most two windows pass during the loop: ten 401s in each.
+    assert!((10..=20).contains(&refused), "{refused} answered 401");
+    assert_eq!(refused + throttled, TRIES);
+    let failures = |events: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["action"] == "auth.failure")
+            .cloned()
+            .collect()
+    };
+    let before = failures(&app.audit(&viewer).await);
+    assert!(
+        (1..=2).contains(&before.len()),
+        "{} events before the flush",
+        before.len()
+    );
+    // The window's aggregate (at shutdown, or when the window ends).
+    let written = bulkhead_server::extract::flush_auth_failures(&app.state, true).await;
+    assert!(written >= 1);
+    let after = failures(&app.audit(&viewer).await);
+    assert!(after.len() <= 4, "{} events", after.len());
+    let counted: u64 = after
+        .iter()
+        .map(|e| e["details"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, TRIES, "every attempt is counted once: {after:?}");
+    assert!(after.iter().any(|e| e["details"]["aggregated"] == true));
+    assert!(after.iter().all(|e| e["principal"] == format!("key:{id}")));
+    // A valid key of the same tenant is unaffected.
+    let r = app.call("GET", "/v1/me", Some(&viewer), None).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_peer_that_fails_too_often_is_throttled_but_its_valid_keys_still_work() {
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+    let app = TestApp::with_config(
+        "",
+        "[auth]\nfailures_per_minute_per_credential = 1000000\nfailures_per_minute_per_peer = 20",
+    )
+    .await;
+    app.create_tenant("acme", "eu").await;
+    let (_, good) = app.api_key("acme", &["viewer"]).await;
+    let from = |token: &str, ip: [u8; 4]| {
+        let mut req = Request::get("/v1/me")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(std::net::SocketAddr::from((ip, 40000))));
+        req
+    };
+    let mut statuses = Vec::new();
+    for i in 0..60 {
+        // A different garbage token each time: the per-credential limit
+        // alone would never trip.
+        let r = app
+            .request(from(&format!("bk_garbage{i}"), [192, 0, 2, 9]))
+            .await;
+        statuses.push(r.status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 401).count() <= 40,
+        "{statuses:?}"
+    );
+    let r = app.request(from(&good, [192, 0, 2, 9])).await;
+    assert_eq!(
+        r.status, 200,
+        "a valid key from that address is still served"
+    );
+    let r = app.request(from("bk_garbage_other", [192, 0, 2, 10])).await;
+    assert_eq!(r.status, 401, "another address is its own");
+}
