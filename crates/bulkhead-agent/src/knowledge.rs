@@ -15,12 +15,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_core::config::QuotaValues;
 use bulkhead_core::{Region, Timestamp};
 use bulkhead_gateway::{Gateway, GatewayError};
 use bulkhead_knowledge::{DocFormat, Filter, KnowledgeError, Limits};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+use crate::sized_cache::SizedCache;
 
 /// Chunks embedded per provider call.
 const EMBED_BATCH: usize = 64;
@@ -124,8 +127,44 @@ pub struct Hit {
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct KnowledgeStoreError(pub String);
+pub enum KnowledgeStoreError {
+    /// The store failed.
+    #[error("{0}")]
+    Backend(String),
+    /// The write would take the tenant over its storage quota (nothing
+    /// was written).
+    #[error("{0}")]
+    Quota(String),
+}
+
+/// How much a tenant may store: checked in the write's own transaction,
+/// so concurrent writes cannot overshoot it together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageLimit {
+    /// Documents across all its collections.
+    pub max_documents: u64,
+    /// Bytes of document text across all its collections.
+    pub max_bytes: u64,
+}
+
+impl StorageLimit {
+    /// Why `documents` and `bytes` (after the write) exceed the limit.
+    pub fn exceeded(&self, documents: u64, bytes: u64) -> Option<String> {
+        if documents > self.max_documents {
+            return Some(format!(
+                "the tenant may store at most {} documents (quota max_documents)",
+                self.max_documents
+            ));
+        }
+        if bytes > self.max_bytes {
+            return Some(format!(
+                "the tenant may store at most {} bytes of documents (quota max_stored_bytes)",
+                self.max_bytes
+            ));
+        }
+        None
+    }
+}
 
 /// What the knowledge service needs from storage, in the tenant's partition.
 #[async_trait]
@@ -133,13 +172,18 @@ pub trait KnowledgeStore: Send + Sync {
     /// Writes a document and its chunks (replacing the document with the
     /// same collection and external id, if any) and its audit event, in
     /// one transaction. Creates the collection if needed.
+    /// Refuses with [`KnowledgeStoreError::Quota`], writing nothing, when
+    /// the tenant's documents after the write exceed `limit`.
     async fn put_document(
         &self,
         scope: &TenantScope,
         doc: &DocumentInfo,
         chunks: Vec<ChunkRow>,
         event: NewAuditEvent,
+        limit: StorageLimit,
     ) -> Result<DocumentInfo, KnowledgeStoreError>;
+    /// The tenant's stored documents and their bytes, across collections.
+    async fn storage_used(&self, scope: &TenantScope) -> Result<(u64, u64), KnowledgeStoreError>;
     /// Deletes a document; false when there is none with that id in the collection.
     async fn delete_document(
         &self,
@@ -371,6 +415,22 @@ impl VectorIndex {
         self.top_k(query, allowed, k)
     }
 
+    /// About how much memory the index holds: the vectors, their document
+    /// ids and, with an ANN graph, its copy of the vectors and links.
+    pub fn approx_bytes(&self) -> u64 {
+        let per_item: u64 = self
+            .items
+            .first()
+            .map(|(_, doc, v, _)| (v.len() * 4 + doc.len() + 64) as u64)
+            .unwrap_or(0);
+        let graph = if cfg!(feature = "ann") && self.items.len() >= ANN_MIN_VECTORS {
+            2
+        } else {
+            1
+        };
+        per_item * self.items.len() as u64 * graph
+    }
+
     /// Vectors held.
     pub fn len(&self) -> usize {
         self.items.len()
@@ -467,11 +527,22 @@ pub struct Knowledge {
     gateway: Arc<Gateway>,
     store: Arc<dyn KnowledgeStore>,
     fault: std::sync::RwLock<Option<FaultHook>>,
-    indexes: std::sync::Mutex<HashMap<IndexKey, Arc<VectorIndex>>>,
+    /// Decoded vectors per collection, within `[limits] vector_cache_mb`.
+    indexes: SizedCache<IndexKey, VectorIndex>,
     /// Embedding model (name, dimensions) per tenant region.
     embedders: HashMap<Region, String>,
     limits: Limits,
+    /// `[quotas.default]`: the storage quotas a tenant's overrides refine.
+    quotas: QuotaValues,
 }
+
+/// Documents a tenant may store when neither `[quotas.default]` nor its
+/// own quotas say.
+pub const DEFAULT_MAX_DOCUMENTS: u64 = 100_000;
+
+/// Bytes of document text a tenant may store when neither
+/// `[quotas.default]` nor its own quotas say (10 GiB).
+pub const DEFAULT_MAX_STORED_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 
 fn sha256_hex(bytes: &[u8]) -> String {
     bulkhead_core::audit::hex(&Sha256::digest(bytes))
@@ -491,14 +562,36 @@ impl Knowledge {
         store: Arc<dyn KnowledgeStore>,
         embedders: HashMap<Region, String>,
         limits: Limits,
+        vector_cache_bytes: u64,
+        quotas: QuotaValues,
     ) -> Self {
         Self {
             gateway,
             store,
             fault: std::sync::RwLock::new(None),
-            indexes: std::sync::Mutex::new(HashMap::new()),
+            indexes: SizedCache::new(vector_cache_bytes),
             embedders,
             limits,
+            quotas,
+        }
+    }
+
+    /// Drops everything cached for a tenant incarnation (it was deleted).
+    pub fn forget_tenant(&self, uid: bulkhead_core::TenantUid) {
+        self.indexes.forget_tenant(uid);
+    }
+
+    /// Bytes and collections held in the vector cache.
+    pub fn cache_usage(&self) -> (u64, usize) {
+        self.indexes.usage()
+    }
+
+    /// The tenant's storage quota: (documents, bytes).
+    fn storage_limit(&self, scope: &TenantScope) -> StorageLimit {
+        let q = self.quotas.overridden_by(scope.quota_overrides());
+        StorageLimit {
+            max_documents: q.max_documents.unwrap_or(DEFAULT_MAX_DOCUMENTS),
+            max_bytes: q.max_stored_bytes.unwrap_or(DEFAULT_MAX_STORED_BYTES),
         }
     }
 
@@ -521,7 +614,7 @@ impl Knowledge {
         model: &str,
     ) -> Result<Arc<VectorIndex>, KnowledgeServiceError> {
         let key = (scope.partition(), collection.to_owned(), model.to_owned());
-        if let Some(i) = self.indexes.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        if let Some(i) = self.indexes.get(&key) {
             return Ok(i);
         }
         let raw = self.store.vectors(scope, collection, model).await?;
@@ -530,17 +623,16 @@ impl Knowledge {
             // Built in the background; exact until then.
             queue_ann_build(&index);
         }
-        if let Ok(mut c) = self.indexes.lock() {
-            c.insert(key, index.clone());
-        }
+        let bytes = index.approx_bytes();
+        self.indexes.insert(key, index.clone(), bytes);
         Ok(index)
     }
 
     /// Drops the cached vectors of a collection (it changed).
     fn invalidate(&self, scope: &TenantScope, collection: &str) {
-        if let Ok(mut c) = self.indexes.lock() {
-            c.retain(|(uid, coll, _), _| !(*uid == scope.partition() && coll == collection));
-        }
+        let uid = scope.partition();
+        self.indexes
+            .remove_where(|(u, coll, _)| *u == uid && coll == collection);
     }
 
     /// The embedding model serving the tenant's region, if any.
@@ -578,6 +670,15 @@ impl Knowledge {
             ));
         }
         bulkhead_knowledge::metadata(&doc.metadata)?;
+        // Before anything is embedded (and paid for): would a new document
+        // of this size fit? The write checks again in its transaction.
+        let limit = self.storage_limit(scope);
+        let (documents, bytes) = self.store.storage_used(scope).await?;
+        if let Some(why) = limit.exceeded(documents + 1, bytes + doc.content.len() as u64)
+            && doc.external_id.is_none()
+        {
+            return Err(KnowledgeStoreError::Quota(why).into());
+        }
         let chunks = bulkhead_knowledge::chunk(&doc.content, doc.format, &self.limits)?;
         let model = self.embedder(scope).map(str::to_owned);
         let vectors = match &model {
@@ -625,7 +726,10 @@ impl Knowledge {
             "document_id": info.id, "external_id": info.external_id, "chunks": info.chunks,
             "bytes": info.bytes, "sha256": info.sha256, "embedding_model": info.embedding_model,
         }));
-        let stored = self.store.put_document(scope, &info, rows, event).await;
+        let stored = self
+            .store
+            .put_document(scope, &info, rows, event, limit)
+            .await;
         self.invalidate(scope, &doc.collection);
         Ok(stored?)
     }
@@ -798,7 +902,7 @@ impl Knowledge {
                 index.search(&qv, allowed.as_ref(), want)
             })
             .await
-            .map_err(|e| KnowledgeServiceError::Store(KnowledgeStoreError(e.to_string())))
+            .map_err(|e| KnowledgeServiceError::Store(KnowledgeStoreError::Backend(e.to_string())))
         };
         let (fulltext, vector) = tokio::join!(fulltext, vector);
         let (fulltext, vector) = (fulltext?, vector?);

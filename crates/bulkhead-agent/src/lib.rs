@@ -21,6 +21,7 @@ pub mod event;
 pub mod knowledge;
 pub mod prompt;
 pub mod run;
+pub mod sized_cache;
 pub mod store;
 
 pub use agent::{Agent, AgentCatalog, AgentSettings};

@@ -870,6 +870,13 @@ pub struct QuotaValues {
     /// Where budget alerts are posted (`http(s)://`); none: no alerts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert_webhook: Option<String>,
+    /// Knowledge documents stored across collections; unset: 100,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_documents: Option<u64>,
+    /// Bytes of knowledge document text stored across collections; unset:
+    /// 10 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stored_bytes: Option<u64>,
 }
 
 impl QuotaValues {
@@ -887,6 +894,8 @@ impl QuotaValues {
                 .alert_webhook
                 .clone()
                 .or_else(|| self.alert_webhook.clone()),
+            max_documents: over.max_documents.or(self.max_documents),
+            max_stored_bytes: over.max_stored_bytes.or(self.max_stored_bytes),
         }
     }
 
@@ -975,6 +984,15 @@ pub struct LimitsConfig {
     /// Agent runs executing at once in this process; beyond it runs wait,
     /// admitted per tenant by weighted fair queueing. None: no limit.
     pub max_concurrent_runs: Option<u32>,
+    /// Memory for decoded knowledge vectors (and their ANN graphs) across
+    /// all tenants, in MiB; least recently used collections are dropped.
+    #[serde(default = "default_vector_cache_mb")]
+    pub vector_cache_mb: u64,
+}
+
+/// Half a GiB: about 500,000 vectors of 256 dimensions.
+fn default_vector_cache_mb() -> u64 {
+    512
 }
 
 fn default_reservation_ttl() -> u64 {
@@ -988,6 +1006,7 @@ impl Default for LimitsConfig {
             redis_url: None,
             reservation_ttl_s: default_reservation_ttl(),
             max_concurrent_runs: None,
+            vector_cache_mb: default_vector_cache_mb(),
         }
     }
 }
@@ -1675,6 +1694,9 @@ fn validate_resources(
     }
     if config.limits.reservation_ttl_s == 0 {
         errors.push("limits.reservation_ttl_s", "must be at least 1");
+    }
+    if config.limits.vector_cache_mb == 0 || config.limits.vector_cache_mb > 1 << 20 {
+        errors.push("limits.vector_cache_mb", "must be between 1 and 1048576");
     }
     if config.limits.max_concurrent_runs == Some(0) {
         errors.push("limits.max_concurrent_runs", "must be at least 1");

@@ -137,6 +137,8 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         store_arc.clone(),
         embedders,
         bulkhead_knowledge::Limits::default(),
+        config.limits.vector_cache_mb * 1024 * 1024,
+        config.quotas.default.clone(),
     ));
     let policies = Arc::new(bulkhead_policy::Policies::new(
         policy_engine(config, base_dir)?,

@@ -131,6 +131,7 @@ impl ApiError {
             ApiError::Limited(_) | ApiError::AuthThrottled(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Knowledge { code, .. } => match *code {
                 "document_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                "storage_quota_exceeded" => StatusCode::FORBIDDEN,
                 "embedding_failed" => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::BAD_REQUEST,
             },
@@ -255,6 +256,10 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Internal(m) => ApiError::Internal(m),
+            StoreError::Quota(message) => ApiError::Knowledge {
+                code: "storage_quota_exceeded",
+                message,
+            },
         }
     }
 }

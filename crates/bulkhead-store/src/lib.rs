@@ -43,6 +43,10 @@ pub enum StoreError {
     /// The database or file system failed.
     #[error("storage failure: {0}")]
     Internal(String),
+    /// The write would take the tenant over a storage quota; nothing was
+    /// written.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -230,12 +230,16 @@ embedding_model = "embed"
         store_arc.clone(),
         HashMap::from([(Region::parse("eu")?, "embed".to_owned())]),
         bulkhead_knowledge::Limits::default(),
+        config.limits.vector_cache_mb * 1024 * 1024,
+        config.quotas.default.clone(),
     );
     let text_only = Knowledge::new(
         gateway,
         store_arc.clone(),
         HashMap::new(),
         bulkhead_knowledge::Limits::default(),
+        config.limits.vector_cache_mb * 1024 * 1024,
+        config.quotas.default.clone(),
     );
     let token = SecretString::new("bench-operator-token-0123456789".into());
     let op = OperatorAuthenticator::new(&token)
@@ -302,7 +306,11 @@ embedding_model = "embed"
             Outcome::Success,
             RequestId::generate(),
         );
-        KnowledgeStore::put_document(&store, &big, &info, rows, event).await?;
+        let unlimited = bulkhead_agent::knowledge::StorageLimit {
+            max_documents: u64::MAX,
+            max_bytes: u64::MAX,
+        };
+        KnowledgeStore::put_document(&store, &big, &info, rows, event, unlimited).await?;
         written += n;
         doc_no += 1;
     }

@@ -257,6 +257,8 @@ pub async fn delete_tenant(
     state
         .vault
         .forget(bulkhead_vault::store::KeyOwner::Tenant(tenant.uid));
+    // Its decoded vectors leave memory now, not when evicted.
+    state.knowledge.forget_tenant(tenant.uid);
     Ok(StatusCode::NO_CONTENT)
 }
 

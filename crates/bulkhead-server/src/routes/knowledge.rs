@@ -43,6 +43,12 @@ impl From<KnowledgeServiceError> for ApiError {
                 code: "embedding_failed",
                 message: g.to_string(),
             },
+            KnowledgeServiceError::Store(
+                bulkhead_agent::knowledge::KnowledgeStoreError::Quota(message),
+            ) => ApiError::Knowledge {
+                code: "storage_quota_exceeded",
+                message,
+            },
             KnowledgeServiceError::Store(s) => ApiError::Internal(s.to_string()),
         }
     }

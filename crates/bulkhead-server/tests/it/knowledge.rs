@@ -371,3 +371,93 @@ async fn a_collection_search_never_returns_or_loses_to_another_collection() {
     assert_eq!(r["results"].as_array().unwrap().len(), 30);
     assert!(texts(&r).iter().all(|t| t.starts_with("apple apple")));
 }
+
+#[tokio::test]
+async fn storage_quotas_bound_what_a_tenant_stores_and_refusals_pay_no_embedding() {
+    let (fake, app, acme, globex) = app().await;
+    let r = app
+        .call(
+            "PATCH",
+            "/admin/v1/tenants/acme",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"quotas": {"max_documents": 3, "max_stored_bytes": 4000}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut stored = 0;
+    loop {
+        let (s, b) = put(
+            &app,
+            &acme,
+            "kb",
+            json!({"content": format!("doc {stored}")}),
+        )
+        .await;
+        if s != 201 {
+            assert_eq!(
+                (s, b["code"].as_str().unwrap()),
+                (403, "storage_quota_exceeded"),
+                "{b}"
+            );
+            assert!(
+                b["detail"].as_str().unwrap().contains("max_documents"),
+                "{b}"
+            );
+            break;
+        }
+        stored += 1;
+        assert!(stored <= 3, "stored past the quota");
+    }
+    // The tenant's own canary document counts against it as well.
+    assert!((2..=3).contains(&stored), "{stored}");
+    let paid = fake.request_count();
+    let (s, _) = put(&app, &acme, "kb", json!({"content": "one more"})).await;
+    assert_eq!(s, 403);
+    assert_eq!(
+        fake.request_count(),
+        paid,
+        "a refused document paid for no embedding"
+    );
+    // Replacing a document by its external id is within the quota.
+    let (s, b) = put(
+        &app,
+        &acme,
+        "kb2",
+        json!({"content": "x", "external_id": "e"}),
+    )
+    .await;
+    assert!(s == 201 || s == 403, "{b}");
+    // Bytes count too; another tenant's quota is its own.
+    let (s, b) = put(&app, &globex, "kb", json!({"content": "y".repeat(5000)})).await;
+    assert_eq!(s, 201, "{b}");
+}
+
+#[tokio::test]
+async fn a_deleted_tenants_vectors_leave_memory() {
+    let (_fake, app, acme, globex) = app().await;
+    for key in [&acme, &globex] {
+        let (s, b) = put(&app, key, "kb", json!({"content": "vectors for the cache"})).await;
+        assert_eq!(s, 201, "{b}");
+        search(
+            &app,
+            key,
+            "kb",
+            json!({"query": "vectors", "mode": "vector"}),
+        )
+        .await;
+    }
+    let (_, before) = app.state.knowledge.cache_usage();
+    assert_eq!(before, 2, "one cached index per tenant");
+    let r = app
+        .call(
+            "DELETE",
+            "/admin/v1/tenants/acme",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (bytes, after) = app.state.knowledge.cache_usage();
+    assert_eq!(after, 1, "acme's index was dropped with it");
+    assert!(bytes > 0 && bytes <= 512 * 1024 * 1024);
+}

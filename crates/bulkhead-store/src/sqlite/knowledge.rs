@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use bulkhead_agent::knowledge::{
-    ChunkRow, CollectionInfo, DocumentInfo, Hit, KnowledgeStore, KnowledgeStoreError,
+    ChunkRow, CollectionInfo, DocumentInfo, Hit, KnowledgeStore, KnowledgeStoreError, StorageLimit,
 };
 use bulkhead_auth::TenantScope;
 use bulkhead_core::Timestamp;
@@ -17,7 +17,10 @@ use super::partition;
 use crate::StoreError;
 
 fn ks(e: StoreError) -> KnowledgeStoreError {
-    KnowledgeStoreError(e.to_string())
+    match e {
+        StoreError::Quota(m) => KnowledgeStoreError::Quota(m),
+        other => KnowledgeStoreError::Backend(other.to_string()),
+    }
 }
 
 fn ts(s: &str) -> Result<Timestamp, StoreError> {
@@ -166,6 +169,7 @@ impl KnowledgeStore for SqliteStore {
         doc: &DocumentInfo,
         chunks: Vec<ChunkRow>,
         event: NewAuditEvent,
+        limit: StorageLimit,
     ) -> Result<DocumentInfo, KnowledgeStoreError> {
         let tenant = scope.tenant().clone();
         let mut doc = doc.clone();
@@ -189,6 +193,19 @@ impl KnowledgeStore for SqliteStore {
                     doc.id = old_id;
                     doc.created_at = ts(&created)?;
                 }
+            }
+            // In the write's own transaction (after a replaced document is
+            // gone), so concurrent writes cannot overshoot the quota.
+            let (documents, bytes): (i64, i64) = partition::one(
+                tx,
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM documents",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if let Some(why) =
+                limit.exceeded(documents as u64 + 1, bytes as u64 + doc.bytes)
+            {
+                return Err(StoreError::Quota(why));
             }
             partition::exec(
                 tx,
@@ -219,6 +236,24 @@ impl KnowledgeStore for SqliteStore {
             }
             partition::append_chain(tx, Some(tenant), principal, event)?;
             Ok(doc)
+        })
+        .await
+        .map_err(ks)
+    }
+
+    async fn storage_used(&self, scope: &TenantScope) -> Result<(u64, u64), KnowledgeStoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let (documents, bytes): (i64, i64) = partition::one(
+                    conn,
+                    "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM documents",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                Ok((documents as u64, bytes as u64))
+            })
         })
         .await
         .map_err(ks)

@@ -61,7 +61,7 @@ fn vs(e: StoreError) -> VaultStoreError {
     match e {
         StoreError::NotFound => VaultStoreError::NotFound,
         StoreError::Conflict(_) => VaultStoreError::Conflict,
-        StoreError::Internal(m) => VaultStoreError::Internal(m),
+        StoreError::Internal(m) | StoreError::Quota(m) => VaultStoreError::Internal(m),
     }
 }
 

@@ -482,10 +482,92 @@ async fn seed_chunks(
             Outcome::Success,
             bulkhead_core::RequestId::generate(),
         );
-        KnowledgeStore::put_document(store, s, &info, rows, event)
+        KnowledgeStore::put_document(store, s, &info, rows, event, UNLIMITED)
             .await
             .unwrap();
     }
+}
+
+const UNLIMITED: bulkhead_agent::knowledge::StorageLimit =
+    bulkhead_agent::knowledge::StorageLimit {
+        max_documents: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+
+#[tokio::test]
+async fn a_document_over_the_storage_quota_is_refused_in_its_transaction_and_nothing_is_written() {
+    use bulkhead_agent::knowledge::{
+        DocumentInfo, KnowledgeStore, KnowledgeStoreError, StorageLimit,
+    };
+    use bulkhead_core::audit::{NewAuditEvent, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    create(&store, "acme").await;
+    let s = scope(&store, "acme").await;
+    // The tenant's canary document counts too: start from what is there.
+    let (base_docs, base_bytes) = KnowledgeStore::storage_used(&store, &s).await.unwrap();
+    let limit = StorageLimit {
+        max_documents: base_docs + 2,
+        max_bytes: base_bytes + 1000,
+    };
+    let doc = |id: &str, external: Option<&str>, bytes: u64| {
+        let now = bulkhead_core::Timestamp::now();
+        DocumentInfo {
+            id: id.into(),
+            collection: "kb".into(),
+            external_id: external.map(str::to_owned),
+            title: None,
+            chunks: 0,
+            bytes,
+            sha256: String::new(),
+            embedding_model: None,
+            metadata: serde_json::json!({}),
+            created_at: now,
+            updated_at: now,
+        }
+    };
+    let event = || {
+        NewAuditEvent::new(
+            "document.put",
+            "collection:kb",
+            Outcome::Success,
+            bulkhead_core::RequestId::generate(),
+        )
+    };
+    let put = |d: DocumentInfo| {
+        let (store, s) = (&store, &s);
+        async move { KnowledgeStore::put_document(store, s, &d, vec![], event(), limit).await }
+    };
+    put(doc("a", Some("x"), 10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    put(doc("b", None, 10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let used = KnowledgeStore::storage_used(&store, &s).await.unwrap();
+    let over = put(doc("c", None, 10)).await;
+    assert!(
+        matches!(over, Err(KnowledgeStoreError::Quota(ref m)) if m.contains("max_documents")),
+        "{over:?}"
+    );
+    assert_eq!(
+        KnowledgeStore::storage_used(&store, &s).await.unwrap(),
+        used,
+        "nothing was written"
+    );
+    // Replacing a document by its external id frees its old place first.
+    put(doc("a2", Some("x"), 20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Bytes count too.
+    KnowledgeStore::delete_document(&store, &s, "kb", "b", event())
+        .await
+        .unwrap();
+    let too_big = put(doc("d", None, 5000)).await;
+    assert!(
+        matches!(too_big, Err(KnowledgeStoreError::Quota(ref m)) if m.contains("max_stored_bytes")),
+        "{too_big:?}"
+    );
 }
 
 #[tokio::test]
