@@ -448,15 +448,7 @@ async fn a_deleted_tenants_vectors_leave_memory() {
     }
     let (_, before) = app.state.knowledge.cache_usage();
     assert_eq!(before, 2, "one cached index per tenant");
-    let r = app
-        .call(
-            "DELETE",
-            "/admin/v1/tenants/acme",
-            Some(OPERATOR_TOKEN),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 204, "{}", r.body);
+    app.delete_tenant("acme").await;
     let (bytes, after) = app.state.knowledge.cache_usage();
     assert_eq!(after, 1, "acme's index was dropped with it");
     assert!(bytes > 0 && bytes <= 512 * 1024 * 1024);

@@ -269,6 +269,19 @@ jwks_file = "{jwks}"
         self.request(req).await
     }
 
+    /// Deletes a tenant as the operator (asserting it answered 204).
+    pub async fn delete_tenant(&self, id: &str) {
+        let r = self
+            .call(
+                "DELETE",
+                &format!("/admin/v1/tenants/{id}"),
+                Some(OPERATOR_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+
     pub async fn create_tenant(&self, id: &str, region: &str) -> Value {
         let r = self
             .call(
