@@ -22,6 +22,9 @@ pub const OPERATOR_TOKEN_FILE: &str = "operator_token";
 /// Why the server could not start. Messages name the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    /// The configuration, as changed by command-line overrides, is unsafe.
+    #[error("{0}")]
+    Config(String),
     /// A JWT issuer's keys could not be loaded.
     #[error("{0}")]
     Jwt(String),
@@ -97,6 +100,11 @@ pub fn jwt_verifier(config: &Config, base_dir: &Path) -> Result<JwtVerifier, Boo
 /// Builds the state. `base_dir` resolves relative key-file paths. Async
 /// because a remote key provider's client is set up here.
 pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
+    // Checked again here: `serve --listen` replaces the address after the
+    // file was validated.
+    if let Some(e) = config.server.metrics_exposure_error() {
+        return Err(BootError::Config(e.to_string()));
+    }
     let jwt = jwt_verifier(config, base_dir)?;
     let data_dir = &config.server.data_dir;
     let store = SqliteStore::open(data_dir).map_err(|e| BootError::Store {
@@ -115,7 +123,12 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     let refresher = HttpRefresher::new().map_err(|e| BootError::Kms(e.to_string()))?;
     let vault = Arc::new(Vault::new(kms, store_arc.clone(), Arc::new(refresher)));
     let catalog = Arc::new(bulkhead_gateway::Catalog::from_config(config));
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_options(crate::metrics::MetricsOptions {
+        max_tenants: config.server.metrics_max_tenants,
+        // Which check refused a credential is told only to a scraper
+        // holding the metrics token.
+        detailed_auth_reasons: config.server.metrics_token.is_some(),
+    }));
     let canaries = store.canary_scanner();
     let leak_metric = metrics.clone();
     canaries.set_on_leak(Box::new(move || leak_metric.cross_tenant_leak()));
@@ -199,6 +212,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
                 .as_ref()
                 .map(|t| bulkhead_auth::TokenDigest::new(t.value())),
             approvals_signed: config.approvals.signing_key.is_some(),
+            connections: crate::conn::ConnLimits::from_config(&config.server),
         }),
         limiter,
         policies,

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod auth_failures;
 pub mod authz;
 pub mod boot;
+pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -24,28 +25,18 @@ pub use state::AppState;
 
 /// Serves `state` on a bound listener until `shutdown` completes, then
 /// drains in-flight requests and the usage records of finished model calls.
+/// Connections are capped and timed out as `[server]` says ([`conn`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Small writes (SSE chunks, short JSON answers) must not wait for
-    // Nagle's algorithm to coalesce them.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
     let gateway = state.gateway.clone();
     let runtime = state.runtime.clone();
     let flush_state = state.clone();
-    // The peer address feeds the per-peer limit on failed authentications.
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let limits = state.settings.connections.clone();
+    let metrics = state.metrics.clone();
+    conn::serve_connections(listener, router(state), limits, metrics, shutdown).await;
     // Failed authentications counted but not yet audited are written.
     extract::flush_auth_failures(&flush_state, true).await;
     // Answers no longer wait for their usage rows; nothing is lost on a

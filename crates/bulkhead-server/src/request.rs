@@ -40,7 +40,9 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        method = %method,
+        // Only known methods by name: a client-chosen method of any
+        // length must not reach the log verbatim.
+        method = crate::metrics::method_label(method.as_str()),
         route = tracing::field::Empty,
         tenant_id = tracing::field::Empty,
         status = tracing::field::Empty,
@@ -70,7 +72,7 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
             .extensions()
             .get::<MatchedPath>()
             .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "unmatched".to_owned());
+            .unwrap_or_else(|| crate::metrics::UNMATCHED.to_owned());
         tracing::Span::current().record("route", route.as_str());
         let status = res.status().as_u16();
         tracing::Span::current().record("status", status);

@@ -23,6 +23,8 @@ pub struct Settings {
     pub metrics_token: Option<TokenDigest>,
     /// Whether approval webhooks can be signed (`[approvals] signing_key`).
     pub approvals_signed: bool,
+    /// Connection limits `serve` enforces.
+    pub connections: crate::conn::ConnLimits,
 }
 
 /// Everything handlers need.

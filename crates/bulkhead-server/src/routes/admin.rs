@@ -254,6 +254,9 @@ pub async fn delete_tenant(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = state.control.delete_tenant(&op, &tenant_id(&id)?).await?;
+    // A deleted tenant is no longer named by the metrics, and its place
+    // under `server.metrics_max_tenants` goes to the next tenant.
+    state.metrics.forget_tenant(tenant.id.as_str());
     state
         .vault
         .forget(bulkhead_vault::store::KeyOwner::Tenant(tenant.uid));

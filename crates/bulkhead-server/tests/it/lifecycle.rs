@@ -205,7 +205,7 @@ async fn metrics_count_requests_per_route_and_tenant() {
         "{text}"
     );
     assert!(
-        text.contains(r#"bulkhead_auth_failures_total{reason="api_key_malformed"} 1"#),
+        text.contains(r#"bulkhead_auth_failures_total{reason="invalid_credential"} 1"#),
         "{text}"
     );
     assert!(!text.contains(&key), "a key reached the metrics");

@@ -210,3 +210,56 @@ upstream = "gpt-4o-mini"
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Public metrics name tenants: `check` refuses a non-loopback `listen`
+/// without `server.metrics_token`, naming the key, and accepts it with
+/// the token or with `metrics_public = true`; `serve --listen` onto a
+/// non-loopback address is refused the same way before anything starts.
+#[test]
+fn a_non_loopback_listen_needs_a_metrics_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let public = write(
+        dir.path(),
+        "public.toml",
+        "[server]\nlisten = \"0.0.0.0:8080\"\n",
+    );
+    let out = cli(&["check", "--config", public.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("server.metrics_token: is required when listen"),
+        "{out:?}"
+    );
+    for (name, extra) in [
+        ("token.toml", "metrics_token = \"env:CHECK_TEST_METRICS\"\n"),
+        ("explicit.toml", "metrics_public = true\n"),
+    ] {
+        let file = write(
+            dir.path(),
+            name,
+            &format!("[server]\nlisten = \"0.0.0.0:8080\"\n{extra}"),
+        );
+        let out = cli(
+            &["check", "--config", file.to_str().unwrap()],
+            &[("CHECK_TEST_METRICS", "metrics-token-0123456789")],
+        );
+        assert_eq!(out.status.code(), Some(0), "{name}: {out:?}");
+    }
+
+    let data = dir.path().join("data");
+    let out = cli(
+        &[
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("server.metrics_token: is required"),
+        "{out:?}"
+    );
+}

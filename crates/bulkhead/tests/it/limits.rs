@@ -183,6 +183,19 @@ mod shared {
         _dir: tempfile::TempDir,
     }
 
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+
     fn replicas(redis: &str, quotas: &str, limits: &str) -> Replicas {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let fake = rt.block_on(FakeProvider::start());
@@ -198,10 +211,16 @@ mod shared {
         let env = [("LIMITS_TEST_PROVIDER_KEY", PROVIDER_KEY)];
         let tenant = unique_tenant();
         let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+        // Replicas share one tenant record (the same incarnation uid, which
+        // keys the counters): until the store itself is shared, B starts
+        // from a copy of A's data directory taken after the tenant exists.
+        let first = Server::start(&data_a, Some(&config), &env);
+        let key = tenant_with_admin_key(&first.url, &data_a, &tenant, "eu");
+        first.stop();
+        copy_dir(&data_a, &data_b);
         let a = Server::start(&data_a, Some(&config), &env);
         let b = Server::start(&data_b, Some(&config), &env);
-        let key_a = tenant_with_admin_key(&a.url, &data_a, &tenant, "eu");
-        let key_b = tenant_with_admin_key(&b.url, &data_b, &tenant, "eu");
+        let (key_a, key_b) = (key.clone(), key);
         Replicas {
             fake,
             a,
