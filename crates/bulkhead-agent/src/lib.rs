@@ -18,6 +18,7 @@ pub mod agent;
 pub mod approval;
 pub mod error;
 pub mod event;
+mod fanout;
 pub mod knowledge;
 pub mod prompt;
 pub mod run;

@@ -187,6 +187,9 @@ struct RunCtx {
     steps: Vec<Step>,
     /// The run's input (what retrieval searches for).
     input: String,
+    /// Tool calls the model asked for within the limits so far (made,
+    /// refused for another reason, or awaiting approval).
+    tool_calls: usize,
 }
 
 impl Runtime {
@@ -598,6 +601,7 @@ impl Runtime {
             outbox: Vec::new(),
             steps: Vec::new(),
             input: req.input.clone(),
+            tool_calls: 0,
         };
         let this = self.clone();
         self.tasks
@@ -876,6 +880,24 @@ impl Runtime {
             let messages = match prompt::assemble(&ctx.scope, ctx.fragments.clone()) {
                 Ok(mut m) => {
                     prompt::fit(&mut m, ctx.agent.context_tokens);
+                    // The newest turn's tool results are cut to fit too: the
+                    // request never exceeds the budget. What still does not
+                    // fit (the prompt or the input alone) is not sent.
+                    if !prompt::fit_tool_results(&mut m, ctx.agent.context_tokens) {
+                        let message = format!(
+                            "the prompt and the input alone exceed the agent's context budget of {} tokens; nothing was sent to the model",
+                            ctx.agent.context_tokens
+                        );
+                        self.stage(
+                            ctx,
+                            "error",
+                            json!({"code": "context_limit", "message": message}),
+                            None,
+                            None,
+                            None,
+                        );
+                        return Err(failure("context_limit", message));
+                    }
                     m
                 }
                 Err(foreign) => {
@@ -943,11 +965,12 @@ impl Runtime {
                 .pointer("/choices/0/message")
                 .cloned()
                 .unwrap_or(Value::Null);
-            let calls: Vec<Value> = message
+            let mut calls: Vec<Value> = message
                 .get("tool_calls")
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            let requested = calls.len();
             let finish = answer
                 .pointer("/choices/0/finish_reason")
                 .cloned()
@@ -957,7 +980,7 @@ impl Runtime {
                 "input_tokens": n("/usage/prompt_tokens"),
                 "output_tokens": n("/usage/completion_tokens"),
                 "finish_reason": finish,
-                "tool_calls": calls.len(),
+                "tool_calls": requested,
             });
             let content = message
                 .get("content")
@@ -982,7 +1005,26 @@ impl Runtime {
                 );
                 return Ok(Ended::Answer(content));
             }
+            // Calls past the agent's limits are not made. The model hears
+            // of them as one tool error on the first of them; the others
+            // leave its message, so the next request does not carry
+            // thousands of unanswered calls.
+            let allowed = ctx.agent.max_tool_calls_per_round.min(
+                ctx.agent
+                    .max_tool_calls_per_run
+                    .saturating_sub(ctx.tool_calls),
+            );
+            let excess = (requested > allowed).then(|| {
+                let first = calls.split_off(allowed);
+                let refused = self.over_limit(ctx, &first[0], allowed, requested);
+                calls.push(first[0].clone());
+                refused
+            });
             let assistant = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null), "tool_calls": calls});
+            if excess.is_some() {
+                calls.pop();
+            }
+            ctx.tool_calls += calls.len();
             // Stored with the tool calls it asks for, before any of them runs.
             let announce = RunEvent::new("model_call", data.clone());
             self.stage(
@@ -995,7 +1037,7 @@ impl Runtime {
             );
             ctx.fragments.push(Fragment::tenant(&ctx.scope, assistant));
             self.check_tokens(ctx)?;
-            if let Some(asks) = self.tool_round(ctx, tx, &calls, step).await? {
+            if let Some(asks) = self.tool_round(ctx, tx, &calls, excess, step).await? {
                 return Ok(Ended::Paused(asks));
             }
         }
@@ -1006,6 +1048,36 @@ impl Runtime {
                 ctx.agent.max_steps
             ),
         ))
+    }
+
+    /// The refusal of an answer's calls past the agent's limits, carried by
+    /// the first of them (`call`, at `index`).
+    fn over_limit(&self, ctx: &RunCtx, call: &Value, index: usize, requested: usize) -> Refused {
+        let id = call
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("call_{index}"));
+        let name = call
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .chars()
+            .take(64)
+            .collect();
+        Refused {
+            id,
+            name,
+            code: "tool_call_limit",
+            message: format!(
+                "this answer asked for {requested} tool calls; the agent makes at most {} per answer and {} per run ({} so far), so the last {} were not made",
+                ctx.agent.max_tool_calls_per_round,
+                ctx.agent.max_tool_calls_per_run,
+                ctx.tool_calls,
+                requested - index
+            ),
+            approval: None,
+        }
     }
 
     fn check_tokens(&self, ctx: &RunCtx) -> Result<(), RunFailure> {
@@ -1225,6 +1297,7 @@ impl Runtime {
         ctx: &mut RunCtx,
         tx: &mpsc::Sender<RunEvent>,
         calls: &[Value],
+        excess: Option<Refused>,
         round: u32,
     ) -> Result<Option<Vec<Approval>>, RunFailure> {
         let mut planned = Vec::new();
@@ -1264,7 +1337,8 @@ impl Runtime {
         }
         // Results go back in the order the model asked for them.
         let mut results: Vec<(String, Value)> = Vec::new();
-        for r in refused {
+        // The calls past the limits come last, as the model asked for them.
+        for r in refused.into_iter().chain(excess) {
             results.push(self.stage_refusal(ctx, r));
         }
         results.extend(self.make_calls(ctx, tx, &planned).await?);
@@ -1350,6 +1424,22 @@ impl Runtime {
             (out, started.elapsed())
         }))
         .await;
+        // Only as much of the results as the agent's limits allow is kept
+        // (cut after redaction, so a cut cannot split a secret out of
+        // reach of the redaction).
+        let (meta, mut contents): (Vec<_>, Vec<String>) = outputs
+            .into_iter()
+            .map(|((ok, code, content), took)| ((ok, code, took), content))
+            .unzip();
+        crate::fanout::limit_round(
+            &mut contents,
+            ctx.agent.max_tool_result_bytes,
+            ctx.agent.max_tool_result_bytes_per_round,
+        );
+        let outputs = meta
+            .into_iter()
+            .zip(contents)
+            .map(|((ok, code, took), content)| ((ok, code, content), took));
         for (p, ((ok, code, content), took)) in planned.iter().zip(outputs) {
             // The cost ledger's row for the call (tools have no price).
             if code != Some("rate_limited") {
