@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead_auth::TenantScope;
+use bulkhead_auth::{OperatorScope, TenantScope};
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_core::{ApprovalId, Principal, RunId, TenantUid, ThreadId, Timestamp};
 use bulkhead_gateway::{ChatOutcome, Gateway};
@@ -84,7 +84,45 @@ pub struct Runtime {
     notifier: Option<Arc<dyn ApprovalNotifier>>,
     /// Deliveries to the notifier in flight.
     notices: TaskTracker,
+    /// Tenants as authentication sees them: a run checks its tenant is
+    /// still active before each model call and each round of tool calls.
+    directory: Option<Arc<dyn bulkhead_auth::Directory>>,
 }
+
+/// Why the operator stops a tenant's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantStop {
+    /// The tenant was suspended.
+    Suspended,
+    /// The tenant was deleted.
+    Deleted,
+}
+
+impl TenantStop {
+    /// The error code the stopped runs end with.
+    pub fn code(self) -> &'static str {
+        match self {
+            TenantStop::Suspended => "tenant_suspended",
+            TenantStop::Deleted => "tenant_deleted",
+        }
+    }
+
+    fn failure(self) -> RunFailure {
+        match self {
+            TenantStop::Suspended => failure(
+                self.code(),
+                "the organisation was suspended; the run stopped and no further call was made",
+            ),
+            TenantStop::Deleted => failure(
+                self.code(),
+                "the organisation was deleted; the run stopped and no further call was made",
+            ),
+        }
+    }
+}
+
+/// How long stopping a tenant waits for each of its runs to record its end.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// A run executing in this process.
 struct ActiveRun {
@@ -92,6 +130,8 @@ struct ActiveRun {
     cancel: CancellationToken,
     /// Cancelled once its end (or pause) is stored.
     ended: CancellationToken,
+    /// Set when the run is stopped because its tenant was (why it ends).
+    stopped: Arc<std::sync::OnceLock<TenantStop>>,
 }
 
 /// How the loop stopped without failing.
@@ -219,6 +259,81 @@ impl Runtime {
             approval_ttl: DEFAULT_APPROVAL_TTL,
             notifier: None,
             notices: TaskTracker::new(),
+            directory: None,
+        }
+    }
+
+    /// Checks before each model call and each round of tool calls that the
+    /// run's tenant is still active in `directory` (so a run in a process
+    /// that missed a suspension still stops).
+    pub fn with_directory(mut self, directory: Arc<dyn bulkhead_auth::Directory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// Stops every run of the tenant incarnation `uid` executing in this
+    /// process: each is cancelled (its model call's answer discarded, its
+    /// tool calls in flight dropped) and ends `cancelled` with the code of
+    /// `why`. Returns once each has recorded its end (waiting at most
+    /// [`STOP_WAIT`] for each), with the number of runs stopped. Runs
+    /// paused for an approval hold no task; they cannot resume because
+    /// nobody of a suspended tenant can authenticate to decide them.
+    pub async fn stop_tenant(&self, _op: &OperatorScope, uid: TenantUid, why: TenantStop) -> usize {
+        let ended: Vec<CancellationToken> = match self.active.lock() {
+            Ok(active) => active
+                .iter()
+                .filter(|((u, _), _)| *u == uid)
+                .map(|(_, r)| {
+                    let _ = r.stopped.set(why);
+                    r.cancel.cancel();
+                    r.ended.clone()
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for e in &ended {
+            if tokio::time::timeout(STOP_WAIT, e.cancelled())
+                .await
+                .is_err()
+            {
+                tracing::error!(tenant_uid = %uid, "a stopped run did not record its end in time");
+            }
+        }
+        ended.len()
+    }
+
+    /// Whether the run's tenant is still the active incarnation it started
+    /// under; refuses (fails closed) when the directory cannot say.
+    async fn check_tenant(&self, scope: &TenantScope) -> Result<(), RunFailure> {
+        let Some(directory) = &self.directory else {
+            return Ok(());
+        };
+        match directory.tenant(scope.tenant()).await {
+            Ok(Some(t)) if t.uid == scope.partition() => match t.status {
+                bulkhead_core::TenantStatus::Active => Ok(()),
+                bulkhead_core::TenantStatus::Suspended => Err(TenantStop::Suspended.failure()),
+            },
+            Ok(_) => Err(TenantStop::Deleted.failure()),
+            Err(e) => {
+                tracing::error!(error = %e, "could not check a run's tenant");
+                Err(failure(
+                    "internal",
+                    "the organisation's status could not be checked; the run stopped",
+                ))
+            }
+        }
+    }
+
+    /// Why a cancelled run ended: its tenant was stopped, or it was asked to.
+    fn cancelled(&self, uid: TenantUid, id: RunId) -> RunFailure {
+        let why = self
+            .active
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&(uid, id)).and_then(|r| r.stopped.get().copied()));
+        match why {
+            Some(why) => why.failure(),
+            None => failure("cancelled", "the run was cancelled"),
         }
     }
 
@@ -618,6 +733,7 @@ impl Runtime {
         let run = ActiveRun {
             cancel: CancellationToken::new(),
             ended: CancellationToken::new(),
+            stopped: Arc::new(std::sync::OnceLock::new()),
         };
         let token = run.cancel.clone();
         if let Ok(mut active) = self.active.lock() {
@@ -682,7 +798,7 @@ impl Runtime {
                 }
                 self.drive(&mut ctx, &tx).await
             } => r,
-            _ = cancel.cancelled() => Err(failure("cancelled", "the run was cancelled")),
+            _ = cancel.cancelled() => Err(self.cancelled(ctx.scope.partition(), ctx.record.id)),
             _ = tokio::time::sleep(timeout) => Err(failure(
                 "timeout",
                 format!("the run did not finish within {} s", timeout.as_secs()),
@@ -735,7 +851,10 @@ impl Runtime {
                 record.error = Some(failure("internal", "the run could not pause"));
             }
             Err(f) => {
-                record.status = if f.code == "cancelled" {
+                record.status = if matches!(
+                    f.code.as_str(),
+                    "cancelled" | "tenant_suspended" | "tenant_deleted"
+                ) {
                     RunStatus::Cancelled
                 } else {
                     RunStatus::Failed
@@ -876,6 +995,7 @@ impl Runtime {
             }
         }
         for step in ctx.first_step..=ctx.agent.max_steps {
+            self.check_tenant(&ctx.scope).await?;
             let _ = tx.send(RunEvent::new("step", json!({"step": step}))).await;
             let messages = match prompt::assemble(&ctx.scope, ctx.fragments.clone()) {
                 Ok(mut m) => {
@@ -1402,6 +1522,11 @@ impl Runtime {
         planned: &[Planned<'_>],
     ) -> Result<Vec<(String, Value)>, RunFailure> {
         let mut results = Vec::new();
+        // A tenant suspended since the model call (in a process that did
+        // not hear of it) gets no further call made for it.
+        if !planned.is_empty() {
+            self.check_tenant(&ctx.scope).await?;
+        }
         for p in planned {
             let mut data = json!({
                 "id": p.id, "tool": p.name,
