@@ -1755,6 +1755,40 @@ mod tests {
     }
 
     #[test]
+    fn agent_fan_out_limits_default_safely_and_are_checked_by_key() {
+        let base = "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"https://x\"\nregion = \"eu\"\ncredential = \"env:KEY\"\n[[models]]\nname = \"m\"\nprovider = \"p\"\nupstream = \"u\"\n[[agents]]\nname = \"a\"\nmodel = \"m\"\nprompt = \"x\"\n";
+        let c = load(base, &env).unwrap();
+        let a = &c.agents[0];
+        assert_eq!(
+            (
+                a.max_tool_calls_per_round,
+                a.max_tool_calls_per_run,
+                a.max_tool_result_bytes,
+                a.max_tool_result_bytes_per_round
+            ),
+            (16, 64, 32_768, 131_072)
+        );
+        check(
+            &format!(
+                "{base}max_tool_calls_per_round = 0\nmax_tool_calls_per_run = 10\nmax_tool_result_bytes = 100\nmax_tool_result_bytes_per_round = 1000\n"
+            ),
+            &[
+                "agents[0].max_tool_calls_per_round: must be between 1 and 1000",
+                "agents[0].max_tool_result_bytes: must be between 256",
+            ],
+        );
+        check(
+            &format!(
+                "{base}max_tool_calls_per_round = 20\nmax_tool_calls_per_run = 10\nmax_tool_result_bytes_per_round = 1000\n"
+            ),
+            &[
+                "agents[0].max_tool_calls_per_run: must be between max_tool_calls_per_round",
+                "agents[0].max_tool_result_bytes_per_round: must be between max_tool_result_bytes",
+            ],
+        );
+    }
+
+    #[test]
     fn approval_settings_are_checked_by_key() {
         let c = load("", &env).unwrap();
         assert_eq!(
