@@ -34,6 +34,14 @@ pub struct Agent {
     /// Token budget of the conversation sent to the model (older turns
     /// of the thread are left out first).
     pub context_tokens: u64,
+    /// Tool calls made from one model answer.
+    pub max_tool_calls_per_round: usize,
+    /// Tool calls over the whole run.
+    pub max_tool_calls_per_run: usize,
+    /// Bytes of one tool result kept.
+    pub max_tool_result_bytes: usize,
+    /// Bytes of one round's tool results together.
+    pub max_tool_result_bytes_per_round: usize,
 }
 
 /// The configured agents.
@@ -69,6 +77,10 @@ impl AgentCatalog {
                     max_tokens: a.max_tokens,
                     timeout: Duration::from_secs(a.timeout_s),
                     context_tokens: a.context_tokens,
+                    max_tool_calls_per_round: a.max_tool_calls_per_round as usize,
+                    max_tool_calls_per_run: a.max_tool_calls_per_run as usize,
+                    max_tool_result_bytes: a.max_tool_result_bytes as usize,
+                    max_tool_result_bytes_per_round: a.max_tool_result_bytes_per_round as usize,
                 },
             );
         }

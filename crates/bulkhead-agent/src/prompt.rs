@@ -126,6 +126,51 @@ pub fn fit(messages: &mut Vec<Value>, budget: u64) -> usize {
     dropped
 }
 
+/// What [`fit`] could not drop, cut to fit `budget`: the tool results
+/// still in the conversation (the newest turn's) are shortened to a fair
+/// share, each with a marker the model sees. Returns whether the
+/// conversation now fits; when it does not (the system messages or the
+/// user's input alone exceed the budget), the caller must not send it.
+pub fn fit_tool_results(messages: &mut [Value], budget: u64) -> bool {
+    // A few passes: the markers added by a cut cost tokens of their own.
+    for _ in 0..4 {
+        let total: u64 = messages.iter().map(message_tokens).sum();
+        if total <= budget {
+            return true;
+        }
+        let tools: Vec<usize> = (0..messages.len())
+            .filter(|&i| {
+                messages[i].get("role").and_then(Value::as_str) == Some("tool")
+                    && messages[i].get("content").is_some_and(Value::is_string)
+            })
+            .collect();
+        let tokens: Vec<usize> = tools
+            .iter()
+            .map(|&i| message_tokens(&messages[i]) as usize)
+            .collect();
+        let tool_total: usize = tokens.iter().sum();
+        let over = (total - budget) as usize;
+        if tool_total == 0 {
+            return false;
+        }
+        let share = crate::fanout::fair_share(&tokens, tool_total.saturating_sub(over));
+        for (&i, &t) in tools.iter().zip(&tokens) {
+            if t <= share {
+                continue;
+            }
+            let Some(text) = messages[i].get("content").and_then(Value::as_str) else {
+                continue;
+            };
+            // Bytes in proportion to the tokens kept (the estimate is
+            // monotonic in the text's length).
+            let keep = (text.len() as u128 * share as u128 / t.max(1) as u128) as usize;
+            let cut = crate::fanout::cut(text, keep);
+            messages[i]["content"] = Value::String(cut);
+        }
+    }
+    messages.iter().map(message_tokens).sum::<u64>() <= budget
+}
+
 /// The compiled templates of every agent.
 pub struct Prompts {
     env: Environment<'static>,
@@ -208,7 +253,7 @@ impl Prompts {
 
 #[cfg(test)]
 mod tests {
-    use super::fit;
+    use super::{fit, fit_tool_results, message_tokens};
     use serde_json::{Value, json};
 
     fn roles(m: &[Value]) -> Vec<String> {
@@ -256,5 +301,30 @@ mod tests {
         assert_eq!(fit(&mut m, 1), 2);
         assert_eq!(roles(&m)[2..], ["user:q3".to_owned()]);
         assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn the_newest_turns_tool_results_are_cut_to_the_budget() {
+        let big = "word ".repeat(20_000);
+        let mut m = vec![
+            json!({"role": "system", "content": "system"}),
+            json!({"role": "user", "content": "q"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "a"}, {"id": "b"}]}),
+            json!({"role": "tool", "tool_call_id": "a", "content": big}),
+            json!({"role": "tool", "tool_call_id": "b", "content": "small"}),
+        ];
+        fit(&mut m, 1_000);
+        assert!(fit_tool_results(&mut m, 1_000));
+        assert!(m.iter().map(message_tokens).sum::<u64>() <= 1_000);
+        assert!(
+            m[3]["content"]
+                .as_str()
+                .unwrap()
+                .contains("[truncated by bulkhead:")
+        );
+        assert_eq!(m[4]["content"], "small");
+        // The prompt alone over the budget cannot be fitted.
+        let mut m = vec![json!({"role": "system", "content": big})];
+        assert!(!fit_tool_results(&mut m, 1_000));
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead_auth::TenantScope;
+use bulkhead_auth::{OperatorScope, TenantScope};
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_core::{ApprovalId, Principal, RunId, TenantUid, ThreadId, Timestamp};
 use bulkhead_gateway::{ChatOutcome, Gateway};
@@ -84,7 +84,45 @@ pub struct Runtime {
     notifier: Option<Arc<dyn ApprovalNotifier>>,
     /// Deliveries to the notifier in flight.
     notices: TaskTracker,
+    /// Tenants as authentication sees them: a run checks its tenant is
+    /// still active before each model call and each round of tool calls.
+    directory: Option<Arc<dyn bulkhead_auth::Directory>>,
 }
+
+/// Why the operator stops a tenant's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantStop {
+    /// The tenant was suspended.
+    Suspended,
+    /// The tenant was deleted.
+    Deleted,
+}
+
+impl TenantStop {
+    /// The error code the stopped runs end with.
+    pub fn code(self) -> &'static str {
+        match self {
+            TenantStop::Suspended => "tenant_suspended",
+            TenantStop::Deleted => "tenant_deleted",
+        }
+    }
+
+    fn failure(self) -> RunFailure {
+        match self {
+            TenantStop::Suspended => failure(
+                self.code(),
+                "the organisation was suspended; the run stopped and no further call was made",
+            ),
+            TenantStop::Deleted => failure(
+                self.code(),
+                "the organisation was deleted; the run stopped and no further call was made",
+            ),
+        }
+    }
+}
+
+/// How long stopping a tenant waits for each of its runs to record its end.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// A run executing in this process.
 struct ActiveRun {
@@ -92,6 +130,8 @@ struct ActiveRun {
     cancel: CancellationToken,
     /// Cancelled once its end (or pause) is stored.
     ended: CancellationToken,
+    /// Set when the run is stopped because its tenant was (why it ends).
+    stopped: Arc<std::sync::OnceLock<TenantStop>>,
 }
 
 /// How the loop stopped without failing.
@@ -187,6 +227,9 @@ struct RunCtx {
     steps: Vec<Step>,
     /// The run's input (what retrieval searches for).
     input: String,
+    /// Tool calls the model asked for within the limits so far (made,
+    /// refused for another reason, or awaiting approval).
+    tool_calls: usize,
 }
 
 impl Runtime {
@@ -216,6 +259,81 @@ impl Runtime {
             approval_ttl: DEFAULT_APPROVAL_TTL,
             notifier: None,
             notices: TaskTracker::new(),
+            directory: None,
+        }
+    }
+
+    /// Checks before each model call and each round of tool calls that the
+    /// run's tenant is still active in `directory` (so a run in a process
+    /// that missed a suspension still stops).
+    pub fn with_directory(mut self, directory: Arc<dyn bulkhead_auth::Directory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// Stops every run of the tenant incarnation `uid` executing in this
+    /// process: each is cancelled (its model call's answer discarded, its
+    /// tool calls in flight dropped) and ends `cancelled` with the code of
+    /// `why`. Returns once each has recorded its end (waiting at most
+    /// [`STOP_WAIT`] for each), with the number of runs stopped. Runs
+    /// paused for an approval hold no task; they cannot resume because
+    /// nobody of a suspended tenant can authenticate to decide them.
+    pub async fn stop_tenant(&self, _op: &OperatorScope, uid: TenantUid, why: TenantStop) -> usize {
+        let ended: Vec<CancellationToken> = match self.active.lock() {
+            Ok(active) => active
+                .iter()
+                .filter(|((u, _), _)| *u == uid)
+                .map(|(_, r)| {
+                    let _ = r.stopped.set(why);
+                    r.cancel.cancel();
+                    r.ended.clone()
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for e in &ended {
+            if tokio::time::timeout(STOP_WAIT, e.cancelled())
+                .await
+                .is_err()
+            {
+                tracing::error!(tenant_uid = %uid, "a stopped run did not record its end in time");
+            }
+        }
+        ended.len()
+    }
+
+    /// Whether the run's tenant is still the active incarnation it started
+    /// under; refuses (fails closed) when the directory cannot say.
+    async fn check_tenant(&self, scope: &TenantScope) -> Result<(), RunFailure> {
+        let Some(directory) = &self.directory else {
+            return Ok(());
+        };
+        match directory.tenant(scope.tenant()).await {
+            Ok(Some(t)) if t.uid == scope.partition() => match t.status {
+                bulkhead_core::TenantStatus::Active => Ok(()),
+                bulkhead_core::TenantStatus::Suspended => Err(TenantStop::Suspended.failure()),
+            },
+            Ok(_) => Err(TenantStop::Deleted.failure()),
+            Err(e) => {
+                tracing::error!(error = %e, "could not check a run's tenant");
+                Err(failure(
+                    "internal",
+                    "the organisation's status could not be checked; the run stopped",
+                ))
+            }
+        }
+    }
+
+    /// Why a cancelled run ended: its tenant was stopped, or it was asked to.
+    fn cancelled(&self, uid: TenantUid, id: RunId) -> RunFailure {
+        let why = self
+            .active
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&(uid, id)).and_then(|r| r.stopped.get().copied()));
+        match why {
+            Some(why) => why.failure(),
+            None => failure("cancelled", "the run was cancelled"),
         }
     }
 
@@ -598,6 +716,7 @@ impl Runtime {
             outbox: Vec::new(),
             steps: Vec::new(),
             input: req.input.clone(),
+            tool_calls: 0,
         };
         let this = self.clone();
         self.tasks
@@ -614,6 +733,7 @@ impl Runtime {
         let run = ActiveRun {
             cancel: CancellationToken::new(),
             ended: CancellationToken::new(),
+            stopped: Arc::new(std::sync::OnceLock::new()),
         };
         let token = run.cancel.clone();
         if let Ok(mut active) = self.active.lock() {
@@ -678,7 +798,7 @@ impl Runtime {
                 }
                 self.drive(&mut ctx, &tx).await
             } => r,
-            _ = cancel.cancelled() => Err(failure("cancelled", "the run was cancelled")),
+            _ = cancel.cancelled() => Err(self.cancelled(ctx.scope.partition(), ctx.record.id)),
             _ = tokio::time::sleep(timeout) => Err(failure(
                 "timeout",
                 format!("the run did not finish within {} s", timeout.as_secs()),
@@ -731,7 +851,10 @@ impl Runtime {
                 record.error = Some(failure("internal", "the run could not pause"));
             }
             Err(f) => {
-                record.status = if f.code == "cancelled" {
+                record.status = if matches!(
+                    f.code.as_str(),
+                    "cancelled" | "tenant_suspended" | "tenant_deleted"
+                ) {
                     RunStatus::Cancelled
                 } else {
                     RunStatus::Failed
@@ -872,10 +995,29 @@ impl Runtime {
             }
         }
         for step in ctx.first_step..=ctx.agent.max_steps {
+            self.check_tenant(&ctx.scope).await?;
             let _ = tx.send(RunEvent::new("step", json!({"step": step}))).await;
             let messages = match prompt::assemble(&ctx.scope, ctx.fragments.clone()) {
                 Ok(mut m) => {
                     prompt::fit(&mut m, ctx.agent.context_tokens);
+                    // The newest turn's tool results are cut to fit too: the
+                    // request never exceeds the budget. What still does not
+                    // fit (the prompt or the input alone) is not sent.
+                    if !prompt::fit_tool_results(&mut m, ctx.agent.context_tokens) {
+                        let message = format!(
+                            "the prompt and the input alone exceed the agent's context budget of {} tokens; nothing was sent to the model",
+                            ctx.agent.context_tokens
+                        );
+                        self.stage(
+                            ctx,
+                            "error",
+                            json!({"code": "context_limit", "message": message}),
+                            None,
+                            None,
+                            None,
+                        );
+                        return Err(failure("context_limit", message));
+                    }
                     m
                 }
                 Err(foreign) => {
@@ -943,11 +1085,12 @@ impl Runtime {
                 .pointer("/choices/0/message")
                 .cloned()
                 .unwrap_or(Value::Null);
-            let calls: Vec<Value> = message
+            let mut calls: Vec<Value> = message
                 .get("tool_calls")
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            let requested = calls.len();
             let finish = answer
                 .pointer("/choices/0/finish_reason")
                 .cloned()
@@ -957,7 +1100,7 @@ impl Runtime {
                 "input_tokens": n("/usage/prompt_tokens"),
                 "output_tokens": n("/usage/completion_tokens"),
                 "finish_reason": finish,
-                "tool_calls": calls.len(),
+                "tool_calls": requested,
             });
             let content = message
                 .get("content")
@@ -982,7 +1125,26 @@ impl Runtime {
                 );
                 return Ok(Ended::Answer(content));
             }
+            // Calls past the agent's limits are not made. The model hears
+            // of them as one tool error on the first of them; the others
+            // leave its message, so the next request does not carry
+            // thousands of unanswered calls.
+            let allowed = ctx.agent.max_tool_calls_per_round.min(
+                ctx.agent
+                    .max_tool_calls_per_run
+                    .saturating_sub(ctx.tool_calls),
+            );
+            let excess = (requested > allowed).then(|| {
+                let first = calls.split_off(allowed);
+                let refused = self.over_limit(ctx, &first[0], allowed, requested);
+                calls.push(first[0].clone());
+                refused
+            });
             let assistant = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null), "tool_calls": calls});
+            if excess.is_some() {
+                calls.pop();
+            }
+            ctx.tool_calls += calls.len();
             // Stored with the tool calls it asks for, before any of them runs.
             let announce = RunEvent::new("model_call", data.clone());
             self.stage(
@@ -995,7 +1157,7 @@ impl Runtime {
             );
             ctx.fragments.push(Fragment::tenant(&ctx.scope, assistant));
             self.check_tokens(ctx)?;
-            if let Some(asks) = self.tool_round(ctx, tx, &calls, step).await? {
+            if let Some(asks) = self.tool_round(ctx, tx, &calls, excess, step).await? {
                 return Ok(Ended::Paused(asks));
             }
         }
@@ -1006,6 +1168,36 @@ impl Runtime {
                 ctx.agent.max_steps
             ),
         ))
+    }
+
+    /// The refusal of an answer's calls past the agent's limits, carried by
+    /// the first of them (`call`, at `index`).
+    fn over_limit(&self, ctx: &RunCtx, call: &Value, index: usize, requested: usize) -> Refused {
+        let id = call
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("call_{index}"));
+        let name = call
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .chars()
+            .take(64)
+            .collect();
+        Refused {
+            id,
+            name,
+            code: "tool_call_limit",
+            message: format!(
+                "this answer asked for {requested} tool calls; the agent makes at most {} per answer and {} per run ({} so far), so the last {} were not made",
+                ctx.agent.max_tool_calls_per_round,
+                ctx.agent.max_tool_calls_per_run,
+                ctx.tool_calls,
+                requested - index
+            ),
+            approval: None,
+        }
     }
 
     fn check_tokens(&self, ctx: &RunCtx) -> Result<(), RunFailure> {
@@ -1225,6 +1417,7 @@ impl Runtime {
         ctx: &mut RunCtx,
         tx: &mpsc::Sender<RunEvent>,
         calls: &[Value],
+        excess: Option<Refused>,
         round: u32,
     ) -> Result<Option<Vec<Approval>>, RunFailure> {
         let mut planned = Vec::new();
@@ -1264,7 +1457,8 @@ impl Runtime {
         }
         // Results go back in the order the model asked for them.
         let mut results: Vec<(String, Value)> = Vec::new();
-        for r in refused {
+        // The calls past the limits come last, as the model asked for them.
+        for r in refused.into_iter().chain(excess) {
             results.push(self.stage_refusal(ctx, r));
         }
         results.extend(self.make_calls(ctx, tx, &planned).await?);
@@ -1328,6 +1522,11 @@ impl Runtime {
         planned: &[Planned<'_>],
     ) -> Result<Vec<(String, Value)>, RunFailure> {
         let mut results = Vec::new();
+        // A tenant suspended since the model call (in a process that did
+        // not hear of it) gets no further call made for it.
+        if !planned.is_empty() {
+            self.check_tenant(&ctx.scope).await?;
+        }
         for p in planned {
             let mut data = json!({
                 "id": p.id, "tool": p.name,
@@ -1350,6 +1549,22 @@ impl Runtime {
             (out, started.elapsed())
         }))
         .await;
+        // Only as much of the results as the agent's limits allow is kept
+        // (cut after redaction, so a cut cannot split a secret out of
+        // reach of the redaction).
+        let (meta, mut contents): (Vec<_>, Vec<String>) = outputs
+            .into_iter()
+            .map(|((ok, code, content), took)| ((ok, code, took), content))
+            .unzip();
+        crate::fanout::limit_round(
+            &mut contents,
+            ctx.agent.max_tool_result_bytes,
+            ctx.agent.max_tool_result_bytes_per_round,
+        );
+        let outputs = meta
+            .into_iter()
+            .zip(contents)
+            .map(|((ok, code, took), content)| ((ok, code, content), took));
         for (p, ((ok, code, content), took)) in planned.iter().zip(outputs) {
             // The cost ledger's row for the call (tools have no price).
             if code != Some("rate_limited") {

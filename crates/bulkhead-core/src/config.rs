@@ -838,6 +838,41 @@ pub struct AgentConfig {
     /// oldest turns are left out first; the prompt and the newest turn stay.
     #[serde(default = "default_context_tokens")]
     pub context_tokens: u64,
+    /// Tool calls made from one model answer; the model's further calls
+    /// in that answer are refused to it (`tool_call_limit`).
+    #[serde(default = "default_max_tool_calls_per_round")]
+    pub max_tool_calls_per_round: u32,
+    /// Tool calls over the whole run (resumed runs included).
+    #[serde(default = "default_max_tool_calls_per_run")]
+    pub max_tool_calls_per_run: u32,
+    /// Bytes of one tool result kept for the model, the thread and the
+    /// run's steps; the rest is cut with a marker the model sees.
+    #[serde(default = "default_max_tool_result_bytes")]
+    pub max_tool_result_bytes: u32,
+    /// Bytes of all tool results of one round together; over it every
+    /// result is cut to a fair share.
+    #[serde(default = "default_max_tool_result_bytes_per_round")]
+    pub max_tool_result_bytes_per_round: u32,
+}
+
+/// Enough for a model that fans out over a handful of items.
+fn default_max_tool_calls_per_round() -> u32 {
+    16
+}
+
+/// Four full rounds; more is a runaway loop, not a task.
+fn default_max_tool_calls_per_run() -> u32 {
+    64
+}
+
+/// About 8k tokens: a page of an API answer.
+fn default_max_tool_result_bytes() -> u32 {
+    32 * 1024
+}
+
+/// Four full results per round.
+fn default_max_tool_result_bytes_per_round() -> u32 {
+    128 * 1024
 }
 
 /// Fits common 16k-context models with room for the answer.
@@ -1754,6 +1789,34 @@ fn validate_resources(
         if a.timeout_s == 0 || a.timeout_s > 86_400 {
             errors.push(format!("{p}.timeout_s"), "must be between 1 and 86400");
         }
+        if a.max_tool_calls_per_round == 0 || a.max_tool_calls_per_round > 1_000 {
+            errors.push(
+                format!("{p}.max_tool_calls_per_round"),
+                "must be between 1 and 1000",
+            );
+        }
+        if a.max_tool_calls_per_run < a.max_tool_calls_per_round
+            || a.max_tool_calls_per_run > 100_000
+        {
+            errors.push(
+                format!("{p}.max_tool_calls_per_run"),
+                "must be between max_tool_calls_per_round and 100000",
+            );
+        }
+        if a.max_tool_result_bytes < 256 || a.max_tool_result_bytes > 16 * 1024 * 1024 {
+            errors.push(
+                format!("{p}.max_tool_result_bytes"),
+                "must be between 256 and 16777216",
+            );
+        }
+        if a.max_tool_result_bytes_per_round < a.max_tool_result_bytes
+            || a.max_tool_result_bytes_per_round > 64 * 1024 * 1024
+        {
+            errors.push(
+                format!("{p}.max_tool_result_bytes_per_round"),
+                "must be between max_tool_result_bytes and 67108864",
+            );
+        }
         let region = model_region.get(a.model.as_str()).copied();
         if region.is_none() {
             errors.push(format!("{p}.model"), format!("unknown model {:?}", a.model));
@@ -1955,6 +2018,40 @@ mod tests {
         for listen in ["127.0.0.1:8080", "127.0.0.2:1", "[::1]:8080"] {
             load(&format!("[server]\nlisten = \"{listen}\""), &env).unwrap();
         }
+    }
+
+    #[test]
+    fn agent_fan_out_limits_default_safely_and_are_checked_by_key() {
+        let base = "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"https://x\"\nregion = \"eu\"\ncredential = \"env:KEY\"\n[[models]]\nname = \"m\"\nprovider = \"p\"\nupstream = \"u\"\n[[agents]]\nname = \"a\"\nmodel = \"m\"\nprompt = \"x\"\n";
+        let c = load(base, &env).unwrap();
+        let a = &c.agents[0];
+        assert_eq!(
+            (
+                a.max_tool_calls_per_round,
+                a.max_tool_calls_per_run,
+                a.max_tool_result_bytes,
+                a.max_tool_result_bytes_per_round
+            ),
+            (16, 64, 32_768, 131_072)
+        );
+        check(
+            &format!(
+                "{base}max_tool_calls_per_round = 0\nmax_tool_calls_per_run = 10\nmax_tool_result_bytes = 100\nmax_tool_result_bytes_per_round = 1000\n"
+            ),
+            &[
+                "agents[0].max_tool_calls_per_round: must be between 1 and 1000",
+                "agents[0].max_tool_result_bytes: must be between 256",
+            ],
+        );
+        check(
+            &format!(
+                "{base}max_tool_calls_per_round = 20\nmax_tool_calls_per_run = 10\nmax_tool_result_bytes_per_round = 1000\n"
+            ),
+            &[
+                "agents[0].max_tool_calls_per_run: must be between max_tool_calls_per_round",
+                "agents[0].max_tool_result_bytes_per_round: must be between max_tool_result_bytes",
+            ],
+        );
     }
 
     #[test]

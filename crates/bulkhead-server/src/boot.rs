@@ -175,6 +175,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
                 .map(|n| bulkhead_quota::FairGate::new(n as usize)),
         )
         .with_policies(policies.clone())
+        .with_directory(store_arc.clone())
         .with_approvals(
             std::time::Duration::from_secs(config.approvals.ttl_s),
             match &config.approvals.signing_key {

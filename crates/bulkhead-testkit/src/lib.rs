@@ -50,6 +50,9 @@
 //! - `GET /status/{code}` (any method, any path after it): that status,
 //!   the body echoing the `Authorization` header (for testing that a
 //!   caller keeps credentials out of its errors);
+//! - `/status/{code}/as-{encoding}` (any method, any path after it): that
+//!   status, the body echoing the credential encoded (base64, URL, JSON
+//!   escapes, hex, reversed, split…), for testing redaction;
 //! - `GET /hang`: never answers; the connection is closed when the
 //!   stand-in is dropped.
 //!

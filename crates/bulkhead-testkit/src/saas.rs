@@ -297,6 +297,9 @@ async fn route(state: &State, addr: SocketAddr, req: Request<Incoming>) -> Res {
         (&Method::GET, ["big"]) => big(&request),
         // Any method and any tail, so that a connector's base URL can
         // point here and meet the status on its own API path.
+        (_, ["status", code, encoding, ..]) if encoding.starts_with("as-") => {
+            leak(&request, code, &encoding[3..])
+        }
         (_, ["status", code, ..]) => status(&request, code),
         (&Method::GET, ["hang"]) => std::future::pending().await,
         _ => json_response(
@@ -506,6 +509,83 @@ fn big(request: &SaasRequest) -> Res {
     });
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    res
+}
+
+/// `/status/{code}/as-{encoding}[/...]`: that status; the body echoes the
+/// credential of the `Authorization` header (what follows its scheme) in
+/// `encoding`, as a careless or hostile API might: `plain`, `upper`,
+/// `reversed`, `base64`, `base64url`, `base64-mid` (base64 of the
+/// credential after a prefix, so it starts mid-group), `url` (`%XX`),
+/// `form` (`%XX` with `+` for spaces), `json-slash` (`\/`), `json-unicode`
+/// (every character `\uXXXX`), `hex`, `HEX`, `split` (the two halves in
+/// two fields). The encoded text is written into the JSON body verbatim.
+fn leak(request: &SaasRequest, code: &str, encoding: &str) -> Res {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let status = code
+        .parse::<u16>()
+        .ok()
+        .filter(|c| (200..=599).contains(c))
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::BAD_REQUEST);
+    let header = request.header("authorization").unwrap_or_default();
+    let secret = header.split_once(' ').map_or(header, |(_, s)| s);
+    let percent = |form: bool| {
+        secret
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                b' ' if form => "+".to_owned(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let field = match encoding {
+        "plain" => secret.to_owned(),
+        "upper" => secret.to_uppercase(),
+        "reversed" => secret.chars().rev().collect(),
+        "base64" => STANDARD.encode(secret),
+        "base64url" => URL_SAFE_NO_PAD.encode(secret),
+        "base64-mid" => STANDARD.encode(format!("user-id=42;{secret};end")),
+        "url" => percent(false),
+        "form" => percent(true),
+        "json-slash" => secret.replace('/', "\\/"),
+        "json-unicode" => secret
+            .encode_utf16()
+            .map(|u| format!("\\u{u:04x}"))
+            .collect(),
+        "hex" => hex,
+        "HEX" => hex.to_uppercase(),
+        "split" => {
+            let (a, b) = secret.split_at(secret.len() / 2);
+            let body = format!(r#"{{"status":{},"a":"{a}","b":"{b}"}}"#, status.as_u16());
+            return raw_json(status, body);
+        }
+        _ => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "unknown encoding"}),
+            );
+        }
+    };
+    raw_json(
+        status,
+        format!(r#"{{"status":{},"leak":"{field}"}}"#, status.as_u16()),
+    )
+}
+
+/// A JSON body written as given (so escapes in it stay as they are).
+fn raw_json(status: StatusCode, body: String) -> Res {
+    let mut res = Response::new(Body::Full(Some(Bytes::from(body))));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     res
 }
 

@@ -1,9 +1,7 @@
 //! Injecting a tenant's credential into an outbound request, and the list
 //! of strings that must never appear in an error.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use bulkhead_vault::CredentialSecret;
+use bulkhead_vault::{CredentialSecret, Redactor};
 
 /// Adds the credential's `Authorization` header: Bearer for API keys,
 /// bearer tokens and OAuth2 access tokens (what Slack, Jira Cloud and
@@ -24,22 +22,10 @@ pub(crate) fn authorize(
     }
 }
 
-/// Every string that gives the credential away: its secret values, and
-/// for Basic the encoded `user:password` that travels in the header (an
-/// upstream echoing the header would otherwise leak it in base64).
-pub(crate) fn secrets(credential: Option<&CredentialSecret>) -> Vec<String> {
-    let Some(credential) = credential else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = credential
-        .secret_values()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    if let CredentialSecret::Basic { username, password } = credential {
-        out.push(STANDARD.encode(format!("{username}:{}", password.expose())));
-    }
-    // Longest first, so that a secret containing another is replaced whole.
-    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    out
+/// Finds every string that gives the credential away: its secret values
+/// in their common encodings, and for Basic the encoded `user:password`
+/// that travels in the header (an upstream echoing the header would
+/// otherwise leak it).
+pub(crate) fn secrets(credential: Option<&CredentialSecret>) -> Redactor {
+    Redactor::for_credentials(credential)
 }

@@ -3,10 +3,12 @@
 //!
 //! Messages go back to the model (so that it can fix its call) and into
 //! logs, so they never carry a credential: [`ToolBox::call`] scrubs every
-//! secret value out of them before returning, even one an upstream echoed
-//! back in its error body.
+//! secret value (and its common encodings) out of them before returning,
+//! even one an upstream echoed back in its error body.
 //!
 //! [`ToolBox::call`]: crate::ToolBox::call
+
+use bulkhead_vault::Redactor;
 
 /// Why a tool could not be built or called.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,7 +73,7 @@ impl ToolError {
     }
 
     /// The same error with every `secrets` value replaced in its text.
-    pub(crate) fn scrubbed(self, secrets: &[String]) -> Self {
+    pub(crate) fn scrubbed(self, secrets: &Redactor) -> Self {
         if secrets.is_empty() {
             return self;
         }
@@ -92,36 +94,11 @@ impl ToolError {
     }
 }
 
-/// `text` with every occurrence of each secret replaced by `[redacted]`.
-/// One pass over the original text: replacing secret after secret would
-/// let a later (short) secret match inside an earlier `[redacted]`, and
-/// overlapping occurrences are covered as one span.
-pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut covered = vec![false; text.len()];
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        for (start, m) in text.match_indices(secret.as_str()) {
-            covered[start..start + m.len()].fill(true);
-        }
-    }
-    if !covered.contains(&true) {
-        return text.to_owned();
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut in_secret = false;
-    for (i, c) in text.char_indices() {
-        // Secrets are whole strings, so a match starts and ends on char
-        // boundaries; checking a char's first byte is enough.
-        if covered[i] {
-            if !in_secret {
-                out.push_str("[redacted]");
-                in_secret = true;
-            }
-        } else {
-            in_secret = false;
-            out.push(c);
-        }
-    }
-    out
+/// `text` with every occurrence of each secret, in any common encoding,
+/// replaced by `[redacted]` (one pass; overlapping occurrences are covered
+/// as one span).
+pub(crate) fn scrub(text: &str, secrets: &Redactor) -> String {
+    secrets.redact(text)
 }
 
 #[cfg(test)]
@@ -156,7 +133,7 @@ mod tests {
 
     #[test]
     fn scrubbing_replaces_every_occurrence() {
-        let secrets = vec!["s3cret".to_owned(), String::new()];
+        let secrets = Redactor::new(["s3cret", ""], []);
         let e = ToolError::Upstream {
             status: 401,
             message: "bad token s3cret (s3cret)".into(),
@@ -166,8 +143,8 @@ mod tests {
             e.to_string(),
             "upstream answered 401: bad token [redacted] ([redacted])"
         );
-        let secrets = vec!["abcd".to_owned(), "cdef".to_owned(), "e".to_owned()];
-        assert_eq!(scrub("xabcdefx e é", &secrets), "x[redacted]x [redacted] é");
+        let secrets = Redactor::new(["abcdef", "defghi", "e"], []);
+        assert_eq!(scrub("xabcdefghix e é", &secrets), "x[redacted]x e é");
         assert_eq!(scrub("nothing", &secrets), "nothing");
     }
 }

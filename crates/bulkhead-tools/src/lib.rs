@@ -245,7 +245,7 @@ impl ToolBox {
         tool: &Tool,
         args: &Value,
         credential: Option<&CredentialSecret>,
-        secrets: &[String],
+        secrets: &bulkhead_vault::Redactor,
     ) -> Result<ToolOutput, ToolError> {
         tool.validate(args)?;
         let request = match &tool.spec {
@@ -301,7 +301,7 @@ impl ToolBox {
         &self,
         tool: &Tool,
         response: reqwest::Response,
-        secrets: &[String],
+        secrets: &bulkhead_vault::Redactor,
     ) -> Result<ToolOutput, ToolError> {
         let status = response.status().as_u16();
         if !response.status().is_success() {
@@ -329,7 +329,7 @@ impl ToolBox {
 
 /// The start of an error body as text, credentials removed *before*
 /// cutting (a cut secret would no longer match).
-fn snippet(body: &[u8], secrets: &[String]) -> String {
+fn snippet(body: &[u8], secrets: &bulkhead_vault::Redactor) -> String {
     let text = error::scrub(&String::from_utf8_lossy(body), secrets);
     let text = text.trim();
     if text.is_empty() {

@@ -11,8 +11,8 @@
 //!
 //! The vault never returns secrets over the API; it hands them to code that
 //! injects them into an outbound request (`Vault::use_credential`), and it
-//! can scrub a tenant's secret values out of text before that text reaches
-//! a model (`Vault::redact`).
+//! can scrub a tenant's secret values, and their common encodings, out of
+//! text before that text reaches a model (`Vault::redact`, [`redact`]).
 
 pub mod aead;
 #[cfg(feature = "aws-kms")]
@@ -20,6 +20,7 @@ pub mod aws_kms;
 pub mod credential;
 pub mod kms;
 pub mod oauth;
+pub mod redact;
 pub mod store;
 pub mod vault;
 
@@ -27,5 +28,6 @@ pub use credential::{
     ConnectionName, CredentialKind, CredentialMeta, CredentialSecret, CredentialStatus,
 };
 pub use kms::{EncryptionContext, KeyProvider, KmsError, WrappedKey};
+pub use redact::Redactor;
 pub use store::{KeyOwner, StoredCredential, StoredDataKey, VaultStore};
 pub use vault::{Vault, VaultError};

@@ -4,10 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aho_corasick::AhoCorasick;
 use bulkhead_auth::{OperatorScope, TenantScope};
+use bulkhead_core::Timestamp;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
-use bulkhead_core::{SecretString, Timestamp};
 use serde_json::json;
 
 use crate::aead::{DataKey, associated_data};
@@ -16,6 +15,7 @@ use crate::credential::{
 };
 use crate::kms::{EncryptionContext, KeyProvider, KmsError};
 use crate::oauth::{RefreshRequest, TokenRefresher};
+use crate::redact::Redactor;
 use crate::store::{
     CredScope, KeyOwner, StoredCredential, StoredDataKey, VaultStore, VaultStoreError,
 };
@@ -583,34 +583,22 @@ impl Vault {
         Ok(())
     }
 
-    /// Replaces every occurrence of one of the tenant's secret values in
-    /// `text` with `[redacted]`, before tool output reaches a model.
+    /// Replaces every occurrence of one of the tenant's secret values —
+    /// verbatim or in a common encoding ([`crate::redact`]) — in `text`
+    /// with `[redacted]`, before tool output reaches a model.
     pub async fn redact(&self, scope: &TenantScope, text: &str) -> Result<String, VaultError> {
+        Ok(self.redactor(scope).await?.redact(text))
+    }
+
+    /// A redactor of every secret of the tenant's credentials, for texts
+    /// of one step (built once, used on each).
+    pub async fn redactor(&self, scope: &TenantScope) -> Result<Redactor, VaultError> {
         let scope = CredScope::Tenant(scope);
-        let mut values: Vec<SecretString> = Vec::new();
+        let mut secrets = Vec::new();
         for c in self.store.credentials(scope).await? {
-            let secret = self.open(scope, &c).await?;
-            values.extend(
-                secret
-                    .secret_values()
-                    .into_iter()
-                    .map(|v| SecretString::new(v.to_owned())),
-            );
+            secrets.push(self.open(scope, &c).await?);
         }
-        // Very short values would redact ordinary words; real secrets are longer.
-        let patterns: Vec<&str> = values
-            .iter()
-            .map(|v| v.expose())
-            .filter(|v| v.len() >= 6)
-            .collect();
-        if patterns.is_empty() {
-            return Ok(text.to_owned());
-        }
-        let ac = AhoCorasick::builder()
-            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-            .build(&patterns)
-            .map_err(|e| VaultError::Internal(e.to_string()))?;
-        Ok(ac.replace_all(text, &vec!["[redacted]"; patterns.len()]))
+        Ok(Redactor::for_credentials(secrets.iter()))
     }
 
     /// Rotates the key-encryption key and re-wraps every data key under the

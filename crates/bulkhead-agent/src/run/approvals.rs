@@ -343,6 +343,15 @@ impl Runtime {
             settings,
             fragments,
             seq: steps.iter().map(|s| s.seq).max().unwrap_or(0),
+            // Counted from the record (an approved call's request and its
+            // call count twice: the limit errs on the safe side).
+            tool_calls: steps
+                .iter()
+                .filter(|s| {
+                    matches!(s.kind.as_str(), "tool_call" | "approval_requested")
+                        || (s.kind == "tool_refused" && s.data["code"] != "tool_call_limit")
+                })
+                .count(),
             steps,
             record,
             pending: Vec::new(),

@@ -241,6 +241,14 @@ pub async fn update_tenant(
         ));
     }
     let tenant = state.control.update_tenant(&op, &id, patch).await?;
+    // Once suspended, the tenant's runs in this process end before the
+    // answer: no tool call of theirs is made after it.
+    if tenant.status == TenantStatus::Suspended {
+        state
+            .runtime
+            .stop_tenant(&op, tenant.uid, bulkhead_agent::TenantStop::Suspended)
+            .await;
+    }
     Ok(AxumJson(tenant.into()))
 }
 
@@ -253,7 +261,19 @@ pub async fn delete_tenant(
     OperatorCtx(op): OperatorCtx,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = state.control.delete_tenant(&op, &tenant_id(&id)?).await?;
+    let id = tenant_id(&id)?;
+    // Its runs end (and record it) while its partition still exists; a run
+    // that starts meanwhile fails its tenant check at its next call.
+    let uid = state.control.get_tenant(&op, &id).await?.uid;
+    state
+        .runtime
+        .stop_tenant(&op, uid, bulkhead_agent::TenantStop::Deleted)
+        .await;
+    let tenant = state.control.delete_tenant(&op, &id).await?;
+    state
+        .runtime
+        .stop_tenant(&op, tenant.uid, bulkhead_agent::TenantStop::Deleted)
+        .await;
     // A deleted tenant is no longer named by the metrics, and its place
     // under `server.metrics_max_tenants` goes to the next tenant.
     state.metrics.forget_tenant(tenant.id.as_str());

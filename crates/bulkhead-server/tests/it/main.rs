@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod agent_attacks;
 mod agents;
 mod api_keys;
 mod approvals;
