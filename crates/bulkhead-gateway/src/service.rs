@@ -1241,9 +1241,25 @@ async fn tell(tx: &mpsc::Sender<Vec<u8>>, bytes: Vec<u8>, slot: &mut Slot) {
 }
 
 /// Reads the rest of an abandoned stream for its usage (the provider
-/// bills the whole answer whether or not anyone reads it), within the
-/// idle limit and the size cap; what was counted so far otherwise.
+/// bills the whole answer whether or not anyone reads it), for at most
+/// the idle limit in all and within the size cap — an endless stream is
+/// not read forever; what was counted so far bills it then.
 async fn drain_usage<B: AsRef<[u8]>>(
+    call: &Call,
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<B>> + Unpin),
+    parser: &mut sse::Parser,
+    translator: &mut StreamTranslator,
+    counted: &mut Counted,
+    slot: &mut Slot,
+) {
+    let _ = tokio::time::timeout(
+        idle_limit(call),
+        drain(call, body, parser, translator, counted, slot),
+    )
+    .await;
+}
+
+async fn drain<B: AsRef<[u8]>>(
     call: &Call,
     body: &mut (impl futures_util::Stream<Item = reqwest::Result<B>> + Unpin),
     parser: &mut sse::Parser,

@@ -15,5 +15,6 @@ mod knowledge;
 mod lifecycle;
 mod limits;
 mod matrix;
+mod model_calls;
 mod policies;
 mod support;
