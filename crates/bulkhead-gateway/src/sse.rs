@@ -129,7 +129,7 @@ mod tests {
         let mut p = Parser::with_limit(16);
         assert!(p.feed(b"data: 0123456789").unwrap().is_empty());
         assert_eq!(p.feed(b"abcdefgh"), Err(EventTooLarge));
-        let mut p = Parser::with_limit(usize::MAX);
+        let p = Parser::with_limit(usize::MAX);
         assert_eq!(p.limit, MAX_EVENT_BYTES, "never above 4 MiB");
     }
 }
