@@ -163,6 +163,10 @@ async fn streams_a_tenant_stopped_reading_hold_no_slot_and_are_cut_and_billed_wh
         "b got through only because a's streams were cut"
     );
     assert!(model_events(&app, &a).await.is_empty());
+    eprintln!(
+        "b's call behind a's stalled streams: {:?}",
+        started.elapsed()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(6),
         "{:?}",
@@ -229,12 +233,17 @@ async fn a_tenant_over_its_share_of_a_saturated_provider_yields_slots_while_its_
     tokio::time::timeout(Duration::from_secs(30), fake.wait_chunks(10))
         .await
         .unwrap();
+    let started = Instant::now();
     let r = tokio::time::timeout(
         Duration::from_secs(30),
         app.call("POST", "/v1/chat/completions", Some(&b), Some(chat(false))),
     )
     .await
     .expect("b's call waited behind a's endless streams");
+    eprintln!(
+        "b's call behind a's endless streams: {:?}",
+        started.elapsed()
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     // a's streams were never cut: they only queued again behind b.
     assert_eq!(fake.abandoned(), 0);
