@@ -631,6 +631,16 @@ pub struct ProviderConfig {
     /// Most calls in flight to this provider at once; more wait their turn.
     #[serde(default = "default_provider_concurrency")]
     pub max_concurrency: u32,
+    /// The longest a stream may go without bytes moving (the provider
+    /// silent, or the client not taking what was sent) before it is cut
+    /// (seconds).
+    #[serde(default = "default_stream_idle_timeout")]
+    pub stream_idle_timeout_s: u64,
+    /// The most bytes one answer may have: a whole non-streamed body, or
+    /// all of a stream's bytes together (a single event is bounded by it
+    /// too, and never beyond 4 MiB).
+    #[serde(default = "default_max_model_response_bytes")]
+    pub max_response_bytes: u64,
     /// `azure-openai` only: the `api-version` query parameter.
     pub api_version: Option<String>,
 }
@@ -648,6 +658,24 @@ fn default_provider_retries() -> u32 {
 fn default_provider_concurrency() -> u32 {
     64
 }
+/// As long as the default per-attempt timeout: a reasoning model may be
+/// silent a while between chunks; an idle stream holds no provider slot.
+fn default_stream_idle_timeout() -> u64 {
+    60
+}
+/// 16 MiB: far above any real completion (a 128k-token answer is about
+/// 512 KiB of text, a few MiB as SSE), far below what hurts the process.
+fn default_max_model_response_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+
+/// Upper bound of `[[providers]] max_response_bytes` (1 GiB).
+pub const MAX_MODEL_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
+/// Upper bound of `[[providers]] stream_idle_timeout_s` (an hour).
+pub const MAX_STREAM_IDLE_TIMEOUT_S: u64 = 3600;
+/// Output tokens reserved for a call to a model without
+/// `max_output_tokens` when the request does not say how many it wants.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 
 /// `[[models]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -665,6 +693,10 @@ pub struct ModelConfig {
     pub price_output_per_mtok: Option<Usd>,
     /// USD per million cached input tokens.
     pub price_cached_input_per_mtok: Option<Usd>,
+    /// The most output tokens one answer (one choice) of this model may
+    /// have: what a call that sets no `max_tokens` reserves per choice.
+    /// Unset: [`DEFAULT_MAX_OUTPUT_TOKENS`].
+    pub max_output_tokens: Option<u64>,
 }
 
 /// `[[embedding_models]]`
@@ -1587,6 +1619,18 @@ fn validate_resources(
                 "must be at least 1",
             );
         }
+        if !(1..=MAX_STREAM_IDLE_TIMEOUT_S).contains(&p.stream_idle_timeout_s) {
+            errors.push(
+                format!("providers[{i}].stream_idle_timeout_s"),
+                format!("must be between 1 and {MAX_STREAM_IDLE_TIMEOUT_S}"),
+            );
+        }
+        if !(1024..=MAX_MODEL_RESPONSE_BYTES).contains(&p.max_response_bytes) {
+            errors.push(
+                format!("providers[{i}].max_response_bytes"),
+                format!("must be between 1024 and {MAX_MODEL_RESPONSE_BYTES} (1 GiB)"),
+            );
+        }
         match (&p.kind, &p.api_version) {
             (ProviderKind::AzureOpenai, None) => errors.push(
                 format!("providers[{i}].api_version"),
@@ -1625,6 +1669,14 @@ fn validate_resources(
     for (i, m) in config.models.iter().enumerate() {
         if m.upstream.trim().is_empty() {
             errors.push(format!("models[{i}].upstream"), "must not be empty");
+        }
+        if m.max_output_tokens
+            .is_some_and(|t| !(1..=10_000_000).contains(&t))
+        {
+            errors.push(
+                format!("models[{i}].max_output_tokens"),
+                "must be between 1 and 10000000",
+            );
         }
         match provider_region.get(m.provider.as_str()) {
             Some(r) => {
@@ -2346,6 +2398,40 @@ file = "policies.cedar"
                 .contains("is not an API version")
         );
         assert!(errs(&base("openai", "api_version = \"2024-10-21\""))[0].contains("only kind"));
+    }
+
+    #[test]
+    fn model_call_limits_have_safe_defaults_and_are_checked_by_key() {
+        let base = "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\nregion = \"eu\"\n";
+        let model = "[[models]]\nname = \"m\"\nprovider = \"p\"\nupstream = \"gpt\"\n";
+        let c = load(&format!("{base}{model}"), &|_| None).unwrap();
+        assert_eq!(c.providers[0].stream_idle_timeout_s, 60);
+        assert_eq!(c.providers[0].max_response_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.models[0].max_output_tokens, None);
+        let errs = |extra: &str, model_extra: &str| {
+            load(&format!("{base}{extra}\n{model}{model_extra}"), &|_| None)
+                .err()
+                .map(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            errs(
+                "stream_idle_timeout_s = 0\nmax_response_bytes = 10",
+                "max_output_tokens = 0"
+            ),
+            [
+                "providers[0].stream_idle_timeout_s: must be between 1 and 3600",
+                "providers[0].max_response_bytes: must be between 1024 and 1073741824 (1 GiB)",
+                "models[0].max_output_tokens: must be between 1 and 10000000",
+            ]
+        );
+        assert!(
+            errs(
+                "stream_idle_timeout_s = 3600\nmax_response_bytes = 1024",
+                "max_output_tokens = 128000"
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct Provider {
     pub timeout: Duration,
     /// Retries after 429/5xx.
     pub max_retries: u32,
+    /// The longest a stream may go without bytes moving, either way.
+    pub stream_idle: Duration,
+    /// The most bytes of one answer (a body, or a whole stream).
+    pub max_response_bytes: usize,
     /// Caps calls in flight; when they are all taken, tenants are
     /// admitted by weighted fair queueing.
     pub permits: bulkhead_quota::FairGate,
@@ -58,6 +62,8 @@ pub struct Model {
     pub price_output: Usd,
     /// USD per million cached input tokens (input price when unset).
     pub price_cached: Usd,
+    /// Output tokens of one choice when the request sets no limit.
+    pub max_output_tokens: u64,
 }
 
 /// All models by alias.
@@ -89,6 +95,8 @@ impl Catalog {
                     key,
                     timeout: Duration::from_secs(p.timeout_s),
                     max_retries: p.max_retries,
+                    stream_idle: Duration::from_secs(p.stream_idle_timeout_s),
+                    max_response_bytes: usize::try_from(p.max_response_bytes).unwrap_or(usize::MAX),
                     permits: bulkhead_quota::FairGate::new(p.max_concurrency as usize),
                     api_version: p.api_version.clone(),
                 };
@@ -110,6 +118,9 @@ impl Catalog {
                         price_input,
                         price_output: m.price_output_per_mtok.unwrap_or_default(),
                         price_cached: m.price_cached_input_per_mtok.unwrap_or(price_input),
+                        max_output_tokens: m
+                            .max_output_tokens
+                            .unwrap_or(bulkhead_core::config::DEFAULT_MAX_OUTPUT_TOKENS),
                     },
                 ))
             })
@@ -130,6 +141,7 @@ impl Catalog {
                             price_input,
                             price_output: Usd::default(),
                             price_cached: price_input,
+                            max_output_tokens: 0,
                         },
                         m.dimensions,
                     ),

@@ -37,6 +37,9 @@ pub enum GatewayError {
     /// The upstream answered with an error or nonsense.
     #[error("the model provider failed: {0}")]
     Upstream(String),
+    /// The upstream's answer grew past the provider's `max_response_bytes`.
+    #[error("the model provider's answer exceeded {0} bytes and was refused")]
+    UpstreamTooLarge(usize),
     /// A bug or a store failure.
     #[error("internal error")]
     Internal(String),
@@ -59,7 +62,7 @@ impl GatewayError {
             GatewayError::InvalidRequest(_) | GatewayError::MissingCredential(_) => 400,
             GatewayError::UpstreamRateLimited { .. } => 429,
             GatewayError::UpstreamTimeout(_) => 504,
-            GatewayError::Upstream(_) => 502,
+            GatewayError::Upstream(_) | GatewayError::UpstreamTooLarge(_) => 502,
             GatewayError::Internal(_) => 500,
             GatewayError::CrossTenantLeak => 403,
             GatewayError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => 503,
@@ -75,7 +78,9 @@ impl GatewayError {
             | GatewayError::MissingCredential(_) => "invalid_request_error",
             GatewayError::Residency { .. } => "permission_error",
             GatewayError::UpstreamRateLimited { .. } => "rate_limit_error",
-            GatewayError::UpstreamTimeout(_) | GatewayError::Upstream(_) => "upstream_error",
+            GatewayError::UpstreamTimeout(_)
+            | GatewayError::Upstream(_)
+            | GatewayError::UpstreamTooLarge(_) => "upstream_error",
             GatewayError::Internal(_) => "server_error",
             GatewayError::CrossTenantLeak => "permission_error",
             GatewayError::Limited(bulkhead_quota::Refusal::BudgetExceeded { .. }) => {
@@ -96,6 +101,7 @@ impl GatewayError {
             GatewayError::UpstreamRateLimited { .. } => "rate_limit_exceeded",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Upstream(_) => "upstream_error",
+            GatewayError::UpstreamTooLarge(_) => "upstream_too_large",
             GatewayError::Internal(_) => "internal",
             GatewayError::CrossTenantLeak => "cross_tenant_leak",
             GatewayError::Limited(r) => r.code(),
@@ -117,6 +123,7 @@ impl GatewayError {
             GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Upstream(_) => "upstream_error",
+            GatewayError::UpstreamTooLarge(_) => "upstream_too_large",
             _ => "error",
         }
     }

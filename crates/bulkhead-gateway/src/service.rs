@@ -23,9 +23,10 @@ use crate::catalog::{Catalog, KeySource, Model};
 use crate::error::GatewayError;
 use crate::sse;
 use crate::store::{GatewaySettings, GatewayStore};
-use crate::upstream::{Endpoint, Upstream};
+use crate::upstream::{Endpoint, ReadError, Upstream, read_capped};
 use crate::usage::{Tokens, UsageGroup, UsageRecord, UsageSummary, cost_nanos, nanos_to_usd};
-use bulkhead_quota::{Limiter, Refusal, Reservation};
+use bulkhead_quota::fair::FairPermit;
+use bulkhead_quota::{FairGate, Limiter, Refusal, Reservation};
 
 /// What a chat completion returns.
 pub enum ChatOutcome {
@@ -73,8 +74,17 @@ pub struct ToolUsage<'a> {
     pub latency_ms: u64,
 }
 
-/// Output tokens reserved for a call that does not say how many it wants.
-const DEFAULT_OUTPUT_ESTIMATE: u64 = 4096;
+/// Most choices (`n`) one chat call may ask for.
+const MAX_CHOICES: u64 = 128;
+
+/// How long a stream waits for the provider with its slot held; a longer
+/// silence gives the slot up until bytes come again, so a stalled stream
+/// never keeps another call waiting.
+const SLOT_GRACE: Duration = Duration::from_millis(250);
+
+/// How long an error event waits for room on its way to a client that
+/// is not reading; past it the stream just ends.
+const ERROR_EVENT_WAIT: Duration = Duration::from_secs(1);
 
 /// A rough count of the tokens in `bytes` of request text, for
 /// reservations only (the settle uses the provider's count): about four
@@ -85,6 +95,109 @@ fn estimate_tokens(bytes: usize) -> u64 {
 
 fn now_unix() -> u64 {
     Timestamp::now().unix_seconds().max(0) as u64
+}
+
+/// The bytes of generated text in one stream event's data: the string
+/// values of its `content`, `arguments` (OpenAI), `text` and
+/// `partial_json` (Anthropic) members, found without parsing the JSON (a
+/// `"key":"` sequence cannot occur inside a JSON string, whose quotes are
+/// escaped). The local count a call is billed by when the provider
+/// reports no usage.
+fn generated_bytes(data: &str) -> usize {
+    const KEYS: [&str; 4] = [
+        "\"content\":\"",
+        "\"arguments\":\"",
+        "\"text\":\"",
+        "\"partial_json\":\"",
+    ];
+    let bytes = data.as_bytes();
+    let mut total = 0;
+    for key in KEYS {
+        let mut at = 0;
+        while let Some(i) = data[at..].find(key) {
+            let start = at + i + key.len();
+            let mut j = start;
+            while j < bytes.len() && bytes[j] != b'"' {
+                j += if bytes[j] == b'\\' { 2 } else { 1 };
+            }
+            total += j.min(bytes.len()) - start;
+            at = (j + 1).min(bytes.len());
+        }
+    }
+    total
+}
+
+/// The generated text of a non-streamed OpenAI answer, in bytes.
+fn answer_bytes(answer: &Value) -> usize {
+    let mut total = 0;
+    for choice in answer["choices"].as_array().into_iter().flatten() {
+        let m = &choice["message"];
+        total += m["content"].as_str().map_or(0, str::len);
+        for call in m["tool_calls"].as_array().into_iter().flatten() {
+            total += call["function"]["arguments"].as_str().map_or(0, str::len);
+            total += call["function"]["name"].as_str().map_or(0, str::len);
+        }
+    }
+    total
+}
+
+/// What a call is billed: the provider's counts, or — when it reported
+/// none — the gateway's own (`estimated`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Billed {
+    tokens: Tokens,
+    estimated: bool,
+}
+
+impl Billed {
+    fn reported(tokens: Tokens) -> Self {
+        Self {
+            tokens,
+            estimated: false,
+        }
+    }
+}
+
+/// A stream's hold on its provider's capacity: held while bytes move,
+/// given up while the stream is idle (the provider silent, the client not
+/// reading) and, while another tenant waits, whenever its tenant holds
+/// more than its share.
+struct Slot {
+    gate: FairGate,
+    tenant: String,
+    weight: u32,
+    permit: Option<FairPermit>,
+}
+
+impl Slot {
+    async fn take(gate: FairGate, tenant: String, weight: u32) -> Self {
+        let permit = Some(gate.acquire(&tenant, weight).await);
+        Self {
+            gate,
+            tenant,
+            weight,
+            permit,
+        }
+    }
+
+    fn release(&mut self) {
+        self.permit = None;
+    }
+
+    async fn hold(&mut self) {
+        if self.permit.is_none() {
+            self.permit = Some(self.gate.acquire(&self.tenant, self.weight).await);
+        }
+    }
+
+    /// Between two writes: over its tenant's share while another waits,
+    /// the stream queues again (behind that tenant, by fair queueing).
+    async fn share(&mut self) {
+        if self.permit.as_ref().is_some_and(FairPermit::over_share) {
+            self.permit = None;
+            self.hold().await;
+        }
+    }
 }
 
 fn openai_tokens(usage: &Value) -> Tokens {
@@ -98,6 +211,11 @@ fn openai_tokens(usage: &Value) -> Tokens {
 
 /// One call's bookkeeping, recorded exactly once whatever happens.
 struct Call {
+    /// The ledger row's id: the `in_flight` row and its settlement.
+    id: String,
+    /// The reservation's estimate (the `in_flight` row's tokens, and the
+    /// input count of a call the provider reports no usage for).
+    est: Tokens,
     /// `model.call` or `model.embed`.
     action: &'static str,
     scope: TenantScope,
@@ -114,10 +232,11 @@ struct Call {
 }
 
 impl Call {
-    fn record(&self, tokens: Tokens, status: &str) -> (UsageRecord, NewAuditEvent) {
+    fn record(&self, billed: Billed, status: &str) -> (UsageRecord, NewAuditEvent) {
         let m = &self.model;
+        let tokens = billed.tokens;
         let usage = UsageRecord {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: self.id.clone(),
             time: self.time,
             request_id: self.scope.request_id().to_string(),
             model: m.name.clone(),
@@ -127,6 +246,7 @@ impl Call {
             cost_nanos: cost_nanos(tokens, m.price_input, m.price_output, m.price_cached),
             latency_ms: self.started.elapsed().as_millis() as u64,
             status: status.to_owned(),
+            estimated: billed.estimated,
             stream: self.stream,
             kind: if self.action == "model.embed" {
                 "embed"
@@ -146,7 +266,7 @@ impl Call {
             "provider": usage.provider, "region": usage.region, "upstream_model": m.upstream,
             "input_tokens": tokens.input, "output_tokens": tokens.output, "cached_tokens": tokens.cached,
             "cost_usd": nanos_to_usd(usage.cost_nanos), "latency_ms": usage.latency_ms,
-            "status": status, "stream": self.stream,
+            "status": status, "stream": self.stream, "usage_estimated": billed.estimated,
         });
         if let Some(p) = &self.prompt {
             details["messages"] = p.clone();
@@ -170,8 +290,9 @@ impl Call {
     /// back by an fsync, yet a usage or audit read that starts after this
     /// returns includes the row. The write is tracked, so a graceful
     /// shutdown ([`Gateway::drain`]) waits for it.
-    fn finish(&self, recorder: &Recorder, tokens: Tokens, status: &str) {
-        let (usage, event) = self.record(tokens, status);
+    fn finish(&self, recorder: &Recorder, billed: Billed, status: &str) {
+        let tokens = billed.tokens;
+        let (usage, event) = self.record(billed, status);
         let model = usage.model.clone();
         let cost = usage.cost_nanos;
         let write = recorder.store.record_usage(&self.scope, usage, event);
@@ -186,6 +307,46 @@ impl Call {
                 tracing::error!(error = %e, model = %model, "could not record model usage");
             }
         });
+    }
+}
+
+impl Call {
+    /// Writes the call's `in_flight` ledger row (its estimate) and waits
+    /// until it is durable: only then may the request be sent, so a crash
+    /// after it reached the provider still leaves the call in the ledger.
+    /// A ledger that cannot be written refuses the call, never sends it
+    /// unrecorded.
+    async fn begin(&self, recorder: &Recorder) -> Result<(), GatewayError> {
+        let (usage, _) = self.record(
+            Billed {
+                tokens: self.est,
+                estimated: true,
+            },
+            "in_flight",
+        );
+        recorder
+            .store
+            .begin_usage(&self.scope, usage)
+            .await
+            .map_err(|e| GatewayError::Internal(format!("could not write the ledger: {e}")))
+    }
+
+    /// The provider's counts, or the local count when it reported none:
+    /// the request's estimated input and `generated` bytes of output.
+    fn bill(&self, reported: Option<Tokens>, generated: usize, events: u64) -> Billed {
+        match reported {
+            Some(t) if t.input > 0 || t.output > 0 => Billed::reported(t),
+            _ if generated == 0 && events == 0 => Billed::default(),
+            _ => Billed {
+                tokens: Tokens {
+                    input: self.est.input,
+                    // Streams send about a token an event: never below that.
+                    output: estimate_tokens(generated).max(events),
+                    cached: 0,
+                },
+                estimated: true,
+            },
+        }
     }
 }
 
@@ -299,6 +460,7 @@ impl Gateway {
             cost_nanos: 0,
             latency_ms: call.latency_ms,
             status: call.status.to_owned(),
+            estimated: false,
             stream: false,
             kind: "tool",
             agent: Some(call.agent.to_owned()),
@@ -598,7 +760,33 @@ impl Gateway {
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        let choices = match req.get("n") {
+            None | Some(Value::Null) => 1,
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=MAX_CHOICES).contains(&n) => n,
+                _ => {
+                    return Err(GatewayError::InvalidRequest(format!(
+                        "`n` must be an integer between 1 and {MAX_CHOICES}"
+                    )));
+                }
+            },
+        };
         let (model, settings) = self.resolve(scope, &name).await?;
+        // What one choice may use: the request's limit, else the model's
+        // maximum output (sent to Anthropic, which needs a limit, so the
+        // estimate is what the provider is held to).
+        let per_choice = req
+            .get("max_completion_tokens")
+            .or_else(|| req.get("max_tokens"))
+            .and_then(Value::as_u64)
+            .unwrap_or(model.max_output_tokens);
+        let mut req = req;
+        if model.provider.kind == ProviderKind::Anthropic
+            && req.get("max_completion_tokens").is_none()
+            && req.get("max_tokens").is_none()
+        {
+            req.insert("max_tokens".into(), json!(model.max_output_tokens));
+        }
         let upstream_body = match model.provider.kind {
             ProviderKind::Openai | ProviderKind::AzureOpenai => {
                 let mut b: Map<String, Value> = req.clone();
@@ -615,17 +803,16 @@ impl Gateway {
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         self.check_outbound(scope, &bytes, Channel::Model).await?;
         let key = self.key(scope, &model).await?;
+        // Every choice may use its whole limit: the estimate covers `n`.
         let est = Tokens {
             input: estimate_tokens(bytes.len()),
-            output: req
-                .get("max_completion_tokens")
-                .or_else(|| req.get("max_tokens"))
-                .and_then(Value::as_u64)
-                .unwrap_or(DEFAULT_OUTPUT_ESTIMATE),
+            output: per_choice.saturating_mul(choices),
             cached: 0,
         };
         let reservation = self.reserve(scope, &model, "model.call", est).await?;
         let call = Call {
+            id: uuid::Uuid::now_v7().to_string(),
+            est,
             action: "model.call",
             scope: scope.clone(),
             model: model.clone(),
@@ -649,10 +836,14 @@ impl Gateway {
         let tenant = scope.tenant().as_str().to_owned();
         let weight = self.weight(scope);
         self.recorder.tasks.spawn(async move {
-            let permit = model.provider.permits.acquire(&tenant, weight).await;
+            let mut slot = Slot::take(model.provider.permits.clone(), tenant, weight).await;
             if done_tx.is_closed() {
                 // Nothing was sent: no usage, and the reservation (dropped
                 // with `call`) is given back.
+                return;
+            }
+            if let Err(e) = call.begin(&recorder).await {
+                let _ = done_tx.send(Err(e));
                 return;
             }
             let res = match upstream
@@ -667,21 +858,21 @@ impl Gateway {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    call.finish(&recorder, Tokens::default(), e.usage_status());
+                    call.finish(&recorder, Billed::default(), e.usage_status());
                     let _ = done_tx.send(Err(e));
                     return;
                 }
             };
             if !stream {
                 let result = complete(&call, res).await;
-                drop(permit);
+                drop(slot);
                 let answer = match result {
-                    Ok((value, tokens)) => {
-                        call.finish(&recorder, tokens, "ok");
+                    Ok((value, billed)) => {
+                        call.finish(&recorder, billed, "ok");
                         Ok(ChatOutcome::Complete(value))
                     }
-                    Err(e) => {
-                        call.finish(&recorder, Tokens::default(), e.usage_status());
+                    Err((e, billed)) => {
+                        call.finish(&recorder, billed, e.usage_status());
                         Err(e)
                     }
                 };
@@ -690,12 +881,12 @@ impl Gateway {
             }
             let (tx, rx) = mpsc::channel(STREAM_BUFFER);
             let _ = done_tx.send(Ok(ChatOutcome::Stream(rx)));
-            let (tokens, status) = pump(&call, res, &tx, wants_usage).await;
+            let (billed, status) = pump(&call, res, &tx, wants_usage, &mut slot).await;
             // Queued before the client's stream ends (dropping `tx`), so a
             // read that follows the stream sees the row.
-            call.finish(&recorder, tokens, status);
+            call.finish(&recorder, billed, status);
             drop(tx);
-            drop(permit);
+            drop(slot);
         });
         done_rx.await.unwrap_or_else(|_| {
             Err(GatewayError::Internal(
@@ -742,6 +933,8 @@ impl Gateway {
         };
         let reservation = self.reserve(scope, &model, "model.embed", est).await?;
         let call = Call {
+            id: uuid::Uuid::now_v7().to_string(),
+            est,
             action: "model.embed",
             scope: scope.clone(),
             model: model.clone(),
@@ -758,6 +951,7 @@ impl Gateway {
             .permits
             .acquire(scope.tenant().as_str(), self.weight(scope))
             .await;
+        call.begin(&self.recorder).await?;
         let result = async {
             let res = self
                 .upstream
@@ -769,10 +963,10 @@ impl Gateway {
                     &body,
                 )
                 .await?;
-            let bytes = tokio::time::timeout(model.provider.timeout, res.bytes())
+            let provider = &model.provider;
+            let bytes = read_capped(res, provider.max_response_bytes, provider.timeout)
                 .await
-                .map_err(|_| GatewayError::UpstreamTimeout(model.provider.timeout.as_secs()))?
-                .map_err(|e| GatewayError::Upstream(e.without_url().to_string()))?;
+                .map_err(|e| read_error(provider, e))?;
             let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
                 GatewayError::Upstream("the provider answered with malformed JSON".into())
             })?;
@@ -811,44 +1005,84 @@ impl Gateway {
         drop(permit);
         match result {
             Ok((vectors, tokens)) => {
-                call.finish(&self.recorder, tokens, "ok");
+                let billed = call.bill(Some(tokens), 0, 0);
+                // No usage from the provider: the input it embedded.
+                let billed = if tokens == Tokens::default() {
+                    Billed {
+                        tokens: est,
+                        estimated: true,
+                    }
+                } else {
+                    billed
+                };
+                call.finish(&self.recorder, billed, "ok");
                 Ok(vectors)
             }
             Err(e) => {
-                call.finish(&self.recorder, Tokens::default(), e.usage_status());
+                call.finish(&self.recorder, Billed::default(), e.usage_status());
                 Err(e)
             }
         }
     }
 }
 
-/// A non-streamed chat answer: read, checked, model renamed, usage taken.
-async fn complete(call: &Call, res: reqwest::Response) -> Result<(Value, Tokens), GatewayError> {
+fn read_error(provider: &crate::catalog::Provider, e: ReadError) -> GatewayError {
+    match e {
+        ReadError::TooLarge(_) => GatewayError::UpstreamTooLarge(provider.max_response_bytes),
+        ReadError::Timeout => GatewayError::UpstreamTimeout(provider.timeout.as_secs()),
+        ReadError::Failed(m) => GatewayError::Upstream(m),
+    }
+}
+
+/// A non-streamed chat answer: read (at most the provider's
+/// `max_response_bytes`, incrementally), checked, model renamed, usage
+/// taken — or counted locally when the provider reports none. A failure
+/// carries what it is billed.
+async fn complete(
+    call: &Call,
+    res: reqwest::Response,
+) -> Result<(Value, Billed), (GatewayError, Billed)> {
     let provider = &call.model.provider;
-    let bytes = tokio::time::timeout(provider.timeout, res.bytes())
-        .await
-        .map_err(|_| GatewayError::UpstreamTimeout(provider.timeout.as_secs()))?
-        .map_err(|e| GatewayError::Upstream(e.without_url().to_string()))?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| GatewayError::Upstream("the provider answered with malformed JSON".into()))?;
-    match provider.kind {
+    let bytes = match read_capped(res, provider.max_response_bytes, provider.timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            // What was received was generated, and billed by the provider.
+            let billed = match &e {
+                ReadError::TooLarge(received) => call.bill(None, (*received).max(1), 0),
+                _ => Billed::default(),
+            };
+            return Err((read_error(provider, e), billed));
+        }
+    };
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+        (
+            GatewayError::Upstream("the provider answered with malformed JSON".into()),
+            Billed::default(),
+        )
+    })?;
+    let (value, tokens) = match provider.kind {
         ProviderKind::Openai | ProviderKind::AzureOpenai => {
             let Value::Object(mut obj) = value else {
-                return Err(GatewayError::Upstream(
-                    "the provider answered with a non-object".into(),
+                return Err((
+                    GatewayError::Upstream("the provider answered with a non-object".into()),
+                    Billed::default(),
                 ));
             };
             if !obj.get("choices").is_some_and(Value::is_array) {
-                return Err(GatewayError::Upstream(
-                    "the provider's answer has no choices".into(),
+                return Err((
+                    GatewayError::Upstream("the provider's answer has no choices".into()),
+                    Billed::default(),
                 ));
             }
             let tokens = openai_tokens(obj.get("usage").unwrap_or(&Value::Null));
             obj.insert("model".into(), Value::String(call.model.name.clone()));
-            Ok((Value::Object(obj), tokens))
+            (Value::Object(obj), tokens)
         }
-        ProviderKind::Anthropic => anthropic::from_anthropic(&value, &call.model.name, now_unix()),
-    }
+        ProviderKind::Anthropic => anthropic::from_anthropic(&value, &call.model.name, now_unix())
+            .map_err(|e| (e, Billed::default()))?,
+    };
+    let billed = call.bill(Some(tokens), answer_bytes(&value), 0);
+    Ok((value, billed))
 }
 
 /// The fast path for the common OpenAI chunk (a delta, `"usage":null`):
@@ -883,47 +1117,194 @@ fn rename_model(data: &str, alias_json: &str) -> Option<String> {
     Some(out)
 }
 
-/// Reads the rest of an abandoned stream for its usage; returns the last
-/// token counts seen (those so far if the stream fails or stalls).
+/// What a stream has counted so far: the provider's usage, if it sent
+/// any, and the local count (generated bytes, content events) that bills
+/// it when it did not.
+struct Counted {
+    tokens: Tokens,
+    reported: bool,
+    generated: usize,
+    events: u64,
+    /// Bytes received from the provider (against `max_response_bytes`).
+    received: usize,
+}
+
+impl Counted {
+    fn billed(&self, call: &Call) -> Billed {
+        call.bill(
+            self.reported.then_some(self.tokens),
+            self.generated,
+            self.events,
+        )
+    }
+
+    /// Counts one upstream event's text, for the local count.
+    fn event(&mut self, data: &str) {
+        let n = generated_bytes(data);
+        if n > 0 {
+            self.generated += n;
+            self.events += 1;
+        }
+    }
+}
+
+/// Why a stream's next chunk did not come.
+enum Stalled {
+    /// The provider sent nothing within the idle limit.
+    Upstream,
+    /// The provider sent more than `max_response_bytes`.
+    TooLarge,
+}
+
+/// The longest a stream may go without bytes moving.
+fn idle_limit(call: &Call) -> Duration {
+    let p = &call.model.provider;
+    p.stream_idle.min(p.timeout)
+}
+
+/// The next chunk of the provider's stream. Waits [`SLOT_GRACE`] with the
+/// slot held, then gives the slot up for the rest of the idle limit and
+/// takes it back (fairly queued) once bytes come. Counts the bytes
+/// against the provider's `max_response_bytes`.
+async fn next_chunk<B: AsRef<[u8]>>(
+    call: &Call,
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<B>> + Unpin),
+    slot: &mut Slot,
+    counted: &mut Counted,
+) -> Result<Option<B>, Stalled> {
+    let idle = idle_limit(call);
+    let next = match tokio::time::timeout(SLOT_GRACE.min(idle), body.next()).await {
+        Ok(n) => n,
+        Err(_) => {
+            slot.release();
+            let n = tokio::time::timeout(idle.saturating_sub(SLOT_GRACE), body.next())
+                .await
+                .map_err(|_| Stalled::Upstream)?;
+            slot.hold().await;
+            n
+        }
+    };
+    match next {
+        Some(Ok(chunk)) => {
+            counted.received += chunk.as_ref().len();
+            if counted.received > call.model.provider.max_response_bytes {
+                return Err(Stalled::TooLarge);
+            }
+            Ok(Some(chunk))
+        }
+        // A failed read ends the stream like its end (the caller tells
+        // an early end from a finished one).
+        Some(Err(_)) | None => Ok(None),
+    }
+}
+
+/// Why bytes could not be handed to the client.
+enum Gone {
+    /// The client went away.
+    Disconnected,
+    /// The client took nothing for the idle limit.
+    Stalled,
+}
+
+/// Hands `batch` to the client. When the client is not taking bytes, the
+/// slot is given up until it does (for at most the idle limit); after
+/// each write, a stream over its tenant's share of a saturated provider
+/// queues again.
+async fn deliver(
+    call: &Call,
+    tx: &mpsc::Sender<Vec<u8>>,
+    batch: Vec<u8>,
+    slot: &mut Slot,
+) -> Result<(), Gone> {
+    match tx.try_reserve() {
+        Ok(permit) => permit.send(batch),
+        Err(mpsc::error::TrySendError::Closed(())) => return Err(Gone::Disconnected),
+        Err(mpsc::error::TrySendError::Full(())) => {
+            slot.release();
+            match tokio::time::timeout(idle_limit(call), tx.reserve()).await {
+                Ok(Ok(permit)) => permit.send(batch),
+                Ok(Err(_)) => return Err(Gone::Disconnected),
+                Err(_) => return Err(Gone::Stalled),
+            }
+            slot.hold().await;
+        }
+    }
+    slot.share().await;
+    Ok(())
+}
+
+/// Sends a last event (an error) if the client takes it soon; a client
+/// that does not read just sees its stream end.
+async fn tell(tx: &mpsc::Sender<Vec<u8>>, bytes: Vec<u8>, slot: &mut Slot) {
+    slot.release();
+    let _ = tokio::time::timeout(ERROR_EVENT_WAIT, tx.send(bytes)).await;
+}
+
+/// Reads the rest of an abandoned stream for its usage (the provider
+/// bills the whole answer whether or not anyone reads it), for at most
+/// the idle limit in all and within the size cap — an endless stream is
+/// not read forever; what was counted so far bills it then.
 async fn drain_usage<B: AsRef<[u8]>>(
     call: &Call,
     body: &mut (impl futures_util::Stream<Item = reqwest::Result<B>> + Unpin),
     parser: &mut sse::Parser,
     translator: &mut StreamTranslator,
-    mut tokens: Tokens,
-) -> Tokens {
+    counted: &mut Counted,
+    slot: &mut Slot,
+) {
+    let _ = tokio::time::timeout(
+        idle_limit(call),
+        drain(call, body, parser, translator, counted, slot),
+    )
+    .await;
+}
+
+async fn drain<B: AsRef<[u8]>>(
+    call: &Call,
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<B>> + Unpin),
+    parser: &mut sse::Parser,
+    translator: &mut StreamTranslator,
+    counted: &mut Counted,
+    slot: &mut Slot,
+) {
     let provider = &call.model.provider;
     loop {
-        let chunk = match tokio::time::timeout(provider.timeout, body.next()).await {
-            Ok(Some(Ok(c))) => c,
-            _ => return tokens,
+        let chunk = match next_chunk(call, body, slot, counted).await {
+            Ok(Some(c)) => c,
+            _ => return,
         };
         let Ok(events) = parser.feed(chunk.as_ref()) else {
-            return tokens;
+            return;
         };
         for ev in events {
             match provider.kind {
                 ProviderKind::Openai | ProviderKind::AzureOpenai => {
                     if ev.data.trim() == "[DONE]" {
-                        return tokens;
+                        return;
                     }
+                    counted.event(&ev.data);
                     if let Ok(v) = serde_json::from_str::<Value>(&ev.data)
                         && let Some(u) = v.get("usage").filter(|u| !u.is_null())
                     {
-                        tokens = openai_tokens(u);
+                        counted.tokens = openai_tokens(u);
+                        counted.reported = true;
                     }
                 }
                 ProviderKind::Anthropic => {
+                    counted.event(&ev.data);
                     if translator.on_event(&ev).is_err() {
-                        return tokens;
+                        return;
                     }
-                    tokens = translator.tokens;
+                    counted.tokens = translator.tokens;
+                    counted.reported = translator.tokens != Tokens::default();
                     if translator.finished {
-                        return tokens;
+                        return;
                     }
                 }
             }
         }
+        // Bytes moved: between reads, over its share the drain queues again.
+        slot.share().await;
     }
 }
 
@@ -934,48 +1315,53 @@ fn error_event(code: &str, message: &str) -> Vec<u8> {
 }
 
 /// Moves a streamed answer from the provider to the client, translating
-/// and counting tokens; returns what to record. Stops reading the provider
-/// when the client goes away.
+/// and counting tokens; returns what to bill and the status. Holds the
+/// provider slot only while bytes move; cuts a stream idle (either way)
+/// past the provider's `stream_idle_timeout_s` or larger than its
+/// `max_response_bytes`. Stops reading the provider when the client goes
+/// away or stalls, after reading on for the usage.
 async fn pump(
     call: &Call,
     res: reqwest::Response,
     tx: &mpsc::Sender<Vec<u8>>,
     wants_usage: bool,
-) -> (Tokens, &'static str) {
+    slot: &mut Slot,
+) -> (Billed, &'static str) {
     let provider = &call.model.provider;
     let alias = call.model.name.clone();
     let alias_json = Value::String(alias.clone()).to_string();
     let mut body = res.bytes_stream();
-    let mut parser = sse::Parser::default();
-    let mut tokens = Tokens::default();
+    let mut parser = sse::Parser::with_limit(provider.max_response_bytes);
+    let mut counted = Counted {
+        tokens: Tokens::default(),
+        reported: false,
+        generated: 0,
+        events: 0,
+        received: 0,
+    };
     let mut translator = StreamTranslator::new(&alias, now_unix());
     let mut done = false;
     loop {
-        let next = match tokio::time::timeout(provider.timeout, body.next()).await {
-            Err(_) => {
-                let _ = tx
-                    .send(error_event(
-                        "upstream_timeout",
-                        "the model provider stopped sending",
-                    ))
-                    .await;
-                return (tokens, "upstream_timeout");
+        let chunk = match next_chunk(call, &mut body, slot, &mut counted).await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(Stalled::Upstream) => {
+                tell(
+                    tx,
+                    error_event("upstream_timeout", "the model provider stopped sending"),
+                    slot,
+                )
+                .await;
+                return (counted.billed(call), "upstream_timeout");
             }
-            Ok(n) => n,
-        };
-        let chunk = match next {
-            None => break,
-            Some(Ok(c)) => c,
-            Some(Err(_)) => break,
+            Err(Stalled::TooLarge) => {
+                tell(tx, too_large_event(provider), slot).await;
+                return (counted.billed(call), "upstream_too_large");
+            }
         };
         let Ok(events) = parser.feed(&chunk) else {
-            let _ = tx
-                .send(error_event(
-                    "upstream_error",
-                    "the provider sent an oversized event",
-                ))
-                .await;
-            return (tokens, "upstream_error");
+            tell(tx, too_large_event(provider), slot).await;
+            return (counted.billed(call), "upstream_too_large");
         };
         // Everything one upstream read produced goes to the client as one
         // write: fewer channel hand-offs and body frames per stream.
@@ -987,12 +1373,15 @@ async fn pump(
                         done = true;
                         vec![]
                     } else if let Some(renamed) = rename_model(&ev.data, &alias_json) {
+                        counted.event(&ev.data);
                         vec![sse::data(&renamed)]
                     } else {
+                        counted.event(&ev.data);
                         match serde_json::from_str::<Value>(&ev.data) {
                             Ok(Value::Object(mut obj)) => {
                                 if let Some(u) = obj.get("usage").filter(|u| !u.is_null()) {
-                                    tokens = openai_tokens(u);
+                                    counted.tokens = openai_tokens(u);
+                                    counted.reported = true;
                                 }
                                 let usage_only = obj
                                     .get("choices")
@@ -1011,26 +1400,30 @@ async fn pump(
                                     "upstream_error",
                                     "the provider sent malformed JSON",
                                 ));
-                                let _ = tx.send(batch).await;
-                                return (tokens, "upstream_error");
+                                tell(tx, batch, slot).await;
+                                return (counted.billed(call), "upstream_error");
                             }
                         }
                     }
                 }
-                ProviderKind::Anthropic => match translator.on_event(&ev) {
-                    Ok(chunks) => {
-                        tokens = translator.tokens;
-                        if translator.finished {
-                            done = true;
+                ProviderKind::Anthropic => {
+                    counted.event(&ev.data);
+                    match translator.on_event(&ev) {
+                        Ok(chunks) => {
+                            counted.tokens = translator.tokens;
+                            counted.reported = translator.tokens != Tokens::default();
+                            if translator.finished {
+                                done = true;
+                            }
+                            chunks.iter().map(|c| sse::data(&c.to_string())).collect()
                         }
-                        chunks.iter().map(|c| sse::data(&c.to_string())).collect()
+                        Err(e) => {
+                            batch.extend(error_event("upstream_error", &e.to_string()));
+                            tell(tx, batch, slot).await;
+                            return (counted.billed(call), "upstream_error");
+                        }
                     }
-                    Err(e) => {
-                        batch.extend(error_event("upstream_error", &e.to_string()));
-                        let _ = tx.send(batch).await;
-                        return (tokens, "upstream_error");
-                    }
-                },
+                }
             };
             for bytes in out {
                 batch.extend_from_slice(&bytes);
@@ -1043,32 +1436,79 @@ async fn pump(
             }
             batch.extend_from_slice(&sse::data("[DONE]"));
         }
-        if !batch.is_empty() && tx.send(batch).await.is_err() {
+        if !batch.is_empty()
+            && let Err(gone) = deliver(call, tx, batch, slot).await
+        {
             // The provider bills the whole answer whether or not anyone
-            // reads it: keep reading (within the provider's timeout) for
-            // the usage it reports at the end, so the row is exact.
-            let tokens = drain_usage(call, &mut body, &mut parser, &mut translator, tokens).await;
-            return (tokens, "client_disconnected");
+            // reads it: keep reading for the usage it reports at the end,
+            // so the row is exact. A stalled client is treated the same.
+            if !done {
+                drain_usage(
+                    call,
+                    &mut body,
+                    &mut parser,
+                    &mut translator,
+                    &mut counted,
+                    slot,
+                )
+                .await;
+            }
+            let status = match gone {
+                Gone::Disconnected => "client_disconnected",
+                Gone::Stalled => "client_stalled",
+            };
+            return (counted.billed(call), status);
         }
         if done {
             break;
         }
     }
     if !done {
-        let _ = tx
-            .send(error_event(
+        tell(
+            tx,
+            error_event(
                 "upstream_stream_cut",
                 "the model provider ended the stream early",
-            ))
-            .await;
-        return (tokens, "upstream_error");
+            ),
+            slot,
+        )
+        .await;
+        return (counted.billed(call), "upstream_error");
     }
-    (tokens, "ok")
+    (counted.billed(call), "ok")
+}
+
+fn too_large_event(provider: &crate::catalog::Provider) -> Vec<u8> {
+    error_event(
+        "upstream_too_large",
+        &GatewayError::UpstreamTooLarge(provider.max_response_bytes).to_string(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use super::rename_model;
+    use super::{generated_bytes, rename_model};
+
+    #[test]
+    fn the_local_count_takes_generated_text_only() {
+        // OpenAI content and tool-call arguments, escapes included.
+        let chunk =
+            r#"{"id":"c","model":"m","choices":[{"delta":{"content":"a \"quoted\" word"}}]}"#;
+        assert_eq!(generated_bytes(chunk), r#"a \"quoted\" word"#.len());
+        let call = r#"{"choices":[{"delta":{"tool_calls":[{"function":{"name":"f","arguments":"{\"x\":1}"}}]}}]}"#;
+        assert_eq!(generated_bytes(call), r#"{\"x\":1}"#.len());
+        // Anthropic text and partial JSON deltas.
+        let text = r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"hello"}}"#;
+        assert_eq!(generated_bytes(text), 5);
+        let json = r#"{"delta":{"type":"input_json_delta","partial_json":"{\"a\""}}"#;
+        assert_eq!(generated_bytes(json), r#"{\"a\""#.len());
+        // Nothing generated: role chunks, usage chunks, a cut-off string.
+        assert_eq!(
+            generated_bytes(r#"{"choices":[{"delta":{"role":"assistant"}}]}"#),
+            0
+        );
+        assert_eq!(generated_bytes(r#"{"content":"abc"#), 3);
+    }
 
     #[test]
     fn the_fast_path_renames_only_a_plain_model_member() {

@@ -34,8 +34,17 @@ pub type UsageWrite = Pin<Box<dyn Future<Output = Result<(), GatewayStoreError>>
 /// Usage rows and per-tenant model settings, in the tenant's partition.
 #[async_trait]
 pub trait GatewayStore: Send + Sync {
+    /// Writes a call's ledger row before its request is sent: status
+    /// `in_flight`, the reservation's estimated tokens and cost, the
+    /// process that runs it. The call's [`GatewayStore::record_usage`]
+    /// settles the same row (same id) in place; a row left `in_flight` by a
+    /// process that died is billed at its estimate as `interrupted` (with
+    /// an audit event) before the partition is next read, so a crash never
+    /// loses a call that reached a provider. Resolves once durable.
+    fn begin_usage(&self, scope: &TenantScope, usage: UsageRecord) -> UsageWrite;
     /// Queues a usage row and its audit event, to be written in one
-    /// transaction. The row is queued when this returns, so a usage or
+    /// transaction (replacing the call's `in_flight` row of the same id).
+    /// The row is queued when this returns, so a usage or
     /// audit read of the tenant that starts afterwards includes it; the
     /// returned future resolves once it is durable (or could not be written).
     fn record_usage(
@@ -62,7 +71,8 @@ pub trait GatewayStore: Send + Sync {
         to: Timestamp,
         group: &[UsageGroup],
     ) -> Result<Vec<UsageSummary>, GatewayStoreError>;
-    /// Nano-dollars spent since `from` (budgets are seeded from it).
+    /// Nano-dollars spent since `from` (budgets are seeded from it): every
+    /// row but those `in_flight` (which live reservations count).
     async fn spent_since(
         &self,
         scope: &TenantScope,

@@ -19,6 +19,51 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
 /// First backoff step; doubled per attempt, then jittered ±50 %.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Most bytes of an error answer read for its message; the rest is left
+/// unread (the connection is closed, not drained).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Why [`read_capped`] stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// More than the cap arrived (or was announced); carries the bytes
+    /// received before it stopped, for billing.
+    TooLarge(usize),
+    /// The provider stopped sending for longer than the timeout.
+    Timeout,
+    /// The connection failed.
+    Failed(String),
+}
+
+/// Reads a response body incrementally, refusing it as soon as it passes
+/// `max` bytes (or announces more in `Content-Length`) so memory never
+/// holds more than `max`; `timeout` bounds the whole read.
+pub async fn read_capped(
+    mut res: reqwest::Response,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, ReadError> {
+    if res.content_length().is_some_and(|n| n > max as u64) {
+        return Err(ReadError::TooLarge(0));
+    }
+    let read = async {
+        let mut buf = Vec::new();
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(|e| ReadError::Failed(e.without_url().to_string()))?
+        {
+            if buf.len() + chunk.len() > max {
+                return Err(ReadError::TooLarge(buf.len() + chunk.len()));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ReadError::Timeout)?
+}
 
 /// Which provider operation a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,10 +188,9 @@ impl Upstream {
                 Ok(Ok(res)) => {
                     let status = res.status();
                     let after = retry_after(&res);
-                    let body = tokio::time::timeout(provider.timeout, res.bytes())
+                    let body = read_capped(res, MAX_ERROR_BODY, provider.timeout)
                         .await
-                        .ok()
-                        .and_then(Result::ok);
+                        .ok();
                     let message = body.as_deref().map(error_message).unwrap_or_default();
                     if status.as_u16() == 429 {
                         (

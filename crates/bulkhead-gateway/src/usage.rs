@@ -39,8 +39,14 @@ pub struct UsageRecord {
     /// Wall time in milliseconds.
     pub latency_ms: u64,
     /// `ok`, `upstream_error`, `upstream_timeout`, `upstream_rate_limited`,
-    /// `client_disconnected`, `error`.
+    /// `upstream_too_large`, `client_disconnected`, `client_stalled`,
+    /// `error`; `in_flight` while the call runs (the row is written before
+    /// the request is sent and settled in place), `interrupted` for a call
+    /// its process died during (billed at its estimate).
     pub status: String,
+    /// The tokens are the gateway's own count or estimate, not the
+    /// provider's (it reported none, or the call never settled).
+    pub estimated: bool,
     /// Whether it was a streamed call.
     pub stream: bool,
     /// `model` (chat), `embed` or `tool`.

@@ -9,6 +9,11 @@
 //! a quiet tenant's next call is tagged just after "now" and goes ahead of
 //! the backlog: each tenant gets its weight's share of the capacity, and
 //! the flood waits behind itself.
+//!
+//! A holder that keeps its place a long time (a model stream) can ask
+//! [`FairPermit::over_share`] whether its tenant holds more than its
+//! weight's share of the capacity while another tenant waits; if so it
+//! hands its place over and queues again behind that tenant.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -22,6 +27,7 @@ const UNIT: u64 = 1 << 20;
 struct Waiter {
     tag: u64,
     seq: u64,
+    tenant: Arc<str>,
     tx: oneshot::Sender<FairPermit>,
 }
 
@@ -50,6 +56,32 @@ struct State {
     /// Each tenant's last finish tag.
     last: HashMap<String, u64>,
     waiting: BinaryHeap<Reverse<Waiter>>,
+    /// Tenants holding or waiting for places: (held, waiting, weight).
+    active: HashMap<Arc<str>, Active>,
+}
+
+#[derive(Default)]
+struct Active {
+    held: usize,
+    waiting: usize,
+    weight: u32,
+}
+
+impl State {
+    fn active(&mut self, tenant: &Arc<str>) -> &mut Active {
+        self.active.entry(tenant.clone()).or_default()
+    }
+
+    /// Forgets a tenant that neither holds nor waits any more.
+    fn tidy(&mut self, tenant: &Arc<str>) {
+        if self
+            .active
+            .get(tenant)
+            .is_some_and(|a| a.held == 0 && a.waiting == 0)
+        {
+            self.active.remove(tenant);
+        }
+    }
 }
 
 /// Capacity shared by all tenants, admitted fairly when saturated.
@@ -69,6 +101,7 @@ impl std::fmt::Debug for FairGate {
 /// One admitted holder; dropping it admits the next waiter.
 pub struct FairPermit {
     gate: Option<Arc<Mutex<State>>>,
+    tenant: Arc<str>,
 }
 
 impl std::fmt::Debug for FairPermit {
@@ -94,6 +127,7 @@ impl FairGate {
                 seq: 0,
                 last: HashMap::new(),
                 waiting: BinaryHeap::new(),
+                active: HashMap::new(),
             })),
         }
     }
@@ -116,18 +150,22 @@ impl FairGate {
     /// Waits for room and takes it, as `tenant` with `weight` (≥ 1).
     /// Dropping the future while waiting gives up the place in line.
     pub async fn acquire(&self, tenant: &str, weight: u32) -> FairPermit {
+        let name: Arc<str> = Arc::from(tenant);
         let rx = {
             let mut s = lock(&self.state);
             let step = UNIT / u64::from(weight.max(1));
             let start = s.vtime.max(s.last.get(tenant).copied().unwrap_or(0));
             let tag = start + step;
+            s.active(&name).weight = weight.max(1);
             if s.in_use < s.capacity && s.waiting.is_empty() {
                 s.in_use += 1;
+                s.active(&name).held += 1;
                 // Admitted at once, still charged: a tenant using all the
                 // idle capacity is behind others when saturation starts.
                 s.last.insert(tenant.to_owned(), tag);
                 return FairPermit {
                     gate: Some(self.state.clone()),
+                    tenant: name,
                 };
             }
             s.last.insert(tenant.to_owned(), tag);
@@ -138,16 +176,54 @@ impl FairGate {
             let (tx, rx) = oneshot::channel();
             s.seq += 1;
             let seq = s.seq;
-            s.waiting.push(Reverse(Waiter { tag, seq, tx }));
+            s.active(&name).waiting += 1;
+            s.waiting.push(Reverse(Waiter {
+                tag,
+                seq,
+                tenant: name.clone(),
+                tx,
+            }));
             rx
         };
         match rx.await {
             Ok(permit) => permit,
             // The gate never drops a waiter's sender without sending.
-            Err(_) => FairPermit {
-                gate: Some(self.state.clone()),
-            },
+            Err(_) => {
+                let mut s = lock(&self.state);
+                s.in_use += 1;
+                s.active(&name).held += 1;
+                FairPermit {
+                    gate: Some(self.state.clone()),
+                    tenant: name,
+                }
+            }
         }
+    }
+}
+
+impl FairPermit {
+    /// Whether this holder's tenant holds more than its weight's share of
+    /// the capacity while another tenant waits: a long holder that sees
+    /// this should give its place up and queue again.
+    pub fn over_share(&self) -> bool {
+        let Some(state) = &self.gate else {
+            return false;
+        };
+        let s = lock(state);
+        let others_wait = s
+            .active
+            .iter()
+            .any(|(t, a)| a.waiting > 0 && *t != self.tenant);
+        if !others_wait {
+            return false;
+        }
+        let Some(mine) = s.active.get(&self.tenant) else {
+            return false;
+        };
+        let total: u64 = s.active.values().map(|a| u64::from(a.weight)).sum();
+        // Its share of the places, at least one.
+        let share = (s.capacity as u64 * u64::from(mine.weight) / total.max(1)).max(1);
+        mine.held as u64 > share
     }
 }
 
@@ -158,10 +234,17 @@ impl Drop for FairPermit {
         };
         let next = {
             let mut s = lock(&state);
+            if let Some(a) = s.active.get_mut(&self.tenant) {
+                a.held = a.held.saturating_sub(1);
+            }
+            s.tidy(&self.tenant);
             match s.waiting.pop() {
                 Some(Reverse(w)) => {
                     s.vtime = s.vtime.max(w.tag);
-                    Some(w.tx)
+                    let a = s.active(&w.tenant);
+                    a.waiting = a.waiting.saturating_sub(1);
+                    a.held += 1;
+                    Some((w.tx, w.tenant))
                 }
                 None => {
                     s.in_use = s.in_use.saturating_sub(1);
@@ -171,8 +254,11 @@ impl Drop for FairPermit {
         };
         // Handed over outside the lock: if that waiter gave up, the permit
         // comes back here and is dropped again, reaching the next one.
-        if let Some(tx) = next {
-            let _ = tx.send(FairPermit { gate: Some(state) });
+        if let Some((tx, tenant)) = next {
+            let _ = tx.send(FairPermit {
+                gate: Some(state),
+                tenant,
+            });
         }
     }
 }
@@ -246,6 +332,40 @@ mod tests {
         let first6: Vec<_> = order[..6].to_vec();
         let b = first6.iter().filter(|t| **t == "b").count();
         assert_eq!(b, 4, "weight 2 gets two thirds: {order:?}");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_over_its_share_is_told_so_only_while_another_waits() {
+        let gate = FairGate::new(4);
+        let mut a = Vec::new();
+        for _ in 0..4 {
+            a.push(gate.acquire("a", 1).await);
+        }
+        assert!(!a[0].over_share(), "nobody else waits: all four are a's");
+        let g = gate.clone();
+        let b = tokio::spawn(async move { g.acquire("b", 1).await });
+        while gate.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // a holds 4 of 4 with b waiting (share 2 each): a yields a place.
+        assert!(a[0].over_share());
+        let first = a.remove(0);
+        drop(first);
+        let b = b.await.unwrap();
+        assert!(!b.over_share(), "b holds one, under its share");
+        // a still holds 3 > 2, but nobody waits any more.
+        assert!(!a[0].over_share());
+        let g = gate.clone();
+        let c = tokio::spawn(async move { g.acquire("c", 1).await });
+        while gate.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // a, b, c active: share of 4 by three is 1; a holds 3.
+        assert!(a[0].over_share());
+        drop(a);
+        let _c = c.await.unwrap();
+        assert_eq!((gate.in_use(), gate.waiting()), (2, 0));
+        assert!(lock(&gate.state).active.len() == 2, "a was forgotten");
     }
 
     /// Quiet tenants' latency with and without a flood, in virtual time

@@ -68,6 +68,10 @@
 //! # }
 //! ```
 //!
+//! [`hostile::HostileProvider`] is a model provider that misbehaves on
+//! purpose (silent streams, endless or oversized answers, no `usage`) and
+//! counts what it sent, for the gateway's hardening tests.
+//!
 //! The crate is for tests, the `bulkhead demo` command and benchmarks;
 //! production code never depends on it. Serving is cheap (no logging, no
 //! sleeps unless scripted) so that a load test measures the code under test,
@@ -75,6 +79,7 @@
 
 mod anthropic;
 mod conversation;
+pub mod hostile;
 mod openai;
 mod provider;
 mod saas;

@@ -299,6 +299,7 @@ fn usage_row(i: usize, tenant: &TenantScope) -> (UsageRecord, NewAuditEvent) {
         cost_nanos: 1_200_000,
         latency_ms: 1,
         status: "ok".into(),
+        estimated: false,
         stream: false,
         kind: "model",
         agent: Some("support".into()),

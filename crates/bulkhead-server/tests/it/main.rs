@@ -18,5 +18,6 @@ mod lifecycle;
 mod limits;
 mod matrix;
 mod metrics;
+mod model_calls;
 mod policies;
 mod support;

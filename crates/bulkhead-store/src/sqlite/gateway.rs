@@ -25,11 +25,23 @@ const AUDIT_PROMPTS: &str = "audit_prompts";
 const RETENTION: &str = "message_retention_days";
 const APPROVAL_WEBHOOK: &str = "approval_webhook";
 
-fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreError> {
+/// Writes a ledger row, or settles the call's `in_flight` row of the same
+/// id in place.
+fn insert_usage(
+    tx: &rusqlite::Connection,
+    u: &UsageRecord,
+    pending: Option<(&str, &str)>,
+) -> Result<(), StoreError> {
+    let (boot, principal) = pending.unzip();
     partition::exec(tx,
         "INSERT INTO usage (id, time, ts_micros, day, request_id, model, provider, region, input_tokens,
-           output_tokens, cached_tokens, cost_nanos, latency_ms, status, stream, kind, agent, run_id, tool)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+           output_tokens, cached_tokens, cost_nanos, latency_ms, status, stream, kind, agent, run_id, tool,
+           estimated, boot_id, principal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)
+         ON CONFLICT (id) DO UPDATE SET input_tokens = excluded.input_tokens,
+           output_tokens = excluded.output_tokens, cached_tokens = excluded.cached_tokens,
+           cost_nanos = excluded.cost_nanos, latency_ms = excluded.latency_ms,
+           status = excluded.status, estimated = excluded.estimated, boot_id = NULL",
         params![
             u.id,
             u.time.to_string(),
@@ -49,12 +61,103 @@ fn insert_usage(tx: &rusqlite::Connection, u: &UsageRecord) -> Result<(), StoreE
             u.kind,
             u.agent,
             u.run_id,
-            u.tool
+            u.tool,
+            u.estimated,
+            boot,
+            principal
         ],
     )?;
     Ok(())
 }
 
+/// Bills every call a dead process left `in_flight` in this partition:
+/// the row keeps its estimate, becomes `interrupted` and `estimated`, and
+/// gets the `model.call` audit event the call never wrote (as the caller
+/// who made it). Rows of this process (`boot`) are live calls and left
+/// alone. Runs when a process first opens the partition, before anything
+/// reads its ledger, so budgets seeded from it count these rows once.
+pub(super) fn recover_interrupted(
+    conn: &mut rusqlite::Connection,
+    tenant: &bulkhead_core::TenantId,
+    boot: &str,
+) -> Result<usize, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let rows = {
+        let mut stmt = tx.prepare(
+            "SELECT id, request_id, model, provider, region, input_tokens, output_tokens,
+                    cached_tokens, cost_nanos, stream, kind, agent, run_id, principal
+             FROM usage WHERE status = 'in_flight' AND (boot_id IS NULL OR boot_id != ?1)",
+        )?;
+        let rows = stmt.query_map(params![boot], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                [
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                    r.get::<_, i64>(8)?,
+                ],
+                r.get::<_, bool>(9)?,
+                r.get::<_, String>(10)?,
+                r.get::<_, Option<String>>(11)?,
+                r.get::<_, Option<String>>(12)?,
+                r.get::<_, Option<String>>(13)?,
+            ))
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    for (
+        id,
+        request_id,
+        model,
+        provider,
+        region,
+        [input, output, cached, cost],
+        stream,
+        kind,
+        agent,
+        run,
+        principal,
+    ) in &rows
+    {
+        partition::exec(
+            &tx,
+            "UPDATE usage SET status = 'interrupted', estimated = 1, boot_id = NULL WHERE id = ?1",
+            params![id],
+        )?;
+        let action = if kind == "embed" {
+            "model.embed"
+        } else {
+            "model.call"
+        };
+        let request_id = bulkhead_core::RequestId::parse(request_id)
+            .unwrap_or_else(|_| bulkhead_core::RequestId::generate());
+        let event = NewAuditEvent::new(
+            action,
+            format!("model:{model}"),
+            bulkhead_core::audit::Outcome::Failure,
+            request_id,
+        )
+        .with_details(serde_json::json!({
+            "provider": provider, "region": region,
+            "input_tokens": input, "output_tokens": output, "cached_tokens": cached,
+            "cost_usd": bulkhead_gateway::usage::nanos_to_usd((*cost).max(0) as u64),
+            "status": "interrupted", "stream": stream, "usage_estimated": true, "recovered": true,
+        }));
+        let event = match (agent, run) {
+            (Some(a), Some(r)) => event.with_run(a.clone(), r.clone()),
+            _ => event,
+        };
+        let principal = principal.as_deref().unwrap_or("unknown");
+        partition::append_chain(&tx, Some(tenant.clone()), principal, event)?;
+    }
+    tx.commit()?;
+    Ok(rows.len())
+}
 /// The outcome of a queued ledger write, as the gateway awaits it.
 fn usage_write(
     queued: Result<tokio::sync::oneshot::Receiver<Result<(), StoreError>>, StoreError>,
@@ -72,6 +175,14 @@ fn usage_write(
 
 #[async_trait]
 impl GatewayStore for SqliteStore {
+    fn begin_usage(&self, scope: &TenantScope, usage: UsageRecord) -> UsageWrite {
+        let boot = self.inner.boot_id.clone();
+        let queued = self.queue_write(scope, move |tx, principal| {
+            insert_usage(tx, &usage, Some((&boot, principal)))
+        });
+        usage_write(queued)
+    }
+
     fn record_usage(
         &self,
         scope: &TenantScope,
@@ -82,7 +193,7 @@ impl GatewayStore for SqliteStore {
         // tenant's other writes.
         let tenant = scope.tenant().clone();
         let queued = self.queue_write(scope, move |tx, principal| {
-            insert_usage(tx, &usage)?;
+            insert_usage(tx, &usage, None)?;
             partition::append_chain(tx, Some(tenant), principal, event)?;
             Ok(())
         });
@@ -90,7 +201,7 @@ impl GatewayStore for SqliteStore {
     }
 
     fn record_usage_row(&self, scope: &TenantScope, usage: UsageRecord) -> UsageWrite {
-        let queued = self.queue_write(scope, move |tx, _principal| insert_usage(tx, &usage));
+        let queued = self.queue_write(scope, move |tx, _principal| insert_usage(tx, &usage, None));
         usage_write(queued)
     }
 
@@ -142,7 +253,7 @@ impl GatewayStore for SqliteStore {
                 let sql = format!(
                     "SELECT {select}COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
                        COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cost_nanos), 0)
-                     FROM usage WHERE ts_micros >= ?1 AND ts_micros < ?2 {by}"
+                     FROM usage WHERE ts_micros >= ?1 AND ts_micros < ?2 AND status != 'in_flight' {by}"
                 );
                 let mut stmt = conn.prepare_cached(&sql)?;
                 let rows = stmt.query_map(params![from.unix_micros(), to.unix_micros()], |r| {
@@ -188,7 +299,9 @@ impl GatewayStore for SqliteStore {
             p.with_conn(|conn| {
                 partition::one(
                     conn,
-                    "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage WHERE ts_micros >= ?1",
+                    // In-flight calls are counted by their live reservations.
+                    "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage
+                     WHERE ts_micros >= ?1 AND status != 'in_flight'",
                     params![from.unix_micros()],
                     |r| r.get::<_, i64>(0),
                 )

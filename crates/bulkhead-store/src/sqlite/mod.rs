@@ -393,6 +393,13 @@ impl SqliteStore {
             return Ok(p);
         }
         let p = Arc::new(Partition::open(&self.inner.root, tenant, uid)?);
+        // Calls a dead process left in flight are billed before anything
+        // here reads the ledger.
+        let recovered =
+            p.with_conn(|conn| gateway::recover_interrupted(conn, tenant, &self.inner.boot_id))?;
+        if recovered > 0 {
+            tracing::warn!(tenant = %tenant, calls = recovered, "billed model calls interrupted by a stopped process at their estimate");
+        }
         cache.insert(uid, p.clone());
         Ok(p)
     }

@@ -190,6 +190,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX approvals_by_status ON approvals (status, created_at);
     CREATE INDEX approvals_by_run ON approvals (run_id);
     CREATE INDEX runs_by_thread ON runs (thread_id, status);",
+    // v8: the ledger row of a model call is written before the request is
+    // sent (`in_flight`, its estimate, the process running it and the
+    // caller) and settled in place; `estimated` marks tokens the gateway
+    // counted itself (no usage from the provider, or a call its process
+    // died during).
+    "ALTER TABLE usage ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage ADD COLUMN boot_id TEXT;
+    ALTER TABLE usage ADD COLUMN principal TEXT;
+    CREATE INDEX usage_in_flight ON usage (status) WHERE status = 'in_flight';",
 ];
 
 /// File name of the tenant database inside its partition directory.

@@ -202,6 +202,7 @@ async fn concurrent_usage_rows_are_all_written_in_chain_order() {
                 cost_nanos: 10,
                 latency_ms: 1,
                 status: "ok".into(),
+                estimated: false,
                 stream: false,
                 kind: "model",
                 agent: (i % 2 == 0).then(|| "support".to_owned()),
@@ -297,6 +298,7 @@ async fn reads_include_usage_rows_queued_before_them() {
             cost_nanos: 1,
             latency_ms: 1,
             status: "ok".into(),
+            estimated: false,
             stream: false,
             kind: "model",
             agent: None,
@@ -803,4 +805,88 @@ async fn approval_decisions_are_compare_and_set_and_respect_expiry() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, b.id);
     assert_eq!(listed[0].requested_roles, [bulkhead_core::Role::Member]);
+}
+
+/// A call's `in_flight` row is counted by its reservation while its
+/// process lives (not by the ledger's spend, which would count it twice),
+/// and billed at its estimate, once, with its audit event, by the next
+/// process to open the partition.
+#[tokio::test]
+async fn a_call_left_in_flight_by_a_dead_process_is_billed_once_at_its_estimate() {
+    use bulkhead_gateway::GatewayStore;
+    use bulkhead_gateway::usage::{Tokens, UsageGroup, UsageRecord};
+
+    let dir = tempfile::tempdir().unwrap();
+    let row = |id: &str| UsageRecord {
+        id: id.into(),
+        time: bulkhead_core::Timestamp::now(),
+        request_id: "r-crash".into(),
+        model: "small".into(),
+        provider: "p".into(),
+        region: "eu".into(),
+        tokens: Tokens {
+            input: 100,
+            output: 4096,
+            cached: 0,
+        },
+        cost_nanos: 5_000,
+        latency_ms: 0,
+        status: "in_flight".into(),
+        estimated: true,
+        stream: true,
+        kind: "model",
+        agent: None,
+        run_id: None,
+        tool: None,
+    };
+    let day_ago = bulkhead_core::Timestamp::now().plus_seconds(-86_400);
+    let later = bulkhead_core::Timestamp::now().plus_seconds(5);
+    {
+        let store = open(dir.path());
+        create(&store, "acme").await;
+        let s = scope(&store, "acme").await;
+        store.begin_usage(&s, row("live")).await.unwrap();
+        // Live: neither spend (its reservation counts it) nor a report line.
+        assert_eq!(store.spent_since(&s, day_ago).await.unwrap(), 0);
+        assert!(
+            store
+                .usage_summary(&s, day_ago, later, &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    } // the process "dies" with the call in flight
+    let store = open(dir.path());
+    let s = scope(&store, "acme").await;
+    assert_eq!(store.spent_since(&s, day_ago).await.unwrap(), 5_000);
+    let lines = store
+        .usage_summary(&s, day_ago, later, &[UsageGroup::Model])
+        .await
+        .unwrap();
+    assert_eq!(
+        (lines[0].requests, lines[0].output_tokens),
+        (1, 4096),
+        "{lines:?}"
+    );
+    let recovered: Vec<_> = store
+        .audit(
+            &s,
+            bulkhead_store::Page {
+                after: 0,
+                limit: 1000,
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "model.call")
+        .collect();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].details["status"], "interrupted");
+    assert_eq!(recovered[0].details["usage_estimated"], true);
+    // Billed once: a third process finds nothing left to recover.
+    drop(store);
+    let store = open(dir.path());
+    let s = scope(&store, "acme").await;
+    assert_eq!(store.spent_since(&s, day_ago).await.unwrap(), 5_000);
 }

@@ -127,18 +127,114 @@ fn a_killed_process_does_not_keep_its_reservations_after_a_restart() {
     client.join().unwrap();
 
     let server = Server::start(&data, Some(&config), &env);
-    let (status, body, _) = chat(&server.url, &key, "hello");
-    assert_eq!(
-        status, 200,
-        "the dead process's reservation is gone: {body}"
-    );
-    // Spend is counted from the ledger: the settled call, and now no room
-    // for another estimate ($0.0012 + $0.002 > $0.003).
+    // The dead process's reservation is gone, but the call it had sent is
+    // not forgotten: billed at its estimate ($0.002 and a little input),
+    // it leaves no room for another estimate.
     let (status, body, retry) = chat(&server.url, &key, "hello");
     assert_eq!(status, 429, "{body}");
-    assert_ne!(retry.as_deref(), Some("1"), "the budget itself is spent");
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    assert_ne!(
+        retry.as_deref(),
+        Some("1"),
+        "the budget itself is spent, not held by a reservation"
+    );
     let (_, usage, _) = get(&format!("{}/v1/usage", server.url), Some(&key), &[]);
-    assert_eq!(usage["total"]["cost_usd"], "0.001200000", "{usage}");
+    assert_eq!(usage["total"]["requests"], 1, "{usage}");
+    let cost = usage["total"]["cost_usd"].as_str().unwrap();
+    assert!(
+        cost.starts_with("0.0020") && cost != "0.002000000",
+        "the estimate: {usage}"
+    );
+    server.stop();
+}
+
+/// The ledger row of a streamed call is written before the request goes
+/// out: a server killed mid-stream leaves it, and the next start bills it
+/// at its estimate (flagged), counted by `GET /v1/usage` and budgets.
+#[test]
+fn a_streamed_call_killed_mid_stream_is_in_the_ledger_after_a_restart() {
+    use bulkhead_testkit::hostile::{Hostile, HostileProvider};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // One chunk, then silence: the call is in flight when the server dies.
+    let fake = rt.block_on(HostileProvider::start(|_| Hostile::Stall { chunks: 1 }));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bulkhead.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[providers]]
+name = "slow"
+kind = "openai"
+base_url = "{base}/v1"
+region = "eu"
+credential = "env:LIMITS_TEST_PROVIDER_KEY"
+timeout_s = 3600
+stream_idle_timeout_s = 3600
+max_retries = 0
+[[models]]
+name = "metered"
+provider = "slow"
+upstream = "gpt-4o-mini"
+price_input_per_mtok = "1"
+price_output_per_mtok = "2"
+"#,
+            base = fake.base_url()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let env = [("LIMITS_TEST_PROVIDER_KEY", PROVIDER_KEY)];
+    let server = Server::start(&data, Some(&config), &env);
+    let key = tenant_with_admin_key(&server.url, &data, "acme", "eu");
+    let (url, k) = (server.url.clone(), key.clone());
+    let client = std::thread::spawn(move || {
+        // Its connection dies with the server.
+        let _ = agent()
+            .post(format!("{url}/v1/chat/completions"))
+            .header("authorization", format!("Bearer {k}"))
+            .send_json(
+                json!({"model": "metered", "stream": true, "max_tokens": 1000,
+                              "messages": [{"role": "user", "content": "tell me"}]}),
+            )
+            .map(|mut r| r.body_mut().read_to_string());
+    });
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), fake.wait_chunks(1))
+            .await
+            .expect("the stream never started")
+    });
+    drop(server); // SIGKILL mid-stream.
+    client.join().unwrap();
+
+    let server = Server::start(&data, Some(&config), &env);
+    let (status, usage, _) = get(&format!("{}/v1/usage", server.url), Some(&key), &[]);
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(
+        usage["total"]["requests"], 1,
+        "the call is in the ledger: {usage}"
+    );
+    assert_eq!(
+        usage["total"]["output_tokens"], 1000,
+        "billed at its estimate: {usage}"
+    );
+    assert_ne!(usage["total"]["cost_usd"], "0.000000000");
+    let (_, audit, _) = get(
+        &format!("{}/v1/audit?limit=1000", server.url),
+        Some(&key),
+        &[],
+    );
+    let calls: Vec<&Value> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "model.call")
+        .collect();
+    assert_eq!(calls.len(), 1, "{audit}");
+    assert_eq!(calls[0]["details"]["status"], "interrupted");
+    assert_eq!(calls[0]["details"]["usage_estimated"], true);
+    assert_eq!(calls[0]["details"]["stream"], true);
     server.stop();
 }
 
