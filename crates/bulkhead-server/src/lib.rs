@@ -10,6 +10,7 @@ pub mod authz;
 pub mod boot;
 pub mod error;
 pub mod extract;
+pub mod jwks;
 pub mod metrics;
 pub mod openapi;
 pub mod request;
