@@ -167,10 +167,77 @@ fn the_contract_configuration_passes_the_loader_and_every_check() {
         config.limits.backend,
         bulkhead_core::config::LimitsBackend::Redis
     );
+}
+
+/// `bulkhead check` (through `boot::agent_parts`, which it and boot run)
+/// refuses a prompt that looks up what the render context never has, so
+/// the mistake is not found by every run failing with `prompt_error`.
+#[test]
+fn check_refuses_a_prompt_variable_the_render_context_never_has() {
+    let dir = config_dir();
+    let text =
+        contract_text().replace("{{ tenant.name }}", "{{ tenant.title }} for {{ customer }}");
+    let config = bulkhead_core::config::load(&text, &env).unwrap();
+    let err = match bulkhead_server::boot::agent_parts(&config, dir.path()) {
+        Ok(_) => panic!("accepted a prompt that cannot render"),
+        Err(e) => e.to_string(),
+    };
     assert!(
-        cfg!(feature = "redis"),
-        "the default build lacks the redis backend"
+        err.contains("agents[0].prompt: the template refers to customer, tenant.title, which the render context never has"),
+        "{err}"
     );
+}
+
+/// The contract's build is `cargo build --release`: the binary's default
+/// features must be everything the docs describe, and the crates below it
+/// must be depended on without their defaults, or `--no-default-features`
+/// would not give the slim build (CI builds with `--all-features`, so only
+/// the manifests can show this).
+#[test]
+fn the_default_build_has_every_documented_feature() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let defaults = |manifest: &str| {
+        read(manifest)
+            .lines()
+            .find(|l| l.starts_with("default = "))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for manifest in [
+        "crates/bulkhead/Cargo.toml",
+        "crates/bulkhead-server/Cargo.toml",
+    ] {
+        assert_eq!(
+            defaults(manifest),
+            r#"default = ["aws-kms", "ann", "redis"]"#,
+            "{manifest}"
+        );
+    }
+    for (manifest, feature) in [
+        ("crates/bulkhead-vault/Cargo.toml", "aws-kms"),
+        ("crates/bulkhead-agent/Cargo.toml", "ann"),
+        ("crates/bulkhead-store/Cargo.toml", "redis"),
+    ] {
+        assert_eq!(
+            defaults(manifest),
+            format!("default = [\"{feature}\"]"),
+            "{manifest}"
+        );
+    }
+    let workspace = read("Cargo.toml");
+    for dep in [
+        "bulkhead-store",
+        "bulkhead-server",
+        "bulkhead-vault",
+        "bulkhead-agent",
+    ] {
+        let line = workspace
+            .lines()
+            .find(|l| l.starts_with(&format!("{dep} = ")))
+            .unwrap();
+        assert!(line.contains("default-features = false"), "{line}");
+    }
 }
 
 #[tokio::test]
