@@ -171,6 +171,47 @@ pub fn fit_tool_results(messages: &mut [Value], budget: u64) -> bool {
     messages.iter().map(message_tokens).sum::<u64>() <= budget
 }
 
+/// The render context of an agent's prompt, in one place: each top-level
+/// variable with the attributes it has (`None`: any key, the tenant's own
+/// `vars`). `render` builds exactly this; `Prompts::new` refuses a template
+/// that looks up anything else, since every run of it would fail.
+/// docs/configuration.md (`[[agents]]`) documents the same table.
+const RENDER_CONTEXT: &[(&str, Option<&[&str]>)] = &[
+    ("agent", Some(&["name", "description"])),
+    ("tenant", Some(&["id", "name", "region"])),
+    ("vars", None),
+    ("date", Some(&[])),
+];
+
+/// The context's variables, for error messages.
+const RENDER_CONTEXT_NAMES: &str =
+    "agent.name, agent.description, tenant.id, tenant.name, tenant.region, vars.NAME, date";
+
+/// The lookups of `template` (`x` or `x.attr`) that the render context
+/// and the environment's globals can never answer, sorted. Static: it
+/// sees every branch, but not into `{% include %}`d files.
+fn unknown_variables(env: &Environment<'_>, template: &minijinja::Template<'_, '_>) -> Vec<String> {
+    let globals: std::collections::HashSet<&str> = env.globals().map(|(name, _)| name).collect();
+    let mut unknown: Vec<String> = template
+        .undeclared_variables(true)
+        .into_iter()
+        .filter(|path| {
+            let mut parts = path.split('.');
+            let top = parts.next().unwrap_or_default();
+            if globals.contains(top) {
+                return false;
+            }
+            match RENDER_CONTEXT.iter().find(|(name, _)| *name == top) {
+                None => true,
+                Some((_, None)) => false,
+                Some((_, Some(attrs))) => parts.next().is_some_and(|attr| !attrs.contains(&attr)),
+            }
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 /// The compiled templates of every agent.
 pub struct Prompts {
     env: Environment<'static>,
@@ -213,6 +254,22 @@ impl Prompts {
                         "agents[{i}]: the prompt template does not compile: {e}"
                     ))
                 })?;
+            let key = if a.prompt.is_some() {
+                "prompt"
+            } else {
+                "prompt_file"
+            };
+            let template = env
+                .get_template(&template_name(&a.name))
+                .map_err(|e| AgentError::Config(format!("agents[{i}].{key}: {e}")))?;
+            let unknown = unknown_variables(&env, &template);
+            if !unknown.is_empty() {
+                return Err(AgentError::Config(format!(
+                    "agents[{i}].{key}: the template refers to {}, which the render context never has (it has {})",
+                    unknown.join(", "),
+                    RENDER_CONTEXT_NAMES
+                )));
+            }
         }
         Ok(Self { env })
     }
@@ -231,7 +288,11 @@ impl Prompts {
             .map_err(|e| AgentError::Prompt(e.to_string()))?;
         let ctx = json!({
             "agent": {"name": agent.name, "description": agent.description},
-            "tenant": {"id": scope.tenant().as_str(), "region": scope.region().as_str()},
+            "tenant": {
+                "id": scope.tenant().as_str(),
+                "name": scope.name(),
+                "region": scope.region().as_str(),
+            },
             "vars": vars,
             "date": bulkhead_core::Timestamp::now().day(),
         });
@@ -253,8 +314,43 @@ impl Prompts {
 
 #[cfg(test)]
 mod tests {
-    use super::{fit, fit_tool_results, message_tokens};
+    use super::{Prompts, fit, fit_tool_results, message_tokens};
+    use bulkhead_core::config::AgentConfig;
     use serde_json::{Value, json};
+
+    fn agent(prompt: &str) -> AgentConfig {
+        serde_json::from_value(json!({"name": "support", "model": "small", "prompt": prompt}))
+            .unwrap()
+    }
+
+    fn compile(prompt: &str) -> Result<Prompts, String> {
+        Prompts::new(&[agent(prompt)], std::path::Path::new("/nonexistent"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_contract_example_prompt_compiles() {
+        compile("You are the assistant of {{ tenant.name }}.").unwrap();
+        compile(
+            "{{ agent.name }} {{ agent.description }} {{ tenant.id }} {{ tenant.region }} \
+             {{ vars.team | default('x') }} {{ vars['a b'] | default('') }} {{ date }} \
+             {% for i in range(2) %}{{ loop.index }}{{ i }}{% endfor %}{% set x = 1 %}{{ x }}",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_variable_the_context_never_has_is_refused_with_its_key_path() {
+        let e = compile("Hi {{ customer }} of {{ tenant.nme }}")
+            .err()
+            .unwrap();
+        assert!(e.contains("agents[0].prompt: "), "{e}");
+        assert!(e.contains("customer, tenant.nme"), "{e}");
+        let e = compile("{% if false %}{{ org.name }}{% endif %}")
+            .err()
+            .unwrap();
+        assert!(e.contains("org"), "{e}");
+    }
 
     fn roles(m: &[Value]) -> Vec<String> {
         m.iter()

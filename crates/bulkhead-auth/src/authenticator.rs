@@ -86,12 +86,30 @@ impl AuthError {
 pub struct Authenticator {
     jwt: JwtVerifier,
     directory: Arc<dyn Directory>,
+    jwks_refresh: Option<Arc<dyn crate::jwks::JwksRefresh>>,
 }
 
 impl Authenticator {
     /// From verified issuer keys and the directory.
     pub fn new(jwt: JwtVerifier, directory: Arc<dyn Directory>) -> Self {
-        Self { jwt, directory }
+        Self {
+            jwt,
+            directory,
+            jwks_refresh: None,
+        }
+    }
+
+    /// Lets a token whose `kid` an issuer with a `jwks_url` does not know
+    /// cause one rate-limited refetch of that issuer's document before it
+    /// is refused (a key the identity provider just rotated in).
+    pub fn with_jwks_refresh(mut self, refresh: Arc<dyn crate::jwks::JwksRefresh>) -> Self {
+        self.jwks_refresh = Some(refresh);
+        self
+    }
+
+    /// The JWT verifier (its remote issuers are refreshed by the server).
+    pub fn jwt_verifier(&self) -> &JwtVerifier {
+        &self.jwt
     }
 
     /// Authenticates `bearer` (an API key or a JWT) and checks the optional
@@ -170,10 +188,22 @@ impl Authenticator {
     }
 
     async fn jwt(&self, bearer: &str, _rid: &RequestId) -> Result<(Tenant, Principal), AuthError> {
-        let token = self
-            .jwt
-            .verify(bearer)
-            .map_err(|r| AuthError::new(AuthFailure::Invalid(r.code())))?;
+        let token = match self.jwt.verify(bearer) {
+            Err(crate::jwt::JwtRejection::UnknownKey) => {
+                // Only a remote issuer can learn new keys; the refetch is
+                // rate-limited per issuer, so forged kids cost one fetch per
+                // interval at most, and every other token waits for nothing.
+                match (&self.jwks_refresh, self.jwt.remote_issuer_of(bearer)) {
+                    (Some(refresh), Some(remote)) if remote.claim_refetch() => {
+                        refresh.refetch(&remote).await;
+                        self.jwt.verify(bearer)
+                    }
+                    _ => Err(crate::jwt::JwtRejection::UnknownKey),
+                }
+            }
+            other => other,
+        }
+        .map_err(|r| AuthError::new(AuthFailure::Invalid(r.code())))?;
         let tenant = self
             .directory
             .tenant(&token.tenant)

@@ -9,16 +9,23 @@
 //!    names another issuer's key finds nothing;
 //! 4. signature, `iss`, `aud`, `exp` and `nbf` are then verified by
 //!    `jsonwebtoken`, with the issuer's leeway.
+//!
+//! An issuer with a `jwks_url` starts with no keys; the server fetches its
+//! document at boot and keeps it fresh (see [`crate::jwks`]). `verify`
+//! itself never does I/O: it reads the current key set under a lock.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bulkhead_core::config::{JwtAlgorithm, JwtIssuerConfig, JwtKeySource, KeyFamily};
 use bulkhead_core::{Role, TenantId};
-use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+
+use crate::jwks::{IssuerKey, KeySet, RemoteJwks, parse_jwks};
 
 /// A configuration problem found while loading issuer keys, naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -30,15 +37,10 @@ pub struct JwtSetupError {
     pub message: String,
 }
 
-struct IssuerKey {
-    kid: Option<String>,
-    family: KeyFamily,
-    key: DecodingKey,
-}
-
 struct Issuer {
     algorithms: Vec<Algorithm>,
-    keys: Vec<IssuerKey>,
+    keys: Arc<RwLock<KeySet>>,
+    remote: Option<Arc<RemoteJwks>>,
     validation: HashMap<Algorithm, Validation>,
     tenant_claim: String,
     roles_claim: String,
@@ -153,6 +155,26 @@ impl JwtVerifier {
         self.issuers.is_empty()
     }
 
+    /// The issuers whose keys come from a `jwks_url`, for the caller to
+    /// fetch at boot and keep fresh.
+    pub fn remote_issuers(&self) -> Vec<Arc<RemoteJwks>> {
+        let mut out: Vec<Arc<RemoteJwks>> = self
+            .issuers
+            .values()
+            .filter_map(|i| i.remote.clone())
+            .collect();
+        out.sort_by(|a, b| a.key_path().cmp(b.key_path()));
+        out
+    }
+
+    /// The remote key set of the issuer a token names (unverified: it only
+    /// selects which document a refetch would read), if that issuer has a
+    /// `jwks_url`.
+    pub fn remote_issuer_of(&self, token: &str) -> Option<Arc<RemoteJwks>> {
+        let iss = peek_issuer(token)?;
+        self.issuers.get(&iss)?.remote.clone()
+    }
+
     /// Verifies a token and extracts tenant, subject and roles.
     pub fn verify(&self, token: &str) -> Result<VerifiedToken, JwtRejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtRejection::Malformed)?;
@@ -162,8 +184,14 @@ impl JwtVerifier {
             return Err(JwtRejection::AlgorithmNotAllowed);
         }
         let family = family_of(header.alg);
-        let candidates: Vec<&IssuerKey> = issuer
+        // Cloning the Arc keeps the lock for a moment only; a refresh
+        // replacing the set meanwhile does not disturb this check.
+        let keys: KeySet = issuer
             .keys
+            .read()
+            .map(|k| k.clone())
+            .map_err(|_| JwtRejection::UnknownKey)?;
+        let candidates: Vec<&IssuerKey> = keys
             .iter()
             .filter(|k| k.family == family)
             .filter(|k| match (&header.kid, &k.kid) {
@@ -241,12 +269,17 @@ fn load_issuer(
         path: format!("auth.jwt[{i}]{field}"),
         message,
     };
+    let mut remote_url = None;
     let keys = match cfg.key_source() {
         None => {
             return Err(err(
                 "",
-                "set exactly one of secret, public_key_file, jwks_file".into(),
+                "set exactly one of secret, public_key_file, jwks_file, jwks_url".into(),
             ));
+        }
+        Some(JwtKeySource::JwksUrl(url)) => {
+            remote_url = Some(url);
+            Vec::new()
         }
         Some(JwtKeySource::Secret(secret)) => vec![IssuerKey {
             kid: None,
@@ -296,47 +329,7 @@ fn load_issuer(
         Some(JwtKeySource::JwksFile(path)) => {
             let bytes = read_file(&path)
                 .map_err(|e| err(".jwks_file", format!("cannot read {}: {e}", path.display())))?;
-            let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| {
-                err(
-                    ".jwks_file",
-                    format!("{} is not a JWKS document: {e}", path.display()),
-                )
-            })?;
-            let mut keys = Vec::new();
-            for (k, jwk) in set.keys.iter().enumerate() {
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| {
-                    err(
-                        ".jwks_file",
-                        format!("key {k} of {} is unusable: {e}", path.display()),
-                    )
-                })?;
-                let family = match &jwk.algorithm {
-                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
-                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => KeyFamily::Ec,
-                    jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => KeyFamily::Ed,
-                    jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) => {
-                        return Err(err(
-                            ".jwks_file",
-                            format!(
-                                "key {k} of {} is a symmetric key; JWKS files hold public keys only",
-                                path.display()
-                            ),
-                        ));
-                    }
-                };
-                keys.push(IssuerKey {
-                    kid: jwk.common.key_id.clone(),
-                    family,
-                    key,
-                });
-            }
-            if keys.is_empty() {
-                return Err(err(
-                    ".jwks_file",
-                    format!("{} holds no keys", path.display()),
-                ));
-            }
-            keys
+            parse_jwks(&bytes).map_err(|e| err(".jwks_file", format!("{}: {e}", path.display())))?
         }
     };
     let mut validation = HashMap::new();
@@ -350,9 +343,24 @@ fn load_issuer(
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.insert(*alg, v);
     }
+    let keys = Arc::new(RwLock::new(Arc::new(keys)));
+    let remote = remote_url.map(|url| {
+        Arc::new(RemoteJwks::new(
+            &cfg.issuer,
+            &url,
+            format!("auth.jwt[{i}].jwks_url"),
+            keys.clone(),
+            (
+                Duration::from_secs(cfg.jwks_min_refresh_s()),
+                Duration::from_secs(cfg.jwks_max_refresh_s()),
+                Duration::from_secs(cfg.jwks_refetch_interval_s()),
+            ),
+        ))
+    });
     Ok(Issuer {
         algorithms,
         keys,
+        remote,
         validation,
         tenant_claim: cfg.tenant_claim.clone(),
         roles_claim: cfg.roles_claim.clone(),

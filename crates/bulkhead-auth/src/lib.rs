@@ -9,17 +9,20 @@
 //! cannot name a tenant at all.
 //!
 //! This crate does no I/O of its own: tenants and keys are looked up through
-//! the [`Directory`] trait, which the store implements, and key files are
-//! read through a function the caller passes in.
+//! the [`Directory`] trait, which the store implements, key files are
+//! read through a function the caller passes in, and JWKS documents at a
+//! `jwks_url` are fetched by the caller ([`jwks::JwksRefresh`]).
 
 pub mod apikey;
 pub mod authenticator;
+pub mod jwks;
 pub mod jwt;
 pub mod operator;
 pub mod scope;
 
 pub use apikey::{ApiKeyDigest, NewApiKey};
 pub use authenticator::{AuthError, AuthFailure, Authenticator, Directory, DirectoryError};
+pub use jwks::{JwksRefresh, RemoteJwks};
 pub use jwt::{JwtSetupError, JwtVerifier};
 pub use operator::{OperatorAuthenticator, TokenDigest};
 pub use scope::{FailureAttribution, OperatorScope, TenantScope};

@@ -14,6 +14,9 @@ use bulkhead_core::{
 pub struct TenantScope {
     tenant: TenantId,
     uid: TenantUid,
+    // The display name as of authentication: templates show it
+    // (`{{ tenant.name }}`); shared, since scopes are cloned per task.
+    name: std::sync::Arc<str>,
     region: Region,
     principal: Principal,
     request_id: RequestId,
@@ -25,6 +28,7 @@ impl TenantScope {
         Self {
             tenant: tenant.id.clone(),
             uid: tenant.uid,
+            name: std::sync::Arc::from(tenant.name.as_str()),
             region: tenant.region.clone(),
             principal,
             request_id,
@@ -40,6 +44,12 @@ impl TenantScope {
     /// The tenant's public id.
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
+    }
+
+    /// The tenant's display name at authentication time (data, never an
+    /// id: it selects nothing).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The tenant incarnation whose partition this scope opens.

@@ -115,7 +115,10 @@ pub struct AuditEvent {
     pub agent: Option<String>,
     /// Run, if any.
     pub run_id: Option<String>,
-    /// Structured details.
+    /// Structured details. Serialised with every object's keys sorted, at
+    /// every level, so what is served and exported is byte for byte the
+    /// form the hash covers (docs/audit.md), whatever order the map holds.
+    #[serde(serialize_with = "serialize_sorted")]
     pub details: serde_json::Value,
     /// Hash of the previous event ([`GENESIS_HASH`] for the first).
     pub prev_hash: String,
@@ -221,6 +224,14 @@ fn sorted(v: &serde_json::Value) -> serde_json::Value {
         }
         other => other.clone(),
     }
+}
+
+/// Serialises a `Value` with its object keys sorted (the documented form).
+fn serialize_sorted<S: serde::Serializer>(
+    v: &serde_json::Value,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    sorted(v).serialize(serializer)
 }
 
 /// Lowercase hex of bytes.
@@ -374,6 +385,24 @@ mod tests {
             text.contains(r#""details":{"a":{"c":[{"y":1,"z":0}],"d":2},"b":1}"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn served_form_has_sorted_details_and_hashes_as_documented() {
+        let mut e = chain(1).remove(0);
+        e.details = serde_json::json!({"b": 1, "a": {"d": 2, "c": [{"z": 0, "y": 1}]}});
+        e.hash = e.compute_hash();
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(
+            text.contains(r#""details":{"a":{"c":[{"y":1,"z":0}],"d":2},"b":1}"#),
+            "{text}"
+        );
+        // docs/audit.md: the hash is over the served event without `hash`.
+        let without_hash = text
+            .strip_suffix(&format!(r#","hash":"{}"}}"#, e.hash))
+            .map(|s| format!("{s}}}"))
+            .unwrap();
+        assert_eq!(hex(&Sha256::digest(without_hash.as_bytes())), e.hash);
     }
 
     #[test]

@@ -507,6 +507,9 @@ pub enum JwtKeySource {
     PublicKeyFile(PathBuf),
     /// A JWKS JSON file; keys are chosen by `kid`.
     JwksFile(PathBuf),
+    /// A JWKS document fetched over HTTPS (or HTTP on loopback), cached and
+    /// refreshed; keys are chosen by `kid`.
+    JwksUrl(String),
 }
 
 /// One `[[auth.jwt]]` issuer.
@@ -526,6 +529,16 @@ pub struct JwtIssuerConfig {
     pub public_key_file: Option<PathBuf>,
     /// JWKS file.
     pub jwks_file: Option<PathBuf>,
+    /// JWKS URL: `https://`, or `http://` to a loopback address.
+    pub jwks_url: Option<String>,
+    /// `jwks_url` only: the shortest time a fetched document is kept
+    /// before the next fetch, whatever its `Cache-Control` says (seconds).
+    pub jwks_min_refresh_s: Option<u64>,
+    /// `jwks_url` only: the longest time a fetched document is trusted.
+    pub jwks_max_refresh_s: Option<u64>,
+    /// `jwks_url` only: at most one fetch per this many seconds caused by
+    /// tokens naming a `kid` the issuer does not know.
+    pub jwks_refetch_interval_s: Option<u64>,
     /// Claim holding the tenant id.
     #[serde(default = "default_tenant_claim")]
     pub tenant_claim: String,
@@ -543,12 +556,71 @@ pub struct JwtIssuerConfig {
 impl JwtIssuerConfig {
     /// The key source, once validated (exactly one is set).
     pub fn key_source(&self) -> Option<JwtKeySource> {
-        match (&self.secret, &self.public_key_file, &self.jwks_file) {
-            (Some(s), None, None) => Some(JwtKeySource::Secret(s.clone())),
-            (None, Some(p), None) => Some(JwtKeySource::PublicKeyFile(p.clone())),
-            (None, None, Some(p)) => Some(JwtKeySource::JwksFile(p.clone())),
+        match (
+            &self.secret,
+            &self.public_key_file,
+            &self.jwks_file,
+            &self.jwks_url,
+        ) {
+            (Some(s), None, None, None) => Some(JwtKeySource::Secret(s.clone())),
+            (None, Some(p), None, None) => Some(JwtKeySource::PublicKeyFile(p.clone())),
+            (None, None, Some(p), None) => Some(JwtKeySource::JwksFile(p.clone())),
+            (None, None, None, Some(u)) => Some(JwtKeySource::JwksUrl(u.clone())),
             _ => None,
         }
+    }
+
+    /// `jwks_min_refresh_s`, default 60.
+    pub fn jwks_min_refresh_s(&self) -> u64 {
+        self.jwks_min_refresh_s.unwrap_or(60)
+    }
+
+    /// `jwks_max_refresh_s`, default 3600 (raised to the minimum if that
+    /// is larger, which validation refuses anyway).
+    pub fn jwks_max_refresh_s(&self) -> u64 {
+        self.jwks_max_refresh_s
+            .unwrap_or(3600)
+            .max(self.jwks_min_refresh_s())
+    }
+
+    /// `jwks_refetch_interval_s`, default 30.
+    pub fn jwks_refetch_interval_s(&self) -> u64 {
+        self.jwks_refetch_interval_s.unwrap_or(30)
+    }
+}
+
+/// Whether `url` may serve a JWKS: `https://`, or `http://` to a loopback
+/// host (a local identity provider, tests). Keys fetched over plain HTTP
+/// from elsewhere could be swapped by anyone on the path.
+fn check_jwks_url(url: &str, path: &str, errors: &mut Errors) {
+    let bad = |errors: &mut Errors, why: &str| errors.push(path, format!("{url:?}: {why}"));
+    if url.contains(char::is_whitespace) || url.contains('@') {
+        return bad(errors, "must not contain whitespace or user info");
+    }
+    if let Some(rest) = url.strip_prefix("https://") {
+        if rest.is_empty() || rest.starts_with('/') {
+            bad(errors, "has no host");
+        }
+        return;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return bad(errors, "must be an https:// URL (or http:// on loopback)");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bad(
+            errors,
+            "http:// is allowed only to a loopback host; use https://",
+        );
     }
 }
 
@@ -1542,6 +1614,7 @@ fn validate_issuers(
             jwt.secret.is_some(),
             jwt.public_key_file.is_some(),
             jwt.jwks_file.is_some(),
+            jwt.jwks_url.is_some(),
         ]
         .into_iter()
         .filter(|s| *s)
@@ -1549,9 +1622,44 @@ fn validate_issuers(
         if sources != 1 {
             errors.push(
                 p.clone(),
-                "set exactly one of secret, public_key_file, jwks_file",
+                "set exactly one of secret, public_key_file, jwks_file, jwks_url",
             );
             continue;
+        }
+        if let Some(url) = &jwt.jwks_url {
+            check_jwks_url(url, &format!("{p}.jwks_url"), errors);
+            for (key, value, max) in [
+                ("jwks_min_refresh_s", jwt.jwks_min_refresh_s, 86_400),
+                ("jwks_max_refresh_s", jwt.jwks_max_refresh_s, 604_800),
+                ("jwks_refetch_interval_s", jwt.jwks_refetch_interval_s, 3600),
+            ] {
+                if let Some(v) = value
+                    && !(1..=max).contains(&v)
+                {
+                    errors.push(
+                        format!("{p}.{key}"),
+                        format!("must be between 1 and {max} seconds"),
+                    );
+                }
+            }
+            if let (Some(min), Some(max)) = (jwt.jwks_min_refresh_s, jwt.jwks_max_refresh_s)
+                && max < min
+            {
+                errors.push(
+                    format!("{p}.jwks_max_refresh_s"),
+                    "must be at least jwks_min_refresh_s",
+                );
+            }
+        } else {
+            for (key, value) in [
+                ("jwks_min_refresh_s", jwt.jwks_min_refresh_s),
+                ("jwks_max_refresh_s", jwt.jwks_max_refresh_s),
+                ("jwks_refetch_interval_s", jwt.jwks_refetch_interval_s),
+            ] {
+                if value.is_some() {
+                    errors.push(format!("{p}.{key}"), "is only for an issuer with jwks_url");
+                }
+            }
         }
         let hmac = jwt.secret.is_some();
         for (j, alg) in jwt.algorithm_names.iter().enumerate() {
@@ -2354,6 +2462,51 @@ file = "policies.cedar"
             &jwt("[]", "jwks_file = \"j.json\""),
             &["auth.jwt[0].algorithms: list at least one"],
         );
+        check(
+            &jwt(
+                r#"["RS256"]"#,
+                "jwks_file = \"j.json\"\njwks_url = \"https://idp/keys\"",
+            ),
+            &["auth.jwt[0]: set exactly one of secret, public_key_file, jwks_file, jwks_url"],
+        );
+        check(
+            &jwt(r#"["RS256"]"#, "jwks_url = \"http://idp.example.com/keys\""),
+            &[
+                "auth.jwt[0].jwks_url: \"http://idp.example.com/keys\": http:// is allowed only to a loopback host",
+            ],
+        );
+        check(
+            &jwt(r#"["RS256"]"#, "jwks_url = \"ftp://idp/keys\""),
+            &["auth.jwt[0].jwks_url: \"ftp://idp/keys\": must be an https:// URL"],
+        );
+        check(
+            &jwt(
+                r#"["RS256"]"#,
+                "jwks_url = \"http://127.0.0.1:9/keys\"\njwks_min_refresh_s = 600\njwks_max_refresh_s = 60\njwks_refetch_interval_s = 0",
+            ),
+            &[
+                "auth.jwt[0].jwks_refetch_interval_s: must be between 1 and 3600",
+                "auth.jwt[0].jwks_max_refresh_s: must be at least jwks_min_refresh_s",
+            ],
+        );
+        check(
+            &jwt(
+                r#"["RS256"]"#,
+                "jwks_file = \"j.json\"\njwks_min_refresh_s = 5",
+            ),
+            &["auth.jwt[0].jwks_min_refresh_s: is only for an issuer with jwks_url"],
+        );
+        for ok in [
+            "https://idp.example.com/.well-known/jwks.json",
+            "http://127.0.0.1:8081/jwks",
+            "http://[::1]:8081/jwks",
+            "http://localhost/jwks",
+        ] {
+            check(
+                &jwt(r#"["RS256", "ES256"]"#, &format!("jwks_url = \"{ok}\"")),
+                &[],
+            );
+        }
         check(
             "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\nregion = \"EU\"\n",
             &["providers[0].region: region must be"],

@@ -95,7 +95,7 @@ macro_rules! string_id {
 string_id!(
     /// A tenant's public id: lowercase letters, digits and `-`, 1–63
     /// characters, no leading or trailing `-` (a DNS label, so it also fits
-    /// Kubernetes names for dedicated workers).
+    /// Kubernetes names, should tenants one day get their own deployments).
     TenantId,
     |s| is_label(s, 63) && !s.starts_with('-') && !s.ends_with('-'),
     IdError::Tenant

@@ -21,6 +21,8 @@ pub enum Isolation {
     /// In the shared process, logically partitioned.
     Shared,
     /// In a dedicated worker process holding only this tenant's keys.
+    /// Not available yet: the API refuses to set it (there is no worker
+    /// supervisor), and the store still reads it from older rows.
     Dedicated,
 }
 

@@ -106,6 +106,25 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         return Err(BootError::Config(e.to_string()));
     }
     let jwt = jwt_verifier(config, base_dir)?;
+    // Issuers with a jwks_url get their keys now: a first fetch that fails
+    // is a boot error (like an unreadable jwks_file), so a server never
+    // runs refusing every token of an issuer it was told to trust.
+    let remote_issuers = jwt.remote_issuers();
+    let jwks = if remote_issuers.is_empty() {
+        None
+    } else {
+        let fetcher = crate::jwks::JwksFetcher::new().map_err(BootError::Jwt)?;
+        let mut schedule = Vec::new();
+        for remote in remote_issuers {
+            let next = fetcher
+                .fetch(&remote)
+                .await
+                .map_err(|e| BootError::Jwt(e.to_string()))?;
+            schedule.push((remote, next));
+        }
+        fetcher.spawn_refresh(schedule);
+        Some(fetcher)
+    };
     let data_dir = &config.server.data_dir;
     let store = SqliteStore::open(data_dir).map_err(|e| BootError::Store {
         path: data_dir.clone(),
@@ -200,7 +219,12 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         runtime,
         knowledge,
         catalog,
-        auth: Arc::new(Authenticator::new(jwt, store_arc)),
+        auth: Arc::new(match jwks {
+            Some(fetcher) => {
+                Authenticator::new(jwt, store_arc).with_jwks_refresh(Arc::new(fetcher))
+            }
+            None => Authenticator::new(jwt, store_arc),
+        }),
         operator: Arc::new(OperatorAuthenticator::new(&token)),
         metrics,
         settings: Arc::new(Settings {

@@ -11,6 +11,7 @@ pub mod boot;
 pub mod conn;
 pub mod error;
 pub mod extract;
+pub mod jwks;
 pub mod metrics;
 pub mod openapi;
 pub mod request;

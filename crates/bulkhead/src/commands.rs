@@ -194,7 +194,8 @@ pub struct TenantFields {
     /// Residency region.
     #[arg(long)]
     region: Option<String>,
-    /// shared or dedicated.
+    /// shared (the only mode this build runs; the server refuses
+    /// dedicated with 409 isolation_unavailable).
     #[arg(long)]
     isolation: Option<String>,
 }

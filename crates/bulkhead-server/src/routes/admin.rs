@@ -68,7 +68,8 @@ pub struct CreateTenant {
     /// Residency region (defaults to `server.default_region`).
     #[schema(value_type = Option<String>, example = "eu")]
     pub region: Option<Region>,
-    /// `shared` (default) or `dedicated`.
+    /// `shared` (the default, and the only one this build runs);
+    /// `dedicated` is refused with 409 `isolation_unavailable`.
     #[schema(value_type = Option<String>)]
     pub isolation: Option<Isolation>,
 }
@@ -78,6 +79,19 @@ pub struct CreateTenant {
 pub struct TenantList {
     /// Tenants by id.
     pub tenants: Vec<TenantBody>,
+}
+
+/// Refuses an isolation mode this build cannot provide. There are no
+/// dedicated worker processes yet: accepting `dedicated` would store a
+/// promise while the tenant runs in the shared process like any other.
+fn supported_isolation(isolation: Option<Isolation>) -> Result<(), ApiError> {
+    match isolation {
+        Some(Isolation::Dedicated) => Err(ApiError::State {
+            code: "isolation_unavailable",
+            message: "isolation \"dedicated\" is not available in this build: there are no dedicated worker processes yet, every tenant runs in the shared process; use \"shared\"".into(),
+        }),
+        Some(Isolation::Shared) | None => Ok(()),
+    }
 }
 
 fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
@@ -95,6 +109,7 @@ pub async fn create_tenant(
 ) -> Result<Response, ApiError> {
     let name = body.name.unwrap_or_else(|| body.id.to_string());
     validate_tenant_name(&name).map_err(|m| ApiError::Validation(m.into()))?;
+    supported_isolation(body.isolation)?;
     let tenant = state
         .control
         .create_tenant(
@@ -162,7 +177,8 @@ pub struct PatchTenant {
     /// New region.
     #[schema(value_type = Option<String>)]
     pub region: Option<Region>,
-    /// `shared` or `dedicated` (recorded; enforced by the worker supervisor).
+    /// `shared`; `dedicated` is refused with 409 `isolation_unavailable`
+    /// (no dedicated workers in this build).
     #[schema(value_type = Option<String>)]
     pub isolation: Option<Isolation>,
     /// `active` or `suspended`.
@@ -220,6 +236,7 @@ pub async fn update_tenant(
     if let Some(name) = &body.name {
         validate_tenant_name(name).map_err(|m| ApiError::Validation(m.into()))?;
     }
+    supported_isolation(body.isolation)?;
     let quotas = match body.quotas {
         Some(q) => {
             let current = state.control.get_tenant(&op, &id).await?;

@@ -60,7 +60,13 @@ impl From<KnowledgeServiceError> for ApiError {
 pub struct PutDocument {
     /// The document (at most 2 MiB).
     pub content: String,
-    /// `text` (default), `markdown` or `html`.
+    /// The document's media type: `text/plain` (default), `text/markdown`
+    /// or `text/html` (parameters such as `; charset=utf-8` are ignored:
+    /// the content is a JSON string). Anything else is 400.
+    #[schema(example = "text/markdown")]
+    pub content_type: Option<String>,
+    /// The same as a short name, kept for older clients: `text`,
+    /// `markdown` or `html`. Give one of `content_type` and `format`.
     pub format: Option<String>,
     /// Your id: sending it again replaces the document.
     pub external_id: Option<String>,
@@ -142,18 +148,52 @@ pub async fn put_document(
     ingest_in(&state, &scope, collection, body).await
 }
 
+/// The document format from `content_type` (a media type) or the older
+/// `format` (a short name); both at once only if they agree.
+fn doc_format(
+    content_type: Option<&str>,
+    format: Option<&str>,
+) -> Result<bulkhead_knowledge::DocFormat, ApiError> {
+    let from_type = content_type
+        .map(|t| {
+            let essence = t.split(';').next().unwrap_or_default().trim();
+            // Only media types here: the short names belong to `format`.
+            essence
+                .contains('/')
+                .then(|| bulkhead_knowledge::DocFormat::parse(essence))
+                .flatten()
+                .ok_or_else(|| {
+                    ApiError::Validation(format!(
+                        "content_type: {t:?} is not text/plain, text/markdown or text/html"
+                    ))
+                })
+        })
+        .transpose()?;
+    let from_format = format
+        .map(|f| {
+            bulkhead_knowledge::DocFormat::parse(f).ok_or_else(|| {
+                ApiError::Validation(format!("format: {f:?} is not text, markdown or html"))
+            })
+        })
+        .transpose()?;
+    match (from_type, from_format) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::Validation(format!(
+            "content_type: {:?} contradicts format {:?}; give one of them",
+            content_type.unwrap_or_default(),
+            format.unwrap_or_default()
+        ))),
+        (Some(f), _) | (None, Some(f)) => Ok(f),
+        (None, None) => Ok(bulkhead_knowledge::DocFormat::Text),
+    }
+}
+
 async fn ingest_in(
     state: &AppState,
     scope: &TenantScope,
     collection: String,
     body: PutDocument,
 ) -> Result<(StatusCode, AxumJson<DocumentBody>), ApiError> {
-    let format = match body.format.as_deref() {
-        None => bulkhead_knowledge::DocFormat::Text,
-        Some(f) => bulkhead_knowledge::DocFormat::parse(f).ok_or_else(|| {
-            ApiError::Validation(format!("format: {f:?} is not text, markdown or html"))
-        })?,
-    };
+    let format = doc_format(body.content_type.as_deref(), body.format.as_deref())?;
     let doc = state
         .knowledge
         .ingest(
