@@ -112,7 +112,9 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     // reqwest is built without a default TLS crypto provider; ring is the one
     // the rest of the binary already uses. Installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let refresher = HttpRefresher::new().map_err(|e| BootError::Kms(e.to_string()))?;
+    // One guard for every request a tenant can aim (token URLs, tools).
+    let egress = bulkhead_egress::Egress::new(&config.egress);
+    let refresher = HttpRefresher::new(&egress).map_err(|e| BootError::Kms(e.to_string()))?;
     let vault = Arc::new(Vault::new(kms, store_arc.clone(), Arc::new(refresher)));
     let catalog = Arc::new(bulkhead_gateway::Catalog::from_config(config));
     let metrics = Arc::new(Metrics::new());
@@ -200,6 +202,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         }),
         limiter,
         policies,
+        egress,
     };
     let startup_operator = bulkhead_core::RequestId::parse("startup")
         .ok()
@@ -290,7 +293,7 @@ async fn redis_backend(
 /// The tools, agents and compiled prompt templates of a configuration:
 /// what `serve` builds at start and `check` verifies (templates that do
 /// not compile, prompt files that cannot be read, tool templates and
-/// argument schemas).
+/// argument schemas, and tool URLs the egress guard would refuse).
 pub fn agent_parts(
     config: &Config,
     base_dir: &Path,
@@ -302,8 +305,9 @@ pub fn agent_parts(
     ),
     BootError,
 > {
-    let tools = bulkhead_tools::ToolBox::new(&config.tools)
-        .map_err(|e| BootError::Agents(e.to_string()))?;
+    let tools =
+        bulkhead_tools::ToolBox::new(&config.tools, &bulkhead_egress::Egress::new(&config.egress))
+            .map_err(|e| BootError::Agents(e.to_string()))?;
     let agents =
         bulkhead_agent::AgentCatalog::new(config).map_err(|e| BootError::Agents(e.to_string()))?;
     let prompts_dir = base_dir.join(&config.server.prompts_dir);

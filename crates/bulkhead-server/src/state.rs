@@ -54,4 +54,6 @@ pub struct AppState {
     pub limiter: Arc<bulkhead_quota::Limiter>,
     /// Who may do what inside a tenant (Cedar).
     pub policies: Arc<bulkhead_policy::Policies>,
+    /// The egress guard, for early checks of URLs a tenant stores.
+    pub egress: bulkhead_egress::Egress,
 }

@@ -8,6 +8,7 @@ mod api_keys;
 mod approvals;
 mod bodies;
 mod credentials;
+mod egress;
 mod fakes;
 mod gateway;
 mod jwt;

@@ -137,6 +137,9 @@ fn jwks(dir: &std::path::Path) -> PathBuf {
     path
 }
 
+/// The `[egress]` table of every test app that does not bring its own.
+pub const LOOPBACK_EGRESS: &str = "[egress]\nallow_http = true\nallow_hosts = [\"127.0.0.1/32\"]\n";
+
 impl TestApp {
     pub async fn new() -> Self {
         Self::with_server_settings("").await
@@ -177,6 +180,7 @@ issuer = "{JWKS_ISSUER}"
 audience = "{AUDIENCE}"
 algorithms = ["ES256", "EdDSA", "RS256"]
 jwks_file = "{jwks}"
+{egress}
 {tables}
 "#,
             data = dir.path().join("data").display(),
@@ -187,6 +191,13 @@ jwks_file = "{jwks}"
             },
             rsa = key_path("rsa_public.pem").display(),
             jwks = jwks.display(),
+            // The fakes (tools, token endpoints) listen on loopback over
+            // plain http, which the egress guard refuses unless allowed.
+            egress = if tables.contains("[egress]") {
+                ""
+            } else {
+                LOOPBACK_EGRESS
+            },
         );
         let env = |name: &str| match name {
             "OP_TOKEN" => Some(OPERATOR_TOKEN.to_owned()),
