@@ -389,3 +389,85 @@ impl GuardedClient {
         &self.egress
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(url: &str) -> Option<Reason> {
+        match Egress::public_https_only().check_str(url) {
+            Ok(_) => None,
+            Err(EgressError::Address { reason, .. }) => Some(reason),
+            Err(e) => panic!("{url}: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn every_spelling_the_url_parser_accepts_is_judged_as_the_address() {
+        for (url, want) in [
+            ("https://2130706433/", Reason::Loopback),
+            ("https://0177.0.0.1/", Reason::Loopback),
+            ("https://0x7f.0.0.1/", Reason::Loopback),
+            ("https://0x7f000001/", Reason::Loopback),
+            ("https://127.1/", Reason::Loopback),
+            ("https://017700000001/", Reason::Loopback),
+            ("https://[::ffff:7f00:1]/", Reason::Loopback),
+            ("https://[0:0:0:0:0:ffff:a9fe:a9fe]/", Reason::Metadata),
+            ("https://0/", Reason::Unspecified),
+            ("https://0.0.0.0/", Reason::Unspecified),
+            ("https://[::]/", Reason::Unspecified),
+            ("https://0xa9.0xfe.0xa9.0xfe/", Reason::Metadata),
+            ("https://167772161/", Reason::Private),
+            ("https://100.64.1.1/", Reason::SharedCgnat),
+        ] {
+            assert_eq!(reason(url), Some(want), "{url}");
+        }
+        assert_eq!(reason("https://8.8.8.8/"), None);
+        assert_eq!(reason("https://example.com/"), None);
+    }
+
+    #[test]
+    fn a_named_host_is_held_to_its_allowed_ports() {
+        let config = bulkhead_core::config::load(
+            "[egress]\nallow_hosts = [\"jira.internal:8443\"]\n",
+            &|_| None,
+        )
+        .unwrap();
+        let egress = Egress::new(&config.egress);
+        assert!(egress.check_str("https://jira.internal:8443/x").is_ok());
+        assert!(egress.check_str("https://JIRA.internal.:8443/x").is_ok());
+        assert_eq!(
+            egress.check_str("https://jira.internal/x"),
+            Err(EgressError::Port {
+                host: "jira.internal".into(),
+                port: 443
+            })
+        );
+        // The resolver lets the allowed name reach inside, and nothing else.
+        let inside: SocketAddr = "10.0.0.5:0".parse().unwrap();
+        assert!(
+            egress
+                .rules
+                .check_resolved("jira.internal", &[inside])
+                .is_ok()
+        );
+        assert!(matches!(
+            egress.rules.check_resolved("other.internal", &[inside]),
+            Err(EgressError::Address {
+                reason: Reason::Private,
+                ..
+            })
+        ));
+        let public: SocketAddr = "93.184.216.34:0".parse().unwrap();
+        assert!(matches!(
+            egress
+                .rules
+                .check_resolved("mixed.example", &[public, inside]),
+            Err(EgressError::Address { .. })
+        ));
+        assert!(matches!(
+            egress.rules.check_resolved("nothing.example", &[]),
+            Err(EgressError::Unresolved { .. })
+        ));
+    }
+}

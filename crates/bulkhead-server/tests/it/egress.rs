@@ -165,6 +165,51 @@ async fn a_stored_loopback_token_url_is_refused_at_use_time() {
 }
 
 #[tokio::test]
+async fn a_credential_stored_while_allowed_is_refused_once_the_operator_removes_the_rule() {
+    let endpoint = FakeTokenEndpoint::start().await;
+    endpoint.push(grant("later"));
+    let app = TestApp::with_config(
+        "",
+        &format!(
+            "[egress]\nallow_http = true\nallow_hosts = [\"{}\"]\n",
+            endpoint.addr
+        ),
+    )
+    .await;
+    app.create_tenant("acme", "eu").await;
+    let (_, admin) = app.api_key("acme", &["admin"]).await;
+    let r = app
+        .call(
+            "PUT",
+            "/v1/credentials/crm",
+            Some(&admin),
+            Some(oauth(&endpoint.url(), "later")),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    // The same data under a server restarted without the rule: the vault
+    // over the same store and keys, its refresher behind the new guard.
+    let kms = bulkhead_vault::kms::LocalKeyProvider::open(&app.dir.path().join("data")).unwrap();
+    let strict = bulkhead_egress::Egress::new(
+        &bulkhead_core::config::load(NO_EXCEPTIONS, &|_| None)
+            .unwrap()
+            .egress,
+    );
+    let restarted = bulkhead_vault::Vault::new(
+        std::sync::Arc::new(kms),
+        std::sync::Arc::new(app.store.clone()),
+        std::sync::Arc::new(bulkhead_vault::oauth::HttpRefresher::new(&strict).unwrap()),
+    );
+    let scope = app.scope(&admin).await;
+    let err = restarted
+        .use_credential(CredScope::Tenant(&scope), &conn("crm"), "test")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::NeedsReauth), "{err:?}");
+    assert!(endpoint.recorded().is_empty(), "{:?}", endpoint.recorded());
+}
+
+#[tokio::test]
 async fn with_the_operator_allowing_the_address_the_same_refresh_goes_through() {
     let endpoint = FakeTokenEndpoint::start().await;
     endpoint.push(grant("ok"));
