@@ -58,7 +58,7 @@ pub enum EgressError {
     NoHost,
     /// The host is, or resolves to, an address outbound requests may not
     /// reach.
-    #[error("{host} {verb} {addr}, a {reason} address, which outbound requests may not reach", verb = if host == &addr.to_string() { "is" } else { "resolves to" })]
+    #[error("{}", address_message(host, addr, reason))]
     Address {
         /// The host as written in the URL.
         host: String,
@@ -84,6 +84,17 @@ pub enum EgressError {
     /// More redirect hops than the client follows.
     #[error("too many redirects")]
     TooManyRedirects,
+}
+
+/// "10.0.0.5 is a private address, …" or "jira.example resolves to
+/// 10.0.0.5, a private address, …".
+fn address_message(host: &str, addr: &IpAddr, reason: &Reason) -> String {
+    let tail = "which outbound requests may not reach";
+    if host == addr.to_string() {
+        format!("{addr} is a {reason} address, {tail}")
+    } else {
+        format!("{host} resolves to {addr}, a {reason} address, {tail}")
+    }
 }
 
 impl EgressError {

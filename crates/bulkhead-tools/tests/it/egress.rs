@@ -85,12 +85,12 @@ async fn a_tool_the_guard_would_refuse_is_refused_at_build_by_key_path() {
         (
             json!({"name": "meta", "kind": "http", "region": "eu", "parameters": {"type": "object"},
                    "url": "https://169.254.169.254/latest/meta-data/", "allowed_hosts": ["169.254.169.254:443"]}),
-            "tools[0].allowed_hosts[0]: 169.254.169.254 is 169.254.169.254, a cloud metadata address",
+            "tools[0].allowed_hosts[0]: 169.254.169.254 is a cloud metadata address",
         ),
         (
             json!({"name": "intra", "kind": "http", "region": "eu", "parameters": {"type": "object"},
                    "url": "https://{{ host }}/x", "allowed_hosts": ["10.0.0.5:443", "[::1]:443"]}),
-            "tools[0].allowed_hosts[0]: 10.0.0.5 is 10.0.0.5, a private address",
+            "tools[0].allowed_hosts[0]: 10.0.0.5 is a private address",
         ),
         (
             json!({"name": "plain", "kind": "http", "region": "eu", "parameters": {"type": "object"},
@@ -105,7 +105,7 @@ async fn a_tool_the_guard_would_refuse_is_refused_at_build_by_key_path() {
         (
             json!({"name": "slack", "kind": "slack", "region": "eu", "connection": "slack",
                    "base_url": "https://[fd00:ec2::254]"}),
-            "tools[0].base_url: fd00:ec2::254 is fd00:ec2::254, a cloud metadata address",
+            "tools[0].base_url: fd00:ec2::254 is a cloud metadata address",
         ),
     ];
     for (c, expected) in cases {
