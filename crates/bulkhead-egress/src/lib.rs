@@ -156,16 +156,18 @@ impl Rules {
 
     /// What can be decided from the URL alone: the scheme, a literal
     /// address, and the port of a name the operator allowed.
-    fn check_url(&self, url: &Url) -> Result<(), EgressError> {
-        match url.scheme() {
-            "https" => {}
-            "http" if self.allow_http => {}
-            scheme => {
-                return Err(EgressError::Scheme {
-                    scheme: scheme.to_owned(),
-                });
-            }
+    fn check_scheme(&self, scheme: &str) -> Result<(), EgressError> {
+        match scheme {
+            "https" => Ok(()),
+            "http" if self.allow_http => Ok(()),
+            scheme => Err(EgressError::Scheme {
+                scheme: scheme.to_owned(),
+            }),
         }
+    }
+
+    fn check_url(&self, url: &Url) -> Result<(), EgressError> {
+        self.check_scheme(url.scheme())?;
         let port = url.port_or_known_default();
         match url.host() {
             None => Err(EgressError::NoHost),
@@ -285,6 +287,11 @@ impl Egress {
     /// allowed names); a name's addresses are checked when it resolves.
     pub fn check_url(&self, url: &Url) -> Result<(), EgressError> {
         self.rules.check_url(url)
+    }
+
+    /// Whether URLs of `scheme` (`"https"`, `"http"`, …) may be reached.
+    pub fn check_scheme(&self, scheme: &str) -> Result<(), EgressError> {
+        self.rules.check_scheme(scheme)
     }
 
     /// Parses and checks a URL as [`check_url`](Self::check_url) does.

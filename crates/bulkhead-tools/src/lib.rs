@@ -6,9 +6,10 @@
 //! (the subset in [`schema`]) and holds one pooled HTTP client for every
 //! call, behind the egress guard (`bulkhead-egress`): a URL the model's
 //! arguments steer, or a name that resolves inside, reaches no address
-//! the operator did not allow. [`ToolBox::call`] validates the model's arguments before anything
-//! is sent, injects the credential it is given, enforces the tool's
-//! timeout and response cap, and returns the answer as text.
+//! the operator did not allow. [`ToolBox::call`] validates the model's
+//! arguments before anything is sent, injects the credential it is given,
+//! enforces the tool's timeout and response cap, and returns the answer
+//! as text.
 //!
 //! What this crate does *not* do is decide who may call what: the agent
 //! runtime resolves the tenant's credential from the vault, checks
@@ -471,7 +472,7 @@ fn build_http(
     match config.url.as_deref() {
         Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
             if url.starts_with("http://")
-                && let Err(e) = egress.check_str("http://plain-http.invalid/")
+                && let Err(e) = egress.check_scheme("http")
             {
                 errors.push(format!("{p}.url: {e}"));
             }

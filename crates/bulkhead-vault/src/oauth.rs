@@ -45,8 +45,15 @@ pub enum RefreshError {
         /// The registered error code, when the answer carried one.
         error: Option<&'static str>,
     },
+    /// The endpoint answered a status that is neither success nor a
+    /// refusal (5xx, or a redirect, which is not followed).
+    #[error("the token endpoint failed (HTTP {status})")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+    },
     /// The endpoint could not be reached or answered nonsense (a fixed
-    /// description, or the HTTP status).
+    /// description, never the answer).
     #[error("the token endpoint failed: {0}")]
     Transport(String),
     /// The egress guard refused the token URL (scheme, or an address
@@ -60,7 +67,7 @@ impl RefreshError {
     pub fn code(&self) -> &'static str {
         match self {
             RefreshError::Rejected { .. } => "refresh_rejected",
-            RefreshError::Transport(_) => "refresh_failed",
+            RefreshError::Status { .. } | RefreshError::Transport(_) => "refresh_failed",
             RefreshError::Refused(e) => e.code(),
         }
     }
@@ -68,7 +75,9 @@ impl RefreshError {
     /// The endpoint's HTTP status, when it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            RefreshError::Rejected { status, .. } => Some(*status),
+            RefreshError::Rejected { status, .. } | RefreshError::Status { status } => {
+                Some(*status)
+            }
             _ => None,
         }
     }
@@ -211,14 +220,17 @@ impl TokenRefresher for HttpRefresher {
                 .as_deref()
                 .and_then(|b| serde_json::from_slice::<ErrorResponse>(b).ok())
                 .and_then(|e| OAUTH_ERRORS.iter().copied().find(|c| *c == e.error));
-            // 4xx is the provider's answer about this grant; 5xx is an outage.
+            // 4xx is the provider's answer about this grant; 5xx is an
+            // outage, and a redirect is not followed.
             return Err(if status.is_client_error() {
                 RefreshError::Rejected {
                     status: status.as_u16(),
                     error,
                 }
             } else {
-                RefreshError::Transport(format!("HTTP {}", status.as_u16()))
+                RefreshError::Status {
+                    status: status.as_u16(),
+                }
             });
         }
         let Some(bytes) = bytes else {

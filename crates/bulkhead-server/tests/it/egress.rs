@@ -272,6 +272,15 @@ async fn a_redirect_from_an_allowed_token_endpoint_to_loopback_is_not_followed()
     ));
     assert_eq!(outer.recorded().len(), 1);
     assert!(inner.recorded().is_empty(), "the redirect was followed");
+    // The 307 itself was the answer: a failure with its status.
+    let failure = app
+        .audit(&admin)
+        .await
+        .into_iter()
+        .find(|e| e["action"] == "credential.refresh")
+        .unwrap();
+    assert_eq!(failure["details"]["http_status"], 307, "{failure}");
+    assert_eq!(failure["details"]["code"], "refresh_failed");
 }
 
 #[tokio::test]
@@ -344,6 +353,11 @@ async fn the_token_endpoints_answer_never_reaches_the_tenant() {
     );
     assert!(
         seen.contains(&("refresh_rejected".into(), json!(401))),
+        "{seen:?}"
+    );
+    // The 500 keeps its status; the 200 that was not a token, none.
+    assert!(
+        seen.contains(&("refresh_failed".into(), json!(500))),
         "{seen:?}"
     );
     assert!(
