@@ -316,6 +316,29 @@ pub fn agent_parts(
     Ok((tools, agents, prompts))
 }
 
+/// The tools' hosts (connector base URLs, http tools' allowed hosts) whose
+/// names resolve now to addresses the egress guard refuses, by key path:
+/// what `bulkhead check` adds to the checks of [`agent_parts`], which do
+/// not resolve names (a start must not depend on DNS). A name that does
+/// not resolve passes; every call checks again.
+pub async fn vet_tool_hosts(config: &Config) -> Vec<String> {
+    let egress = bulkhead_egress::Egress::new(&config.egress);
+    let mut errors = Vec::new();
+    for (i, t) in config.tools.iter().enumerate() {
+        if let Some(base) = &t.base_url
+            && let Err(e) = egress.vet(base).await
+        {
+            errors.push(format!("tools[{i}].base_url: {e}"));
+        }
+        for (j, h) in t.allowed_hosts.iter().enumerate() {
+            if let Err(e) = egress.vet(&format!("https://{h}/")).await {
+                errors.push(format!("tools[{i}].allowed_hosts[{j}]: {e}"));
+            }
+        }
+    }
+    errors
+}
+
 /// Opens the configured key provider.
 pub async fn key_provider(config: &Config) -> Result<Arc<dyn KeyProvider>, BootError> {
     match config.kms.provider {

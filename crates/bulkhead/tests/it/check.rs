@@ -246,6 +246,19 @@ connection = "slack"
             "missing {expected:?} in:\n{stderr}"
         );
     }
+    // A name is resolved too: `localhost` is loopback.
+    let named = write(
+        dir.path(),
+        "egress-name.toml",
+        "[[tools]]\nname = \"notify\"\nkind = \"slack\"\nbase_url = \"https://localhost:8443\"\nregion = \"eu\"\nconnection = \"slack\"\n",
+    );
+    let out = cli(&["check", "--config", named.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tools[0].base_url: localhost resolves to"),
+        "{stderr}"
+    );
     let allowed = write(
         dir.path(),
         "egress-ok.toml",
