@@ -203,6 +203,9 @@ impl Rules {
     }
 }
 
+/// The longest [`Egress::vet`] waits for a name's addresses.
+const VET_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The guard, built once from `[egress]` and shared (cheap to clone).
 #[derive(Debug, Clone, Default)]
 pub struct Egress {
@@ -303,13 +306,16 @@ impl Egress {
 
     /// An early check, for input that will be used later (a stored
     /// credential's token URL): [`check_str`](Self::check_str), then the
-    /// name's current addresses. A name that does not resolve now passes
-    /// (it may later); every request checks again anyway.
+    /// name's current addresses. A name that does not resolve now (or not
+    /// within 5 s) passes (it may later); every request checks again.
     pub async fn vet(&self, url: &str) -> Result<Url, EgressError> {
         let url = self.check_str(url)?;
         if let Some(url::Host::Domain(d)) = url.host() {
             let host = normal(d);
-            if let Ok(addrs) = tokio::net::lookup_host((host.as_str(), 0)).await {
+            let lookup = tokio::net::lookup_host((host.as_str(), 0));
+            // A slow resolver delays the caller's request (a PUT) at most
+            // this long; the request-time check does not depend on it.
+            if let Ok(Ok(addrs)) = tokio::time::timeout(VET_LOOKUP_TIMEOUT, lookup).await {
                 let addrs: Vec<SocketAddr> = addrs.collect();
                 if !addrs.is_empty() {
                     self.rules.check_resolved(&host, &addrs)?;
