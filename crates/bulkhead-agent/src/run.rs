@@ -1586,8 +1586,8 @@ impl Runtime {
                 (
                     false,
                     Some(
-                        "host_not_allowed" | "invalid_arguments" | "missing_credential"
-                        | "rate_limited",
+                        "host_not_allowed" | "egress_refused" | "invalid_arguments"
+                        | "missing_credential" | "rate_limited",
                     ),
                 ) => Outcome::Denied,
                 _ => Outcome::Failure,

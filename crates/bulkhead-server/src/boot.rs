@@ -139,7 +139,9 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     // reqwest is built without a default TLS crypto provider; ring is the one
     // the rest of the binary already uses. Installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let refresher = HttpRefresher::new().map_err(|e| BootError::Kms(e.to_string()))?;
+    // One guard for every request a tenant can aim (token URLs, tools).
+    let egress = bulkhead_egress::Egress::new(&config.egress);
+    let refresher = HttpRefresher::new(&egress).map_err(|e| BootError::Kms(e.to_string()))?;
     let vault = Arc::new(Vault::new(kms, store_arc.clone(), Arc::new(refresher)));
     let catalog = Arc::new(bulkhead_gateway::Catalog::from_config(config));
     let metrics = Arc::new(Metrics::with_options(crate::metrics::MetricsOptions {
@@ -245,6 +247,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
             config.auth.failures_per_minute_per_credential,
             config.auth.failures_per_minute_per_peer,
         )),
+        egress,
     };
     let startup_operator = bulkhead_core::RequestId::parse("startup")
         .ok()
@@ -335,7 +338,7 @@ async fn redis_backend(
 /// The tools, agents and compiled prompt templates of a configuration:
 /// what `serve` builds at start and `check` verifies (templates that do
 /// not compile, prompt files that cannot be read, tool templates and
-/// argument schemas).
+/// argument schemas, and tool URLs the egress guard would refuse).
 pub fn agent_parts(
     config: &Config,
     base_dir: &Path,
@@ -347,14 +350,38 @@ pub fn agent_parts(
     ),
     BootError,
 > {
-    let tools = bulkhead_tools::ToolBox::new(&config.tools)
-        .map_err(|e| BootError::Agents(e.to_string()))?;
+    let tools =
+        bulkhead_tools::ToolBox::new(&config.tools, &bulkhead_egress::Egress::new(&config.egress))
+            .map_err(|e| BootError::Agents(e.to_string()))?;
     let agents =
         bulkhead_agent::AgentCatalog::new(config).map_err(|e| BootError::Agents(e.to_string()))?;
     let prompts_dir = base_dir.join(&config.server.prompts_dir);
     let prompts = bulkhead_agent::prompt::Prompts::new(&config.agents, &prompts_dir)
         .map_err(|e| BootError::Agents(e.to_string()))?;
     Ok((tools, agents, prompts))
+}
+
+/// The tools' hosts (connector base URLs, http tools' allowed hosts) whose
+/// names resolve now to addresses the egress guard refuses, by key path:
+/// what `bulkhead check` adds to the checks of [`agent_parts`], which do
+/// not resolve names (a start must not depend on DNS). A name that does
+/// not resolve passes; every call checks again.
+pub async fn vet_tool_hosts(config: &Config) -> Vec<String> {
+    let egress = bulkhead_egress::Egress::new(&config.egress);
+    let mut errors = Vec::new();
+    for (i, t) in config.tools.iter().enumerate() {
+        if let Some(base) = &t.base_url
+            && let Err(e) = egress.vet(base).await
+        {
+            errors.push(format!("tools[{i}].base_url: {e}"));
+        }
+        for (j, h) in t.allowed_hosts.iter().enumerate() {
+            if let Err(e) = egress.vet(&format!("https://{h}/")).await {
+                errors.push(format!("tools[{i}].allowed_hosts[{j}]: {e}"));
+            }
+        }
+    }
+    errors
 }
 
 /// Opens the configured key provider.

@@ -58,4 +58,6 @@ pub struct AppState {
     pub policies: Arc<bulkhead_policy::Policies>,
     /// Failed authentications: limits and aggregated audit.
     pub auth_failures: Arc<crate::auth_failures::AuthFailures>,
+    /// The egress guard, for early checks of URLs a tenant stores.
+    pub egress: bulkhead_egress::Egress,
 }

@@ -27,6 +27,11 @@ pub enum ToolError {
         /// The refused `host:port`.
         host: String,
     },
+    /// The egress guard refused where the call would go (scheme, or an
+    /// address outbound requests may not reach, after resolution or on a
+    /// redirect); nothing was sent there.
+    #[error("refused by the egress guard: {0}")]
+    EgressRefused(String),
     /// The tool needs a credential and none was given; nothing was sent.
     #[error("this tool needs a credential and none is connected")]
     MissingCredential,
@@ -64,6 +69,7 @@ impl ToolError {
             ToolError::Config(_) => "config",
             ToolError::InvalidArguments(_) => "invalid_arguments",
             ToolError::HostNotAllowed { .. } => "host_not_allowed",
+            ToolError::EgressRefused(_) => "egress_refused",
             ToolError::MissingCredential => "missing_credential",
             ToolError::Upstream { .. } => "upstream",
             ToolError::ResponseTooLarge { .. } => "response_too_large",
@@ -87,6 +93,7 @@ impl ToolError {
                 message: s(message),
             },
             ToolError::Request(m) => ToolError::Request(s(m)),
+            ToolError::EgressRefused(m) => ToolError::EgressRefused(s(m)),
             other @ (ToolError::MissingCredential
             | ToolError::ResponseTooLarge { .. }
             | ToolError::Timeout { .. }) => other,

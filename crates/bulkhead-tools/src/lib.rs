@@ -4,9 +4,12 @@
 //! A [`ToolBox`] is built once at boot from the `[[tools]]` configuration:
 //! it compiles the http tools' templates, checks their argument schemas
 //! (the subset in [`schema`]) and holds one pooled HTTP client for every
-//! call. [`ToolBox::call`] validates the model's arguments before anything
-//! is sent, injects the credential it is given, enforces the tool's
-//! timeout and response cap, and returns the answer as text.
+//! call, behind the egress guard (`bulkhead-egress`): a URL the model's
+//! arguments steer, or a name that resolves inside, reaches no address
+//! the operator did not allow. [`ToolBox::call`] validates the model's
+//! arguments before anything is sent, injects the credential it is given,
+//! enforces the tool's timeout and response cap, and returns the answer
+//! as text.
 //!
 //! What this crate does *not* do is decide who may call what: the agent
 //! runtime resolves the tenant's credential from the vault, checks
@@ -20,7 +23,8 @@
 //! #               cred: &bulkhead_vault::CredentialSecret) -> Result<(), bulkhead_tools::ToolError> {
 //! use bulkhead_tools::ToolBox;
 //!
-//! let tools = ToolBox::new(&config.tools)?;
+//! let egress = bulkhead_egress::Egress::new(&config.egress);
+//! let tools = ToolBox::new(&config.tools, &egress)?;
 //! if let Some(slack) = tools.get("notify") {
 //!     let args = serde_json::json!({"channel": "C1", "text": "hello"});
 //!     let out = tools.call(slack, &args, Some(cred)).await?;
@@ -41,6 +45,7 @@ use std::time::Duration;
 
 use bulkhead_core::Region;
 use bulkhead_core::config::{Risk, ToolConfig, ToolKind};
+use bulkhead_egress::{ClientOptions, Egress, EgressError, GuardedClient, Redirects};
 use bulkhead_vault::CredentialSecret;
 use serde_json::{Value, json};
 
@@ -149,7 +154,7 @@ pub struct ToolOutput {
 pub struct ToolBox {
     tools: BTreeMap<String, Tool>,
     templates: http::Templates,
-    client: reqwest::Client,
+    client: GuardedClient,
 }
 
 impl fmt::Debug for ToolBox {
@@ -160,18 +165,27 @@ impl fmt::Debug for ToolBox {
     }
 }
 
-/// The `reqwest` error as text, or `Timeout` for a timeout.
+/// The `reqwest` error as text, or the guard's refusal inside it.
 pub(crate) fn request_error(e: reqwest::Error) -> ToolError {
+    if let Some(refusal) = Egress::refusal(&e) {
+        return egress_error(refusal);
+    }
     // The URL is dropped from the message: the caller knows which tool it
     // called, and the query may hold argument values.
     ToolError::Request(e.without_url().to_string())
 }
 
+fn egress_error(e: &EgressError) -> ToolError {
+    ToolError::EgressRefused(e.to_string())
+}
+
 impl ToolBox {
-    /// Builds every tool: compiles templates and checks schemas. All
+    /// Builds every tool: compiles templates, checks schemas, and checks
+    /// that `egress` would let each connector's base URL and each http
+    /// tool's allowed hosts through (what can be told without DNS). All
     /// problems are reported at once, each named by key path
     /// (`tools[2].url: ...`).
-    pub fn new(tools: &[ToolConfig]) -> Result<Self, ToolError> {
+    pub fn new(tools: &[ToolConfig], egress: &Egress) -> Result<Self, ToolError> {
         let mut templates = http::Templates::new();
         let mut built = BTreeMap::new();
         let mut errors = Vec::new();
@@ -181,7 +195,7 @@ impl ToolBox {
                 errors.push(format!("{p}.name: duplicate name {:?}", config.name));
                 continue;
             }
-            match build(config, &p, &mut templates) {
+            match build(config, &p, &mut templates, egress) {
                 Ok(tool) => {
                     built.insert(config.name.clone(), tool);
                 }
@@ -191,15 +205,14 @@ impl ToolBox {
         if !errors.is_empty() {
             return Err(ToolError::Config(errors.join("; ")));
         }
-        // reqwest is built without a default TLS provider; ring is the
-        // workspace's. A second install is a no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            // A redirect would leave the allow-list unchecked and carry the
-            // credential to wherever the upstream points.
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
+        let client = egress
+            .client(ClientOptions {
+                pool_idle_timeout: Some(Duration::from_secs(90)),
+                // A redirect would leave the allow-list unchecked and carry
+                // the credential to wherever the upstream points.
+                redirects: Redirects::None,
+                ..ClientOptions::default()
+            })
             .map_err(request_error)?;
         Ok(Self {
             tools: built,
@@ -254,7 +267,11 @@ impl ToolBox {
                     return Err(ToolError::MissingCredential);
                 };
                 let r = connectors::request(tool.kind, base, args)?;
-                let mut req = self.client.post(&r.url).json(&r.body);
+                let mut req = self
+                    .client
+                    .request_str(reqwest::Method::POST, &r.url)
+                    .map_err(|e| egress_error(&e))?
+                    .json(&r.body);
                 for (name, value) in r.headers {
                     req = req.header(name, value);
                 }
@@ -275,7 +292,10 @@ impl ToolBox {
                 if !allowed_hosts.contains(&host) {
                     return Err(ToolError::HostNotAllowed { host });
                 }
-                let mut req = self.client.request(method.clone(), url);
+                let mut req = self
+                    .client
+                    .request(method.clone(), url)
+                    .map_err(|e| egress_error(&e))?;
                 if let Some(body) = body {
                     req = req.json(&self.templates.render_body(body, args, variables)?);
                 }
@@ -354,10 +374,11 @@ fn build(
     config: &ToolConfig,
     p: &str,
     templates: &mut http::Templates,
+    egress: &Egress,
 ) -> Result<Tool, Vec<String>> {
     let mut errors = Vec::new();
     let spec = if config.kind == ToolKind::Http {
-        build_http(config, p, templates, &mut errors)
+        build_http(config, p, templates, egress, &mut errors)
     } else {
         for (key, set) in [
             ("method", config.method.is_some()),
@@ -370,9 +391,14 @@ fn build(
             }
         }
         match config.base_url.as_deref().map(reqwest::Url::parse) {
-            Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => Some(Spec::Connector {
-                base: url.as_str().trim_end_matches('/').to_owned(),
-            }),
+            Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {
+                if let Err(e) = egress.check_url(&url) {
+                    errors.push(format!("{p}.base_url: {e}"));
+                }
+                Some(Spec::Connector {
+                    base: url.as_str().trim_end_matches('/').to_owned(),
+                })
+            }
             Some(_) => {
                 errors.push(format!("{p}.base_url: not an http:// or https:// URL"));
                 None
@@ -414,6 +440,7 @@ fn build_http(
     config: &ToolConfig,
     p: &str,
     templates: &mut http::Templates,
+    egress: &Egress,
     errors: &mut Vec<String>,
 ) -> Option<Spec> {
     let method_name = config.method.as_deref().unwrap_or("GET");
@@ -444,6 +471,11 @@ fn build_http(
     let url_name = format!("{}#url", config.name);
     match config.url.as_deref() {
         Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+            if url.starts_with("http://")
+                && let Err(e) = egress.check_scheme("http")
+            {
+                errors.push(format!("{p}.url: {e}"));
+            }
             match templates.add_url(&url_name, url) {
                 Ok(vars) => variables.extend(vars),
                 Err(e) => errors.push(format!("{p}.url: {e}")),
@@ -465,6 +497,12 @@ fn build_http(
     for (j, h) in config.allowed_hosts.iter().enumerate() {
         match h.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                // What the guard will say about calls to this host, told
+                // now (addresses written literally, ports of allowed names;
+                // the scheme is checked on `url`).
+                if let Err(e) = egress.check_str(&format!("https://{h}/")) {
+                    errors.push(format!("{p}.allowed_hosts[{j}]: {e}"));
+                }
                 allowed_hosts.push(h.to_ascii_lowercase());
             }
             _ => errors.push(format!(

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bulkhead_core::SecretString;
+use bulkhead_egress::{ClientOptions, Egress, EgressError, GuardedClient, Redirects};
 use serde::Deserialize;
 
 /// What a refresh needs.
@@ -30,15 +31,56 @@ pub struct TokenGrant {
     pub expires_in: Option<u64>,
 }
 
-/// A failed refresh; the message never includes tokens.
+/// A failed refresh. Neither the message nor the `Debug` form ever
+/// includes a token or any part of the endpoint's answer body: the
+/// endpoint is aimed by a tenant, and an error is shown to the tenant.
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
-    /// The provider refused the refresh token (e.g. `invalid_grant`).
-    #[error("the token endpoint refused the refresh: {0}")]
-    Rejected(String),
-    /// The endpoint could not be reached or answered nonsense.
+    /// The endpoint refused the refresh (4xx); `error` is its OAuth2
+    /// error code when it is one RFC 6749 §5.2 registers, never free text.
+    #[error("the token endpoint refused the refresh (HTTP {status}{})", error.map(|e| format!(", {e}")).unwrap_or_default())]
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The registered error code, when the answer carried one.
+        error: Option<&'static str>,
+    },
+    /// The endpoint answered a status that is neither success nor a
+    /// refusal (5xx, or a redirect, which is not followed).
+    #[error("the token endpoint failed (HTTP {status})")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The endpoint could not be reached or answered nonsense (a fixed
+    /// description, never the answer).
     #[error("the token endpoint failed: {0}")]
     Transport(String),
+    /// The egress guard refused the token URL (scheme, or an address
+    /// outbound requests may not reach); nothing was sent.
+    #[error("the token endpoint was not contacted: {0}")]
+    Refused(#[from] EgressError),
+}
+
+impl RefreshError {
+    /// A stable code for audit events and the tenant.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RefreshError::Rejected { .. } => "refresh_rejected",
+            RefreshError::Status { .. } | RefreshError::Transport(_) => "refresh_failed",
+            RefreshError::Refused(e) => e.code(),
+        }
+    }
+
+    /// The endpoint's HTTP status, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RefreshError::Rejected { status, .. } | RefreshError::Status { status } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Performs refreshes (an HTTP client in production, a fake in tests).
@@ -48,29 +90,65 @@ pub trait TokenRefresher: Send + Sync {
     async fn refresh(&self, req: RefreshRequest<'_>) -> Result<TokenGrant, RefreshError>;
 }
 
-/// The HTTP implementation, one pooled client for all refreshes.
+/// The HTTP implementation, one pooled client for all refreshes, behind
+/// the egress guard: the token URL is the tenant's, so every request (and
+/// every address its name resolves to) is checked, and no redirect is
+/// followed (it would carry the client secret and refresh token along).
 pub struct HttpRefresher {
-    client: reqwest::Client,
+    client: GuardedClient,
 }
 
 /// A token endpoint that takes longer than this is treated as failed; the
 /// caller is waiting on an outbound request.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A token response is a few hundred bytes; more is read no further (an
+/// endpoint aimed by a tenant could stream without end).
+const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// RFC 6749 §5.2's error codes: the only text of an error answer that is
+/// kept, so an endpoint cannot pass its own words back to the tenant.
+const OAUTH_ERRORS: [&str; 6] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+];
+
 impl HttpRefresher {
-    /// Builds the client.
-    pub fn new() -> Result<Self, RefreshError> {
-        // reqwest is built without a default TLS crypto provider (one fewer
-        // C library to compile); ring is the one the workspace already uses.
-        // Installing is process-wide and a second install is a no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(REFRESH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| RefreshError::Transport(e.to_string()))?;
+    /// Builds the client behind `egress`.
+    pub fn new(egress: &Egress) -> Result<Self, RefreshError> {
+        let client = egress
+            .client(ClientOptions {
+                timeout: Some(REFRESH_TIMEOUT),
+                redirects: Redirects::None,
+                ..ClientOptions::default()
+            })
+            .map_err(|e| RefreshError::Transport(e.without_url().to_string()))?;
         Ok(Self { client })
     }
+}
+
+/// The refusal inside a reqwest failure, or a transport error.
+fn request_error(e: reqwest::Error) -> RefreshError {
+    match Egress::refusal(&e) {
+        Some(refusal) => RefreshError::Refused(refusal.clone()),
+        None => RefreshError::Transport(e.without_url().to_string()),
+    }
+}
+
+/// Reads at most `MAX_TOKEN_RESPONSE_BYTES` of the body; `None` past it.
+async fn read_capped(mut res: reqwest::Response) -> Result<Option<Vec<u8>>, RefreshError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(request_error)? {
+        if out.len() + chunk.len() > MAX_TOKEN_RESPONSE_BYTES {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
 }
 
 #[derive(Deserialize)]
@@ -121,7 +199,7 @@ impl TokenRefresher for HttpRefresher {
         }
         let mut builder = self
             .client
-            .post(req.token_url)
+            .request_str(reqwest::Method::POST, req.token_url)?
             .header("content-type", "application/x-www-form-urlencoded")
             .header("accept", "application/json");
         match req.client_secret {
@@ -132,23 +210,32 @@ impl TokenRefresher for HttpRefresher {
             .body(form_encode(&form))
             .send()
             .await
-            .map_err(|e| RefreshError::Transport(e.without_url().to_string()))?;
+            .map_err(request_error)?;
         let status = res.status();
-        let bytes = res
-            .bytes()
-            .await
-            .map_err(|e| RefreshError::Transport(e.without_url().to_string()))?;
+        let bytes = read_capped(res).await?;
         if !status.is_success() {
-            let code = serde_json::from_slice::<ErrorResponse>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("HTTP {}", status.as_u16()));
-            // 4xx is the provider's answer about this grant; 5xx is an outage.
+            // Only a registered code survives: the rest of the answer is
+            // the endpoint's, and the endpoint may be anything.
+            let error = bytes
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<ErrorResponse>(b).ok())
+                .and_then(|e| OAUTH_ERRORS.iter().copied().find(|c| *c == e.error));
+            // 4xx is the provider's answer about this grant; 5xx is an
+            // outage, and a redirect is not followed.
             return Err(if status.is_client_error() {
-                RefreshError::Rejected(code)
+                RefreshError::Rejected {
+                    status: status.as_u16(),
+                    error,
+                }
             } else {
-                RefreshError::Transport(code)
+                RefreshError::Status {
+                    status: status.as_u16(),
+                }
             });
         }
+        let Some(bytes) = bytes else {
+            return Err(RefreshError::Transport("token response too large".into()));
+        };
         let token: TokenResponse = serde_json::from_slice(&bytes)
             .map_err(|_| RefreshError::Transport("malformed token response".into()))?;
         if token.access_token.is_empty() {

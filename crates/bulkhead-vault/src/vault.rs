@@ -475,8 +475,12 @@ impl Vault {
             return Ok(secret);
         };
         let Some(refresh_token) = &o.refresh_token else {
-            self.mark_needs_reauth(scope, &current, "no refresh token")
-                .await?;
+            self.mark_needs_reauth(
+                scope,
+                &current,
+                json!({"reason": "no refresh token", "code": "no_refresh_token"}),
+            )
+            .await?;
             return Err(VaultError::NeedsReauth);
         };
         let result = self
@@ -492,9 +496,15 @@ impl Vault {
         let grant = match result {
             Ok(g) => g,
             Err(e) => {
-                tracing::warn!(connection = %connection, error = %e, "OAuth2 refresh failed");
-                self.mark_needs_reauth(scope, &current, &e.to_string())
-                    .await?;
+                tracing::warn!(connection = %connection, code = e.code(), error = %e, "OAuth2 refresh failed");
+                // The error carries a stable code, the status and the
+                // guard's reason at most: never the endpoint's body.
+                self.mark_needs_reauth(
+                    scope,
+                    &current,
+                    json!({"reason": e.to_string(), "code": e.code(), "http_status": e.status()}),
+                )
+                .await?;
                 return Err(VaultError::NeedsReauth);
             }
         };
@@ -548,7 +558,7 @@ impl Vault {
         &self,
         scope: CredScope<'_>,
         current: &StoredCredential,
-        why: &str,
+        why: serde_json::Value,
     ) -> Result<(), VaultError> {
         let stored = StoredCredential {
             version: current.version + 1,
@@ -575,7 +585,11 @@ impl Vault {
             "credential.refresh",
             format!("connection:{}", current.connection),
             Outcome::Failure,
-            json!({"reason": why, "status": "needs_reauth"}),
+            {
+                let mut details = why;
+                details["status"] = json!("needs_reauth");
+                details
+            },
         );
         self.store
             .put_credential(scope, &stored, Some(current.version), ev)

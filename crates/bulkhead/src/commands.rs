@@ -89,6 +89,18 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}: {e}", args.config.display());
         return Ok(ExitCode::FAILURE);
     }
+    // Tool hosts whose names resolve inside: `serve` would start, and every
+    // call of the tool would be refused.
+    let refused = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(boot::vet_tool_hosts(&config));
+    if !refused.is_empty() {
+        for line in refused {
+            eprintln!("{}: {line}", args.config.display());
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     if config.limits.backend == bulkhead_core::config::LimitsBackend::Redis
         && !cfg!(feature = "redis")
     {

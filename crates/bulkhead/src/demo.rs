@@ -79,7 +79,13 @@ upstream = "scripted-model"
 price_input_per_mtok = "0.15"
 price_output_per_mtok = "0.60"
 
-# Slack and Jira are local stand-ins that record what they receive.
+# Slack and Jira are local stand-ins that record what they receive. They
+# listen on loopback over plain http, which the egress guard refuses unless
+# the operator allows it: the demo allows exactly the stand-in's address.
+[egress]
+allow_http = true
+allow_hosts = ["{host}"]
+
 [[tools]]
 name = "slack"
 kind = "slack"

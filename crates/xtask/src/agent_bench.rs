@@ -116,6 +116,10 @@ max_retries = 0
 name = "small"
 provider = "fake"
 upstream = "gpt-4o-mini"
+# The stand-in listens on loopback over plain http.
+[egress]
+allow_http = true
+allow_hosts = ["127.0.0.1/32"]
 [[tools]]
 name = "slack"
 kind = "slack"

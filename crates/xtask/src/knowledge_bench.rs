@@ -218,7 +218,9 @@ embedding_model = "embed"
     let vault = Arc::new(Vault::new(
         Arc::new(LocalKeyProvider::open(&dir)?),
         store_arc.clone(),
-        Arc::new(HttpRefresher::new()?),
+        Arc::new(HttpRefresher::new(
+            &bulkhead_egress::Egress::public_https_only(),
+        )?),
     ));
     let gateway = Arc::new(bulkhead_gateway::Gateway::new(
         Arc::new(bulkhead_gateway::Catalog::from_config(&config)),

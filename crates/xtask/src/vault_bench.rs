@@ -64,7 +64,9 @@ async fn bench(opts: Opts) -> anyhow::Result<()> {
     let vault = Vault::new(
         kms.clone(),
         Arc::new(store.clone()),
-        Arc::new(HttpRefresher::new()?),
+        Arc::new(HttpRefresher::new(
+            &bulkhead_egress::Egress::public_https_only(),
+        )?),
     );
     let token = SecretString::new("bench-operator-token-0123456789".into());
     let op = OperatorAuthenticator::new(&token)

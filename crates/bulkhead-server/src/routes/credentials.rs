@@ -105,6 +105,16 @@ pub(crate) async fn put_in(
 ) -> Result<(StatusCode, AxumJson<CredentialBody>), ApiError> {
     let name = connection(name)?;
     let secret = body.into_secret().map_err(|e| ApiError::Validation(e.0))?;
+    // A token URL the egress guard would refuse could never be refreshed:
+    // say so now. The refresh itself checks again (DNS and the operator's
+    // rules can change after this).
+    if let bulkhead_vault::CredentialSecret::Oauth2(o) = &secret {
+        state
+            .egress
+            .vet(&o.token_url)
+            .await
+            .map_err(|e| ApiError::Validation(format!("token_url: {e}")))?;
+    }
     let (meta, created) = state.vault.put(scope, &name, &secret).await?;
     let status = if created {
         StatusCode::CREATED

@@ -30,6 +30,13 @@ pub enum Answer {
     },
     /// 400 `invalid_grant`.
     InvalidGrant,
+    /// Any status and JSON body, with a `Location` header when given: an
+    /// internal service answering, or a redirect.
+    Raw {
+        status: u16,
+        body: Value,
+        location: Option<String>,
+    },
 }
 
 #[derive(Default)]
@@ -72,10 +79,26 @@ async fn token(
             if let Some(r) = refresh_token {
                 v["refresh_token"] = Value::String(r);
             }
-            (StatusCode::OK, axum::Json(v))
+            (StatusCode::OK, HeaderMap::new(), axum::Json(v))
+        }
+        Answer::Raw {
+            status,
+            body,
+            location,
+        } => {
+            let mut headers = HeaderMap::new();
+            if let Some(l) = location {
+                headers.insert("location", l.parse().unwrap());
+            }
+            (
+                StatusCode::from_u16(status).unwrap(),
+                headers,
+                axum::Json(body),
+            )
         }
         Answer::InvalidGrant => (
             StatusCode::BAD_REQUEST,
+            HeaderMap::new(),
             axum::Json(
                 json!({"error": "invalid_grant", "error_description": "refresh token revoked"}),
             ),

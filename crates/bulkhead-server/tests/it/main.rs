@@ -11,6 +11,7 @@ mod bodies;
 mod connections;
 mod contract;
 mod credentials;
+mod egress;
 mod fakes;
 mod gateway;
 mod jwks_url;

@@ -137,6 +137,9 @@ fn jwks(dir: &std::path::Path) -> PathBuf {
     path
 }
 
+/// The `[egress]` table of every test app that does not bring its own.
+pub const LOOPBACK_EGRESS: &str = "[egress]\nallow_http = true\nallow_hosts = [\"127.0.0.1/32\"]\n";
+
 impl TestApp {
     pub async fn new() -> Self {
         Self::with_server_settings("").await
@@ -178,6 +181,7 @@ audience = "{AUDIENCE}"
 algorithms = ["ES256", "EdDSA", "RS256"]
 jwks_file = "{jwks}"
 {auth_limits}
+{egress}
 {tables}
 "#,
             data = dir.path().join("data").display(),
@@ -194,6 +198,13 @@ jwks_file = "{jwks}"
                 ""
             } else {
                 "[auth]\nfailures_per_minute_per_credential = 1000000\nfailures_per_minute_per_peer = 1000000"
+            },
+            // The fakes (tools, token endpoints) listen on loopback over
+            // plain http, which the egress guard refuses unless allowed.
+            egress = if tables.contains("[egress]") {
+                ""
+            } else {
+                LOOPBACK_EGRESS
             },
         );
         let env = |name: &str| match name {

@@ -32,7 +32,11 @@ struct Env {
 }
 
 fn vault_over(store: Arc<dyn VaultStore>, kms: Arc<LocalKeyProvider>) -> Vault {
-    Vault::new(kms, store, Arc::new(HttpRefresher::new().unwrap()))
+    Vault::new(
+        kms,
+        store,
+        Arc::new(HttpRefresher::new(&bulkhead_egress::Egress::public_https_only()).unwrap()),
+    )
 }
 
 fn env_at(dir: tempfile::TempDir) -> Env {

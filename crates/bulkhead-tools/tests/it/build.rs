@@ -6,10 +6,10 @@ use bulkhead_testkit::SaasStandIn;
 use bulkhead_tools::{ToolBox, ToolError};
 use serde_json::json;
 
-use crate::support::{connector, http};
+use crate::support::{connector, http, loopback};
 
 fn config_error(configs: Vec<bulkhead_core::config::ToolConfig>) -> String {
-    match ToolBox::new(&configs) {
+    match ToolBox::new(&configs, &loopback()) {
         Err(ToolError::Config(m)) => m,
         other => panic!("{other:?}"),
     }
@@ -97,7 +97,7 @@ async fn tools_carry_their_metadata_and_openai_definitions() {
             json!({"name": "post", "method": "POST", "risk": "destructive", "description": "Post it."}),
         ),
     ];
-    let tools = ToolBox::new(&configs).unwrap();
+    let tools = ToolBox::new(&configs, &loopback()).unwrap();
     assert!(tools.get("nope").is_none());
     let slack = tools.get("slack").unwrap();
     assert_eq!(slack.kind, ToolKind::Slack);
@@ -145,7 +145,7 @@ fn the_documented_example_builds() {
         .find(|block| block.contains("customer_notes"))
         .unwrap();
     let c = bulkhead_core::config::load(example, &|_| None).unwrap();
-    let tools = ToolBox::new(&c.tools).unwrap();
+    let tools = ToolBox::new(&c.tools, &bulkhead_egress::Egress::new(&c.egress)).unwrap();
     assert_eq!(tools.tools().count(), 4);
     let tool = tools.get("customer_notes").unwrap();
     assert_eq!(tool.risk, Risk::Write);
@@ -163,7 +163,7 @@ async fn the_toolbox_is_shareable_and_calls_are_send() {
     shareable::<ToolBox>();
     shareable::<bulkhead_tools::Tool>();
     let saas = SaasStandIn::start().await;
-    let tools = ToolBox::new(&[http(&saas, "/echo", json!({}))]).unwrap();
+    let tools = ToolBox::new(&[http(&saas, "/echo", json!({}))], &loopback()).unwrap();
     let args = json!({});
     let call = tools.call(tools.get("web").unwrap(), &args, None);
     send(&call);

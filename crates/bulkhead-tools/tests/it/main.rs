@@ -6,5 +6,6 @@
 mod build;
 mod canary;
 mod connectors;
+mod egress;
 mod http;
 mod support;

@@ -2,6 +2,7 @@
 
 use bulkhead_core::SecretString;
 use bulkhead_core::config::ToolConfig;
+use bulkhead_egress::Egress;
 use bulkhead_testkit::SaasStandIn;
 use bulkhead_tools::{ToolBox, ToolError};
 use bulkhead_vault::CredentialSecret;
@@ -36,9 +37,21 @@ pub fn http(saas: &SaasStandIn, url: &str, extra: Value) -> ToolConfig {
     config(v)
 }
 
+/// The egress guard these tests run behind: the stand-in is on loopback
+/// over plain http, which the operator must allow explicitly.
+pub fn loopback() -> Egress {
+    egress("allow_http = true\nallow_hosts = [\"127.0.0.1/32\"]")
+}
+
+/// The egress guard of an `[egress]` table's body.
+pub fn egress(table: &str) -> Egress {
+    let c = bulkhead_core::config::load(&format!("[egress]\n{table}\n"), &|_| None).unwrap();
+    Egress::new(&c.egress)
+}
+
 /// A toolbox of one tool, and that tool's name.
 pub fn one(config: ToolConfig) -> ToolBox {
-    ToolBox::new(&[config]).unwrap()
+    ToolBox::new(&[config], &loopback()).unwrap()
 }
 
 /// Calls the toolbox's only tool.

@@ -31,6 +31,9 @@ max_retries = 0
 name = "small"
 provider = "fake-eu"
 upstream = "gpt-4o-mini"
+[egress]
+allow_http = true
+allow_hosts = ["{addr}"]
 [[tools]]
 name = "deploy"
 kind = "http"

@@ -263,3 +263,67 @@ fn a_non_loopback_listen_needs_a_metrics_token() {
         "{out:?}"
     );
 }
+
+/// A tool the egress guard would refuse every call of fails `check` by
+/// key path, and passes once `[egress]` allows it.
+#[test]
+fn check_refuses_tool_urls_the_egress_guard_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = r#"
+[[tools]]
+name = "meta"
+kind = "http"
+region = "eu"
+url = "http://169.254.169.254/latest/{{ path }}"
+allowed_hosts = ["169.254.169.254:80"]
+[tools.parameters]
+type = "object"
+[[tools]]
+name = "notify"
+kind = "slack"
+base_url = "https://10.1.2.3"
+region = "eu"
+connection = "slack"
+"#;
+    let bad = write(dir.path(), "egress.toml", tools);
+    let out = cli(&["check", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "tools[0].url: http:// URLs are not allowed",
+        "tools[0].allowed_hosts[0]: 169.254.169.254 is a cloud metadata address",
+        "tools[1].base_url: 10.1.2.3 is a private address",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    // A name is resolved too: `localhost` is loopback.
+    let named = write(
+        dir.path(),
+        "egress-name.toml",
+        "[[tools]]\nname = \"notify\"\nkind = \"slack\"\nbase_url = \"https://localhost:8443\"\nregion = \"eu\"\nconnection = \"slack\"\n",
+    );
+    let out = cli(&["check", "--config", named.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tools[0].base_url: localhost resolves to"),
+        "{stderr}"
+    );
+    let allowed = write(
+        dir.path(),
+        "egress-ok.toml",
+        &format!(
+            "[egress]\nallow_http = true\nallow_hosts = [\"169.254.169.254:80\", \"10.0.0.0/8\"]\n{tools}"
+        ),
+    );
+    let out = cli(&["check", "--config", allowed.to_str().unwrap()], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -51,6 +51,9 @@ max_retries = 0
 name = "small"
 provider = "fake-eu"
 upstream = "gpt-4o-mini"
+[egress]
+allow_http = true
+allow_hosts = ["127.0.0.1/32"]
 [[tools]]
 name = "slack"
 kind = "slack"
