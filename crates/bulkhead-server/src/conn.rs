@@ -383,8 +383,7 @@ pub async fn serve_connections(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
         tokio::spawn(connection(
-            stream,
-            peer,
+            (stream, peer),
             router.clone(),
             builder.clone(),
             limits.clone(),
@@ -403,8 +402,7 @@ pub async fn serve_connections(
 /// One connection, from accept to close. `slots` are its places under the
 /// caps, freed when it ends.
 async fn connection(
-    stream: TcpStream,
-    peer: std::net::SocketAddr,
+    (stream, peer): (TcpStream, std::net::SocketAddr),
     router: Router,
     builder: Arc<hyper::server::conn::http1::Builder>,
     limits: Arc<ConnLimits>,
