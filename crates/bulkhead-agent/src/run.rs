@@ -785,7 +785,8 @@ impl Runtime {
         let timeout = ctx.agent.timeout;
         let gate = self.run_gate.clone();
         let weight = self.limiter.as_ref().map_or(1, |l| l.weight(&ctx.scope));
-        let tenant = ctx.scope.tenant().as_str().to_owned();
+        // Per incarnation, like every other in-memory key of a tenant.
+        let tenant = ctx.scope.partition().to_string();
         let mut outcome = tokio::select! {
             r = async {
                 // Waiting for a slot counts against the run's time limit.

@@ -64,12 +64,30 @@ impl Default for CanaryScanner {
     }
 }
 
+/// One automaton over every form of every canary: the text itself and the
+/// encodings redaction also looks for (base64 at each offset, URL and JSON
+/// escapes, hex, reversed, halves), in any letter case, so a leak that a
+/// model or tool re-encoded still trips.
 fn build(canaries: Vec<(TenantUid, String)>) -> Automaton {
-    let owners = canaries.iter().map(|(u, _)| *u).collect();
-    let matcher = if canaries.is_empty() {
+    let mut owners = Vec::new();
+    let mut patterns = Vec::new();
+    for (uid, canary) in &canaries {
+        for form in bulkhead_vault::redact::variants(canary) {
+            // Very short forms (the base64 core of a tiny canary) would
+            // match ordinary text; real canaries are far longer.
+            if form.len() >= 8 {
+                owners.push(*uid);
+                patterns.push(form);
+            }
+        }
+    }
+    let matcher = if patterns.is_empty() {
         None
     } else {
-        AhoCorasick::new(canaries.iter().map(|(_, c)| c.as_str())).ok()
+        AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(&patterns)
+            .ok()
     };
     Automaton {
         matcher,
@@ -126,7 +144,7 @@ impl CanaryScanner {
 
     /// How many canaries are loaded.
     pub fn len(&self) -> usize {
-        self.current().owners.len()
+        self.current().canaries.len()
     }
 
     /// Whether none are loaded.
@@ -169,5 +187,28 @@ mod tests {
         s.insert(b, "bkc-cccc".into());
         assert_eq!(s.check(a, b"bkc-cccc"), Some(b));
         assert!(!format!("{s:?}").contains("bkc-"));
+    }
+
+    #[test]
+    fn a_re_encoded_canary_still_trips() {
+        let (a, b) = (TenantUid::generate(), TenantUid::generate());
+        let canary = "bkc-0123456789abcdef0123456789abcdef";
+        let s = CanaryScanner::new();
+        s.set(vec![
+            (a, "bkc-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into()),
+            (b, canary.into()),
+        ]);
+        let hex: String = canary.bytes().map(|x| format!("{x:02X}")).collect();
+        // base64 of "xy" followed by the canary (a mid-stream offset).
+        let b64 = "eHlia2MtMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned();
+        for leaked in [
+            canary.to_uppercase(),
+            canary.chars().rev().collect::<String>(),
+            hex,
+            b64,
+        ] {
+            assert_eq!(s.check(a, leaked.as_bytes()), Some(b), "{leaked}");
+        }
+        assert_eq!(s.check(a, b"nothing of anyone's"), None);
     }
 }

@@ -833,7 +833,9 @@ impl Gateway {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let upstream = self.upstream.clone();
         let recorder = self.recorder.clone();
-        let tenant = scope.tenant().as_str().to_owned();
+        // Fair-queue tags are per incarnation: a tenant created again under
+        // a deleted one's id does not inherit its place in the queue.
+        let tenant = scope.partition().to_string();
         let weight = self.weight(scope);
         self.recorder.tasks.spawn(async move {
             let mut slot = Slot::take(model.provider.permits.clone(), tenant, weight).await;
@@ -949,7 +951,7 @@ impl Gateway {
         let permit = model
             .provider
             .permits
-            .acquire(scope.tenant().as_str(), self.weight(scope))
+            .acquire(&scope.partition().to_string(), self.weight(scope))
             .await;
         call.begin(&self.recorder).await?;
         let result = async {
