@@ -22,6 +22,9 @@ pub enum GatewayError {
     /// The request body is not a valid chat completion request.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A message of the request is malformed (the field is its `param`).
+    #[error(transparent)]
+    InvalidMessage(#[from] crate::validate::InvalidMessage),
     /// The tenant has not stored the credential this provider needs.
     #[error("this model uses the tenant's own key, and connection `{0}` has no usable credential")]
     MissingCredential(String),
@@ -59,7 +62,9 @@ impl GatewayError {
         match self {
             GatewayError::ModelNotFound(_) => 404,
             GatewayError::Residency { .. } => 403,
-            GatewayError::InvalidRequest(_) | GatewayError::MissingCredential(_) => 400,
+            GatewayError::InvalidRequest(_)
+            | GatewayError::InvalidMessage(_)
+            | GatewayError::MissingCredential(_) => 400,
             GatewayError::UpstreamRateLimited { .. } => 429,
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::Upstream(_) | GatewayError::UpstreamTooLarge(_) => 502,
@@ -75,6 +80,7 @@ impl GatewayError {
         match self {
             GatewayError::ModelNotFound(_)
             | GatewayError::InvalidRequest(_)
+            | GatewayError::InvalidMessage(_)
             | GatewayError::MissingCredential(_) => "invalid_request_error",
             GatewayError::Residency { .. } => "permission_error",
             GatewayError::UpstreamRateLimited { .. } => "rate_limit_error",
@@ -96,8 +102,8 @@ impl GatewayError {
         match self {
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::Residency { .. } => "residency_violation",
-            GatewayError::InvalidRequest(_) => "invalid_request",
-            GatewayError::MissingCredential(_) => "credential_missing",
+            GatewayError::InvalidRequest(_) | GatewayError::InvalidMessage(_) => "invalid_request",
+            GatewayError::MissingCredential(_) => "missing_credential",
             GatewayError::UpstreamRateLimited { .. } => "rate_limit_exceeded",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Upstream(_) => "upstream_error",
@@ -105,6 +111,14 @@ impl GatewayError {
             GatewayError::Internal(_) => "internal",
             GatewayError::CrossTenantLeak => "cross_tenant_leak",
             GatewayError::Limited(r) => r.code(),
+        }
+    }
+
+    /// The request field at fault (OpenAI's `param`), when one is.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            GatewayError::InvalidMessage(m) => Some(&m.param),
+            _ => None,
         }
     }
 

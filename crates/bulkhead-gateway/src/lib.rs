@@ -20,6 +20,7 @@ pub mod sse;
 pub mod store;
 pub mod upstream;
 pub mod usage;
+pub mod validate;
 
 pub use catalog::{Catalog, Model, Provider};
 pub use error::GatewayError;

@@ -738,14 +738,9 @@ impl Gateway {
                 GatewayError::InvalidRequest("`model` is required and must be a string".into())
             })?
             .to_owned();
-        match req.get("messages") {
-            Some(Value::Array(m)) if !m.is_empty() => {}
-            _ => {
-                return Err(GatewayError::InvalidRequest(
-                    "`messages` must be a non-empty array".into(),
-                ));
-            }
-        }
+        // Malformed messages are refused here, before the model is resolved,
+        // a limit is counted or anything is sent or billed.
+        crate::validate::messages(req.get("messages"))?;
         let stream = match req.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,

@@ -144,9 +144,10 @@ impl SaasStandIn {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`: the base URL of every stand-in API (Slack's
-    /// `{base}/api/...`, Jira's `{base}/rest/api/2/...`, GitHub's
-    /// `{base}/repos/...`).
+    /// `http://127.0.0.1:PORT`: the root of every stand-in API (Slack's
+    /// `{base}/api/...`, so a Slack tool's `base_url` is `{base}/api` as
+    /// Slack's is `https://slack.com/api`; Jira's `{base}/rest/api/2/...`;
+    /// GitHub's `{base}/repos/...`).
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

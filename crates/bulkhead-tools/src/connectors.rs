@@ -115,6 +115,18 @@ fn repo(args: &Value) -> Option<(&str, &str)> {
     (part(owner, 39) && part(name, 100)).then_some((owner, name))
 }
 
+/// A Slack Web API method's URL. `base` is Slack's documented API root,
+/// `https://slack.com/api`; a base without the `/api` (the site root, which
+/// earlier configurations used) still reaches the same method. `base` has
+/// no trailing `/` (configuration trims it).
+fn slack_url(base: &str, method: &str) -> String {
+    if base.ends_with("/api") {
+        format!("{base}/{method}")
+    } else {
+        format!("{base}/api/{method}")
+    }
+}
+
 /// One connector request, ready to send.
 pub(crate) struct Request {
     pub url: String,
@@ -127,7 +139,7 @@ pub(crate) fn request(kind: ToolKind, base: &str, args: &Value) -> Result<Reques
     let text = |k: &str| args[k].as_str().unwrap_or_default().to_owned();
     Ok(match kind {
         ToolKind::Slack => Request {
-            url: format!("{base}/api/chat.postMessage"),
+            url: slack_url(base, "chat.postMessage"),
             body: json!({"channel": text("channel"), "text": text("text")}),
             headers: vec![],
         },

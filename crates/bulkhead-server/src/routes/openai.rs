@@ -31,6 +31,8 @@ pub struct OpenAiError {
     message: String,
     kind: &'static str,
     code: &'static str,
+    /// The request field at fault, when one is.
+    param: Option<String>,
     retry_after: Option<u64>,
 }
 
@@ -52,6 +54,7 @@ impl From<GatewayError> for OpenAiError {
             message,
             kind: e.kind(),
             code: e.code(),
+            param: e.param().map(str::to_owned),
             retry_after,
         }
     }
@@ -78,6 +81,7 @@ impl From<ApiError> for OpenAiError {
             message: e.to_string(),
             kind,
             code,
+            param: None,
             retry_after,
         }
     }
@@ -85,7 +89,7 @@ impl From<ApiError> for OpenAiError {
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": null}});
+        let body = json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}});
         let mut res = (self.status, axum::Json(body)).into_response();
         if let Some(v) = self
             .retry_after

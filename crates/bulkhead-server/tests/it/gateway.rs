@@ -416,7 +416,7 @@ async fn a_tenants_own_key_goes_upstream_for_it_and_never_for_another() {
         .await;
     assert_eq!(
         (r.status, r.body["error"]["code"].as_str()),
-        (400, Some("credential_missing")),
+        (400, Some("missing_credential")),
         "{}",
         r.body
     );
@@ -597,6 +597,94 @@ async fn bad_requests_get_openai_errors_and_bill_nothing() {
         .call("GET", "/v1/usage?from=2026-02-30", Some(&key), None)
         .await;
     r.assert_problem(400, "invalid_parameter");
+}
+
+#[tokio::test]
+async fn malformed_messages_are_refused_before_anything_is_sent_or_billed() {
+    let fake = FakeProvider::start().await;
+    let app = app_with(&fake).await;
+    app.create_tenant("acme", "eu").await;
+    let (_, key) = app.api_key("acme", &["member"]).await;
+    let call = json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]});
+    let user = json!({"role": "user", "content": "hi"});
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!([user, user, {"content": "no role"}]),
+            "messages[2].role",
+        ),
+        (
+            json!([{"role": "wizard", "content": "x"}]),
+            "messages[0].role",
+        ),
+        (json!(["hi"]), "messages[0]"),
+        (json!({"role": "user", "content": "x"}), "messages"),
+        (
+            json!([{"role": "user", "content": 42}]),
+            "messages[0].content",
+        ),
+        (
+            json!([{"role": "user", "content": null}]),
+            "messages[0].content",
+        ),
+        (
+            json!([{"role": "user", "content": [{"text": "x"}]}]),
+            "messages[0].content[0].type",
+        ),
+        (
+            json!([user, {"role": "tool", "content": "r"}]),
+            "messages[1].tool_call_id",
+        ),
+        (
+            json!([user, {"role": "tool", "tool_call_id": "c9", "content": "r"}]),
+            "messages[1].tool_call_id",
+        ),
+        (
+            json!([user, call, {"role": "tool", "tool_call_id": "c2", "content": "r"}]),
+            "messages[2].tool_call_id",
+        ),
+        (
+            json!([user, {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}]}]),
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        (
+            json!([user, {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": 1, "arguments": "{}"}}]}]),
+            "messages[1].tool_calls[0].function.name",
+        ),
+        (
+            json!([user, {"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]),
+            "messages[1].tool_calls[0].id",
+        ),
+        (
+            json!([user, {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "code", "function": {"name": "f", "arguments": "{}"}}]}]),
+            "messages[1].tool_calls[0].type",
+        ),
+    ];
+    for (messages, param) in cases {
+        for stream in [false, true] {
+            let body = json!({"model": "small", "messages": messages, "stream": stream});
+            let r = app
+                .call("POST", "/v1/chat/completions", Some(&key), Some(body))
+                .await;
+            assert_eq!(r.status, 400, "{messages}: {}", r.body);
+            let e = &r.body["error"];
+            assert_eq!(e["type"], "invalid_request_error", "{}", r.body);
+            assert_eq!(e["code"], "invalid_request", "{}", r.body);
+            assert_eq!(e["param"], param, "{messages}: {}", r.body);
+            let message = e["message"].as_str().unwrap_or_default();
+            assert!(message.starts_with(&format!("{param}: ")), "{message}");
+        }
+    }
+    assert!(fake.requests().is_empty(), "nothing may reach the provider");
+    assert_eq!(usage(&app, &key).await["total"]["requests"], 0);
+    // A well-formed tool conversation still goes through.
+    let ok = json!({"model": "small", "messages": [user, call,
+        {"role": "tool", "tool_call_id": "c1", "content": "r"}]});
+    let r = app
+        .call("POST", "/v1/chat/completions", Some(&key), Some(ok))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(fake.requests().len(), 1);
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use bulkhead_testkit::SaasStandIn;
 use bulkhead_tools::ToolError;
 use serde_json::{Value, json};
 
-use crate::support::{api_key, basic, bearer, call, connector, oauth2, one};
+use crate::support::{api_key, basic, bearer, call, config, connector, oauth2, one};
 
 fn json_of(s: &str) -> Value {
     serde_json::from_str(s).unwrap()
@@ -53,6 +53,84 @@ async fn slack_posts_a_message_with_the_bearer_token() {
         saas.requests()[1].header("authorization"),
         Some("Bearer xoxp-access")
     );
+}
+
+/// Each connector's `base_url` is the service's documented API root (Slack
+/// `https://slack.com/api`, Jira the site root, GitHub
+/// `https://api.github.com`), with or without a trailing `/`; Slack's site
+/// root, which earlier configurations used, still works.
+#[tokio::test]
+async fn connector_base_urls_are_each_services_api_root() {
+    let saas = SaasStandIn::start().await;
+    let root = saas.base_url();
+    let cases = [
+        (
+            "slack",
+            format!("{root}/api"),
+            json!({"channel": "C1", "text": "t"}),
+            "/api/chat.postMessage",
+        ),
+        (
+            "slack",
+            format!("{root}/api/"),
+            json!({"channel": "C1", "text": "t"}),
+            "/api/chat.postMessage",
+        ),
+        (
+            "slack",
+            root.clone(),
+            json!({"channel": "C1", "text": "t"}),
+            "/api/chat.postMessage",
+        ),
+        (
+            "slack",
+            format!("{root}/"),
+            json!({"channel": "C1", "text": "t"}),
+            "/api/chat.postMessage",
+        ),
+        (
+            "jira",
+            root.clone(),
+            json!({"project": "PROJ", "summary": "S"}),
+            "/rest/api/2/issue",
+        ),
+        (
+            "jira",
+            format!("{root}/"),
+            json!({"project": "PROJ", "summary": "S"}),
+            "/rest/api/2/issue",
+        ),
+        (
+            "github",
+            root.clone(),
+            json!({"repo": "acme/web", "title": "T"}),
+            "/repos/acme/web/issues",
+        ),
+        (
+            "github",
+            format!("{root}/"),
+            json!({"repo": "acme/web", "title": "T"}),
+            "/repos/acme/web/issues",
+        ),
+    ];
+    for (i, (kind, base, args, path)) in cases.into_iter().enumerate() {
+        let tools = one(config(json!({
+            "name": kind, "kind": kind, "region": "eu", "base_url": base, "connection": kind,
+        })));
+        let cred = match kind {
+            "jira" => basic("bot@example.com", "jira-token"),
+            _ => bearer("tok-0123456789"),
+        };
+        let out = call(&tools, args, Some(&cred)).await;
+        assert!(out.is_ok(), "{kind} at {base}: {out:?}");
+        let recorded = saas.requests();
+        assert_eq!(recorded.len(), i + 1);
+        assert_eq!(
+            (recorded[i].method.as_str(), recorded[i].path.as_str()),
+            ("POST", path),
+            "{kind} at {base}"
+        );
+    }
 }
 
 #[tokio::test]
