@@ -46,6 +46,9 @@ pub enum AgentError {
     /// A run of the thread is waiting for an approval.
     #[error("a run of this thread is awaiting approval; decide it (or cancel the run) first")]
     ThreadPaused,
+    /// A delete found a run still running or awaiting approval.
+    #[error("a run is still running or awaiting approval; cancel it first")]
+    InProgress,
 }
 
 impl AgentError {
@@ -63,6 +66,7 @@ impl AgentError {
             AgentError::Decided(_) => "approval_decided",
             AgentError::Mismatch(_) => "approval_mismatch",
             AgentError::ThreadPaused => "thread_paused",
+            AgentError::InProgress => "run_in_progress",
         }
     }
 }

@@ -555,6 +555,33 @@ impl Runtime {
             .ok_or(AgentError::NotFound)
     }
 
+    /// Deletes one of the tenant's threads with everything its runs
+    /// stored (messages, steps, approval requests), audited.
+    pub async fn delete_thread(&self, scope: &TenantScope, id: ThreadId) -> Result<(), AgentError> {
+        let event = NewAuditEvent::new(
+            "thread.delete",
+            format!("thread:{id}"),
+            Outcome::Success,
+            scope.request_id().clone(),
+        );
+        deletion(self.store.delete_thread(scope, id, event).await?)
+    }
+
+    /// Deletes one of the tenant's runs with its steps, approval requests
+    /// and thread messages, audited.
+    pub async fn delete_run(&self, scope: &TenantScope, id: RunId) -> Result<(), AgentError> {
+        // Read first: a run its dead process left `running` is settled as
+        // interrupted here, and can then be deleted.
+        self.run(scope, id).await?;
+        let event = NewAuditEvent::new(
+            "run.delete",
+            format!("run:{id}"),
+            Outcome::Success,
+            scope.request_id().clone(),
+        );
+        deletion(self.store.delete_run(scope, id, event).await?)
+    }
+
     /// Asks a running run to stop; returns the record as it then stands.
     pub async fn cancel(&self, scope: &TenantScope, id: RunId) -> Result<RunRecord, AgentError> {
         let mut run = self.run(scope, id).await?;
@@ -1875,6 +1902,15 @@ fn summary(r: &RunRecord) -> Value {
         "input_tokens": r.input_tokens,
         "output_tokens": r.output_tokens,
     })
+}
+
+/// A store deletion as the runtime answers it.
+fn deletion(d: crate::store::Deletion) -> Result<(), AgentError> {
+    match d {
+        crate::store::Deletion::Deleted => Ok(()),
+        crate::store::Deletion::NotFound => Err(AgentError::NotFound),
+        crate::store::Deletion::InProgress => Err(AgentError::InProgress),
+    }
 }
 
 #[cfg(test)]

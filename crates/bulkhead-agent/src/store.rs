@@ -11,6 +11,17 @@ use serde_json::Value;
 use crate::agent::AgentSettings;
 use crate::approval::{Approval, ApprovalStatus, Settled};
 
+/// What a delete found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Deleted.
+    Deleted,
+    /// No such thread or run in this tenant.
+    NotFound,
+    /// A run of it is running or awaiting approval: nothing was deleted.
+    InProgress,
+}
+
 /// Storage failures, as the runtime sees them.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -194,9 +205,30 @@ pub trait AgentStore: Send + Sync {
         steps: Vec<StepWrite>,
         event: NewAuditEvent,
     ) -> Result<(), AgentStoreError>;
-    /// Deletes the thread messages of runs written before `cutoff` (never
-    /// anything else), with the audit event when there were any; returns
-    /// how many were deleted.
+    /// Deletes a thread: its messages, its runs with their steps and
+    /// approval requests, and the thread, with the audit event, in one
+    /// transaction. The tenant's canary thread is never found.
+    async fn delete_thread(
+        &self,
+        scope: &TenantScope,
+        id: ThreadId,
+        event: NewAuditEvent,
+    ) -> Result<Deletion, AgentStoreError>;
+    /// Deletes a run: its steps, approval requests and thread messages,
+    /// and the run, with the audit event, in one transaction.
+    async fn delete_run(
+        &self,
+        scope: &TenantScope,
+        id: RunId,
+        event: NewAuditEvent,
+    ) -> Result<Deletion, AgentStoreError>;
+    /// Retention: deletes the thread messages of runs written before
+    /// `cutoff`, and of runs that ended before it the steps (tool
+    /// arguments and results, model outputs), the output, the error
+    /// message and the settled approval requests (their arguments),
+    /// keeping only the run's metadata (agent, status, token counts, times).
+    /// Writes the audit event when anything went; returns how many
+    /// messages and runs were purged.
     async fn apply_retention(
         &self,
         scope: &TenantScope,

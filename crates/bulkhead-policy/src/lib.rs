@@ -45,7 +45,7 @@ entity Connection = { tenant: String };
 entity Collection = { tenant: String };
 
 action read_profile, read_audit, read_usage, use_models, read_credentials,
-       read_policies, manage_policies, read_approvals
+       read_policies, manage_policies, read_approvals, delete_history
   appliesTo { principal: User, resource: Tenant };
 action manage_credentials appliesTo { principal: User, resource: Connection };
 action read_agents, manage_agents, run_agent
@@ -141,6 +141,8 @@ pub enum Action {
     Approve,
     /// List approval requests.
     ReadApprovals,
+    /// Delete a thread or a run with what it stored (admins by default).
+    DeleteHistory,
 }
 
 impl Action {
@@ -148,6 +150,7 @@ impl Action {
     pub fn as_str(self) -> &'static str {
         match self {
             Action::ReadProfile => "read_profile",
+            Action::DeleteHistory => "delete_history",
             Action::ReadAudit => "read_audit",
             Action::ReadUsage => "read_usage",
             Action::UseModels => "use_models",

@@ -240,12 +240,13 @@ impl From<bulkhead_agent::AgentError> for ApiError {
             AgentError::Store(s) => ApiError::Internal(s.to_string()),
             AgentError::Config(m) => ApiError::Internal(m),
             AgentError::Limited(r) => ApiError::Limited(r),
-            AgentError::Decided(_) | AgentError::Mismatch(_) | AgentError::ThreadPaused => {
-                ApiError::State {
-                    code: e.code(),
-                    message: e.to_string(),
-                }
-            }
+            AgentError::Decided(_)
+            | AgentError::Mismatch(_)
+            | AgentError::ThreadPaused
+            | AgentError::InProgress => ApiError::State {
+                code: e.code(),
+                message: e.to_string(),
+            },
         }
     }
 }

@@ -53,7 +53,7 @@ impl Modify for Security {
         knowledge::list_collections, knowledge::delete_collection, knowledge::put_document, knowledge::delete_document, knowledge::search,
         knowledge::operator_put_document, knowledge::operator_search,
         approvals::list, approvals::get, approvals::approve, approvals::deny,
-        agents::list, agents::get_settings, agents::put_settings, agents::start, agents::get_run, agents::cancel, agents::messages,
+        agents::list, agents::get_settings, agents::put_settings, agents::start, agents::get_run, agents::cancel, agents::messages, agents::delete_run, agents::delete_thread,
         openai::chat, openai::models, usage::usage, usage::operator_usage, policies::get, policies::put, usage::get_models, usage::put_models, usage::get_settings, usage::put_settings,
     ),
     components(schemas(crate::error::Problem)),

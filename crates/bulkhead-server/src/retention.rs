@@ -1,7 +1,8 @@
 //! Timed housekeeping over every tenant, as the operator (so each change is
 //! an audited operator action in the tenant's chain):
 //! - retention: each tenant's thread messages older than its
-//!   `message_retention_days` are deleted;
+//!   `message_retention_days` are deleted, and so is what runs that ended
+//!   before then stored (steps, outputs, settled approval requests);
 //! - approval expiry: undecided approval requests past their expiry are
 //!   settled as `expired`, and their runs end (`approval_expired`);
 //! - failed authentications counted in a window that ended are written as

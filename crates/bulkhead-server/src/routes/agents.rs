@@ -416,3 +416,37 @@ pub async fn messages(
             .collect(),
     }))
 }
+
+/// Deletes one of the caller's tenant's runs with its steps, approval
+/// requests and thread messages (tenant admins by default; audited). 409
+/// `run_in_progress` while it runs or awaits approval.
+#[utoipa::path(delete, path = "/v1/runs/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 204, description = "Deleted"), (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+pub async fn delete_run(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &scope, Action::DeleteHistory, Resource::Tenant).await?;
+    let id = RunId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    state.runtime.delete_run(&scope, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes one of the caller's tenant's threads with its messages and its
+/// runs (tenant admins by default; audited). 409 `run_in_progress` while
+/// a run of it runs or awaits approval.
+#[utoipa::path(delete, path = "/v1/threads/{id}", tag = "agents", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Thread id")),
+    responses((status = 204, description = "Deleted"), (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+pub async fn delete_thread(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &scope, Action::DeleteHistory, Resource::Tenant).await?;
+    let id = ThreadId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    state.runtime.delete_thread(&scope, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -119,9 +119,13 @@ pub fn router(state: AppState) -> Router {
             get(agents::get_settings).put(agents::put_settings),
         )
         .route("/v1/agents/{agent}/runs", post(agents::start))
-        .route("/v1/runs/{id}", get(agents::get_run))
+        .route(
+            "/v1/runs/{id}",
+            get(agents::get_run).delete(agents::delete_run),
+        )
         .route("/v1/runs/{id}/cancel", post(agents::cancel))
         .route("/v1/threads/{id}/messages", get(agents::messages))
+        .route("/v1/threads/{id}", delete(agents::delete_thread))
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", get(approvals::get))
         .route("/v1/approvals/{id}/approve", post(approvals::approve))

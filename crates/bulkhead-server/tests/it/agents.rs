@@ -1115,3 +1115,166 @@ async fn retention_removes_old_messages_and_nothing_else() {
             .any(|e| e["action"] == "retention.apply")
     );
 }
+
+#[tokio::test]
+async fn retention_also_purges_what_old_runs_stored_and_keeps_their_metadata() {
+    // Retention removed thread messages only: run outputs and steps (tool
+    // arguments and results, model outputs) stayed for ever.
+    let w = world().await;
+    w.fake.push_all([
+        Reply::text("an old answer with private words"),
+        Reply::text("a recent answer"),
+    ]);
+    let old_run = run(&w.app, &w.acme, "support", "an old question").await;
+    let new_run = run(&w.app, &w.acme, "support", "a new question").await;
+    let uid = w.app.scope(&w.acme).await.partition();
+    let db = w
+        .app
+        .dir
+        .path()
+        .join("data/tenants")
+        .join(uid.to_string())
+        .join("tenant.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let old_id = old_run["id"].as_str().unwrap();
+    conn.execute(
+        "UPDATE runs SET finished_at = '2020-01-01T00:00:00Z' WHERE id = ?1",
+        rusqlite::params![old_id],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE messages SET time = '2020-01-01T00:00:00Z' WHERE run_id = ?1",
+        rusqlite::params![old_id],
+    )
+    .unwrap();
+    let r = w
+        .app
+        .call(
+            "PUT",
+            "/admin/v1/tenants/acme/settings",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"message_retention_days": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let op = w.app.operator_scope();
+    // Two messages and one run's stored content.
+    assert_eq!(
+        bulkhead_server::retention::apply_once(&w.app.state, &op).await,
+        3
+    );
+    let old = w
+        .app
+        .call("GET", &format!("/v1/runs/{old_id}"), Some(&w.acme), None)
+        .await;
+    assert_eq!(old.status, 200, "{}", old.body);
+    assert!(old.body["output"].is_null(), "{}", old.body);
+    assert_eq!(old.body["steps"], json!([]), "{}", old.body);
+    assert_eq!(old.body["status"], "completed", "metadata stays");
+    assert!(!old.body.to_string().contains("private words"));
+    let recent = w
+        .app
+        .call(
+            "GET",
+            &format!("/v1/runs/{}", new_run["id"].as_str().unwrap()),
+            Some(&w.acme),
+            None,
+        )
+        .await;
+    assert_eq!(recent.body["output"], "a recent answer");
+    assert!(!recent.body["steps"].as_array().unwrap().is_empty());
+    let events = w.app.audit(&w.acme).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "retention.apply" && e["details"]["purged_runs"] == 1),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_admin_deletes_a_run_or_a_thread_with_what_they_stored() {
+    let w = world().await;
+    w.fake
+        .push_all([Reply::text("first answer"), Reply::text("second answer")]);
+    let first = run(&w.app, &w.acme, "support", "first question").await;
+    let second = run(&w.app, &w.acme, "support", "second question").await;
+    let (_, viewer) = w.app.api_key("acme", &["viewer"]).await;
+    let first_id = first["id"].as_str().unwrap();
+    let path = format!("/v1/runs/{first_id}");
+    // Viewers read, never delete; another tenant's run is missing.
+    w.app
+        .call("DELETE", &path, Some(&viewer), None)
+        .await
+        .assert_problem(403, "forbidden");
+    w.app
+        .call("DELETE", &path, Some(&w.globex), None)
+        .await
+        .assert_problem(404, "not_found");
+    let r = w.app.call("DELETE", &path, Some(&w.acme), None).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    w.app
+        .call("GET", &path, Some(&w.acme), None)
+        .await
+        .assert_problem(404, "not_found");
+    let thread = first["thread_id"].as_str().unwrap();
+    let messages = w
+        .app
+        .call(
+            "GET",
+            &format!("/v1/threads/{thread}/messages"),
+            Some(&w.acme),
+            None,
+        )
+        .await;
+    assert_eq!(
+        messages.body["messages"],
+        json!([]),
+        "the run's messages went with it"
+    );
+    // A whole thread.
+    let thread = second["thread_id"].as_str().unwrap();
+    let r = w
+        .app
+        .call(
+            "DELETE",
+            &format!("/v1/threads/{thread}"),
+            Some(&w.acme),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    w.app
+        .call(
+            "GET",
+            &format!("/v1/threads/{thread}/messages"),
+            Some(&w.acme),
+            None,
+        )
+        .await
+        .assert_problem(404, "not_found");
+    w.app
+        .call(
+            "GET",
+            &format!("/v1/runs/{}", second["id"].as_str().unwrap()),
+            Some(&w.acme),
+            None,
+        )
+        .await
+        .assert_problem(404, "not_found");
+    let events = w.app.audit(&w.acme).await;
+    for action in ["run.delete", "thread.delete"] {
+        assert!(
+            events.iter().any(|e| e["action"] == action),
+            "{action}: {events:?}"
+        );
+    }
+    // The usage ledger keeps its rows: cost stays answerable.
+    let usage = w.app.call("GET", "/v1/usage", Some(&w.acme), None).await;
+    assert_eq!(usage.status, 200);
+    assert!(
+        usage.body["total"]["requests"].as_u64().unwrap_or(0) >= 2,
+        "{}",
+        usage.body
+    );
+}

@@ -41,6 +41,9 @@ struct Fixture {
     thread_id: String,
     /// A document of the owner's in collection `kb`.
     document_id: String,
+    /// Finished runs of the owner's to delete: one by run, one by thread.
+    trash_run_id: String,
+    trash_thread_id: String,
     /// Two pending approval requests of the owner's.
     approvals: [String; 2],
 }
@@ -461,6 +464,22 @@ fn rows(f: &Fixture) -> Vec<Row> {
             Plane::Tenant,
             200,
         ),
+        twice(
+            "DELETE",
+            "/v1/runs/{id}",
+            &format!("/v1/runs/{}", f.trash_run_id),
+            None,
+            204,
+            404,
+        ),
+        twice(
+            "DELETE",
+            "/v1/threads/{id}",
+            &format!("/v1/threads/{}", f.trash_thread_id),
+            None,
+            204,
+            404,
+        ),
     ]
 }
 
@@ -587,6 +606,19 @@ async fn fixture(app: &TestApp) -> Fixture {
         )
         .await;
     assert_eq!(run.status, 200, "{}", run.body);
+    let mut trash = Vec::new();
+    for _ in 0..2 {
+        let r = app
+            .call(
+                "POST",
+                "/v1/agents/helper/runs",
+                Some(&owner_key),
+                Some(json!({"input": "to delete"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        trash.push(r.body);
+    }
     let mut document_id = String::new();
     for collection in ["kb", "trash"] {
         let doc = app
@@ -639,6 +671,8 @@ async fn fixture(app: &TestApp) -> Fixture {
         run_id: run.body["id"].as_str().unwrap().to_owned(),
         thread_id: run.body["thread_id"].as_str().unwrap().to_owned(),
         document_id,
+        trash_run_id: trash[0]["id"].as_str().unwrap().to_owned(),
+        trash_thread_id: trash[1]["thread_id"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -797,6 +831,8 @@ async fn the_matrix_covers_every_route_of_the_api() {
         run_id: String::new(),
         thread_id: String::new(),
         document_id: String::new(),
+        trash_run_id: String::new(),
+        trash_thread_id: String::new(),
         approvals: [String::new(), String::new()],
     };
     let tested: BTreeSet<(String, String)> = rows(&f)

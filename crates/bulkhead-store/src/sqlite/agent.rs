@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use bulkhead_agent::AgentSettings;
 use bulkhead_agent::approval::{Approval, ApprovalStatus, Settled};
 use bulkhead_agent::store::{
-    AgentStore, AgentStoreError, RunFailure, RunRecord, RunStatus, Step, StepWrite, StoredMessage,
+    AgentStore, AgentStoreError, Deletion, RunFailure, RunRecord, RunStatus, Step, StepWrite,
+    StoredMessage,
 };
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
@@ -259,6 +260,22 @@ impl SqliteStore {
     }
 }
 
+/// Whether a run matching `filter` (on `runs`, with `?1` = `value`) is
+/// still running or awaiting approval: such runs are not deleted under
+/// their process or approvers.
+fn busy(tx: &rusqlite::Connection, filter: &str, value: &str) -> Result<bool, StoreError> {
+    Ok(partition::one(
+        tx,
+        &format!(
+            "SELECT 1 FROM runs WHERE {filter} AND status IN ('running', 'awaiting_approval') LIMIT 1"
+        ),
+        params![value],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
 #[async_trait]
 impl AgentStore for SqliteStore {
     async fn agent_settings(
@@ -459,6 +476,97 @@ impl AgentStore for SqliteStore {
         .map_err(ag)
     }
 
+    async fn delete_thread(
+        &self,
+        scope: &TenantScope,
+        id: ThreadId,
+        event: NewAuditEvent,
+    ) -> Result<Deletion, AgentStoreError> {
+        let tenant = scope.tenant().clone();
+        let id = id.to_string();
+        self.tenant_write(scope, move |tx, principal| {
+            let exists = partition::one(tx, "SELECT 1 FROM threads WHERE id = ?1", params![id], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some();
+            // The canary's thread (a message of no run) is not the tenant's
+            // to delete: it answers like a missing one.
+            let canary = partition::one(
+                tx,
+                "SELECT 1 FROM messages WHERE thread_id = ?1 AND run_id IS NULL LIMIT 1",
+                params![id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+            if !exists || canary {
+                return Ok(Deletion::NotFound);
+            }
+            if busy(tx, "thread_id = ?1", &id)? {
+                return Ok(Deletion::InProgress);
+            }
+            let runs = "SELECT id FROM runs WHERE thread_id = ?1";
+            let steps = partition::exec(
+                tx,
+                &format!("DELETE FROM run_steps WHERE run_id IN ({runs})"),
+                params![id],
+            )?;
+            partition::exec(
+                tx,
+                &format!("DELETE FROM approvals WHERE run_id IN ({runs})"),
+                params![id],
+            )?;
+            let messages =
+                partition::exec(tx, "DELETE FROM messages WHERE thread_id = ?1", params![id])?;
+            let deleted_runs =
+                partition::exec(tx, "DELETE FROM runs WHERE thread_id = ?1", params![id])?;
+            partition::exec(tx, "DELETE FROM threads WHERE id = ?1", params![id])?;
+            let mut event = event;
+            event.details = json!({"thread_id": id, "messages": messages, "runs": deleted_runs, "steps": steps});
+            partition::append_chain(tx, Some(tenant), principal, event)?;
+            Ok(Deletion::Deleted)
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn delete_run(
+        &self,
+        scope: &TenantScope,
+        id: RunId,
+        event: NewAuditEvent,
+    ) -> Result<Deletion, AgentStoreError> {
+        let tenant = scope.tenant().clone();
+        let id = id.to_string();
+        self.tenant_write(scope, move |tx, principal| {
+            let exists =
+                partition::one(tx, "SELECT 1 FROM runs WHERE id = ?1", params![id], |_| {
+                    Ok(())
+                })
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(Deletion::NotFound);
+            }
+            if busy(tx, "id = ?1", &id)? {
+                return Ok(Deletion::InProgress);
+            }
+            let steps =
+                partition::exec(tx, "DELETE FROM run_steps WHERE run_id = ?1", params![id])?;
+            partition::exec(tx, "DELETE FROM approvals WHERE run_id = ?1", params![id])?;
+            let messages =
+                partition::exec(tx, "DELETE FROM messages WHERE run_id = ?1", params![id])?;
+            partition::exec(tx, "DELETE FROM runs WHERE id = ?1", params![id])?;
+            let mut event = event;
+            event.details = json!({"run_id": id, "messages": messages, "steps": steps});
+            partition::append_chain(tx, Some(tenant), principal, event)?;
+            Ok(Deletion::Deleted)
+        })
+        .await
+        .map_err(ag)
+    }
+
     async fn apply_retention(
         &self,
         scope: &TenantScope,
@@ -469,18 +577,46 @@ impl AgentStore for SqliteStore {
         self.tenant_write(scope, move |tx, principal| {
             // Times are RFC 3339 UTC with a fixed layout, so they compare as
             // text. Messages without a run (the canary's) are not memory.
+            let cutoff = cutoff.to_string();
             let deleted = partition::exec(
                 tx,
                 "DELETE FROM messages WHERE time < ?1 AND run_id IS NOT NULL",
-                params![cutoff.to_string()],
+                params![cutoff],
             )?;
-            if deleted > 0 {
+            // What a model or tool produced for runs that ended before the
+            // cutoff; the run's metadata stays for usage and audit.
+            let ended = "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1
+                 AND (output IS NOT NULL OR error_message IS NOT NULL
+                      OR id IN (SELECT run_id FROM run_steps)
+                      OR id IN (SELECT run_id FROM approvals WHERE status <> 'pending'))";
+            let purged: Vec<String> = {
+                let mut stmt = tx.prepare(ended)?;
+                let rows = stmt.query_map(params![cutoff], |r| r.get::<_, String>(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for run in &purged {
+                partition::exec(tx, "DELETE FROM run_steps WHERE run_id = ?1", params![run])?;
+                partition::exec(
+                    tx,
+                    "DELETE FROM approvals WHERE run_id = ?1 AND status <> 'pending'",
+                    params![run],
+                )?;
+                partition::exec(
+                    tx,
+                    "UPDATE runs SET output = NULL, error_message = NULL WHERE id = ?1",
+                    params![run],
+                )?;
+            }
+            if deleted > 0 || !purged.is_empty() {
                 let mut event = event;
-                event.details =
-                    json!({"deleted_messages": deleted, "older_than": cutoff.to_string()});
+                event.details = json!({
+                    "deleted_messages": deleted,
+                    "purged_runs": purged.len(),
+                    "older_than": cutoff,
+                });
                 partition::append_chain(tx, Some(tenant), principal, event)?;
             }
-            Ok(deleted as u64)
+            Ok(deleted as u64 + purged.len() as u64)
         })
         .await
         .map_err(ag)
