@@ -158,6 +158,19 @@ async fn run(app: &TestApp, key: &str, agent: &str, input: &str) -> Value {
     r.body
 }
 
+/// A direct connection to the tenant's partition, to age rows (time
+/// cannot be waited for in a test).
+async fn tenant_db(app: &TestApp, key: &str) -> rusqlite::Connection {
+    let uid = app.scope(key).await.partition();
+    let db = app
+        .dir
+        .path()
+        .join("data/tenants")
+        .join(uid.to_string())
+        .join("tenant.db");
+    rusqlite::Connection::open(&db).unwrap()
+}
+
 fn last_message(request: &Value) -> Value {
     request["messages"]
         .as_array()
@@ -1015,15 +1028,7 @@ async fn retention_removes_old_messages_and_nothing_else() {
         .await;
     assert_eq!(r.status, 201);
     // Age the first run's messages by three days.
-    let uid = w.app.scope(&w.acme).await.partition();
-    let db = w
-        .app
-        .dir
-        .path()
-        .join("data/tenants")
-        .join(uid.to_string())
-        .join("tenant.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    let conn = tenant_db(&w.app, &w.acme).await;
     let aged = conn
         .execute(
             "UPDATE messages SET time = '2020-01-01T00:00:00Z' WHERE run_id = ?1",
@@ -1127,15 +1132,7 @@ async fn retention_also_purges_what_old_runs_stored_and_keeps_their_metadata() {
     ]);
     let old_run = run(&w.app, &w.acme, "support", "an old question").await;
     let new_run = run(&w.app, &w.acme, "support", "a new question").await;
-    let uid = w.app.scope(&w.acme).await.partition();
-    let db = w
-        .app
-        .dir
-        .path()
-        .join("data/tenants")
-        .join(uid.to_string())
-        .join("tenant.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    let conn = tenant_db(&w.app, &w.acme).await;
     let old_id = old_run["id"].as_str().unwrap();
     conn.execute(
         "UPDATE runs SET finished_at = '2020-01-01T00:00:00Z' WHERE id = ?1",
