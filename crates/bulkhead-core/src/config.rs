@@ -1502,8 +1502,13 @@ fn check_tool_request(t: &ToolConfig, p: &str, errors: &mut Errors) {
         match &t.url {
             Some(u) if u.trim().is_empty() => errors.push(format!("{p}.url"), "must not be empty"),
             Some(_) => {}
-            None => errors.push(format!("{p}.url"), "is required for http tools"),
+            None if t.base_url.is_some() => {}
+            None => errors.push(
+                format!("{p}.url"),
+                "http tools need url (a URL template) or base_url",
+            ),
         }
+        let base_form = t.url.is_none() && t.base_url.is_some();
         if t.body.is_some() && t.method.as_deref().is_none_or(|m| m == "GET") {
             errors.push(
                 format!("{p}.body"),
@@ -1511,11 +1516,16 @@ fn check_tool_request(t: &ToolConfig, p: &str, errors: &mut Errors) {
             );
         }
         match &t.parameters {
+            Some(_) if base_form => errors.push(
+                format!("{p}.parameters"),
+                "an http tool with base_url takes method, path, query and body; its schema is fixed",
+            ),
             Some(serde_json::Value::Object(_)) => {}
             Some(_) => errors.push(
                 format!("{p}.parameters"),
                 "must be a JSON Schema object (a table)",
             ),
+            None if base_form => {}
             None => errors.push(
                 format!("{p}.parameters"),
                 "is required for http tools (the JSON Schema of the arguments)",
@@ -1974,9 +1984,9 @@ fn validate_resources(
         let p = format!("tools[{i}]");
         tool_region.insert(&t.name, &t.region);
         match &t.base_url {
-            Some(_) if t.kind == ToolKind::Http => errors.push(
+            Some(_) if t.kind == ToolKind::Http && t.url.is_some() => errors.push(
                 format!("{p}.base_url"),
-                "http tools take their whole URL template in url",
+                "set url (a URL template) or base_url (the model names the path), not both",
             ),
             Some(url) => check_url(url, &format!("{p}.base_url"), errors),
             None if t.kind != ToolKind::Http => {
@@ -2506,7 +2516,7 @@ file = "policies.cedar"
         check(
             http,
             &[
-                "tools[0].url: is required for http tools",
+                "tools[0].url: http tools need url (a URL template) or base_url",
                 "tools[0].parameters: is required for http tools",
             ],
         );
@@ -2524,7 +2534,23 @@ file = "policies.cedar"
         );
         check(
             &format!("{http}{url}{params}base_url = \"https://x\"\n"),
-            &["tools[0].base_url: http tools take their whole URL template in url"],
+            &["tools[0].base_url: set url (a URL template) or base_url"],
+        );
+        // The contract's form: base_url and allowed_hosts, connection
+        // optional, no parameters (the model names method, path, query and
+        // body).
+        let c = load(
+            &format!("{http}base_url = \"https://api.example.com/v2\"\n"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.tools[0].base_url.as_deref(),
+            Some("https://api.example.com/v2")
+        );
+        check(
+            &format!("{http}base_url = \"https://api.example.com\"\n{params}"),
+            &["tools[0].parameters: an http tool with base_url takes method, path, query and body"],
         );
         check(
             &format!("{slack}timeout_s = 0\nmax_response_bytes = 0\n"),

@@ -1,5 +1,7 @@
 //! The generic `http` tool: URL and body templates over the model's
-//! arguments, the host allow-list, and reading a response under a cap.
+//! arguments, or the contract's form (the model names method, path, query
+//! and body under `base_url`), the host allow-list, and reading a
+//! response under a cap.
 //!
 //! The model's arguments are data, never template source: they are passed
 //! as variables, so `{{ 7*7 }}` inside a value arrives literally. In the
@@ -153,6 +155,121 @@ pub(crate) fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// The request of an http tool in the contract's form: the model names
+/// `method`, `path`, `query` and `body` under the tool's `base_url`. The
+/// path is joined segment by segment, each percent-encoded, so it can add
+/// path segments below the base and nothing else: no dot segments, no
+/// scheme, host, user info, query or fragment of its own, no empty
+/// segments (`//`), no backslashes.
+pub(crate) fn base_request(
+    base: &reqwest::Url,
+    fixed_method: Option<&reqwest::Method>,
+    args: &Value,
+) -> Result<(reqwest::Method, reqwest::Url, Option<Value>), ToolError> {
+    let invalid = |m: String| ToolError::InvalidArguments(m);
+    let method = match args.get("method") {
+        None | Some(Value::Null) => fixed_method.cloned().unwrap_or(reqwest::Method::GET),
+        Some(Value::String(m)) => {
+            let m = m.to_ascii_uppercase();
+            if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()) {
+                return Err(invalid(format!(
+                    "method: {m:?} is not one of GET, POST, PUT, PATCH, DELETE"
+                )));
+            }
+            let m = reqwest::Method::from_bytes(m.as_bytes())
+                .map_err(|_| invalid("method: not a method".into()))?;
+            if fixed_method.is_some_and(|f| *f != m) {
+                return Err(invalid(format!(
+                    "method: this tool only makes {} requests",
+                    fixed_method
+                        .map(reqwest::Method::as_str)
+                        .unwrap_or_default()
+                )));
+            }
+            m
+        }
+        Some(_) => return Err(invalid("method: must be a string".into())),
+    };
+    let path = match args.get("path") {
+        Some(Value::String(p)) => p.as_str(),
+        None | Some(Value::Null) => "/",
+        Some(_) => return Err(invalid("path: must be a string".into())),
+    };
+    if !path.starts_with('/') {
+        return Err(invalid("path: must start with `/`".into()));
+    }
+    let mut url = base.clone();
+    {
+        let mut segments = url
+            .path_segments_mut()
+            .map_err(|_| ToolError::Config("the tool's base_url cannot take a path".into()))?;
+        segments.pop_if_empty();
+        let rest = &path[1..];
+        if !rest.is_empty() {
+            for seg in rest.split('/') {
+                let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+                if seg.is_empty() || decoded == "." || decoded == ".." {
+                    return Err(invalid("path: no empty, `.` or `..` segments".into()));
+                }
+                if seg.chars().any(|c| c.is_control() || c == '\\') {
+                    return Err(invalid("path: no control characters or backslashes".into()));
+                }
+                // `push` percent-encodes what a segment may not hold (`?`,
+                // `#`, `/`…), so nothing in it can end the path.
+                segments.push(seg);
+            }
+        }
+    }
+    match args.get("query") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(q)) => {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in q {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => {
+                        return Err(invalid(format!(
+                            "query.{k}: must be a string, number or boolean"
+                        )));
+                    }
+                };
+                pairs.append_pair(k, &v);
+            }
+        }
+        Some(_) => return Err(invalid("query: must be an object".into())),
+    }
+    let body = match args.get("body") {
+        None | Some(Value::Null) => None,
+        Some(b) if matches!(method, reqwest::Method::GET | reqwest::Method::DELETE) => {
+            let _ = b;
+            return Err(invalid(format!("body: a {method} request has no body")));
+        }
+        Some(b) => Some(b.clone()),
+    };
+    Ok((method, url, body))
+}
+
+/// The arguments schema of an http tool in the contract's form.
+pub(crate) fn base_parameters(fixed_method: Option<&str>) -> Value {
+    let methods: Vec<&str> = match fixed_method {
+        Some(m) => vec![m],
+        None => vec!["GET", "POST", "PUT", "PATCH", "DELETE"],
+    };
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "method": {"type": "string", "enum": methods},
+            "path": {"type": "string", "description": "The path under the tool's base URL, starting with /"},
+            "query": {"type": "object", "description": "Query parameters (strings, numbers or booleans)"},
+            "body": {"type": "object", "description": "JSON body (not for GET or DELETE)"}
+        },
+        "required": ["path"],
+        "additionalProperties": false
+    })
 }
 
 /// Parses a rendered URL and checks what the encoding cannot: dot

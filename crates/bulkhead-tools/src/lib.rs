@@ -101,6 +101,15 @@ enum Spec {
         /// `host:port`, hosts lower-case.
         allowed_hosts: Vec<String>,
     },
+    /// The contract's form: the model names method, path, query and body
+    /// under `base`.
+    HttpBase {
+        base: reqwest::Url,
+        /// `[[tools]] method`, when the tool allows only that one.
+        method: Option<reqwest::Method>,
+        /// `host:port`, hosts lower-case.
+        allowed_hosts: Vec<String>,
+    },
 }
 
 impl Tool {
@@ -112,7 +121,7 @@ impl Tool {
             Spec::Connector { .. } => connectors::check(self.kind, args),
             // A template variable the arguments lack is found when rendering
             // (strict undefined): `{% if x is defined %}` stays possible.
-            Spec::Http { .. } => Ok(()),
+            Spec::Http { .. } | Spec::HttpBase { .. } => Ok(()),
         }
     }
 
@@ -304,6 +313,30 @@ impl ToolBox {
                     None => req,
                 }
             }
+            Spec::HttpBase {
+                base,
+                method,
+                allowed_hosts,
+            } => {
+                let (method, url, body) = http::base_request(base, method.as_ref(), args)?;
+                let host = http::host_port(&url).ok_or_else(|| {
+                    ToolError::InvalidArguments("the URL built from them has no host".into())
+                })?;
+                if !allowed_hosts.contains(&host) {
+                    return Err(ToolError::HostNotAllowed { host });
+                }
+                let mut req = self
+                    .client
+                    .request(method, url)
+                    .map_err(|e| egress_error(&e))?;
+                if let Some(body) = body {
+                    req = req.json(&body);
+                }
+                match credential {
+                    Some(c) => auth::authorize(req, c),
+                    None => req,
+                }
+            }
         };
         let seconds = tool.timeout_s;
         let exchange = async {
@@ -333,7 +366,9 @@ impl ToolBox {
         }
         let body = http::read_capped(response, tool.max_response_bytes).await?;
         let content = match tool.spec {
-            Spec::Http { .. } => String::from_utf8_lossy(&body).into_owned(),
+            Spec::Http { .. } | Spec::HttpBase { .. } => {
+                String::from_utf8_lossy(&body).into_owned()
+            }
             Spec::Connector { .. } => {
                 let json: Value =
                     serde_json::from_slice(&body).map_err(|_| ToolError::Upstream {
@@ -410,6 +445,9 @@ fn build(
         }
     };
     let parameters = match config.kind {
+        ToolKind::Http if config.url.is_none() && config.parameters.is_none() => {
+            http::base_parameters(config.method.as_deref())
+        }
         ToolKind::Http => config.parameters.clone().unwrap_or_else(|| json!({})),
         kind => connectors::parameters(kind),
     };
@@ -455,7 +493,11 @@ fn build_http(
             "{p}.method: {method_name:?} is not one of GET, POST, PUT, PATCH, DELETE"
         ));
     }
+    let base_form = config.url.is_none() && config.base_url.is_some();
     match &config.parameters {
+        Some(_) if base_form => errors.push(format!(
+            "{p}.parameters: an http tool with base_url takes method, path, query and body; its schema is fixed"
+        )),
         Some(schema) => {
             if let Err(e) = schema::check(schema) {
                 errors.push(format!("{p}.parameters: {e}"));
@@ -465,7 +507,41 @@ fn build_http(
                 ));
             }
         }
+        None if base_form => {}
         None => errors.push(format!("{p}.parameters: is required for http tools")),
+    }
+    let allowed_hosts = http_allowed_hosts(config, p, egress, errors);
+    if base_form {
+        if config.body.is_some() {
+            errors.push(format!(
+                "{p}.body: an http tool with base_url takes its body from the model"
+            ));
+        }
+        let base = match config.base_url.as_deref().map(reqwest::Url::parse) {
+            Some(Ok(url)) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => {
+                if let Err(e) = egress.check_url(&url) {
+                    errors.push(format!("{p}.base_url: {e}"));
+                }
+                match http::host_port(&url) {
+                    Some(h) if allowed_hosts.contains(&h) => {}
+                    _ => errors.push(format!(
+                        "{p}.base_url: its host:port must be one of allowed_hosts"
+                    )),
+                }
+                Some(url)
+            }
+            _ => {
+                errors.push(format!(
+                    "{p}.base_url: not an http:// or https:// URL without a query"
+                ));
+                None
+            }
+        };
+        return Some(Spec::HttpBase {
+            base: base?,
+            method: config.method.as_ref().and(method),
+            allowed_hosts,
+        });
     }
     let mut variables = Vec::new();
     let url_name = format!("{}#url", config.name);
@@ -493,6 +569,23 @@ fn build_http(
     }
     variables.sort();
     variables.dedup();
+    Some(Spec::Http {
+        method: method?,
+        url: url_name,
+        body: config.body.as_ref().map(|_| body_name),
+        variables,
+        allowed_hosts,
+    })
+}
+
+/// An http tool's `allowed_hosts`, lower-cased, each told to the egress
+/// guard now.
+fn http_allowed_hosts(
+    config: &ToolConfig,
+    p: &str,
+    egress: &Egress,
+    errors: &mut Vec<String>,
+) -> Vec<String> {
     let mut allowed_hosts = Vec::new();
     for (j, h) in config.allowed_hosts.iter().enumerate() {
         match h.rsplit_once(':') {
@@ -515,11 +608,5 @@ fn build_http(
             "{p}.allowed_hosts: an http tool needs at least one allowed host"
         ));
     }
-    Some(Spec::Http {
-        method: method?,
-        url: url_name,
-        body: config.body.as_ref().map(|_| body_name),
-        variables,
-        allowed_hosts,
-    })
+    allowed_hosts
 }

@@ -244,3 +244,107 @@ async fn error_statuses_and_redirects_are_upstream_errors() {
     assert!(matches!(err, ToolError::Request(_)), "{err:?}");
     assert_eq!(err.code(), "request");
 }
+
+/// An http tool in the contract's form: `base_url` and `allowed_hosts`
+/// (no URL template, no parameters), the model naming the request.
+fn base_form(saas: &SaasStandIn, extra: Value) -> bulkhead_core::config::ToolConfig {
+    let mut v = json!({
+        "name": "web", "kind": "http", "region": "eu",
+        "base_url": format!("{}/echo", saas.base_url()),
+        "allowed_hosts": [saas.addr().to_string()],
+    });
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    crate::support::config(v)
+}
+
+#[tokio::test]
+async fn the_contract_form_takes_method_path_query_and_body_under_base_url() {
+    let saas = SaasStandIn::start().await;
+    let tools = one(base_form(&saas, json!({})));
+    let tool = tools.tools().next().unwrap();
+    // The model is offered the fixed schema.
+    let def = tool.definition();
+    assert_eq!(def["function"]["parameters"]["required"], json!(["path"]));
+    let args = json!({"method": "POST", "path": "/items/42", "query": {"q": "a b&c", "n": 3},
+                      "body": {"x": 1}});
+    tool.validate(&args).unwrap();
+    let out = call(&tools, args, Some(&bearer("tok"))).await.unwrap();
+    let echo = json_of(&out.content);
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/echo/items/42");
+    assert_eq!(echo["query"], "n=3&q=a+b%26c");
+    assert_eq!(echo["body"], json!({"x": 1}));
+    assert_eq!(
+        saas.requests()[0].header("authorization"),
+        Some("Bearer tok")
+    );
+    // GET is the default method.
+    let out = call(&tools, json!({"path": "/"}), None).await.unwrap();
+    assert_eq!(json_of(&out.content)["method"], "GET");
+}
+
+#[tokio::test]
+async fn a_path_from_the_model_cannot_leave_the_base_url() {
+    let saas = SaasStandIn::start().await;
+    let tools = one(base_form(&saas, json!({})));
+    for path in [
+        "/../admin",
+        "/a/../../admin",
+        "/a/%2e%2e/b",
+        "/a/%2E./b",
+        "//evil.example/x",
+        "/a//b",
+        "/a\\b",
+        "relative",
+        "http://evil.example/",
+    ] {
+        let r = call(&tools, json!({"path": path}), None).await;
+        assert!(
+            matches!(r, Err(ToolError::InvalidArguments(_))),
+            "{path}: {r:?}"
+        );
+    }
+    assert!(saas.requests().is_empty(), "nothing was sent");
+    // Characters that would end the path stay inside its segment.
+    let out = call(&tools, json!({"path": "/a?admin=1#x"}), None)
+        .await
+        .unwrap();
+    let echo = json_of(&out.content);
+    assert_eq!(echo["path"], "/echo/a%3Fadmin=1%23x");
+    assert!(echo["query"].is_null(), "{echo}");
+    // A body on GET, a method outside the list, and a tool fixed to one
+    // method are refused before sending.
+    for args in [
+        json!({"path": "/x", "body": {"a": 1}}),
+        json!({"path": "/x", "method": "TRACE"}),
+    ] {
+        let r = call(&tools, args.clone(), None).await;
+        assert!(
+            matches!(r, Err(ToolError::InvalidArguments(_))),
+            "{args}: {r:?}"
+        );
+    }
+    let fixed = one(base_form(&saas, json!({"method": "POST"})));
+    let r = call(&fixed, json!({"path": "/x", "method": "DELETE"}), None).await;
+    assert!(matches!(r, Err(ToolError::InvalidArguments(_))), "{r:?}");
+    assert_eq!(saas.requests().len(), 1);
+}
+
+#[test]
+fn a_base_url_outside_allowed_hosts_is_refused_at_build() {
+    let cfg = crate::support::config(json!({
+        "name": "web", "kind": "http", "region": "eu",
+        "base_url": "http://127.0.0.1:9/api",
+        "allowed_hosts": ["127.0.0.1:10"],
+    }));
+    let errors = match bulkhead_tools::ToolBox::new(&[cfg], &crate::support::loopback()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("built"),
+    };
+    assert!(
+        errors.contains("tools[0].base_url: its host:port must be one of allowed_hosts"),
+        "{errors}"
+    );
+}
