@@ -226,6 +226,10 @@ pub(crate) fn base_request(
         None | Some(Value::Null) => {}
         Some(Value::Object(q)) => {
             let mut pairs = url.query_pairs_mut();
+            // Sorted by name, whatever order the JSON map keeps (serde_json's
+            // `preserve_order` may be on in the build): one request, one URL.
+            let mut q: Vec<(&String, &Value)> = q.iter().collect();
+            q.sort_by(|a, b| a.0.cmp(b.0));
             for (k, v) in q {
                 let v = match v {
                     Value::String(s) => s.clone(),
