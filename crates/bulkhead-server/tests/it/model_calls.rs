@@ -49,6 +49,25 @@ fn chat(stream: bool) -> Value {
 
 /// Serves the app on a loopback socket (the attacks here are a client's
 /// behaviour on a real connection).
+/// The plain calls of the starvation tests: answered at once, counted.
+fn quick_answer() -> Hostile {
+    Hostile::Counted {
+        text: "ok".into(),
+        n: 1,
+        input: 5,
+        output: 1,
+    }
+}
+
+/// Tenants `a` and `b` with a member key each, and the app on a socket.
+async fn two_members(app: &TestApp) -> (String, String, std::net::SocketAddr) {
+    app.create_tenant("a", "eu").await;
+    app.create_tenant("b", "eu").await;
+    let (_, a) = app.api_key("a", &["member"]).await;
+    let (_, b) = app.api_key("b", &["member"]).await;
+    (a, b, listen(app).await)
+}
+
 async fn listen(app: &TestApp) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -115,12 +134,7 @@ async fn streams_a_tenant_stopped_reading_hold_no_slot_and_are_cut_and_billed_wh
         if req["stream"] == true {
             Hostile::Stall { chunks: 1 }
         } else {
-            Hostile::Counted {
-                text: "ok".into(),
-                n: 1,
-                input: 5,
-                output: 1,
-            }
+            quick_answer()
         }
     })
     .await;
@@ -130,11 +144,7 @@ async fn streams_a_tenant_stopped_reading_hold_no_slot_and_are_cut_and_billed_wh
         "",
     )
     .await;
-    app.create_tenant("a", "eu").await;
-    app.create_tenant("b", "eu").await;
-    let (_, a) = app.api_key("a", &["member"]).await;
-    let (_, b) = app.api_key("b", &["member"]).await;
-    let addr = listen(&app).await;
+    let (a, b, addr) = two_members(&app).await;
 
     // Twice the provider's slots, none read past the response head.
     let mut streams = Vec::new();
@@ -203,12 +213,7 @@ async fn a_tenant_over_its_share_of_a_saturated_provider_yields_slots_while_its_
                 every: Duration::from_millis(20),
             }
         } else {
-            Hostile::Counted {
-                text: "ok".into(),
-                n: 1,
-                input: 5,
-                output: 1,
-            }
+            quick_answer()
         }
     })
     .await;
@@ -218,11 +223,7 @@ async fn a_tenant_over_its_share_of_a_saturated_provider_yields_slots_while_its_
         "",
     )
     .await;
-    app.create_tenant("a", "eu").await;
-    app.create_tenant("b", "eu").await;
-    let (_, a) = app.api_key("a", &["member"]).await;
-    let (_, b) = app.api_key("b", &["member"]).await;
-    let addr = listen(&app).await;
+    let (a, b, addr) = two_members(&app).await;
     let mut streams = Vec::new();
     for _ in 0..2 {
         let mut s = open_and_stop_reading(addr, &a, &chat(true)).await;
