@@ -13,7 +13,7 @@
 //! one place where a bug elsewhere (a wrong cache entry, a mixed-up row)
 //! would otherwise carry one tenant's text into another tenant's model call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use bulkhead_auth::TenantScope;
@@ -187,18 +187,22 @@ const RENDER_CONTEXT: &[(&str, Option<&[&str]>)] = &[
 const RENDER_CONTEXT_NAMES: &str =
     "agent.name, agent.description, tenant.id, tenant.name, tenant.region, vars.NAME, date";
 
-/// The lookups of `template` (`x` or `x.attr`) that the render context
-/// and the environment's globals can never answer, sorted. Static: it
-/// sees every branch, but not into `{% include %}`d files.
-fn unknown_variables(env: &Environment<'_>, template: &minijinja::Template<'_, '_>) -> Vec<String> {
-    let globals: std::collections::HashSet<&str> = env.globals().map(|(name, _)| name).collect();
+/// The lookups of `template` (`x` or `x.attr`) that the render context,
+/// the environment's globals and `bound` (names an including template
+/// binds) can never answer, sorted. Static: it sees every branch.
+fn unknown_variables(
+    env: &Environment<'_>,
+    template: &minijinja::Template<'_, '_>,
+    bound: &HashSet<String>,
+) -> Vec<String> {
+    let globals: HashSet<&str> = env.globals().map(|(name, _)| name).collect();
     let mut unknown: Vec<String> = template
         .undeclared_variables(true)
         .into_iter()
         .filter(|path| {
             let mut parts = path.split('.');
             let top = parts.next().unwrap_or_default();
-            if globals.contains(top) {
+            if globals.contains(top) || bound.contains(top) {
                 return false;
             }
             match RENDER_CONTEXT.iter().find(|(name, _)| *name == top) {
@@ -210,6 +214,208 @@ fn unknown_variables(env: &Environment<'_>, template: &minijinja::Template<'_, '
         .collect();
     unknown.sort();
     unknown
+}
+
+/// Refuses `template` when it, or a template it includes or extends by a
+/// literal name, looks up a variable the render context never
+/// has, or names a template the prompts directory does not hold (unless
+/// `ignore missing`). An included template also sees what the templates
+/// that include it bind (`set`, `for`, `with`). This build's minijinja has
+/// no macros, so `import`/`from`/`macro` do not compile at all.
+/// A template named by an expression cannot be followed before a run and
+/// is left to render time. `key` names the configuration key in errors.
+fn check_template(
+    env: &Environment<'_>,
+    template: &minijinja::Template<'_, '_>,
+    key: &str,
+) -> Result<(), AgentError> {
+    // (template, names bound by the templates that led to it, path of names)
+    let mut queue = vec![(
+        template.name().to_owned(),
+        HashSet::new(),
+        Vec::<String>::new(),
+    )];
+    let mut seen = HashSet::new();
+    while let Some((name, mut bound, path)) = queue.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let t = env.get_template(&name).map_err(|e| {
+            AgentError::Config(format!(
+                "{key}: {} {name:?}, which cannot be loaded from the prompts directory: {e}",
+                describe_path(&path)
+            ))
+        })?;
+        let unknown = unknown_variables(env, &t, &bound);
+        if !unknown.is_empty() {
+            let place = if path.is_empty() {
+                "the template".to_owned()
+            } else {
+                format!("{} {name:?}", describe_path(&path))
+            };
+            return Err(AgentError::Config(format!(
+                "{key}: {place} refers to {}, which the render context never has (it has {})",
+                unknown.join(", "),
+                RENDER_CONTEXT_NAMES
+            )));
+        }
+        let found = statements(t.source());
+        bound.extend(found.binds);
+        for (child, optional) in found.templates {
+            if optional && env.get_template(&child).is_err() {
+                continue;
+            }
+            let mut p = path.clone();
+            p.push(child.clone());
+            queue.push((child, bound.clone(), p));
+        }
+    }
+    Ok(())
+}
+
+/// "the included template" or "the template included by \"a\" via ...".
+fn describe_path(path: &[String]) -> String {
+    match path {
+        [] | [_] => "the included template".to_owned(),
+        [.., parent, _] => format!("the template included by {parent:?}"),
+    }
+}
+
+/// What a template's statements bind and which templates they name.
+#[derive(Default)]
+struct Statements {
+    /// Names `set`, `for` and `with` bind (plus `loop` inside a `for`).
+    binds: HashSet<String>,
+    /// Templates named by a literal in `include` or `extends`, and whether
+    /// the statement says `ignore missing`.
+    templates: Vec<(String, bool)>,
+}
+
+/// One token of a statement: a name, a string literal or another character.
+#[derive(PartialEq)]
+enum Token {
+    Name(String),
+    Str(String),
+    Punct(char),
+}
+
+fn tokens(statement: &str) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut chars = statement.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() {
+            continue;
+        }
+        if c == '"' || c == '\'' {
+            let mut s = String::new();
+            while let Some(d) = chars.next() {
+                match d {
+                    '\\' => s.extend(chars.next()),
+                    d if d == c => break,
+                    d => s.push(d),
+                }
+            }
+            out.push(Token::Str(s));
+        } else if c.is_alphanumeric() || c == '_' {
+            let mut s = String::from(c);
+            while let Some(&d) = chars.peek() {
+                if !(d.is_alphanumeric() || d == '_') {
+                    break;
+                }
+                s.push(d);
+                chars.next();
+            }
+            out.push(Token::Name(s));
+        } else {
+            out.push(Token::Punct(c));
+        }
+    }
+    out
+}
+
+/// Scans `source`'s `{% … %}` statements (skipping comments and raw
+/// blocks, whose text is not template code).
+fn statements(source: &str) -> Statements {
+    let mut found = Statements::default();
+    let mut rest = source;
+    let mut in_raw = false;
+    while let (Some(stmt), comment) = (rest.find("{%"), rest.find("{#")) {
+        if let Some(c) = comment.filter(|c| *c < stmt && !in_raw) {
+            match rest[c..].find("#}") {
+                Some(end) => rest = &rest[c + end + 2..],
+                None => break,
+            }
+            continue;
+        }
+        let Some(end) = rest[stmt..].find("%}") else {
+            break;
+        };
+        let inner = rest[stmt + 2..stmt + end]
+            .trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        rest = &rest[stmt + end + 2..];
+        let toks = tokens(inner);
+        let keyword = match toks.first() {
+            Some(Token::Name(k)) => k.as_str(),
+            _ => continue,
+        };
+        if in_raw {
+            in_raw = keyword != "endraw";
+            continue;
+        }
+        let names_before = |stop: &str| {
+            toks[1..]
+                .iter()
+                .take_while(|t| {
+                    !matches!(t, Token::Name(n) if n == stop) && **t != Token::Punct('=')
+                })
+                .filter_map(|t| match t {
+                    Token::Name(n) => Some(n.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        match keyword {
+            "raw" => in_raw = true,
+            "set" => found.binds.extend(names_before("=")),
+            "for" => {
+                found.binds.extend(names_before("in"));
+                found.binds.insert("loop".into());
+            }
+            "with" => {
+                for w in toks.windows(2) {
+                    if let [Token::Name(n), Token::Punct('=')] = w {
+                        found.binds.insert(n.clone());
+                    }
+                }
+            }
+            "include" | "extends" => {
+                let optional = toks.windows(2).any(|w| {
+                    matches!(w, [Token::Name(a), Token::Name(b)] if a == "ignore" && b == "missing")
+                });
+                // A literal name, or a list of them, before `ignore
+                // missing`; anything else is an expression, left to render time.
+                let names: Vec<&Token> = toks[1..]
+                    .iter()
+                    .take_while(|t| !matches!(t, Token::Name(n) if n == "ignore"))
+                    .collect();
+                let literal = names
+                    .iter()
+                    .all(|t| matches!(t, Token::Str(_) | Token::Punct('[' | ']' | ',')));
+                if literal {
+                    // Of a list, the first that exists is used.
+                    let optional =
+                        optional || names.iter().filter(|t| matches!(t, Token::Str(_))).count() > 1;
+                    for t in names {
+                        if let Token::Str(s) = t {
+                            found.templates.push((s.clone(), optional));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 /// The compiled templates of every agent.
@@ -262,14 +468,7 @@ impl Prompts {
             let template = env
                 .get_template(&template_name(&a.name))
                 .map_err(|e| AgentError::Config(format!("agents[{i}].{key}: {e}")))?;
-            let unknown = unknown_variables(&env, &template);
-            if !unknown.is_empty() {
-                return Err(AgentError::Config(format!(
-                    "agents[{i}].{key}: the template refers to {}, which the render context never has (it has {})",
-                    unknown.join(", "),
-                    RENDER_CONTEXT_NAMES
-                )));
-            }
+            check_template(&env, &template, &format!("agents[{i}].{key}"))?;
         }
         Ok(Self { env })
     }
@@ -350,6 +549,60 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("org"), "{e}");
+    }
+
+    /// A prompts directory of its own for one test.
+    fn prompts_dir(files: &[(&str, &str)]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "bulkhead-prompts-{}-{}",
+            std::process::id(),
+            bulkhead_core::Timestamp::now().unix_micros()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn included_templates_are_checked_for_unknown_variables_too() {
+        let dir = prompts_dir(&[
+            (
+                "ok.j2",
+                "{{ tenant.name }} {{ team }} {{ item }} {{ loop.index }} {{ w }}",
+            ),
+            ("bad.j2", "{% include 'deeper.j2' %}"),
+            ("deeper.j2", "{% if false %}{{ customer.name }}{% endif %}"),
+            (
+                "raw.j2",
+                "{% raw %}{% include 'nowhere.j2' %}{{ nope }}{% endraw %}{# {% include 'nor-here.j2' %} #}",
+            ),
+        ]);
+        let compile = |prompt: &str| {
+            Prompts::new(&[agent(prompt)], &dir)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        // What the including template binds is known to the included one.
+        compile(
+            "{% set team = 'sre' %}{% with w = 2 %}\
+             {% for item in [1] %}{% include 'ok.j2' %}{% endfor %}{% endwith %}\
+             {% include 'missing.j2' ignore missing %}{% include 'raw.j2' %}",
+        )
+        .unwrap();
+        let e = compile("{% include 'ok.j2' %}").unwrap_err();
+        assert!(e.contains("agents[0].prompt: the included template \"ok.j2\" refers to item, loop.index, team, w"), "{e}");
+        let e = compile("Hi {% include \"bad.j2\" %}").unwrap_err();
+        assert!(
+            e.contains("the template included by \"bad.j2\" \"deeper.j2\" refers to customer"),
+            "{e}"
+        );
+        let e = compile("{% include 'missing.j2' %}").unwrap_err();
+        assert!(e.contains("\"missing.j2\", which cannot be loaded"), "{e}");
+        // An include named by an expression is left to render time.
+        compile("{% include vars.page | default('ok.j2') ignore missing %}").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn roles(m: &[Value]) -> Vec<String> {
