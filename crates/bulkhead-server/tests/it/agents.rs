@@ -1275,3 +1275,53 @@ async fn a_tenant_admin_deletes_a_run_or_a_thread_with_what_they_stored() {
         usage.body
     );
 }
+
+#[tokio::test]
+async fn a_prompt_file_renders_the_files_it_includes() {
+    let fake = FakeProvider::start().await;
+    let prompts = tempfile::tempdir().unwrap();
+    std::fs::write(
+        prompts.path().join("main.j2"),
+        "{% set team = 'SRE' %}You serve {{ tenant.name }}. {% include 'rules.j2' %}",
+    )
+    .unwrap();
+    std::fs::write(
+        prompts.path().join("rules.j2"),
+        "Team {{ team }}, region {{ tenant.region }}.",
+    )
+    .unwrap();
+    let app = TestApp::with_config(
+        &format!("prompts_dir = \"{}\"", prompts.path().display()),
+        &format!(
+            r#"
+[[providers]]
+name = "fake-eu"
+kind = "openai"
+base_url = "{}/v1"
+region = "eu"
+credential = "env:FAKE_KEY"
+[[models]]
+name = "small"
+provider = "fake-eu"
+upstream = "gpt-4o-mini"
+[[agents]]
+name = "filed"
+model = "small"
+prompt_file = "main.j2"
+"#,
+            fake.base_url()
+        ),
+    )
+    .await;
+    app.create_tenant("acme", "eu").await;
+    let (_, acme) = app.api_key("acme", &["admin"]).await;
+    fake.push(Reply::text("ok"));
+    let r = run(&app, &acme, "filed", "hello").await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let system = &fake.requests()[0].body["messages"][0];
+    assert_eq!(system["role"], "system");
+    assert_eq!(
+        system["content"],
+        "You serve acme Inc. Team SRE, region eu."
+    );
+}
