@@ -397,6 +397,9 @@ impl Runtime {
             };
             for h in found.results {
                 let source = match (&h.title, &h.heading) {
+                    // A heading path that starts with the title (the
+                    // document's own `# Title`) already says it.
+                    (Some(t), Some(hd)) if hd.starts_with(t.as_str()) => hd.clone(),
                     (Some(t), Some(hd)) => format!("{t} > {hd}"),
                     (Some(t), None) => t.clone(),
                     (None, Some(hd)) => hd.clone(),

@@ -1,8 +1,10 @@
 //! `bulkhead demo`: the whole product on one machine with no keys and no
-//! services. An embedded server, two tenants in different regions, an
-//! agent per region, a scripted fake model and Slack/Jira stand-ins (all
-//! labelled as such), a scenario that exercises the isolation promises,
-//! and a readable report of what happened.
+//! services. An embedded server, three tenants in two regions, agents
+//! with tools and with knowledge collections, a scripted fake model and
+//! Slack/Jira stand-ins (all labelled as such), a scenario that exercises
+//! the isolation promises — each tenant's own credentials and documents,
+//! a refusal, an approval — and a readable report of what happened,
+//! ending with each tenant's audit chain head and cost.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +37,7 @@ pub struct DemoArgs {
 const ACME_SLACK: &str = "xoxb-demo-acme-3f9c1e7a52d8";
 const ACME_JIRA: &str = "jira-demo-acme-8b2d4f6a1c3e";
 const GLOBEX_SLACK: &str = "xoxb-demo-globex-6e1a9d3b7f20";
+const INITECH_SLACK: &str = "xoxb-demo-initech-2c7e5a1f9b04";
 /// The platform's key for the fake model provider.
 const DEMO_MODEL_KEY: &str = "sk-demo-platform-key-not-a-real-key";
 
@@ -122,16 +125,23 @@ connection = "slack"
 name = "support"
 description = "Handles incidents: posts to Slack and files a Jira ticket."
 model = "demo-eu"
-prompt = "You are the incident assistant of {{{{ tenant.id }}}} (team {{{{ vars.team | default('ops') }}}}). Post to Slack and file tickets when asked."
+prompt = "You are the incident assistant of {{{{ tenant.name }}}} (team {{{{ vars.team | default('ops') }}}}). Post to Slack and file tickets when asked."
 tools = ["slack", "jira", "web"]
 max_steps = 4
 [[agents]]
 name = "support-us"
 description = "Handles incidents for US tenants."
 model = "demo-us"
-prompt = "You are the incident assistant of {{{{ tenant.id }}}}."
+prompt = "You are the incident assistant of {{{{ tenant.name }}}}."
 tools = ["slack-us"]
 max_steps = 4
+[[agents]]
+name = "handbook"
+description = "Answers questions from the organisation's own runbooks and cites them."
+model = "demo-eu"
+prompt = "You answer questions for {{{{ tenant.name }}}} from its runbooks. Cite the passages you use by number."
+knowledge = ["runbooks"]
+max_steps = 2
 "#,
         data = data.display(),
     )
@@ -163,6 +173,11 @@ fn scripted_model(request: &Value) -> Option<Reply> {
         }
         "user" => {
             let text = last["content"].as_str().unwrap_or_default();
+            // Knowledge: the retrieved passages arrive fenced, as data, in
+            // the message before the question; the answer cites the first.
+            if tools.contains(&"search_knowledge") {
+                return Some(Reply::text(cite_first_passage(messages)));
+            }
             if text.contains("IGNORE PREVIOUS INSTRUCTIONS") {
                 return Some(Reply::tool_calls([
                     ToolCall::new(
@@ -200,6 +215,26 @@ fn scripted_model(request: &Value) -> Option<Reply> {
         }
         _ => None,
     }
+}
+
+/// The scripted answer of the `handbook` agent: the first retrieved
+/// passage, cited by its number and source.
+fn cite_first_passage(messages: &[Value]) -> String {
+    let passage = messages
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .filter(|c| c.contains("<<<PASSAGES"))
+        .flat_map(str::lines)
+        .find_map(|l| l.strip_prefix("[1] "));
+    let Some(passage) = passage else {
+        return "Your runbooks say nothing about this.".into();
+    };
+    // "(Title > Heading) text"
+    let (source, text) = passage
+        .strip_prefix('(')
+        .and_then(|p| p.split_once(") "))
+        .unwrap_or(("runbooks", passage));
+    format!("{} [1] (source: {source})", text.trim())
 }
 
 /// A tenant-plane or operator call: status and JSON body.
@@ -266,6 +301,7 @@ fn whose(auth: Option<&str>) -> String {
         (ACME_SLACK, "acme's own Slack token"),
         (ACME_JIRA, "acme's own Jira credential"),
         (GLOBEX_SLACK, "globex's own Slack token"),
+        (INITECH_SLACK, "initech's own Slack token"),
     ];
     let Some(auth) = auth else {
         return "no credential".into();
@@ -428,11 +464,95 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Part 4: acme's policy makes Jira tickets need a person's approval; the
+/// Each eu tenant's runbook, in its own `runbooks` collection.
+const RUNBOOKS: [(&str, &str, &str); 2] = [
+    (
+        "acme",
+        "Acme deploy runbook",
+        "# Acme deploy runbook\n\n## Rolling back a bad deploy\n\nRun `acmectl rollback --to previous`, then page the on-call SRE in #incidents.\n\n## Freezes\n\nNo deploys on Fridays after 15:00 CET.\n",
+    ),
+    (
+        "initech",
+        "Initech release guide",
+        "# Initech release guide\n\n## Rolling back a bad deploy\n\nRevert the merge commit, redeploy through the TPS pipeline, and file a TPS report with the cover sheet.\n",
+    ),
+];
+
+/// Part 2: acme and initech each ingest a runbook into a collection of
+/// the same name; the same question to the same agent gets each tenant an
+/// answer from, and citing, its own document only; globex (which has no
+/// such collection) cannot search acme's.
+fn knowledge(http: &Http, acme: &str, initech: &str, globex: &str) -> anyhow::Result<()> {
+    println!("\n2. Knowledge: each tenant's agent answers from its own documents, and cites them");
+    let key = |t: &str| if t == "acme" { acme } else { initech };
+    for (tenant, title, content) in RUNBOOKS {
+        let doc = http.ok(
+            "POST",
+            "/v1/collections/runbooks/documents",
+            key(tenant),
+            Some(json!({
+                "content": content,
+                "content_type": "text/markdown",
+                "external_id": "deploy-runbook",
+                "title": title,
+                "metadata": {"team": "sre"},
+            })),
+        )?;
+        println!(
+            "  {tenant} ingests \"{title}\" into its `runbooks` collection: document {}, {} chunk(s)",
+            doc["id"].as_str().unwrap_or("?"),
+            doc["chunks"]
+        );
+    }
+    let question = "How do we roll back a bad deploy?";
+    for (tenant, _, own) in RUNBOOKS {
+        let run = http.ok(
+            "POST",
+            "/v1/agents/handbook/runs",
+            key(tenant),
+            Some(json!({ "input": question })),
+        )?;
+        let answer = run["output"].as_str().unwrap_or_default();
+        println!("  {tenant} asks `handbook` {question:?}");
+        println!("    answer: {answer}");
+        // The answer's facts must come from the tenant's own runbook only.
+        let others = RUNBOOKS.iter().filter(|(t, _, _)| *t != tenant);
+        let foreign = others
+            .into_iter()
+            .any(|(_, title, _)| answer.contains(title));
+        let cites_own = answer.contains("[1]")
+            && own
+                .lines()
+                .filter(|l| l.len() > 40)
+                .any(|l| answer.contains(l.trim()));
+        println!(
+            "    {}",
+            match (cites_own, foreign) {
+                (true, false) =>
+                    format!("cites {tenant}'s own runbook, and nothing of the other tenant's"),
+                (_, true) => "LEAKED another tenant's document".into(),
+                (false, false) => "did NOT cite the tenant's runbook".into(),
+            }
+        );
+    }
+    let (status, body) = http.call(
+        "POST",
+        "/v1/collections/runbooks/search",
+        globex,
+        Some(json!({"query": "roll back", "top_k": 3})),
+    )?;
+    println!(
+        "  globex searches `runbooks`: {status} {} (it has no such collection; acme's and initech's are not reachable)",
+        body["code"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+/// Part 5: acme's policy makes Jira tickets need a person's approval; the
 /// run pauses, globex's approver cannot see the request, acme's approver
 /// approves it, and the run resumes and files the ticket once.
 fn approvals(http: &Http, acme: &str, op: &str, saas: &SaasStandIn) -> anyhow::Result<()> {
-    println!("\n4. acme requires a person's approval before its agent files a Jira ticket");
+    println!("\n5. acme requires a person's approval before its agent files a Jira ticket");
     let policy = r#"@id("jira-needs-approval") @approval("required")
 permit(principal, action == Action::"call_tool", resource) when { resource.kind == "jira" };"#;
     http.ok(
@@ -533,7 +653,11 @@ fn scenario(
     println!(
         "The model is a scripted fake (bulkhead-testkit), not an LLM; Slack and Jira are local stand-ins that record what they receive.\n"
     );
-    for (id, name, region) in [("acme", "Acme Corp", "eu"), ("globex", "Globex", "us")] {
+    for (id, name, region) in [
+        ("acme", "Acme Corp", "eu"),
+        ("globex", "Globex", "us"),
+        ("initech", "Initech", "eu"),
+    ] {
         http.ok(
             "POST",
             "/admin/v1/tenants",
@@ -553,7 +677,7 @@ fn scenario(
             .map(str::to_owned)
             .context("no key in the answer")
     };
-    let (acme, globex) = (key("acme")?, key("globex")?);
+    let (acme, globex, initech) = (key("acme")?, key("globex")?, key("initech")?);
     http.ok(
         "PUT",
         "/v1/credentials/slack",
@@ -574,6 +698,12 @@ fn scenario(
     )?;
     http.ok(
         "PUT",
+        "/v1/credentials/slack",
+        &initech,
+        Some(json!({"kind": "bearer", "secret": INITECH_SLACK})),
+    )?;
+    http.ok(
+        "PUT",
         "/v1/agents/support/settings",
         &acme,
         Some(json!({"variables": {"team": "Acme SRE"}, "instructions": "Sign every message. {{ not evaluated }}"})),
@@ -584,13 +714,20 @@ fn scenario(
     );
     println!("  globex  Globex     region us  agent `support-us` (model demo-us; tool slack-us)");
     println!(
-        "  Credentials stored (sealed in each tenant's vault): acme slack {}, acme jira {}, globex slack {}\n",
+        "  initech Initech    region eu  the same agents as acme, with its own credentials and documents"
+    );
+    println!(
+        "  Every eu tenant also has `handbook`, which answers from the tenant's own `runbooks` collection"
+    );
+    println!(
+        "  Credentials stored (sealed in each tenant's vault): acme slack {}, acme jira {}, globex slack {}, initech slack {} (initech has not connected Jira)\n",
         fingerprint(ACME_SLACK),
         fingerprint(ACME_JIRA),
-        fingerprint(GLOBEX_SLACK)
+        fingerprint(GLOBEX_SLACK),
+        fingerprint(INITECH_SLACK)
     );
 
-    println!("1. Both tenants' agents handle an incident at the same time");
+    println!("1. Three tenants' agents handle an incident at the same time");
     let runs = std::thread::scope(|s| {
         let a = s.spawn(|| {
             http.ok(
@@ -608,12 +745,20 @@ fn scenario(
                 Some(json!({"input": "Payments failing in us-east"})),
             )
         });
-        (a.join(), g.join())
+        let i = s.spawn(|| {
+            http.ok(
+                "POST",
+                "/v1/agents/support/runs",
+                &initech,
+                Some(json!({"input": "TPS report service is down"})),
+            )
+        });
+        (a.join(), g.join(), i.join())
     });
-    let (Ok(a), Ok(g)) = runs else {
+    let (Ok(a), Ok(g), Ok(i)) = runs else {
         bail!("a demo run panicked");
     };
-    for (tenant, run) in [("acme", a?), ("globex", g?)] {
+    for (tenant, run) in [("acme", a?), ("globex", g?), ("initech", i?)] {
         for (i, line) in describe_run(&run).into_iter().enumerate() {
             println!(
                 "  {}{line}",
@@ -646,7 +791,9 @@ fn scenario(
     }
     saas.clear();
 
-    println!("\n2. acme's model is manipulated (a prompt injection) and asks for forbidden things");
+    knowledge(http, &acme, &initech, &globex)?;
+
+    println!("\n3. acme's model is manipulated (a prompt injection) and asks for forbidden things");
     let run = http.ok(
         "POST",
         "/v1/agents/support/runs",
@@ -665,7 +812,7 @@ fn scenario(
         );
     }
 
-    println!("\n3. globex asks for acme's agent (`support`, region eu)");
+    println!("\n4. globex asks for acme's agent (`support`, region eu)");
     let (status, body) = http.call(
         "POST",
         "/v1/agents/support/runs",
@@ -679,8 +826,8 @@ fn scenario(
 
     approvals(http, &acme, op, saas)?;
 
-    println!("\n5. Audit chains and usage");
-    for (tenant, key) in [("acme", &acme), ("globex", &globex)] {
+    println!("\n6. Audit chains and usage");
+    for (tenant, key) in [("acme", &acme), ("globex", &globex), ("initech", &initech)] {
         let audit = http.ok("GET", "/v1/audit?limit=1000", key, None)?;
         let events: Vec<AuditEvent> =
             serde_json::from_value(audit["events"].clone()).context("reading the audit chain")?;

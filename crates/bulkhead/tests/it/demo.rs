@@ -1,6 +1,8 @@
 //! `bulkhead demo`: runs with no configuration, keys or services, and its
-//! report shows each tenant's own credentials at work, the refusals, and
-//! verified audit chains — without printing a secret.
+//! report shows three tenants in two regions, each tenant's own
+//! credentials and documents at work (knowledge answers citing only the
+//! tenant's own runbook), the refusals, an approval, and verified audit
+//! chains with each tenant's cost — without printing a secret.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -24,6 +26,14 @@ fn the_demo_runs_its_scenario_and_reports_it() {
         "scripted fake",
         "with acme's own Slack token",
         "with globex's own Slack token",
+        "with initech's own Slack token",
+        "REFUSED     jira: missing_credential",
+        "acme ingests \"Acme deploy runbook\" into its `runbooks` collection",
+        "answer: Run `acmectl rollback --to previous`, then page the on-call SRE in #incidents. [1] (source: Acme deploy runbook > Rolling back a bad deploy)",
+        "answer: Revert the merge commit, redeploy through the TPS pipeline, and file a TPS report with the cover sheet. [1] (source: Initech release guide > Rolling back a bad deploy)",
+        "cites acme's own runbook, and nothing of the other tenant's",
+        "cites initech's own runbook, and nothing of the other tenant's",
+        "globex searches `runbooks`: 404 not_found",
         "with acme's own Jira credential",
         "REFUSED     globex_slack: unknown_tool",
         "REFUSED     slack: invalid_arguments",
@@ -38,9 +48,12 @@ fn the_demo_runs_its_scenario_and_reports_it() {
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
-    assert_eq!(stdout.matches("chain verified").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("chain verified").count(), 3, "{stdout}");
     assert!(
-        !stdout.contains("UNKNOWN") && !stdout.contains("BROKEN"),
+        !stdout.contains("UNKNOWN")
+            && !stdout.contains("BROKEN")
+            && !stdout.contains("LEAKED")
+            && !stdout.contains("NOT cite"),
         "{stdout}"
     );
     // Fingerprints only, never the planted secrets.
@@ -76,7 +89,13 @@ fn the_demo_can_keep_its_server_running() {
     let (base, key) = (base.unwrap(), key.unwrap());
     let (status, agents, _) = get(&format!("{base}/v1/agents"), Some(&key), &[]);
     assert_eq!(status, 200);
-    assert_eq!(agents["agents"][0]["name"], "support");
+    let names: Vec<&str> = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, ["handbook", "support"], "{agents}");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
