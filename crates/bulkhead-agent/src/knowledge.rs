@@ -9,6 +9,7 @@
 //! previous version of the same external id). A failure at any point
 //! leaves the previous state.
 
+use bulkhead_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -717,7 +718,7 @@ impl Knowledge {
             updated_at: now,
         };
         let event = NewAuditEvent::new(
-            "document.put",
+            AuditAction::DocumentPut,
             format!("collection:{}", doc.collection),
             Outcome::Success,
             scope.request_id().clone(),
@@ -745,7 +746,7 @@ impl Knowledge {
             return Err(KnowledgeServiceError::NotFound);
         }
         let event = NewAuditEvent::new(
-            "document.delete",
+            AuditAction::DocumentDelete,
             format!("collection:{collection}"),
             Outcome::Success,
             scope.request_id().clone(),
@@ -781,7 +782,7 @@ impl Knowledge {
             return Err(KnowledgeServiceError::NotFound);
         }
         let event = NewAuditEvent::new(
-            "collection.delete",
+            AuditAction::CollectionDelete,
             format!("collection:{name}"),
             Outcome::Success,
             scope.request_id().clone(),

@@ -4,6 +4,7 @@
 
 mod approvals;
 
+use bulkhead_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -509,7 +510,7 @@ impl Runtime {
         let agent = self.agent(scope, agent)?;
         settings.validate(agent)?;
         let event = NewAuditEvent::new(
-            "agent.settings.update",
+            AuditAction::AgentSettingsUpdate,
             format!("agent:{}", agent.name),
             Outcome::Success,
             scope.request_id().clone(),
@@ -533,7 +534,7 @@ impl Runtime {
     pub async fn apply_retention(&self, scope: &TenantScope, days: u32) -> Result<u64, AgentError> {
         let cutoff = Timestamp::now().plus_seconds(-(i64::from(days) * 86_400));
         let event = NewAuditEvent::new(
-            "retention.apply",
+            AuditAction::RetentionApply,
             format!("tenant:{}", scope.tenant()),
             Outcome::Success,
             scope.request_id().clone(),
@@ -562,7 +563,7 @@ impl Runtime {
     /// stored (messages, steps, approval requests), audited.
     pub async fn delete_thread(&self, scope: &TenantScope, id: ThreadId) -> Result<(), AgentError> {
         let event = NewAuditEvent::new(
-            "thread.delete",
+            AuditAction::ThreadDelete,
             format!("thread:{id}"),
             Outcome::Success,
             scope.request_id().clone(),
@@ -577,7 +578,7 @@ impl Runtime {
         // interrupted here, and can then be deleted.
         self.run(scope, id).await?;
         let event = NewAuditEvent::new(
-            "run.delete",
+            AuditAction::RunDelete,
             format!("run:{id}"),
             Outcome::Success,
             scope.request_id().clone(),
@@ -684,7 +685,7 @@ impl Runtime {
                         .audit_refusal(
                             scope,
                             &format!("agent:{}", agent.name),
-                            "run.start",
+                            AuditAction::RunStart.as_str(),
                             &refusal,
                         )
                         .await;
@@ -709,7 +710,7 @@ impl Runtime {
         };
         let input = json!({"role": "user", "content": req.input});
         let event = NewAuditEvent::new(
-            "run.start",
+            AuditAction::RunStart,
             format!("run:{}", record.id),
             Outcome::Success,
             scope.request_id().clone(),
@@ -894,7 +895,7 @@ impl Runtime {
             Outcome::Failure
         };
         let event = NewAuditEvent::new(
-            "run.finish",
+            AuditAction::RunFinish,
             format!("run:{}", record.id),
             outcome,
             scope.request_id().clone(),
@@ -1056,7 +1057,7 @@ impl Runtime {
                 }
                 Err(foreign) => {
                     let event = NewAuditEvent::new(
-                        "security.foreign_fragment",
+                        AuditAction::SecurityForeignFragment,
                         format!("run:{}", ctx.record.id),
                         Outcome::Denied,
                         ctx.scope.request_id().clone(),
@@ -1523,7 +1524,7 @@ impl Runtime {
             details["approval_id"] = json!(a);
         }
         let event = NewAuditEvent::new(
-            "tool.refused",
+            AuditAction::ToolRefused,
             format!("tool:{}", r.name),
             Outcome::Denied,
             ctx.scope.request_id().clone(),
@@ -1636,7 +1637,7 @@ impl Runtime {
                 details["approval_id"] = json!(a);
             }
             let event = NewAuditEvent::new(
-                "tool.call",
+                AuditAction::ToolCall,
                 format!("tool:{}", p.name),
                 outcome,
                 ctx.scope.request_id().clone(),
@@ -1708,7 +1709,7 @@ impl Runtime {
             // The event names the call by its hash: argument values are
             // the model's output, kept out of the audit chain like prompts.
             let event = NewAuditEvent::new(
-                "approval.request",
+                AuditAction::ApprovalRequest,
                 format!("approval:{}", a.id),
                 Outcome::Success,
                 ctx.scope.request_id().clone(),
@@ -1751,7 +1752,12 @@ impl Runtime {
             && let Err(refusal) = limiter.tool_call(scope).await
         {
             self.gateway
-                .audit_refusal(scope, &format!("tool:{}", p.name), "tool.call", &refusal)
+                .audit_refusal(
+                    scope,
+                    &format!("tool:{}", p.name),
+                    AuditAction::ToolCall.as_str(),
+                    &refusal,
+                )
                 .await;
             return (
                 false,

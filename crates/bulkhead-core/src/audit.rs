@@ -32,12 +32,141 @@ pub enum Outcome {
     Denied,
 }
 
+/// Defines [`AuditAction`] from one list: each kind with its dotted name.
+macro_rules! audit_actions {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Every kind of audit event there is, by its dotted name. One list:
+        /// `docs/audit.md` documents each (a test compares the two), and no
+        /// event can be recorded under a name that is not here.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum AuditAction {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl AuditAction {
+            /// Every action, in the order of the list.
+            pub const ALL: &'static [AuditAction] = &[$(AuditAction::$variant,)*];
+
+            /// The dotted name events carry, e.g. `tenant.create`.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(AuditAction::$variant => $name,)*
+                }
+            }
+
+            /// The action of a dotted name, if there is one.
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|a| a.as_str() == name)
+            }
+        }
+    };
+}
+
+audit_actions! {
+    /// The operator created a tenant.
+    TenantCreate => "tenant.create",
+    /// The operator changed a tenant (name, status, quotas…).
+    TenantUpdate => "tenant.update",
+    /// The operator deleted a tenant.
+    TenantDelete => "tenant.delete",
+    /// The operator changed a tenant's settings (audit prompts, retention…).
+    TenantSettings => "tenant.settings",
+    /// The operator set which models a tenant may use.
+    TenantModels => "tenant.models",
+    /// An API key was created.
+    ApiKeyCreate => "api_key.create",
+    /// An API key was revoked.
+    ApiKeyRevoke => "api_key.revoke",
+    /// A credential was stored.
+    CredentialPut => "credential.put",
+    /// A credential was deleted.
+    CredentialDelete => "credential.delete",
+    /// A credential was used for a call.
+    CredentialUse => "credential.use",
+    /// An OAuth credential was refreshed.
+    CredentialRefresh => "credential.refresh",
+    /// A credential was sealed again under a new data key.
+    CredentialReencrypt => "credential.reencrypt",
+    /// A tenant's data key was created.
+    DataKeyCreate => "data_key.create",
+    /// A tenant's old data key was retired.
+    DataKeyRetire => "data_key.retire",
+    /// The operator rotated the key-encryption key.
+    KmsRotate => "kms.rotate",
+    /// The operator re-wrapped data keys under the current KEK.
+    KmsRewrap => "kms.rewrap",
+    /// A model call through the gateway.
+    ModelCall => "model.call",
+    /// An embeddings call through the gateway.
+    ModelEmbed => "model.embed",
+    /// A tenant admin changed an agent's settings.
+    AgentSettingsUpdate => "agent.settings.update",
+    /// A run started.
+    RunStart => "run.start",
+    /// A run ended.
+    RunFinish => "run.finish",
+    /// A restart found a run left running.
+    RunInterrupted => "run.interrupted",
+    /// A run was deleted.
+    RunDelete => "run.delete",
+    /// A thread was deleted.
+    ThreadDelete => "thread.delete",
+    /// A tool call was made.
+    ToolCall => "tool.call",
+    /// A tool call the model asked for was refused before anything was sent.
+    ToolRefused => "tool.refused",
+    /// A tool call waits for a person's approval.
+    ApprovalRequest => "approval.request",
+    /// An approval request was approved.
+    ApprovalApprove => "approval.approve",
+    /// An approval request was denied.
+    ApprovalDeny => "approval.deny",
+    /// An approval request expired.
+    ApprovalExpire => "approval.expire",
+    /// The approval webhook was told of a request.
+    ApprovalNotify => "approval.notify",
+    /// A tenant's policies were replaced.
+    PoliciesUpdate => "policies.update",
+    /// A document was ingested.
+    DocumentPut => "document.put",
+    /// A document was deleted.
+    DocumentDelete => "document.delete",
+    /// A collection was deleted.
+    CollectionDelete => "collection.delete",
+    /// Retention deleted old messages and runs.
+    RetentionApply => "retention.apply",
+    /// A request, call or run was refused over a limit.
+    LimitExceeded => "limit.exceeded",
+    /// A budget alert threshold was crossed.
+    BudgetAlert => "budget.alert",
+    /// The operator read every tenant's usage.
+    UsageReport => "usage.report",
+    /// An authentication failure.
+    AuthFailure => "auth.failure",
+    /// A prompt held a fragment owned by another tenant.
+    SecurityForeignFragment => "security.foreign_fragment",
+    /// A request carried another tenant's canary.
+    SecurityCrossTenantLeak => "security.cross_tenant_leak",
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<AuditAction> for String {
+    fn eq(&self, other: &AuditAction) -> bool {
+        self == other.as_str()
+    }
+}
+
 /// What a caller asks to record; the store adds id, time, sequence, tenant,
 /// principal and hashes at append time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAuditEvent {
-    /// Dotted action name, e.g. `tenant.create`, `auth.failure`.
-    pub action: String,
+    /// What kind of event it is.
+    pub action: AuditAction,
     /// What was acted on, e.g. `tenant:acme`, `api_key:<id>`.
     pub target: String,
     /// How it ended.
@@ -55,13 +184,13 @@ pub struct NewAuditEvent {
 impl NewAuditEvent {
     /// An event with no details, agent or run.
     pub fn new(
-        action: impl Into<String>,
+        action: AuditAction,
         target: impl Into<String>,
         outcome: Outcome,
         request_id: RequestId,
     ) -> Self {
         Self {
-            action: action.into(),
+            action,
             target: target.into(),
             outcome,
             details: serde_json::Value::Null,
@@ -161,7 +290,7 @@ impl AuditEvent {
             time: Timestamp::now(),
             tenant,
             principal: principal.to_owned(),
-            action: new.action,
+            action: new.action.as_str().to_owned(),
             target: new.target,
             outcome: new.outcome,
             request_id: new.request_id,
@@ -316,6 +445,35 @@ pub fn verify_chain<'a>(
 mod tests {
     use super::*;
 
+    /// `docs/audit.md`'s table of what is recorded names every action in
+    /// its first column: exactly the actions of [`AuditAction`].
+    #[test]
+    fn every_audit_action_is_documented_and_nothing_else_is() {
+        let doc = include_str!("../../../docs/audit.md");
+        let table = doc
+            .split("## What is recorded")
+            .nth(1)
+            .and_then(|t| t.split("\n## ").next())
+            .expect("docs/audit.md has a section \"What is recorded\"");
+        let mut documented = std::collections::BTreeSet::new();
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let first = row.split('|').nth(1).unwrap_or_default();
+            // The action names; "(outcome `denied`)" and the like are not.
+            let names = first.split(" (").next().unwrap_or_default();
+            for name in names.split('`').skip(1).step_by(2) {
+                documented.insert(name.to_owned());
+            }
+        }
+        let actions: std::collections::BTreeSet<String> = AuditAction::ALL
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect();
+        assert_eq!(documented, actions, "docs/audit.md and AuditAction differ");
+        for a in AuditAction::ALL {
+            assert_eq!(AuditAction::from_name(a.as_str()), Some(*a));
+        }
+    }
+
     fn chain(n: usize) -> Vec<AuditEvent> {
         let tenant = Some(TenantId::parse("acme").unwrap());
         let mut out: Vec<AuditEvent> = Vec::new();
@@ -325,7 +483,7 @@ mod tests {
                 .map(|e| (e.seq, e.hash.clone()))
                 .unwrap_or((0, GENESIS_HASH.to_owned()));
             let new = NewAuditEvent::new(
-                "x.do",
+                AuditAction::PoliciesUpdate,
                 format!("t:{i}"),
                 Outcome::Success,
                 RequestId::generate(),

@@ -1,5 +1,6 @@
 //! The gateway service: resolve, check, call, translate, record.
 
+use bulkhead_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -217,7 +218,7 @@ struct Call {
     /// input count of a call the provider reports no usage for).
     est: Tokens,
     /// `model.call` or `model.embed`.
-    action: &'static str,
+    action: AuditAction,
     scope: TenantScope,
     model: Model,
     started: Instant,
@@ -248,7 +249,7 @@ impl Call {
             status: status.to_owned(),
             estimated: billed.estimated,
             stream: self.stream,
-            kind: if self.action == "model.embed" {
+            kind: if self.action == AuditAction::ModelEmbed {
                 "embed"
             } else {
                 "model"
@@ -401,7 +402,7 @@ impl Gateway {
         &self,
         scope: &TenantScope,
         model: &Model,
-        action: &str,
+        action: AuditAction,
         est: Tokens,
     ) -> Result<Option<Reservation>, GatewayError> {
         let Some(limiter) = &self.limiter else {
@@ -416,8 +417,13 @@ impl Gateway {
         match limiter.reserve(scope, est.input + est.output, cost).await {
             Ok(r) => Ok(Some(r)),
             Err(refusal) => {
-                self.audit_refusal(scope, &format!("model:{}", model.name), action, &refusal)
-                    .await;
+                self.audit_refusal(
+                    scope,
+                    &format!("model:{}", model.name),
+                    action.as_str(),
+                    &refusal,
+                )
+                .await;
                 Err(GatewayError::Limited(refusal))
             }
         }
@@ -432,7 +438,7 @@ impl Gateway {
         refusal: &Refusal,
     ) {
         let event = NewAuditEvent::new(
-            "limit.exceeded",
+            AuditAction::LimitExceeded,
             resource.to_owned(),
             Outcome::Denied,
             scope.request_id().clone(),
@@ -649,7 +655,7 @@ impl Gateway {
                 tenant_region: scope.region().to_string(),
             };
             let event = NewAuditEvent::new(
-                "model.call",
+                AuditAction::ModelCall,
                 format!("model:{}", model.name),
                 Outcome::Denied,
                 scope.request_id().clone(),
@@ -804,11 +810,13 @@ impl Gateway {
             output: per_choice.saturating_mul(choices),
             cached: 0,
         };
-        let reservation = self.reserve(scope, &model, "model.call", est).await?;
+        let reservation = self
+            .reserve(scope, &model, AuditAction::ModelCall, est)
+            .await?;
         let call = Call {
             id: uuid::Uuid::now_v7().to_string(),
             est,
-            action: "model.call",
+            action: AuditAction::ModelCall,
             scope: scope.clone(),
             model: model.clone(),
             started: Instant::now(),
@@ -928,11 +936,13 @@ impl Gateway {
             output: 0,
             cached: 0,
         };
-        let reservation = self.reserve(scope, &model, "model.embed", est).await?;
+        let reservation = self
+            .reserve(scope, &model, AuditAction::ModelEmbed, est)
+            .await?;
         let call = Call {
             id: uuid::Uuid::now_v7().to_string(),
             est,
-            action: "model.embed",
+            action: AuditAction::ModelEmbed,
             scope: scope.clone(),
             model: model.clone(),
             started: Instant::now(),

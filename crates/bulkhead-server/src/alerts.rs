@@ -12,6 +12,7 @@
 //! each, no redirects) and the outcome is an audit event
 //! (`budget.alert`) in the tenant's chain.
 
+use bulkhead_core::audit::AuditAction;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,7 +133,7 @@ impl BudgetAlerts for WebhookAlerts {
                 d.extend(extra.clone());
             }
             let event = NewAuditEvent::new(
-                "budget.alert",
+                AuditAction::BudgetAlert,
                 format!("tenant:{}", scope.tenant()),
                 result,
                 scope.request_id().clone(),
@@ -211,7 +212,7 @@ impl bulkhead_agent::approval::ApprovalNotifier for ApprovalWebhook {
                 ),
             };
             let event = NewAuditEvent::new(
-                "approval.notify",
+                AuditAction::ApprovalNotify,
                 format!("approval:{}", a.id),
                 result,
                 scope.request_id().clone(),

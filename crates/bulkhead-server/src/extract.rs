@@ -3,6 +3,7 @@
 //! bad input always answers in the problem format.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use bulkhead_core::audit::AuditAction;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -164,7 +165,7 @@ impl FromRequestParts<AppState> for TenantCtx {
                     tracing::Span::current().record("tenant_id", attribution.tenant().as_str());
                     if audit_now {
                         let event = NewAuditEvent::new(
-                            "auth.failure",
+                            AuditAction::AuthFailure,
                             format!("tenant:{}", attribution.tenant()),
                             Outcome::Denied,
                             rid.clone(),
@@ -217,7 +218,7 @@ pub async fn flush_auth_failures(state: &AppState, all: bool) -> u64 {
     for agg in state.auth_failures.take_due(all) {
         let a = &agg.attribution;
         let event = NewAuditEvent::new(
-            "auth.failure",
+            AuditAction::AuthFailure,
             format!("tenant:{}", a.tenant()),
             Outcome::Denied,
             a.request_id().clone(),

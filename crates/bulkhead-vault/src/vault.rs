@@ -1,5 +1,6 @@
 //! The vault service: store, use, rotate and redact credentials.
 
+use bulkhead_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -96,7 +97,7 @@ pub struct Vault {
 
 fn event(
     scope: CredScope<'_>,
-    action: &str,
+    action: AuditAction,
     target: String,
     outcome: Outcome,
     details: serde_json::Value,
@@ -218,7 +219,7 @@ impl Vault {
         };
         let ev = event(
             scope,
-            "data_key.create",
+            AuditAction::DataKeyCreate,
             format!("data_key:{version}"),
             Outcome::Success,
             json!({"kek_provider": stored.wrapped.provider, "kek_id": stored.wrapped.key_id, "kek_version": stored.wrapped.key_version}),
@@ -344,7 +345,7 @@ impl Vault {
         };
         let ev = event(
             scope,
-            "credential.put",
+            AuditAction::CredentialPut,
             format!("connection:{connection}"),
             Outcome::Success,
             json!({"kind": secret.kind().as_str(), "version": version, "replaced": existing.is_some()}),
@@ -379,7 +380,7 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let ev = event(
             scope,
-            "credential.delete",
+            AuditAction::CredentialDelete,
             format!("connection:{connection}"),
             Outcome::Success,
             json!({}),
@@ -417,7 +418,7 @@ impl Vault {
         let now = Timestamp::now();
         let ev = event(
             scope,
-            "credential.use",
+            AuditAction::CredentialUse,
             format!("connection:{connection}"),
             Outcome::Success,
             json!({"purpose": purpose}),
@@ -539,7 +540,7 @@ impl Vault {
         };
         let ev = event(
             scope,
-            "credential.refresh",
+            AuditAction::CredentialRefresh,
             format!("connection:{connection}"),
             Outcome::Success,
             json!({"version": version, "rotated_refresh_token": rotated_refresh_token}),
@@ -582,7 +583,7 @@ impl Vault {
         };
         let ev = event(
             scope,
-            "credential.refresh",
+            AuditAction::CredentialRefresh,
             format!("connection:{}", current.connection),
             Outcome::Failure,
             {
@@ -695,7 +696,7 @@ impl Vault {
             };
             let ev = event(
                 scope,
-                "credential.reencrypt",
+                AuditAction::CredentialReencrypt,
                 format!("connection:{}", c.connection),
                 Outcome::Success,
                 json!({"from_data_key": c.dek_version, "to_data_key": target}),
@@ -723,7 +724,7 @@ impl Vault {
             if k.version < target {
                 let ev = event(
                     scope,
-                    "data_key.retire",
+                    AuditAction::DataKeyRetire,
                     format!("data_key:{}", k.version),
                     Outcome::Success,
                     json!({}),

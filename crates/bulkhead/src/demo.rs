@@ -6,6 +6,7 @@
 //! a refusal, an approval — and a readable report of what happened,
 //! ending with each tenant's audit chain head and cost.
 
+use bulkhead_core::audit::AuditAction;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -839,8 +840,8 @@ fn scenario(
         let refused = events
             .iter()
             .filter(|e| {
-                e.action == "tool.refused"
-                    || (e.action == "tool.call"
+                e.action == AuditAction::ToolRefused
+                    || (e.action == AuditAction::ToolCall
                         && e.outcome == bulkhead_core::audit::Outcome::Denied)
             })
             .count();

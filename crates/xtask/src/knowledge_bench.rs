@@ -2,6 +2,7 @@
 //! on the embedded store (no HTTP), with the fake provider for the query
 //! embeddings, plus the idle-tenant memory and the canary scan.
 
+use bulkhead_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -303,7 +304,7 @@ embedding_model = "embed"
             updated_at: now,
         };
         let event = NewAuditEvent::new(
-            "document.put",
+            AuditAction::DocumentPut,
             "collection:kb",
             Outcome::Success,
             RequestId::generate(),

@@ -15,6 +15,7 @@
 //! tenants' p99 under a flood over their p99 without it, for fair and for
 //! FIFO admission.
 
+use bulkhead_core::audit::AuditAction;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -307,7 +308,7 @@ fn usage_row(i: usize, tenant: &TenantScope) -> (UsageRecord, NewAuditEvent) {
         tool: None,
     };
     let event = NewAuditEvent::new(
-        "model.call",
+        AuditAction::ModelCall,
         "model:small",
         Outcome::Success,
         tenant.request_id().clone(),

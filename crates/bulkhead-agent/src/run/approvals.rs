@@ -8,6 +8,7 @@
 //! rebuilds the run's context and resumes it — in whichever process took
 //! the decision, so a restart in between loses nothing.
 
+use bulkhead_core::audit::AuditAction;
 use std::sync::Arc;
 
 use bulkhead_auth::TenantScope;
@@ -101,7 +102,7 @@ impl Runtime {
 
     async fn expire(self: &Arc<Self>, scope: &TenantScope, a: &Approval) -> Result<(), AgentError> {
         let event = NewAuditEvent::new(
-            "approval.expire",
+            AuditAction::ApprovalExpire,
             format!("approval:{}", a.id),
             Outcome::Failure,
             scope.request_id().clone(),
@@ -166,8 +167,8 @@ impl Runtime {
             )));
         }
         let kind = match verdict {
-            Verdict::Approve => "approval.approve",
-            Verdict::Deny => "approval.deny",
+            Verdict::Approve => AuditAction::ApprovalApprove,
+            Verdict::Deny => AuditAction::ApprovalDeny,
         };
         let event = NewAuditEvent::new(
             kind,
@@ -225,7 +226,7 @@ impl Runtime {
             "the run was cancelled while awaiting approval; the calls were not made",
         ));
         let event = NewAuditEvent::new(
-            "run.finish",
+            AuditAction::RunFinish,
             format!("run:{}", run.id),
             Outcome::Failure,
             scope.request_id().clone(),
@@ -365,7 +366,7 @@ impl Runtime {
         record.status = RunStatus::Failed;
         record.finished_at = Some(Timestamp::now());
         let event = NewAuditEvent::new(
-            "run.finish",
+            AuditAction::RunFinish,
             format!("run:{}", record.id),
             Outcome::Failure,
             scope.request_id().clone(),

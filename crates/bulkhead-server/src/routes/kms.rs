@@ -3,6 +3,7 @@
 use axum::Json as AxumJson;
 use axum::extract::State;
 use bulkhead_core::TenantId;
+use bulkhead_core::audit::AuditAction;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_vault::store::CredScope;
 use bulkhead_vault::vault::{DataKeyReport, RewrapReport};
@@ -40,7 +41,7 @@ pub struct DataKeyBody {
 async fn record(
     state: &AppState,
     op: &bulkhead_auth::OperatorScope,
-    action: &str,
+    action: AuditAction,
     r: &RewrapReport,
 ) -> Result<RewrapBody, ApiError> {
     let provider = state.vault.kms().name().to_owned();
@@ -70,7 +71,9 @@ pub async fn rotate(
     OperatorCtx(op): OperatorCtx,
 ) -> Result<AxumJson<RewrapBody>, ApiError> {
     let report = state.vault.rotate_kek(&op).await?;
-    Ok(AxumJson(record(&state, &op, "kms.rotate", &report).await?))
+    Ok(AxumJson(
+        record(&state, &op, AuditAction::KmsRotate, &report).await?,
+    ))
 }
 
 /// Re-wraps data keys not yet under the current key-encryption key
@@ -82,7 +85,9 @@ pub async fn rewrap(
     OperatorCtx(op): OperatorCtx,
 ) -> Result<AxumJson<RewrapBody>, ApiError> {
     let report = state.vault.rewrap_all(&op).await?;
-    Ok(AxumJson(record(&state, &op, "kms.rewrap", &report).await?))
+    Ok(AxumJson(
+        record(&state, &op, AuditAction::KmsRewrap, &report).await?,
+    ))
 }
 
 /// Rotates one tenant's data key: a new version, every credential

@@ -5,6 +5,7 @@
 
 use axum::Json as AxumJson;
 use axum::extract::State;
+use bulkhead_core::audit::AuditAction;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_policy::{Action, PoliciesError, Resource};
 use serde::{Deserialize, Serialize};
@@ -56,7 +57,7 @@ pub async fn put(
     authorize(&state, &scope, Action::ManagePolicies, Resource::Tenant).await?;
     let digest = sha2::Sha256::digest(body.policies.as_bytes());
     let event = NewAuditEvent::new(
-        "policies.update",
+        AuditAction::PoliciesUpdate,
         format!("tenant:{}", scope.tenant()),
         Outcome::Success,
         scope.request_id().clone(),

@@ -6,6 +6,7 @@ use axum::Json as AxumJson;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use bulkhead_core::audit::AuditAction;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_core::{TenantId, Timestamp};
 use bulkhead_gateway::usage::{UsageGroup, UsageSummary, nanos_to_usd};
@@ -293,7 +294,7 @@ pub async fn operator_usage(
     let report = Report::parse(&q)?;
     let tenants = state.control.list_tenants(&op).await?;
     let event = NewAuditEvent::new(
-        "usage.report",
+        AuditAction::UsageReport,
         "tenants:*".to_owned(),
         Outcome::Success,
         op.request_id().clone(),
@@ -408,7 +409,7 @@ pub async fn put_models(
         }
     }
     let event = NewAuditEvent::new(
-        "tenant.models",
+        AuditAction::TenantModels,
         format!("tenant:{id}"),
         Outcome::Success,
         op.request_id().clone(),
@@ -536,7 +537,7 @@ pub async fn put_settings(
     }
     let event = |details| {
         NewAuditEvent::new(
-            "tenant.settings",
+            AuditAction::TenantSettings,
             format!("tenant:{id}"),
             Outcome::Success,
             op.request_id().clone(),

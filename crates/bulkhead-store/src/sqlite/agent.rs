@@ -10,6 +10,7 @@ use bulkhead_agent::store::{
     StoredMessage,
 };
 use bulkhead_auth::TenantScope;
+use bulkhead_core::audit::AuditAction;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_core::{ApprovalId, RequestId, RunId, TenantId, TenantUid, ThreadId, Timestamp};
 use rusqlite::{OptionalExtension, params};
@@ -226,7 +227,7 @@ fn fail_interrupted(
         ],
     )?;
     let event = NewAuditEvent::new(
-        "run.interrupted",
+        AuditAction::RunInterrupted,
         format!("run:{id}"),
         Outcome::Failure,
         RequestId::generate(),

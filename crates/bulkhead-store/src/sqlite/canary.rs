@@ -3,6 +3,7 @@
 //! document chunk and a thread message), and the alarm a tripped canary
 //! raises in the chains of both tenants and the operator's.
 
+use bulkhead_core::audit::AuditAction;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -148,7 +149,7 @@ impl SqliteStore {
         });
         let event = |target: String| {
             NewAuditEvent::new(
-                "security.cross_tenant_leak",
+                AuditAction::SecurityCrossTenantLeak,
                 target,
                 Outcome::Denied,
                 scope.request_id().clone(),

@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::Timestamp;
+use bulkhead_core::audit::AuditAction;
 use bulkhead_core::audit::NewAuditEvent;
 use bulkhead_gateway::store::{GatewaySettings, GatewayStore, GatewayStoreError, UsageWrite};
 use bulkhead_gateway::usage::{UsageGroup, UsageRecord, UsageSummary};
@@ -130,9 +131,9 @@ pub(super) fn recover_interrupted(
             params![id],
         )?;
         let action = if kind == "embed" {
-            "model.embed"
+            AuditAction::ModelEmbed
         } else {
-            "model.call"
+            AuditAction::ModelCall
         };
         let request_id = bulkhead_core::RequestId::parse(request_id)
             .unwrap_or_else(|_| bulkhead_core::RequestId::generate());

@@ -21,6 +21,7 @@ pub mod partition;
 mod policy;
 mod vault;
 
+use bulkhead_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -444,7 +445,7 @@ fn load_index(conn: &Connection) -> StoreResult<DirIndex> {
 
 fn op_event(
     op: &OperatorScope,
-    action: &str,
+    action: AuditAction,
     target: String,
     details: serde_json::Value,
 ) -> NewAuditEvent {
@@ -512,7 +513,7 @@ impl ControlStore for SqliteStore {
                 tx.commit()?;
                 Ok(())
             })?;
-            let event = op_event(&op, "tenant.create", format!("tenant:{}", tenant.id), tenant_json(&tenant));
+            let event = op_event(&op, AuditAction::TenantCreate, format!("tenant:{}", tenant.id), tenant_json(&tenant));
             let result = s.control_tx(|tx, index| {
                 tx.execute(
                     "INSERT INTO tenants (id, uid, name, region, isolation, status, created_at, updated_at)
@@ -620,7 +621,7 @@ impl ControlStore for SqliteStore {
                 if n != 1 {
                     return Err(StoreError::NotFound);
                 }
-                let event = op_event(&op, "tenant.update", format!("tenant:{}", t.id), changed.into());
+                let event = op_event(&op, AuditAction::TenantUpdate, format!("tenant:{}", t.id), changed.into());
                 partition::append_chain(tx, Some(t.id.clone()), op.principal_id(), event.clone())?;
                 // Keys carry the tenant id only; they follow the tenant entry.
                 index.tenants.insert(t.id.clone(), t.clone());
@@ -646,7 +647,7 @@ impl ControlStore for SqliteStore {
                 tx.execute("DELETE FROM tenants WHERE uid = ?1", params![t.uid.to_string()])?;
                 tx.execute("DELETE FROM canaries WHERE tenant_uid = ?1", params![t.uid.to_string()])?;
                 index.keys.retain(|_, k| k.tenant != t.id);
-                let event = op_event(&op, "tenant.delete", format!("tenant:{}", t.id), tenant_json(&t));
+                let event = op_event(&op, AuditAction::TenantDelete, format!("tenant:{}", t.id), tenant_json(&t));
                 partition::append_chain(tx, Some(t.id.clone()), op.principal_id(), event)?;
                 Ok(t)
             })?;
@@ -707,7 +708,7 @@ impl ControlStore for SqliteStore {
                 )?;
                 let event = op_event(
                     &op,
-                    "api_key.create",
+                    AuditAction::ApiKeyCreate,
                     format!("api_key:{}", record.id),
                     json!({"roles": record.roles, "name": record.name, "expires_at": record.expires_at}),
                 );
@@ -773,7 +774,7 @@ impl ControlStore for SqliteStore {
                 }
                 let event = op_event(
                     &op,
-                    "api_key.revoke",
+                    AuditAction::ApiKeyRevoke,
                     format!("api_key:{}", record.id),
                     json!({"already_revoked": !first}),
                 );

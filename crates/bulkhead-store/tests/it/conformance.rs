@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bulkhead_auth::{
     Authenticator, Directory, JwtVerifier, OperatorAuthenticator, OperatorScope, TenantScope,
 };
-use bulkhead_core::audit::{GENESIS_HASH, NewAuditEvent, Outcome, verify_chain};
+use bulkhead_core::audit::{AuditAction, GENESIS_HASH, NewAuditEvent, Outcome, verify_chain};
 use bulkhead_core::tenant::TenantPatch;
 use bulkhead_core::{
     ApiKeyId, Isolation, Region, RequestId, Role, SecretString, TenantId, TenantStatus,
@@ -68,8 +68,14 @@ pub async fn scope(store: &impl Backend, tenant: &str) -> TenantScope {
         .unwrap()
 }
 
-fn event(action: &str) -> NewAuditEvent {
-    NewAuditEvent::new(action, "test:1", Outcome::Success, RequestId::generate())
+/// An event whose target is `marker`, to find it again.
+fn event(marker: &str) -> NewAuditEvent {
+    NewAuditEvent::new(
+        AuditAction::PoliciesUpdate,
+        marker,
+        Outcome::Success,
+        RequestId::generate(),
+    )
 }
 
 const ALL: Page = Page {
@@ -150,12 +156,12 @@ pub async fn partitions_are_isolated<S: Backend>(open: impl Fn(&Path) -> S) {
         .unwrap();
     let mine = store.audit(&a, ALL).await.unwrap();
     let theirs = store.audit(&g, ALL).await.unwrap();
-    assert!(mine.iter().any(|e| e.action == "acme.secret-thing"));
+    assert!(mine.iter().any(|e| e.target == "acme.secret-thing"));
     assert!(
         theirs.iter().all(|e| e.tenant.as_ref() == Some(g.tenant())),
         "{theirs:?}"
     );
-    assert!(theirs.iter().all(|e| e.action != "acme.secret-thing"));
+    assert!(theirs.iter().all(|e| e.target != "acme.secret-thing"));
     assert_eq!(
         verify_chain(&mine, GENESIS_HASH).unwrap(),
         mine.len() as u64
@@ -189,7 +195,7 @@ pub async fn deleted_tenants_leave_nothing_behind<S: Backend>(open: impl Fn(&Pat
     assert!(
         events
             .iter()
-            .all(|e| e.action != "old.data" && e.action != "late"),
+            .all(|e| e.target != "old.data" && e.target != "late"),
         "{events:?}"
     );
     // The old scope still reaches nothing, although the id exists again.

@@ -174,7 +174,7 @@ async fn open_partitions_are_bounded_and_evicted_ones_reopen() {
 /// stays intact and nothing is lost.
 #[tokio::test]
 async fn concurrent_usage_rows_are_all_written_in_chain_order() {
-    use bulkhead_core::audit::{NewAuditEvent, Outcome, verify_chain};
+    use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome, verify_chain};
     use bulkhead_gateway::GatewayStore;
     use bulkhead_gateway::usage::{Tokens, UsageGroup, UsageRecord};
 
@@ -210,7 +210,7 @@ async fn concurrent_usage_rows_are_all_written_in_chain_order() {
                 tool: None,
             };
             let event = NewAuditEvent::new(
-                "model.call",
+                AuditAction::ModelCall,
                 "model:small",
                 Outcome::Success,
                 s.request_id().clone(),
@@ -273,7 +273,7 @@ async fn concurrent_usage_rows_are_all_written_in_chain_order() {
 /// usage or audit that starts after the row was queued still includes it.
 #[tokio::test]
 async fn reads_include_usage_rows_queued_before_them() {
-    use bulkhead_core::audit::{NewAuditEvent, Outcome};
+    use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
     use bulkhead_gateway::GatewayStore;
     use bulkhead_gateway::usage::{Tokens, UsageGroup, UsageRecord};
 
@@ -306,7 +306,7 @@ async fn reads_include_usage_rows_queued_before_them() {
             tool: None,
         };
         let event = NewAuditEvent::new(
-            "model.call",
+            AuditAction::ModelCall,
             "model:small",
             Outcome::Success,
             s.request_id().clone(),
@@ -350,7 +350,7 @@ async fn reads_include_usage_rows_queued_before_them() {
 #[tokio::test]
 async fn a_failing_write_in_a_group_commit_rolls_back_alone() {
     use bulkhead_agent::store::{AgentStore, RunRecord, RunStatus, Step};
-    use bulkhead_core::audit::{NewAuditEvent, Outcome, verify_chain};
+    use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome, verify_chain};
     use bulkhead_core::{RunId, ThreadId, Timestamp};
     use serde_json::json;
 
@@ -372,7 +372,7 @@ async fn a_failing_write_in_a_group_commit_rolls_back_alone() {
         output_tokens: 0,
         steps: vec![],
     };
-    let ev = |action: &str| {
+    let ev = |action: AuditAction| {
         NewAuditEvent::new(action, "run:x", Outcome::Success, s.request_id().clone())
     };
     store
@@ -381,7 +381,7 @@ async fn a_failing_write_in_a_group_commit_rolls_back_alone() {
             &run,
             true,
             &json!({"role": "user", "content": "hi"}),
-            ev("run.start"),
+            ev(AuditAction::RunStart),
         )
         .await
         .unwrap();
@@ -391,7 +391,7 @@ async fn a_failing_write_in_a_group_commit_rolls_back_alone() {
         let store = store.clone();
         let s = s.clone();
         let id = run.id;
-        let event = ev("step");
+        let event = ev(AuditAction::ToolCall);
         tasks.push(tokio::spawn(async move {
             let step = Step {
                 seq,
@@ -430,7 +430,13 @@ async fn a_failing_write_in_a_group_commit_rolls_back_alone() {
         )
         .await
         .unwrap();
-    assert_eq!(events.iter().filter(|e| e.action == "step").count(), 20);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.action == AuditAction::ToolCall)
+            .count(),
+        20
+    );
     assert_eq!(
         verify_chain(&events, bulkhead_core::audit::GENESIS_HASH),
         Ok(events.len() as u64)
@@ -448,7 +454,7 @@ async fn seed_chunks(
     rare: usize,
 ) {
     use bulkhead_agent::knowledge::{ChunkRow, DocumentInfo, KnowledgeStore};
-    use bulkhead_core::audit::{NewAuditEvent, Outcome};
+    use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
     let mut n = 0usize;
     for d in 0..docs {
         let rows: Vec<ChunkRow> = (0..per_doc)
@@ -479,7 +485,7 @@ async fn seed_chunks(
             updated_at: now,
         };
         let event = NewAuditEvent::new(
-            "document.put",
+            AuditAction::DocumentPut,
             "collection:kb",
             Outcome::Success,
             bulkhead_core::RequestId::generate(),
@@ -501,7 +507,7 @@ async fn a_document_over_the_storage_quota_is_refused_in_its_transaction_and_not
     use bulkhead_agent::knowledge::{
         DocumentInfo, KnowledgeStore, KnowledgeStoreError, StorageLimit,
     };
-    use bulkhead_core::audit::{NewAuditEvent, Outcome};
+    use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     create(&store, "acme").await;
@@ -530,7 +536,7 @@ async fn a_document_over_the_storage_quota_is_refused_in_its_transaction_and_not
     };
     let event = || {
         NewAuditEvent::new(
-            "document.put",
+            AuditAction::DocumentPut,
             "collection:kb",
             Outcome::Success,
             bulkhead_core::RequestId::generate(),
@@ -620,7 +626,7 @@ async fn very_common_terms_are_left_out_of_large_fulltext_queries_only() {
 async fn approval_decisions_are_compare_and_set_and_respect_expiry() {
     use bulkhead_agent::approval::{Approval, ApprovalStatus, Settled, arguments_hash};
     use bulkhead_agent::store::{AgentStore, RunRecord, RunStatus};
-    use bulkhead_core::audit::{NewAuditEvent, Outcome};
+    use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
     use bulkhead_core::{ApprovalId, RunId, ThreadId, Timestamp};
     use serde_json::json;
 
@@ -645,15 +651,16 @@ async fn approval_decisions_are_compare_and_set_and_respect_expiry() {
         output_tokens: 4,
         steps: vec![],
     };
-    let ev =
-        |action: &str| NewAuditEvent::new(action, "x", Outcome::Success, s.request_id().clone());
+    let ev = |action: AuditAction| {
+        NewAuditEvent::new(action, "x", Outcome::Success, s.request_id().clone())
+    };
     store
         .begin_run(
             &s,
             &run,
             true,
             &json!({"role": "user", "content": "hi"}),
-            ev("run.start"),
+            ev(AuditAction::RunStart),
         )
         .await
         .unwrap();
@@ -701,7 +708,14 @@ async fn approval_decisions_are_compare_and_set_and_respect_expiry() {
             .is_empty()
     );
     let foreign = store
-        .settle_approval(&other, a.id, ApprovalStatus::Approved, None, now, ev("x"))
+        .settle_approval(
+            &other,
+            a.id,
+            ApprovalStatus::Approved,
+            None,
+            now,
+            ev(AuditAction::ApprovalApprove),
+        )
         .await
         .unwrap();
     assert_eq!(foreign, None);
@@ -713,7 +727,7 @@ async fn approval_decisions_are_compare_and_set_and_respect_expiry() {
             ApprovalStatus::Expired,
             None,
             now,
-            ev("approval.expire"),
+            ev(AuditAction::ApprovalExpire),
         )
         .await
         .unwrap();
@@ -725,7 +739,7 @@ async fn approval_decisions_are_compare_and_set_and_respect_expiry() {
             ApprovalStatus::Approved,
             None,
             now.plus_seconds(61),
-            ev("approval.approve"),
+            ev(AuditAction::ApprovalApprove),
         )
         .await
         .unwrap();
@@ -738,7 +752,7 @@ async fn approval_decisions_are_compare_and_set_and_respect_expiry() {
             ApprovalStatus::Approved,
             Some("yes".into()),
             now,
-            ev("approval.approve")
+            ev(AuditAction::ApprovalApprove)
         ),
         store.settle_approval(
             &s,
@@ -746,7 +760,7 @@ async fn approval_decisions_are_compare_and_set_and_respect_expiry() {
             ApprovalStatus::Denied,
             Some("no".into()),
             now,
-            ev("approval.deny")
+            ev(AuditAction::ApprovalDeny)
         ),
     );
     let outcomes = [x.unwrap().unwrap(), y.unwrap().unwrap()];
@@ -765,7 +779,7 @@ async fn approval_decisions_are_compare_and_set_and_respect_expiry() {
             ApprovalStatus::Expired,
             None,
             now.plus_seconds(61),
-            ev("approval.expire"),
+            ev(AuditAction::ApprovalExpire),
         )
         .await
         .unwrap()
