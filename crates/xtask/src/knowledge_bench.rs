@@ -2,7 +2,6 @@
 //! on the embedded store (no HTTP), with the fake provider for the query
 //! embeddings, plus the idle-tenant memory and the canary scan.
 
-use bulkhead_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bulkhead_agent::knowledge::{ChunkRow, DocumentInfo, Knowledge, KnowledgeStore, SearchMode};
 use bulkhead_auth::{OperatorAuthenticator, TenantScope};
-use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
 use bulkhead_core::{Isolation, Region, RequestId, SecretString, TenantId, Timestamp};
 use bulkhead_store::sqlite::SqliteStore;
 use bulkhead_store::{ControlStore, NewTenant};
