@@ -103,7 +103,7 @@ impl Clusters {
 /// noise: `n` vectors around 200 random centres (each a centre plus
 /// noise), queries drawn the same way. Prints build time, recall@10
 /// against the exact scan and both search times.
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 fn ann_on_clusters(rng: &mut Rng, n: usize, dims: usize) {
     let clusters = Clusters::new(rng, dims);
     let near = |rng: &mut Rng| clusters.near(rng);
@@ -174,7 +174,6 @@ fn new_tenant(id: &str) -> anyhow::Result<NewTenant> {
 }
 
 /// Runs the bench and prints its figures.
-#[allow(clippy::print_stdout)]
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let o = parse(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -183,7 +182,7 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     rt.block_on(bench(o))
 }
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 async fn bench(o: Opts) -> anyhow::Result<()> {
     let root =
         std::env::temp_dir().join(format!("bulkhead-knowledge-bench-{}", std::process::id()));

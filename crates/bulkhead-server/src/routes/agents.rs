@@ -77,7 +77,6 @@ pub async fn list(
 
 /// A tenant's settings of one agent.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
-#[allow(dead_code)]
 pub struct SettingsBody {
     /// Template variables (`vars.NAME` in the prompt), values at most 4 KiB.
     variables: BTreeMap<String, String>,

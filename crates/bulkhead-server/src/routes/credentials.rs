@@ -67,7 +67,10 @@ pub struct CredentialList {
 /// `{"kind": "oauth2", "access_token", "refresh_token", "expires_at", "token_url", "client_id", "client_secret", "scope"}`.
 /// Which fields apply depends on `kind`; others are refused.
 #[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "a schema-only type: read by utoipa, never constructed"
+)]
 pub struct PutCredential {
     /// `api_key`, `bearer`, `basic` or `oauth2`.
     kind: String,

@@ -716,16 +716,23 @@ async fn a_client_that_leaves_mid_stream_is_still_billed() {
 
     // The call's task records the usage row when it notices; wait for that
     // event (bounded), rather than for a fixed time.
-    let mut recorded = None;
-    for _ in 0..500 {
-        let events = app.audit(&key).await;
-        if let Some(e) = events.into_iter().find(|e| e["action"] == "model.call") {
-            recorded = Some(e);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let event = recorded.expect("no usage was recorded for the abandoned stream");
+    let recorded = std::sync::Mutex::new(None);
+    bulkhead_testkit::wait::eventually(
+        "the usage record of the abandoned stream",
+        Duration::from_secs(5),
+        || async {
+            let found = app
+                .audit(&key)
+                .await
+                .into_iter()
+                .find(|e| e["action"] == "model.call");
+            let done = found.is_some();
+            *recorded.lock().unwrap() = found;
+            done
+        },
+    )
+    .await;
+    let event = recorded.into_inner().unwrap().unwrap();
     assert_eq!(event["details"]["status"], "client_disconnected");
     assert_eq!(event["details"]["stream"], true);
     // The rest of the answer was read for its usage: billed in full.
