@@ -963,17 +963,24 @@ async fn every_endpoint_refuses_wrong_and_missing_credentials() {
 /// Every tenant-plane route called by a key with only `role`, in a
 /// fresh app whose owner has no policies of its own (so the platform's
 /// defaults decide): an allowed role gets what the owner's first call
-/// gets, any other `403 forbidden`.
+/// gets, any other `403 forbidden`; every operator route answers 401.
 async fn role_column(role: &str) {
     let fake = bulkhead_testkit::FakeProvider::start().await;
     let app = matrix_app(&fake).await;
     let f = fixture(&app, "").await;
     let (_, key) = app.api_key("acme", &[role]).await;
     let planes = planes();
-    let mut rows: Vec<Entry> = entries(&f)
+    let (tenant_rows, operator_rows): (Vec<Entry>, Vec<Entry>) = entries(&f)
         .into_iter()
-        .filter(|e| plane_of(&planes, e) == Plane::Tenant)
-        .collect();
+        .filter(|e| plane_of(&planes, e) != Plane::Public)
+        .partition(|e| plane_of(&planes, e) == Plane::Tenant);
+    // No role reaches the operator plane.
+    for row in operator_rows {
+        app.call(row.method, &row.path, Some(&key), row.body.clone())
+            .await
+            .assert_refusal(401, "unauthenticated");
+    }
+    let mut rows = tenant_rows;
     // An admin's `PUT /v1/policies` installs the matrix's own policy (admins
     // approve): it goes last so every other call meets the defaults.
     rows.sort_by_key(|e| e.method == "PUT" && e.template == "/v1/policies");
