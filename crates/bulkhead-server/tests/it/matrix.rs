@@ -15,13 +15,11 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// The roles the default platform policies know
-/// (`bulkhead_policy::DEFAULT_PLATFORM_POLICIES`).
-const ROLES: [&str; 4] = ["viewer", "member", "approver", "admin"];
-
-/// Which roles the default platform policies let call a tenant-plane
-/// route (the action its handler authorises, `docs/configuration.md`
-/// `[policies]`); every other role gets `403 forbidden`.
+/// Which of the roles the default platform policies know (`viewer`,
+/// `member`, `approver`, `admin`; `bulkhead_policy::DEFAULT_PLATFORM_POLICIES`)
+/// may call a tenant-plane route, by the action its handler authorises
+/// (`docs/configuration.md`, `[policies]`); every other role gets
+/// `403 forbidden`.
 #[derive(Clone, Copy, Debug)]
 enum Who {
     /// Reading, models and search: every role.
@@ -1007,22 +1005,22 @@ async fn role_column(role: &str) {
 
 #[tokio::test]
 async fn a_viewer_gets_what_the_roles_allow() {
-    role_column(ROLES[0]).await;
+    role_column("viewer").await;
 }
 
 #[tokio::test]
 async fn a_member_gets_what_the_roles_allow() {
-    role_column(ROLES[1]).await;
+    role_column("member").await;
 }
 
 #[tokio::test]
 async fn an_approver_gets_what_the_roles_allow() {
-    role_column(ROLES[2]).await;
+    role_column("approver").await;
 }
 
 #[tokio::test]
 async fn an_admin_gets_what_the_roles_allow() {
-    role_column(ROLES[3]).await;
+    role_column("admin").await;
 }
 
 /// Adding a public route is a security decision: this list is the
