@@ -35,7 +35,7 @@ impl Modify for Security {
 }
 
 /// The API description without its paths, which come from the route
-/// table ([`crate::routes::table`]).
+/// table ([`crate::routes::table()`]).
 #[derive(OpenApi)]
 #[openapi(
     info(title = "bulkhead", description = "Multi-tenant runtime for AI agents", license(name = "Apache-2.0")),

@@ -1,7 +1,7 @@
 //! The router: every route, its middleware, and the fallback.
 //!
-//! Each routes module declares its routes once, in its `table()` (see
-//! [`table`]); the router here and the OpenAPI document
+//! Each routes module declares its routes once, in its `table()` (a
+//! [`RouteTable`]); the router here and the OpenAPI document
 //! ([`crate::openapi`]) are both built from [`table()`], and the isolation
 //! matrix (`tests/it/matrix.rs`) enumerates it.
 //!
@@ -41,8 +41,9 @@ pub fn table() -> RouteTable {
         .merge(credentials::table())
         .merge(openai::table())
         .merge(knowledge::table())
-        // Before `agents`: both name a schema `SettingsBody`, and the
-        // document keeps the first module's (as it always has kept usage's).
+        // Before `agents`: where two modules' schemas share a name (today
+        // both have a `SettingsBody`), the document keeps the first
+        // module's, and it has always kept usage's.
         .merge(usage::table())
         .merge(agents::table())
         .merge(approvals::table())
