@@ -12,11 +12,25 @@ use bulkhead_policy::{Action, Resource};
 use bulkhead_vault::credential::{ConnectionName, CredentialMeta, CredentialWire};
 use bulkhead_vault::store::CredScope;
 use serde::Serialize;
+use utoipa_axum::routes;
 
 use crate::authz::authorize;
 use crate::error::ApiError;
 use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new()
+        .tenant(routes!(list))
+        .tenant(routes!(put, delete))
+        .operator(routes!(operator_list))
+        .operator(routes!(operator_put, operator_delete))
+        .operator(routes!(platform_list))
+        .operator(routes!(platform_put, platform_delete))
+}
 
 /// A credential's metadata, never its secret.
 #[derive(Serialize, utoipa::ToSchema)]
