@@ -362,3 +362,29 @@ impl Gateway {
             .map_err(|e| GatewayError::Internal(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::generated_bytes;
+
+    #[test]
+    fn the_local_count_takes_generated_text_only() {
+        // OpenAI content and tool-call arguments, escapes included.
+        let chunk =
+            r#"{"id":"c","model":"m","choices":[{"delta":{"content":"a \"quoted\" word"}}]}"#;
+        assert_eq!(generated_bytes(chunk), r#"a \"quoted\" word"#.len());
+        let call = r#"{"choices":[{"delta":{"tool_calls":[{"function":{"name":"f","arguments":"{\"x\":1}"}}]}}]}"#;
+        assert_eq!(generated_bytes(call), r#"{\"x\":1}"#.len());
+        // Anthropic text and partial JSON deltas.
+        let text = r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"hello"}}"#;
+        assert_eq!(generated_bytes(text), 5);
+        let json = r#"{"delta":{"type":"input_json_delta","partial_json":"{\"a\""}}"#;
+        assert_eq!(generated_bytes(json), r#"{\"a\""#.len());
+        // Nothing generated: role chunks, usage chunks, a cut-off string.
+        assert_eq!(
+            generated_bytes(r#"{"choices":[{"delta":{"role":"assistant"}}]}"#),
+            0
+        );
+        assert_eq!(generated_bytes(r#"{"content":"abc"#), 3);
+    }
+}

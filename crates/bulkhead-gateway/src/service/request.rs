@@ -168,3 +168,113 @@ impl ChatRequest {
         self.body.get("messages")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn refused(body: Value) -> (String, Option<String>) {
+        let e = ChatRequest::parse(body).unwrap_err();
+        (e.to_string(), e.param().map(str::to_owned))
+    }
+
+    #[test]
+    fn malformed_bodies_get_todays_messages_in_todays_order() {
+        let m = json!([{"role": "user", "content": "hi"}]);
+        let cases = [
+            (json!([1]), "the body must be a JSON object"),
+            (
+                json!({"messages": m}),
+                "`model` is required and must be a string",
+            ),
+            (
+                json!({"model": 3, "messages": m}),
+                "`model` is required and must be a string",
+            ),
+            // `model` is checked before everything else, whatever the key order.
+            (
+                json!({"stream": "yes", "n": 0, "model": null, "messages": m}),
+                "`model` is required and must be a string",
+            ),
+            (
+                json!({"model": "m", "messages": m, "stream": "yes"}),
+                "`stream` must be a boolean",
+            ),
+            (
+                json!({"model": "m", "messages": m, "stream": 1, "n": 0}),
+                "`stream` must be a boolean",
+            ),
+            (
+                json!({"model": "m", "messages": m, "n": 0}),
+                "`n` must be an integer between 1 and 128",
+            ),
+            (
+                json!({"model": "m", "messages": m, "n": 129}),
+                "`n` must be an integer between 1 and 128",
+            ),
+            (
+                json!({"model": "m", "messages": m, "n": 2.5}),
+                "`n` must be an integer between 1 and 128",
+            ),
+            (
+                json!({"model": "m", "messages": m, "n": "2"}),
+                "`n` must be an integer between 1 and 128",
+            ),
+        ];
+        for (body, message) in cases {
+            assert_eq!(refused(body.clone()), (message.to_owned(), None), "{body}");
+        }
+        // Messages are checked after `model`, before `stream` and `n`.
+        let (message, param) = refused(json!({"model": "m", "messages": [], "stream": 1}));
+        assert_eq!(
+            (message.as_str(), param.as_deref()),
+            ("messages: must not be empty", Some("messages"))
+        );
+        let e = ChatRequest::parse(json!({"model": "m"})).unwrap_err();
+        assert_eq!((e.status(), e.code()), (400, "invalid_request"));
+    }
+
+    #[test]
+    fn lenient_members_and_unknown_ones_are_kept() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 0.2, "x-vendor": {"a": [1]}, "stream": null, "n": null,
+            "stream_options": {"include_usage": "yes"}, "max_tokens": 50});
+        let r = ChatRequest::parse(body.clone()).unwrap();
+        assert_eq!(r.model, "m");
+        assert!(!r.stream && !r.include_usage);
+        assert_eq!(
+            (r.choices, r.max_output_tokens, r.has_output_limit),
+            (1, Some(50), true)
+        );
+        assert_eq!(Value::Object(r.body.clone()), body, "forwarded as sent");
+        assert_eq!(r.messages(), body.get("messages"));
+
+        let r = ChatRequest::parse(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "stream": true, "n": 3, "stream_options": {"include_usage": true},
+            "max_completion_tokens": 7, "max_tokens": 9}),
+        )
+        .unwrap();
+        assert!(r.stream && r.include_usage);
+        assert_eq!((r.choices, r.max_output_tokens), (3, Some(7)));
+
+        // A limit of the wrong type counts as none and does not fall
+        // through to the other; it still counts as present.
+        let r = ChatRequest::parse(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "max_completion_tokens": null, "max_tokens": 9}),
+        )
+        .unwrap();
+        assert_eq!((r.max_output_tokens, r.has_output_limit), (None, true));
+        // `stream_options` that is not an object asks for nothing.
+        let r = ChatRequest::parse(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "stream_options": [true]}),
+        )
+        .unwrap();
+        assert!(!r.include_usage && !r.has_output_limit);
+        assert_eq!(r.max_output_tokens, None);
+    }
+}
