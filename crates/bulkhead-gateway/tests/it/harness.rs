@@ -61,6 +61,17 @@ upstream = "gpt-4o-mini"
 name = "own-key"
 provider = "byok"
 upstream = "gpt-4o-mini"
+[[embedding_models]]
+name = "embed"
+provider = "fake-eu"
+upstream = "text-embedding-3-small"
+dimensions = 16
+price_input_per_mtok = "0.02"
+[[embedding_models]]
+name = "embed-us"
+provider = "fake-us"
+upstream = "text-embedding-3-small"
+dimensions = 16
 "#
     )
 }

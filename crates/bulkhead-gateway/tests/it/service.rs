@@ -295,3 +295,65 @@ async fn another_tenants_canary_trips_the_wire_and_nothing_is_sent() {
     assert_eq!(h.alarm.hits().len(), 1);
     assert_eq!(h.fake.request_count(), 1);
 }
+
+#[tokio::test]
+async fn embeddings_come_back_in_order_and_are_billed_as_embed_calls() {
+    let h = Harness::new().await;
+    let acme = scope("acme");
+    let inputs = vec!["alpha".to_owned(), "beta".to_owned(), "alpha".to_owned()];
+    let vectors = h.gateway.embed(&acme, "embed", &inputs).await.unwrap();
+    assert_eq!(vectors.len(), 3);
+    assert!(vectors.iter().all(|v| v.len() == 16));
+    assert_eq!(
+        vectors[0], vectors[2],
+        "the same input, the same vector, in place"
+    );
+    assert_ne!(vectors[0], vectors[1]);
+    assert_eq!(h.fake.requests()[0].body["dimensions"], 16);
+    h.gateway.drain().await;
+    let row = h.store.usage_rows(&acme).pop().unwrap();
+    assert_eq!(
+        (row.kind, row.status.as_str(), row.model.as_str()),
+        ("embed", "ok", "embed")
+    );
+    assert!(row.tokens.input > 0);
+    let event = h.store.audit_events(&acme).pop().unwrap();
+    assert_eq!(event.action, AuditAction::ModelEmbed);
+    // Residency holds for embeddings too, and nothing is sent.
+    let err = h
+        .gateway
+        .embed(&acme, "embed-us", &inputs)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "residency_violation");
+    assert_eq!(h.fake.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_model_outside_the_tenants_allow_list_is_not_found_at_once() {
+    let h = Harness::new().await;
+    let acme = scope("acme");
+    complete(h.gateway.chat(&acme, chat("small", "hi")).await);
+    let event = bulkhead_core::audit::NewAuditEvent::new(
+        AuditAction::TenantModels,
+        "tenant:acme",
+        Outcome::Success,
+        acme.request_id().clone(),
+    );
+    h.gateway
+        .set_allowed(&acme, Some(vec!["own-key".into()]), event)
+        .await
+        .unwrap();
+    // The cached settings were dropped with the write: no stale allow-list.
+    let err = h
+        .gateway
+        .chat(&acme, chat("small", "hi"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!((err.status(), err.code()), (404, "model_not_found"));
+    assert_eq!(h.fake.request_count(), 1);
+    // Another tenant's list is its own.
+    complete(h.gateway.chat(&scope("globex"), chat("small", "hi")).await);
+}
