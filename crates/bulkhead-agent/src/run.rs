@@ -1390,7 +1390,10 @@ impl Runtime {
 
     /// The tenant's `call_tool` decision: `Ok(needs approval)`, or the
     /// refusal's code and message.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each argument is one part of the call being checked"
+    )]
     fn check_policy(
         &self,
         ctx: &RunCtx,

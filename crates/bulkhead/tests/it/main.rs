@@ -16,3 +16,4 @@ mod runs;
 mod sdk_openai;
 mod secrets;
 mod support;
+mod tidy;
