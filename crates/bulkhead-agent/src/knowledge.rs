@@ -16,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_core::codes::{self, ErrorCode};
 use bulkhead_core::config::QuotaValues;
 use bulkhead_core::{Region, Timestamp};
 use bulkhead_gateway::{Gateway, GatewayError};
@@ -247,7 +248,7 @@ pub enum KnowledgeServiceError {
     #[error("{message}")]
     Invalid {
         /// Stable code.
-        code: &'static str,
+        code: ErrorCode,
         /// What is wrong.
         message: String,
     },
@@ -264,8 +265,18 @@ pub enum KnowledgeServiceError {
 
 impl From<KnowledgeError> for KnowledgeServiceError {
     fn from(e: KnowledgeError) -> Self {
+        let code = match e {
+            KnowledgeError::Empty => codes::EMPTY_DOCUMENT,
+            KnowledgeError::TooLarge { .. } => codes::DOCUMENT_TOO_LARGE,
+            KnowledgeError::InvalidFilter(_) => codes::INVALID_FILTER,
+            KnowledgeError::InvalidName(_) => codes::INVALID_NAME,
+            KnowledgeError::InvalidMetadata(_) => codes::INVALID_METADATA,
+            // The chunking limits are the service's own constants, not the
+            // caller's input: limits that cannot chunk are a bug.
+            KnowledgeError::InvalidLimits(_) => codes::INTERNAL,
+        };
         KnowledgeServiceError::Invalid {
-            code: e.code(),
+            code,
             message: e.to_string(),
         }
     }
@@ -549,7 +560,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
     bulkhead_core::audit::hex(&Sha256::digest(bytes))
 }
 
-fn invalid(code: &'static str, message: impl Into<String>) -> KnowledgeServiceError {
+fn invalid(code: ErrorCode, message: impl Into<String>) -> KnowledgeServiceError {
     KnowledgeServiceError::Invalid {
         code,
         message: message.into(),
@@ -666,7 +677,7 @@ impl Knowledge {
         }
         if doc.title.as_ref().is_some_and(|t| t.len() > 1024) {
             return Err(invalid(
-                "validation_failed",
+                codes::VALIDATION_FAILED,
                 "title: longer than 1024 bytes",
             ));
         }
@@ -812,17 +823,20 @@ impl Knowledge {
             return Err(KnowledgeServiceError::NotFound);
         }
         if query.trim().is_empty() {
-            return Err(invalid("validation_failed", "query: must not be empty"));
+            return Err(invalid(
+                codes::VALIDATION_FAILED,
+                "query: must not be empty",
+            ));
         }
         if query.len() > 8192 {
             return Err(invalid(
-                "validation_failed",
+                codes::VALIDATION_FAILED,
                 "query: longer than 8192 bytes",
             ));
         }
         if top_k == 0 || top_k > MAX_TOP_K {
             return Err(invalid(
-                "validation_failed",
+                codes::VALIDATION_FAILED,
                 format!("top_k: must be between 1 and {MAX_TOP_K}"),
             ));
         }
@@ -861,7 +875,7 @@ impl Knowledge {
         let mode = match (mode, &model) {
             (SearchMode::Vector, None) => {
                 return Err(invalid(
-                    "validation_failed",
+                    codes::VALIDATION_FAILED,
                     "mode: no embedding model serves this tenant's region; use fulltext",
                 ));
             }
