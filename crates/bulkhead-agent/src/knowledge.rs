@@ -130,9 +130,10 @@ pub struct Hit {
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
 pub enum KnowledgeStoreError {
-    /// The store failed.
+    /// The store failed: its error, kept whole as the source (its message
+    /// is this error's message).
     #[error("{0}")]
-    Backend(String),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The write would take the tenant over its storage quota (nothing
     /// was written).
     #[error("{0}")]
@@ -917,7 +918,7 @@ impl Knowledge {
                 index.search(&qv, allowed.as_ref(), want)
             })
             .await
-            .map_err(|e| KnowledgeServiceError::Store(KnowledgeStoreError::Backend(e.to_string())))
+            .map_err(|e| KnowledgeServiceError::Store(KnowledgeStoreError::Backend(Box::new(e))))
         };
         let (fulltext, vector) = tokio::join!(fulltext, vector);
         let (fulltext, vector) = (fulltext?, vector?);

@@ -223,6 +223,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Internal(m) => ApiError::Internal(m),
+            StoreError::Backend(e) => ApiError::Internal(e.to_string()),
             StoreError::Quota(message) => ApiError::Knowledge {
                 code: codes::STORAGE_QUOTA_EXCEEDED,
                 message,
