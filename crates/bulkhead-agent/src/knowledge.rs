@@ -15,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
+use bulkhead_core::codes::{self, ErrorCode};
 use bulkhead_core::config::QuotaValues;
 use bulkhead_core::{Region, Timestamp};
 use bulkhead_gateway::{Gateway, GatewayError};
@@ -130,9 +131,10 @@ pub struct Hit {
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
 pub enum KnowledgeStoreError {
-    /// The store failed.
+    /// The store failed: its error, kept whole as the source (its message
+    /// is this error's message).
     #[error("{0}")]
-    Backend(String),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The write would take the tenant over its storage quota (nothing
     /// was written).
     #[error("{0}")]
@@ -248,7 +250,7 @@ pub enum KnowledgeServiceError {
     #[error("{message}")]
     Invalid {
         /// Stable code.
-        code: &'static str,
+        code: ErrorCode,
         /// What is wrong.
         message: String,
     },
@@ -265,8 +267,18 @@ pub enum KnowledgeServiceError {
 
 impl From<KnowledgeError> for KnowledgeServiceError {
     fn from(e: KnowledgeError) -> Self {
+        let code = match e {
+            KnowledgeError::Empty => codes::EMPTY_DOCUMENT,
+            KnowledgeError::TooLarge { .. } => codes::DOCUMENT_TOO_LARGE,
+            KnowledgeError::InvalidFilter(_) => codes::INVALID_FILTER,
+            KnowledgeError::InvalidName(_) => codes::INVALID_NAME,
+            KnowledgeError::InvalidMetadata(_) => codes::INVALID_METADATA,
+            // The chunking limits are the service's own constants, not the
+            // caller's input: limits that cannot chunk are a bug.
+            KnowledgeError::InvalidLimits(_) => codes::INTERNAL,
+        };
         KnowledgeServiceError::Invalid {
-            code: e.code(),
+            code,
             message: e.to_string(),
         }
     }
@@ -550,7 +562,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
     bulkhead_core::audit::hex(&Sha256::digest(bytes))
 }
 
-fn invalid(code: &'static str, message: impl Into<String>) -> KnowledgeServiceError {
+fn invalid(code: ErrorCode, message: impl Into<String>) -> KnowledgeServiceError {
     KnowledgeServiceError::Invalid {
         code,
         message: message.into(),
@@ -667,7 +679,7 @@ impl Knowledge {
         }
         if doc.title.as_ref().is_some_and(|t| t.len() > 1024) {
             return Err(invalid(
-                "validation_failed",
+                codes::VALIDATION_FAILED,
                 "title: longer than 1024 bytes",
             ));
         }
@@ -813,17 +825,20 @@ impl Knowledge {
             return Err(KnowledgeServiceError::NotFound);
         }
         if query.trim().is_empty() {
-            return Err(invalid("validation_failed", "query: must not be empty"));
+            return Err(invalid(
+                codes::VALIDATION_FAILED,
+                "query: must not be empty",
+            ));
         }
         if query.len() > 8192 {
             return Err(invalid(
-                "validation_failed",
+                codes::VALIDATION_FAILED,
                 "query: longer than 8192 bytes",
             ));
         }
         if top_k == 0 || top_k > MAX_TOP_K {
             return Err(invalid(
-                "validation_failed",
+                codes::VALIDATION_FAILED,
                 format!("top_k: must be between 1 and {MAX_TOP_K}"),
             ));
         }
@@ -862,7 +877,7 @@ impl Knowledge {
         let mode = match (mode, &model) {
             (SearchMode::Vector, None) => {
                 return Err(invalid(
-                    "validation_failed",
+                    codes::VALIDATION_FAILED,
                     "mode: no embedding model serves this tenant's region; use fulltext",
                 ));
             }
@@ -904,7 +919,7 @@ impl Knowledge {
                 index.search(&qv, allowed.as_ref(), want)
             })
             .await
-            .map_err(|e| KnowledgeServiceError::Store(KnowledgeStoreError::Backend(e.to_string())))
+            .map_err(|e| KnowledgeServiceError::Store(KnowledgeStoreError::Backend(Box::new(e))))
         };
         let (fulltext, vector) = tokio::join!(fulltext, vector);
         let (fulltext, vector) = (fulltext?, vector?);

@@ -22,10 +22,12 @@ pub enum Deletion {
     InProgress,
 }
 
-/// Storage failures, as the runtime sees them.
+/// Storage failures, as the runtime sees them: the store's own error, kept
+/// whole as the source (its message is this error's message), so logs and
+/// callers keep the chain down to, e.g., the SQLite error.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct AgentStoreError(pub String);
+pub struct AgentStoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
 /// The state of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

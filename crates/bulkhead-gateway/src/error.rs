@@ -1,6 +1,8 @@
 //! Gateway errors, each with the OpenAI error `type` and `code` the
 //! OpenAI-compatible endpoints answer with.
 
+use bulkhead_core::codes::{self, ErrorCode};
+
 /// Why a model call did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -57,22 +59,33 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// HTTP status.
-    pub fn status(&self) -> u16 {
+    /// The entry of the code table this error answers with.
+    pub fn error_code(&self) -> ErrorCode {
+        use bulkhead_quota::Refusal;
         match self {
-            GatewayError::ModelNotFound(_) => 404,
-            GatewayError::Residency { .. } => 403,
-            GatewayError::InvalidRequest(_)
-            | GatewayError::InvalidMessage(_)
-            | GatewayError::MissingCredential(_) => 400,
-            GatewayError::UpstreamRateLimited { .. } => 429,
-            GatewayError::UpstreamTimeout(_) => 504,
-            GatewayError::Upstream(_) | GatewayError::UpstreamTooLarge(_) => 502,
-            GatewayError::Internal(_) => 500,
-            GatewayError::CrossTenantLeak => 403,
-            GatewayError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => 503,
-            GatewayError::Limited(_) => 429,
+            GatewayError::ModelNotFound(_) => codes::MODEL_NOT_FOUND,
+            GatewayError::Residency { .. } => codes::RESIDENCY_VIOLATION,
+            GatewayError::InvalidRequest(_) | GatewayError::InvalidMessage(_) => {
+                codes::INVALID_REQUEST
+            }
+            GatewayError::MissingCredential(_) => codes::MISSING_CREDENTIAL,
+            GatewayError::UpstreamRateLimited { .. } => codes::RATE_LIMIT_EXCEEDED,
+            GatewayError::UpstreamTimeout(_) => codes::UPSTREAM_TIMEOUT,
+            GatewayError::Upstream(_) => codes::UPSTREAM_ERROR,
+            GatewayError::UpstreamTooLarge(_) => codes::UPSTREAM_TOO_LARGE,
+            GatewayError::Internal(_) => codes::INTERNAL,
+            GatewayError::CrossTenantLeak => codes::CROSS_TENANT_LEAK,
+            GatewayError::Limited(Refusal::RateLimited { .. }) => codes::RATE_LIMITED,
+            GatewayError::Limited(Refusal::ConcurrencyLimited { .. }) => codes::CONCURRENCY_LIMITED,
+            GatewayError::Limited(Refusal::BudgetExceeded { .. }) => codes::BUDGET_EXCEEDED,
+            GatewayError::Limited(Refusal::Unavailable(_)) => codes::LIMITS_UNAVAILABLE,
         }
+    }
+
+    /// HTTP status. Every code a `GatewayError` carries has one (a test
+    /// checks); one without would be a bug, answered as a 500.
+    pub fn status(&self) -> u16 {
+        self.error_code().status.unwrap_or(500)
     }
 
     /// OpenAI error `type`.
@@ -99,19 +112,7 @@ impl GatewayError {
 
     /// Stable code.
     pub fn code(&self) -> &'static str {
-        match self {
-            GatewayError::ModelNotFound(_) => "model_not_found",
-            GatewayError::Residency { .. } => "residency_violation",
-            GatewayError::InvalidRequest(_) | GatewayError::InvalidMessage(_) => "invalid_request",
-            GatewayError::MissingCredential(_) => "missing_credential",
-            GatewayError::UpstreamRateLimited { .. } => "rate_limit_exceeded",
-            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
-            GatewayError::Upstream(_) => "upstream_error",
-            GatewayError::UpstreamTooLarge(_) => "upstream_too_large",
-            GatewayError::Internal(_) => "internal",
-            GatewayError::CrossTenantLeak => "cross_tenant_leak",
-            GatewayError::Limited(r) => r.code(),
-        }
+        self.error_code().code
     }
 
     /// The request field at fault (OpenAI's `param`), when one is.
@@ -139,6 +140,88 @@ impl GatewayError {
             GatewayError::Upstream(_) => "upstream_error",
             GatewayError::UpstreamTooLarge(_) => "upstream_too_large",
             _ => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_quota::Refusal;
+
+    /// Every variant answers with the status and code it answered with
+    /// before they came from the code table (pinned here by hand), and
+    /// each is the table's entry for that code.
+    #[test]
+    fn every_variant_answers_as_before() {
+        let s = String::new;
+        let cases = [
+            (GatewayError::ModelNotFound(s()), 404, "model_not_found"),
+            (
+                GatewayError::Residency {
+                    model: s(),
+                    provider_region: s(),
+                    tenant_region: s(),
+                },
+                403,
+                "residency_violation",
+            ),
+            (GatewayError::InvalidRequest(s()), 400, "invalid_request"),
+            (
+                GatewayError::InvalidMessage(crate::validate::InvalidMessage {
+                    param: s(),
+                    reason: s(),
+                }),
+                400,
+                "invalid_request",
+            ),
+            (
+                GatewayError::MissingCredential(s()),
+                400,
+                "missing_credential",
+            ),
+            (
+                GatewayError::UpstreamRateLimited { retry_after: None },
+                429,
+                "rate_limit_exceeded",
+            ),
+            (GatewayError::UpstreamTimeout(1), 504, "upstream_timeout"),
+            (GatewayError::Upstream(s()), 502, "upstream_error"),
+            (GatewayError::UpstreamTooLarge(1), 502, "upstream_too_large"),
+            (GatewayError::Internal(s()), 500, "internal"),
+            (GatewayError::CrossTenantLeak, 403, "cross_tenant_leak"),
+            (
+                GatewayError::Limited(Refusal::RateLimited {
+                    what: "tokens",
+                    limit: 1,
+                    retry_after_s: 1,
+                }),
+                429,
+                "rate_limited",
+            ),
+            (
+                GatewayError::Limited(Refusal::ConcurrencyLimited { limit: 1 }),
+                429,
+                "concurrency_limited",
+            ),
+            (
+                GatewayError::Limited(Refusal::BudgetExceeded {
+                    period: "monthly",
+                    budget: bulkhead_core::money::Usd::from_micros(1),
+                    retry_after_s: 1,
+                }),
+                429,
+                "budget_exceeded",
+            ),
+            (
+                GatewayError::Limited(Refusal::Unavailable(s())),
+                503,
+                "limits_unavailable",
+            ),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status(), e.code()), (status, code), "{e:?}");
+            assert_eq!(ErrorCode::find(code), Some(&e.error_code()));
         }
     }
 }

@@ -23,10 +23,11 @@ pub struct GatewaySettings {
     pub approval_webhook: Option<String>,
 }
 
-/// Storage failures, as the gateway sees them.
+/// Storage failures, as the gateway sees them: the store's own error, kept
+/// whole as the source (its message is this error's message).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct GatewayStoreError(pub String);
+pub struct GatewayStoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
 /// The outcome of a queued usage write.
 pub type UsageWrite = Pin<Box<dyn Future<Output = Result<(), GatewayStoreError>> + Send>>;

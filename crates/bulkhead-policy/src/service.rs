@@ -17,11 +17,21 @@ use crate::{Action, Decision, PolicyEngine, PolicyError, Resource, TenantPolicie
 /// replica's change applies within this time.
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// The policy store failed: its error, kept whole as the source (its
+/// message is this error's message), so the chain reaches, e.g., the
+/// SQLite error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyStoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
 /// Where a tenant's policy text lives (its partition).
 #[async_trait]
 pub trait PolicyStore: Send + Sync {
     /// The tenant's policy text, if it has any.
-    async fn tenant_policies(&self, scope: &TenantScope) -> Result<Option<String>, String>;
+    async fn tenant_policies(
+        &self,
+        scope: &TenantScope,
+    ) -> Result<Option<String>, PolicyStoreError>;
     /// Replaces (or, with `None`, removes) the tenant's policies, with
     /// its audit event, in one transaction.
     async fn set_tenant_policies(
@@ -29,7 +39,7 @@ pub trait PolicyStore: Send + Sync {
         scope: &TenantScope,
         text: Option<String>,
         event: NewAuditEvent,
-    ) -> Result<(), String>;
+    ) -> Result<(), PolicyStoreError>;
 }
 
 /// Why a policy operation failed.
@@ -40,7 +50,7 @@ pub enum PoliciesError {
     Policy(#[from] PolicyError),
     /// The store failed.
     #[error("policy store: {0}")]
-    Store(String),
+    Store(#[source] PolicyStoreError),
 }
 
 /// Decisions for every tenant.
@@ -134,5 +144,32 @@ impl Policies {
             }
         }
         result.map_err(PoliciesError::Store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    /// A store failure keeps its message (behind `policy store:`) and is
+    /// the source, holding the store's own error.
+    #[test]
+    fn a_store_failure_keeps_its_chain() {
+        let io = std::io::Error::other("disk gone");
+        let e = PoliciesError::Store(PolicyStoreError(Box::new(io)));
+        assert_eq!(e.to_string(), "policy store: disk gone");
+        let source = e.source().expect("the store error is the source");
+        assert_eq!(source.to_string(), "disk gone");
+        let store = source
+            .downcast_ref::<PolicyStoreError>()
+            .expect("the source is the store's error");
+        assert!(store.0.downcast_ref::<std::io::Error>().is_some());
+        assert!(
+            source
+                .source()
+                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+        );
     }
 }

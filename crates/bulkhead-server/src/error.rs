@@ -1,12 +1,14 @@
-//! The one API error type, and the table of stable error codes.
+//! The one API error type.
 //!
 //! Every failure a client can see is an [`ApiError`]; each variant maps to
-//! one HTTP status and one stable `code` (documented in `docs/errors.md`).
+//! one entry of [`bulkhead_core::codes`] (its stable `code`, HTTP status and
+//! title, documented in `docs/errors.md`).
 //! Bodies are `application/problem+json` (RFC 9457) and carry the request
 //! id. 5xx bodies never include internal details; those go to the log.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bulkhead_core::codes::{self, ErrorCode};
 use bulkhead_store::StoreError;
 use serde::Serialize;
 
@@ -50,7 +52,7 @@ pub enum ApiError {
     #[error("{message}")]
     State {
         /// Stable code.
-        code: &'static str,
+        code: ErrorCode,
         /// What is wrong.
         message: String,
     },
@@ -85,7 +87,7 @@ pub enum ApiError {
     #[error("{message}")]
     Knowledge {
         /// Stable code.
-        code: &'static str,
+        code: ErrorCode,
         /// What is wrong.
         message: String,
     },
@@ -103,101 +105,58 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    /// The entry of the code table this error answers with: its code,
+    /// status and title.
+    pub fn error_code(&self) -> ErrorCode {
+        use bulkhead_quota::Refusal;
         match self {
-            ApiError::InvalidBody(_) | ApiError::InvalidParameter(_) | ApiError::Validation(_) => {
-                StatusCode::BAD_REQUEST
+            ApiError::InvalidBody(_) => codes::INVALID_BODY,
+            ApiError::InvalidParameter(_) => codes::INVALID_PARAMETER,
+            ApiError::Validation(_) => codes::VALIDATION_FAILED,
+            ApiError::Unauthenticated => codes::UNAUTHENTICATED,
+            ApiError::TenantSuspended => codes::TENANT_SUSPENDED,
+            ApiError::TenantMismatch => codes::TENANT_MISMATCH,
+            ApiError::Forbidden => codes::FORBIDDEN,
+            ApiError::NotFound => codes::NOT_FOUND,
+            ApiError::MethodNotAllowed => codes::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => codes::CONFLICT,
+            ApiError::State { code, .. } | ApiError::Knowledge { code, .. } => *code,
+            ApiError::PayloadTooLarge(_) => codes::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => codes::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout(_) => codes::TIMEOUT,
+            ApiError::Unavailable => codes::UNAVAILABLE,
+            ApiError::Internal(_) => codes::INTERNAL,
+            ApiError::AgentDisabled(_) => codes::AGENT_DISABLED,
+            ApiError::Residency(_) => codes::RESIDENCY_VIOLATION,
+            ApiError::RunFinished => codes::RUN_FINISHED,
+            ApiError::Prompt(_) => codes::PROMPT_ERROR,
+            ApiError::InvalidPolicy(_) => codes::INVALID_POLICY,
+            ApiError::Limited(Refusal::RateLimited { .. }) | ApiError::AuthThrottled(_) => {
+                codes::RATE_LIMITED
             }
-            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ApiError::TenantSuspended | ApiError::TenantMismatch | ApiError::Forbidden => {
-                StatusCode::FORBIDDEN
-            }
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) | ApiError::State { .. } => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::AgentDisabled(_) | ApiError::RunFinished => StatusCode::CONFLICT,
-            ApiError::Residency(_) => StatusCode::FORBIDDEN,
-            ApiError::Prompt(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::InvalidPolicy(_) => StatusCode::BAD_REQUEST,
-            ApiError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::Limited(_) | ApiError::AuthThrottled(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Knowledge { code, .. } => match *code {
-                "document_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-                "storage_quota_exceeded" => StatusCode::FORBIDDEN,
-                "embedding_failed" => StatusCode::BAD_GATEWAY,
-                _ => StatusCode::BAD_REQUEST,
-            },
+            ApiError::Limited(Refusal::ConcurrencyLimited { .. }) => codes::CONCURRENCY_LIMITED,
+            ApiError::Limited(Refusal::BudgetExceeded { .. }) => codes::BUDGET_EXCEEDED,
+            ApiError::Limited(Refusal::Unavailable(_)) => codes::LIMITS_UNAVAILABLE,
         }
+    }
+
+    /// The HTTP status. Every code an `ApiError` can carry has one (a
+    /// server test checks); a code without one would be a bug, answered
+    /// as a 500.
+    pub fn status(&self) -> StatusCode {
+        self.error_code()
+            .status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// The stable machine code.
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::InvalidBody(_) => "invalid_body",
-            ApiError::InvalidParameter(_) => "invalid_parameter",
-            ApiError::Validation(_) => "validation_failed",
-            ApiError::Unauthenticated => "unauthenticated",
-            ApiError::TenantSuspended => "tenant_suspended",
-            ApiError::TenantMismatch => "tenant_mismatch",
-            ApiError::Forbidden => "forbidden",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::State { code, .. } => code,
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::Timeout(_) => "timeout",
-            ApiError::Unavailable => "unavailable",
-            ApiError::Internal(_) => "internal",
-            ApiError::AgentDisabled(_) => "agent_disabled",
-            ApiError::Residency(_) => "residency_violation",
-            ApiError::RunFinished => "run_finished",
-            ApiError::Prompt(_) => "prompt_error",
-            ApiError::Knowledge { code, .. } => code,
-            ApiError::Limited(r) => r.code(),
-            ApiError::AuthThrottled(_) => "rate_limited",
-            ApiError::InvalidPolicy(_) => "invalid_policy",
-        }
+        self.error_code().code
     }
 
     fn title(&self) -> &'static str {
-        match self {
-            ApiError::InvalidBody(_) => "Invalid request body",
-            ApiError::InvalidParameter(_) => "Invalid parameter",
-            ApiError::Validation(_) => "Validation failed",
-            ApiError::Unauthenticated => "Unauthenticated",
-            ApiError::TenantSuspended => "Tenant suspended",
-            ApiError::TenantMismatch => "Tenant mismatch",
-            ApiError::Forbidden => "Forbidden",
-            ApiError::NotFound => "Not found",
-            ApiError::MethodNotAllowed => "Method not allowed",
-            ApiError::Conflict(_) | ApiError::State { .. } => "Conflict",
-            ApiError::PayloadTooLarge(_) => "Payload too large",
-            ApiError::UnsupportedMediaType => "Unsupported media type",
-            ApiError::Timeout(_) => "Timeout",
-            ApiError::Unavailable => "Service unavailable",
-            ApiError::Internal(_) => "Internal error",
-            ApiError::AgentDisabled(_) => "Agent disabled",
-            ApiError::Residency(_) => "Residency violation",
-            ApiError::RunFinished => "Run already ended",
-            ApiError::Prompt(_) => "Prompt error",
-            ApiError::Knowledge { .. } => "Knowledge request refused",
-            ApiError::InvalidPolicy(_) => "Invalid policy",
-            ApiError::Limited(bulkhead_quota::Refusal::BudgetExceeded { .. }) => "Budget exceeded",
-            ApiError::Limited(bulkhead_quota::Refusal::ConcurrencyLimited { .. }) => {
-                "Too many concurrent runs"
-            }
-            ApiError::Limited(bulkhead_quota::Refusal::Unavailable(_)) => "Limits unavailable",
-            ApiError::Limited(_) | ApiError::AuthThrottled(_) => "Rate limited",
-        }
+        self.error_code().title
     }
 }
 
@@ -240,13 +199,20 @@ impl From<bulkhead_agent::AgentError> for ApiError {
             AgentError::Store(s) => ApiError::Internal(s.to_string()),
             AgentError::Config(m) => ApiError::Internal(m),
             AgentError::Limited(r) => ApiError::Limited(r),
-            AgentError::Decided(_)
-            | AgentError::Mismatch(_)
-            | AgentError::ThreadPaused
-            | AgentError::InProgress => ApiError::State {
-                code: e.code(),
-                message: e.to_string(),
-            },
+            AgentError::Decided(_) => ApiError::state(codes::APPROVAL_DECIDED, &e),
+            AgentError::Mismatch(_) => ApiError::state(codes::APPROVAL_MISMATCH, &e),
+            AgentError::ThreadPaused => ApiError::state(codes::THREAD_PAUSED, &e),
+            AgentError::InProgress => ApiError::state(codes::RUN_IN_PROGRESS, &e),
+        }
+    }
+}
+
+impl ApiError {
+    /// A 409 with its own code, saying what `e` says.
+    fn state(code: ErrorCode, e: &impl std::fmt::Display) -> Self {
+        ApiError::State {
+            code,
+            message: e.to_string(),
         }
     }
 }
@@ -257,8 +223,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Internal(m) => ApiError::Internal(m),
+            StoreError::Backend(e) => ApiError::Internal(e.to_string()),
             StoreError::Quota(message) => ApiError::Knowledge {
-                code: "storage_quota_exceeded",
+                code: codes::STORAGE_QUOTA_EXCEEDED,
                 message,
             },
         }
@@ -290,7 +257,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "internal error");
         }
         let body = Problem {
-            kind: format!("urn:bulkhead:problem:{}", self.code()),
+            kind: self.error_code().problem_type(),
             title: self.title().to_owned(),
             status: status.as_u16(),
             detail: self.to_string(),
@@ -326,7 +293,206 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulkhead_quota::Refusal;
     use bulkhead_vault::{KmsError, VaultError};
+
+    /// Every variant answers with the status, code and title it answered
+    /// with before they came from the code table (pinned here by hand, so
+    /// a wrong table entry fails), and every code it can carry has a status.
+    #[test]
+    fn every_variant_answers_as_before() {
+        let s = String::new;
+        let cases: Vec<(ApiError, u16, &str, &str)> = vec![
+            (
+                ApiError::InvalidBody(s()),
+                400,
+                "invalid_body",
+                "Invalid request body",
+            ),
+            (
+                ApiError::InvalidParameter(s()),
+                400,
+                "invalid_parameter",
+                "Invalid parameter",
+            ),
+            (
+                ApiError::Validation(s()),
+                400,
+                "validation_failed",
+                "Validation failed",
+            ),
+            (
+                ApiError::Unauthenticated,
+                401,
+                "unauthenticated",
+                "Unauthenticated",
+            ),
+            (
+                ApiError::TenantSuspended,
+                403,
+                "tenant_suspended",
+                "Tenant suspended",
+            ),
+            (
+                ApiError::TenantMismatch,
+                403,
+                "tenant_mismatch",
+                "Tenant mismatch",
+            ),
+            (ApiError::Forbidden, 403, "forbidden", "Forbidden"),
+            (ApiError::NotFound, 404, "not_found", "Not found"),
+            (
+                ApiError::MethodNotAllowed,
+                405,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
+            (ApiError::Conflict(s()), 409, "conflict", "Conflict"),
+            (
+                ApiError::PayloadTooLarge(1),
+                413,
+                "payload_too_large",
+                "Payload too large",
+            ),
+            (
+                ApiError::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+                "Unsupported media type",
+            ),
+            (ApiError::Timeout(1), 504, "timeout", "Timeout"),
+            (
+                ApiError::Unavailable,
+                503,
+                "unavailable",
+                "Service unavailable",
+            ),
+            (ApiError::Internal(s()), 500, "internal", "Internal error"),
+            (
+                ApiError::AgentDisabled(s()),
+                409,
+                "agent_disabled",
+                "Agent disabled",
+            ),
+            (
+                ApiError::Residency(s()),
+                403,
+                "residency_violation",
+                "Residency violation",
+            ),
+            (
+                ApiError::RunFinished,
+                409,
+                "run_finished",
+                "Run already ended",
+            ),
+            (ApiError::Prompt(s()), 422, "prompt_error", "Prompt error"),
+            (
+                ApiError::InvalidPolicy(s()),
+                400,
+                "invalid_policy",
+                "Invalid policy",
+            ),
+            (
+                ApiError::AuthThrottled(3),
+                429,
+                "rate_limited",
+                "Rate limited",
+            ),
+            (
+                ApiError::Limited(Refusal::RateLimited {
+                    what: "requests",
+                    limit: 1,
+                    retry_after_s: 1,
+                }),
+                429,
+                "rate_limited",
+                "Rate limited",
+            ),
+            (
+                ApiError::Limited(Refusal::ConcurrencyLimited { limit: 1 }),
+                429,
+                "concurrency_limited",
+                "Too many concurrent runs",
+            ),
+            (
+                ApiError::Limited(Refusal::BudgetExceeded {
+                    period: "daily",
+                    budget: bulkhead_core::money::Usd::from_micros(1),
+                    retry_after_s: 1,
+                }),
+                429,
+                "budget_exceeded",
+                "Budget exceeded",
+            ),
+            (
+                ApiError::Limited(Refusal::Unavailable(s())),
+                503,
+                "limits_unavailable",
+                "Limits unavailable",
+            ),
+        ];
+        let state = [
+            (codes::ISOLATION_UNAVAILABLE, "isolation_unavailable"),
+            (codes::APPROVAL_DECIDED, "approval_decided"),
+            (codes::APPROVAL_MISMATCH, "approval_mismatch"),
+            (codes::THREAD_PAUSED, "thread_paused"),
+            (codes::RUN_IN_PROGRESS, "run_in_progress"),
+        ]
+        .map(|(code, name)| {
+            (
+                ApiError::State { code, message: s() },
+                409,
+                name,
+                "Conflict",
+            )
+        });
+        let knowledge = [
+            (codes::EMPTY_DOCUMENT, 400),
+            (codes::INVALID_NAME, 400),
+            (codes::INVALID_METADATA, 400),
+            (codes::INVALID_FILTER, 400),
+            (codes::DOCUMENT_TOO_LARGE, 413),
+            (codes::STORAGE_QUOTA_EXCEEDED, 403),
+            (codes::EMBEDDING_FAILED, 502),
+        ]
+        .map(|(code, status)| {
+            (
+                ApiError::Knowledge { code, message: s() },
+                status,
+                code.code,
+                "Knowledge request refused",
+            )
+        });
+        for (e, status, code, title) in cases.into_iter().chain(state).chain(knowledge) {
+            assert_eq!(
+                (e.status().as_u16(), e.code(), e.title()),
+                (status, code, title),
+                "{e:?}"
+            );
+            assert!(e.error_code().status.is_some(), "{e:?} has no status");
+            assert_eq!(codes::ErrorCode::find(code), Some(&e.error_code()));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_problem_body_takes_type_and_title_from_the_table() {
+        let res = ApiError::RunFinished.into_response();
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["type"], "urn:bulkhead:problem:run_finished");
+        assert_eq!(body["title"], "Run already ended");
+        assert_eq!(body["status"], 409);
+        assert_eq!(body["code"], "run_finished");
+        assert_eq!(body["detail"], "the run has already ended");
+    }
 
     #[test]
     fn an_unsupported_key_operation_is_a_conflict_that_says_why() {

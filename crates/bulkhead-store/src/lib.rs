@@ -40,9 +40,14 @@ pub enum StoreError {
     /// A uniqueness rule was violated.
     #[error("conflict: {0}")]
     Conflict(String),
-    /// The database or file system failed.
+    /// An invariant of the store broke: a corrupt row, a poisoned lock, a
+    /// writer that stopped.
     #[error("storage failure: {0}")]
     Internal(String),
+    /// The database or file system failed; its error is the source, so
+    /// callers (and logs) keep the whole chain.
+    #[error("storage failure: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The write would take the tenant over a storage quota; nothing was
     /// written.
     #[error("{0}")]
@@ -51,13 +56,22 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Internal(e.to_string())
+        StoreError::Backend(Box::new(e))
     }
 }
 
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
-        StoreError::Internal(e.to_string())
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+impl StoreError {
+    /// Whether the backend refused the write for a uniqueness constraint
+    /// (SQLite names it in its message: `UNIQUE constraint failed`).
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Internal(_) | StoreError::Backend(_))
+            && self.to_string().contains("UNIQUE")
     }
 }
 
@@ -170,4 +184,66 @@ pub trait TenantStore: Send + Sync {
     ) -> StoreResult<AuditEvent>;
     /// A page of the scope's tenant chain.
     async fn audit(&self, scope: &TenantScope, page: Page) -> StoreResult<Vec<AuditEvent>>;
+}
+
+/// What the storage-port error tests share: a real SQLite error, and a
+/// walk down an error's source chain.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::error::Error;
+
+    /// The error SQLite gives for text that is not SQL.
+    pub(crate) fn sqlite_error() -> rusqlite::Error {
+        rusqlite::Connection::open_in_memory()
+            .unwrap()
+            .execute("NOT SQL", [])
+            .unwrap_err()
+    }
+
+    /// Whether `e` or an error in its source chain is a SQLite error.
+    pub(crate) fn reaches_sqlite(e: &(dyn Error + 'static)) -> bool {
+        let mut next = Some(e);
+        while let Some(e) = next {
+            if e.downcast_ref::<rusqlite::Error>().is_some() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{reaches_sqlite, sqlite_error};
+    use super::*;
+
+    #[test]
+    fn a_sqlite_failure_is_the_source_and_the_message_is_unchanged() {
+        let sqlite = sqlite_error();
+        let text = sqlite.to_string();
+        let e = StoreError::from(sqlite);
+        assert_eq!(e.to_string(), format!("storage failure: {text}"));
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), text);
+        assert!(source.downcast_ref::<rusqlite::Error>().is_some());
+        let io = StoreError::from(std::io::Error::other("disk gone"));
+        assert_eq!(io.to_string(), "storage failure: disk gone");
+        assert!(
+            std::error::Error::source(&io)
+                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+        );
+        assert!(!reaches_sqlite(&StoreError::Internal("corrupt row".into())));
+    }
+
+    #[test]
+    fn only_a_unique_constraint_is_a_unique_violation() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x TEXT UNIQUE); INSERT INTO t VALUES ('a');")
+            .unwrap();
+        let dup = StoreError::from(conn.execute("INSERT INTO t VALUES ('a')", []).unwrap_err());
+        assert!(dup.is_unique_violation(), "{dup}");
+        assert!(!StoreError::from(sqlite_error()).is_unique_violation());
+        assert!(!StoreError::Conflict("UNIQUE".into()).is_unique_violation());
+    }
 }

@@ -116,9 +116,10 @@ pub enum VaultStoreError {
     /// A compare-and-swap lost (the row changed since it was read).
     #[error("the record changed concurrently")]
     Conflict,
-    /// The store failed.
+    /// The store failed: its error, kept whole as the source (its message
+    /// is this error's message).
     #[error("{0}")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Result alias.

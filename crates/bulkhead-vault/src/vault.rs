@@ -49,7 +49,7 @@ impl From<VaultStoreError> for VaultError {
         match e {
             VaultStoreError::NotFound => VaultError::NotFound,
             VaultStoreError::Conflict => VaultError::Conflict,
-            VaultStoreError::Internal(m) => VaultError::Internal(m),
+            VaultStoreError::Internal(e) => VaultError::Internal(e.to_string()),
         }
     }
 }

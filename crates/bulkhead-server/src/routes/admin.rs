@@ -100,7 +100,7 @@ pub struct TenantList {
 fn supported_isolation(isolation: Option<Isolation>) -> Result<(), ApiError> {
     match isolation {
         Some(Isolation::Dedicated) => Err(ApiError::State {
-            code: "isolation_unavailable",
+            code: bulkhead_core::codes::ISOLATION_UNAVAILABLE,
             message: "isolation \"dedicated\" is not available in this build: there are no dedicated worker processes yet, every tenant runs in the shared process; use \"shared\"".into(),
         }),
         Some(Isolation::Shared) | None => Ok(()),

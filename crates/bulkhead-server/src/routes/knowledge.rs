@@ -47,6 +47,13 @@ pub const DOCUMENT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 impl From<KnowledgeServiceError> for ApiError {
     fn from(e: KnowledgeServiceError) -> Self {
         match e {
+            // A refusal that is the service's own fault (its chunking
+            // limits) is a 500 like any other, its detail logged only.
+            KnowledgeServiceError::Invalid { code, message }
+                if code == bulkhead_core::codes::INTERNAL =>
+            {
+                ApiError::Internal(message)
+            }
             KnowledgeServiceError::Invalid { code, message } => {
                 ApiError::Knowledge { code, message }
             }
@@ -56,13 +63,13 @@ impl From<KnowledgeServiceError> for ApiError {
                 ApiError::Limited(r)
             }
             KnowledgeServiceError::Embedding(g) => ApiError::Knowledge {
-                code: "embedding_failed",
+                code: bulkhead_core::codes::EMBEDDING_FAILED,
                 message: g.to_string(),
             },
             KnowledgeServiceError::Store(
                 bulkhead_agent::knowledge::KnowledgeStoreError::Quota(message),
             ) => ApiError::Knowledge {
-                code: "storage_quota_exceeded",
+                code: bulkhead_core::codes::STORAGE_QUOTA_EXCEEDED,
                 message,
             },
             KnowledgeServiceError::Store(s) => ApiError::Internal(s.to_string()),

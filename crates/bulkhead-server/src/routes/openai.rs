@@ -78,7 +78,10 @@ impl From<GatewayError> for OpenAiError {
 impl From<ApiError> for OpenAiError {
     fn from(e: ApiError) -> Self {
         let (kind, code) = match &e {
-            ApiError::Unauthenticated => ("invalid_request_error", "invalid_api_key"),
+            ApiError::Unauthenticated => (
+                "invalid_request_error",
+                bulkhead_core::codes::INVALID_API_KEY.code,
+            ),
             ApiError::TenantSuspended | ApiError::TenantMismatch | ApiError::Forbidden => {
                 ("permission_error", e.code())
             }

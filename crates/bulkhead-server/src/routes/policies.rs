@@ -36,7 +36,7 @@ pub struct PolicyBody {
 fn policy_error(e: PoliciesError) -> ApiError {
     match e {
         PoliciesError::Policy(p) => ApiError::InvalidPolicy(p.to_string()),
-        PoliciesError::Store(s) => ApiError::Internal(s),
+        PoliciesError::Store(s) => ApiError::Internal(s.to_string()),
     }
 }
 

@@ -21,7 +21,7 @@ use super::{approval, partition};
 use crate::StoreError;
 
 fn ag(e: StoreError) -> AgentStoreError {
-    AgentStoreError(e.to_string())
+    AgentStoreError(Box::new(e))
 }
 
 fn corrupt(what: &str) -> impl Fn(String) -> StoreError + '_ {
@@ -315,7 +315,7 @@ impl AgentStore for SqliteStore {
     ) -> Result<(), AgentStoreError> {
         let scope2 = scope.clone();
         let agent = agent.to_owned();
-        let text = serde_json::to_string(settings).map_err(|e| AgentStoreError(e.to_string()))?;
+        let text = serde_json::to_string(settings).map_err(|e| AgentStoreError(Box::new(e)))?;
         self.tenant_write(&scope2.clone(), move |tx, principal| {
                 partition::exec(tx,
                     "INSERT INTO agent_settings (agent, value, updated_at) VALUES (?1, ?2, ?3)
@@ -795,5 +795,20 @@ impl AgentStore for SqliteStore {
         })
         .await
         .map_err(ag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{reaches_sqlite, sqlite_error};
+
+    #[test]
+    fn the_runtime_sees_the_store_error_with_its_chain() {
+        let e = StoreError::from(sqlite_error());
+        let text = e.to_string();
+        let e = ag(e);
+        assert_eq!(e.to_string(), text);
+        assert!(reaches_sqlite(&e));
     }
 }

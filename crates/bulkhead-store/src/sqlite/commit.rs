@@ -11,7 +11,7 @@
 //! durable (or has failed).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bulkhead_auth::TenantScope;
 use bulkhead_core::TenantUid;
@@ -69,15 +69,16 @@ where
 enum CommitError {
     /// The partition is gone (the tenant was deleted).
     NotFound,
-    /// Anything else.
-    Other(String),
+    /// Anything else; shared, since one failure answers every writer of
+    /// the batch.
+    Other(Arc<StoreError>),
 }
 
 impl CommitError {
     fn to_store(&self) -> StoreError {
         match self {
             CommitError::NotFound => StoreError::NotFound,
-            CommitError::Other(m) => StoreError::Internal(m.clone()),
+            CommitError::Other(e) => StoreError::Backend(Box::new(Arc::clone(e))),
         }
     }
 }
@@ -86,7 +87,7 @@ impl From<StoreError> for CommitError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => CommitError::NotFound,
-            other => CommitError::Other(other.to_string()),
+            other => CommitError::Other(Arc::new(other)),
         }
     }
 }
@@ -204,5 +205,29 @@ impl SqliteStore {
         for (_, job) in jobs {
             job.finish(&commit);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{reaches_sqlite, sqlite_error};
+
+    /// A failed batch answers each of its writers with the same message as
+    /// when it was shared as text, and with the chain down to SQLite.
+    #[test]
+    fn a_failed_batch_answers_every_writer_with_the_chain() {
+        let e = StoreError::from(sqlite_error());
+        let text = e.to_string();
+        let batch = CommitError::from(e);
+        for _ in 0..2 {
+            let answer = batch.to_store();
+            assert_eq!(answer.to_string(), format!("storage failure: {text}"));
+            assert!(reaches_sqlite(&answer));
+        }
+        assert!(matches!(
+            CommitError::from(StoreError::NotFound).to_store(),
+            StoreError::NotFound
+        ));
     }
 }

@@ -15,7 +15,7 @@ use super::partition;
 use crate::StoreError;
 
 fn gw(e: StoreError) -> GatewayStoreError {
-    GatewayStoreError(e.to_string())
+    GatewayStoreError(Box::new(e))
 }
 
 /// Settings key of the model allow-list.
@@ -439,7 +439,7 @@ impl GatewayStore for SqliteStore {
             match &models {
                 Some(list) => {
                     let text = serde_json::to_string(list)
-                        .map_err(|e| StoreError::Internal(e.to_string()))?;
+                        .map_err(|e| StoreError::Backend(Box::new(e)))?;
                     partition::exec(
                         tx,
                         "INSERT INTO settings (key, value) VALUES (?1, ?2)
@@ -460,5 +460,20 @@ impl GatewayStore for SqliteStore {
         })
         .await
         .map_err(gw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{reaches_sqlite, sqlite_error};
+
+    #[test]
+    fn the_gateway_sees_the_store_error_with_its_chain() {
+        let e = StoreError::from(sqlite_error());
+        let text = e.to_string();
+        let e = gw(e);
+        assert_eq!(e.to_string(), text);
+        assert!(reaches_sqlite(&e));
     }
 }

@@ -19,7 +19,7 @@ use crate::StoreError;
 fn ks(e: StoreError) -> KnowledgeStoreError {
     match e {
         StoreError::Quota(m) => KnowledgeStoreError::Quota(m),
-        other => KnowledgeStoreError::Backend(other.to_string()),
+        other => KnowledgeStoreError::Backend(Box::new(other)),
     }
 }
 
@@ -517,5 +517,23 @@ impl KnowledgeStore for SqliteStore {
         })
         .await
         .map_err(ks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{reaches_sqlite, sqlite_error};
+
+    #[test]
+    fn the_knowledge_service_sees_the_store_error_with_its_chain() {
+        let e = StoreError::from(sqlite_error());
+        let text = e.to_string();
+        let e = ks(e);
+        assert!(matches!(e, KnowledgeStoreError::Backend(_)));
+        assert_eq!(e.to_string(), text);
+        assert!(reaches_sqlite(&e));
+        let quota = ks(StoreError::Quota("over".into()));
+        assert!(matches!(quota, KnowledgeStoreError::Quota(ref m) if m == "over"));
     }
 }

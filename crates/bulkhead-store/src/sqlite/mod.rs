@@ -174,8 +174,8 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
-fn internal<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Internal(e.to_string())
+fn internal<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    StoreError::Backend(Box::new(e))
 }
 
 /// Creates a directory (and parents) readable only by this user.
@@ -541,7 +541,7 @@ impl ControlStore for SqliteStore {
                 drop(part);
                 let _ = std::fs::remove_dir_all(partition::dir(&s.inner.root, tenant.uid));
                 return Err(match e {
-                    StoreError::Internal(m) if m.contains("UNIQUE") => {
+                    e if e.is_unique_violation() => {
                         StoreError::Conflict(format!("tenant {} already exists", tenant.id))
                     }
                     other => other,
@@ -602,8 +602,7 @@ impl ControlStore for SqliteStore {
                     t.quotas = quotas;
                 }
                 t.updated_at = Timestamp::now();
-                let quotas = serde_json::to_string(&t.quotas)
-                    .map_err(|e| StoreError::Internal(e.to_string()))?;
+                let quotas = serde_json::to_string(&t.quotas).map_err(internal)?;
                 let n = tx.execute(
                     "UPDATE tenants SET name = ?2, region = ?3, isolation = ?4, status = ?5, updated_at = ?6,
                        quotas = ?7

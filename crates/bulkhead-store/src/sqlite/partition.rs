@@ -349,7 +349,7 @@ pub(crate) fn append_chain(
         .map(|(s, h)| (s as u64, h))
         .unwrap_or((0, GENESIS_HASH.to_owned()));
     let sealed = AuditEvent::seal(event, tenant, principal, seq, &hash);
-    let text = serde_json::to_string(&sealed).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let text = serde_json::to_string(&sealed).map_err(|e| StoreError::Backend(Box::new(e)))?;
     exec(
         tx,
         "INSERT INTO audit (seq, event, hash) VALUES (?1, ?2, ?3)",

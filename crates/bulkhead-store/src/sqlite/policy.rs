@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::NewAuditEvent;
-use bulkhead_policy::PolicyStore;
+use bulkhead_policy::{PolicyStore, PolicyStoreError};
 use rusqlite::params;
 
 use super::SqliteStore;
@@ -16,7 +16,10 @@ const POLICIES: &str = "policies";
 
 #[async_trait]
 impl PolicyStore for SqliteStore {
-    async fn tenant_policies(&self, scope: &TenantScope) -> Result<Option<String>, String> {
+    async fn tenant_policies(
+        &self,
+        scope: &TenantScope,
+    ) -> Result<Option<String>, PolicyStoreError> {
         let scope = scope.clone();
         self.blocking(move |s| {
             let p = s.partition(scope.tenant(), scope.partition())?;
@@ -30,7 +33,7 @@ impl PolicyStore for SqliteStore {
             })
         })
         .await
-        .map_err(|e: StoreError| e.to_string())
+        .map_err(|e: StoreError| PolicyStoreError(Box::new(e)))
     }
 
     async fn set_tenant_policies(
@@ -38,7 +41,7 @@ impl PolicyStore for SqliteStore {
         scope: &TenantScope,
         text: Option<String>,
         event: NewAuditEvent,
-    ) -> Result<(), String> {
+    ) -> Result<(), PolicyStoreError> {
         let tenant = scope.tenant().clone();
         self.tenant_write(scope, move |tx, principal| {
             match &text {
@@ -56,6 +59,6 @@ impl PolicyStore for SqliteStore {
             Ok(())
         })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| PolicyStoreError(Box::new(e)))
     }
 }

@@ -61,12 +61,14 @@ fn vs(e: StoreError) -> VaultStoreError {
     match e {
         StoreError::NotFound => VaultStoreError::NotFound,
         StoreError::Conflict(_) => VaultStoreError::Conflict,
-        StoreError::Internal(m) | StoreError::Quota(m) => VaultStoreError::Internal(m),
+        // The vault's message was the store's own, without its prefix.
+        StoreError::Internal(m) | StoreError::Quota(m) => VaultStoreError::Internal(m.into()),
+        StoreError::Backend(e) => VaultStoreError::Internal(e),
     }
 }
 
 fn sq(e: rusqlite::Error) -> StoreError {
-    StoreError::Internal(e.to_string())
+    StoreError::Backend(Box::new(e))
 }
 
 fn owner_from_text(s: &str) -> rusqlite::Result<KeyOwner> {
@@ -564,5 +566,27 @@ impl VaultStore for SqliteStore {
         })
         .await
         .map_err(vs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{reaches_sqlite, sqlite_error};
+
+    /// The vault's message is the backend's own, without the store's
+    /// prefix, as it was when it was a string.
+    #[test]
+    fn the_vault_sees_the_sqlite_error_itself() {
+        let sqlite = sqlite_error();
+        let text = sqlite.to_string();
+        let e = vs(sq(sqlite));
+        assert!(matches!(e, VaultStoreError::Internal(_)));
+        assert_eq!(e.to_string(), text);
+        assert!(reaches_sqlite(&e));
+        assert_eq!(
+            vs(StoreError::Internal("corrupt row".into())).to_string(),
+            "corrupt row"
+        );
     }
 }
