@@ -255,6 +255,8 @@ pub const RESPONSE_TOO_LARGE: ErrorCode =
     no_status("response_too_large", "Response too large", RUNS);
 /// Tool result: the request could not be made.
 pub const REQUEST: ErrorCode = no_status("request", "Request failed", RUNS);
+/// Tool result: the tool's configuration cannot serve the call.
+pub const TOOL_CONFIG: ErrorCode = no_status("tool_config", "Tool misconfigured", RUNS);
 /// Tool result: more calls than the agent's limits allow.
 pub const TOOL_CALL_LIMIT: ErrorCode = no_status("tool_call_limit", "Tool call limit", RUNS);
 /// Tool result: the tenant's policies forbid this call.
@@ -325,6 +327,7 @@ pub const ALL: &[ErrorCode] = &[
     UPSTREAM,
     RESPONSE_TOO_LARGE,
     REQUEST,
+    TOOL_CONFIG,
     TOOL_CALL_LIMIT,
     POLICY_DENIED,
 ];

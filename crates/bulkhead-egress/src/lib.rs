@@ -99,7 +99,7 @@ fn address_message(host: &str, addr: &IpAddr, reason: &Reason) -> String {
 
 impl EgressError {
     /// The stable code of every refusal.
-    pub const CODE: &'static str = "egress_refused";
+    pub const CODE: &'static str = bulkhead_core::codes::EGRESS_REFUSED.code;
 
     /// The stable code.
     pub fn code(&self) -> &'static str {

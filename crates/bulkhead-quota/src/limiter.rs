@@ -73,10 +73,10 @@ impl Refusal {
     /// The stable problem code.
     pub fn code(&self) -> &'static str {
         match self {
-            Refusal::RateLimited { .. } => "rate_limited",
-            Refusal::ConcurrencyLimited { .. } => "concurrency_limited",
-            Refusal::BudgetExceeded { .. } => "budget_exceeded",
-            Refusal::Unavailable(_) => "limits_unavailable",
+            Refusal::RateLimited { .. } => bulkhead_core::codes::RATE_LIMITED.code,
+            Refusal::ConcurrencyLimited { .. } => bulkhead_core::codes::CONCURRENCY_LIMITED.code,
+            Refusal::BudgetExceeded { .. } => bulkhead_core::codes::BUDGET_EXCEEDED.code,
+            Refusal::Unavailable(_) => bulkhead_core::codes::LIMITS_UNAVAILABLE.code,
         }
     }
 

@@ -8,6 +8,7 @@
 //!
 //! [`ToolBox::call`]: crate::ToolBox::call
 
+use bulkhead_core::codes;
 use bulkhead_vault::Redactor;
 
 /// Why a tool could not be built or called.
@@ -63,18 +64,19 @@ pub enum ToolError {
 
 impl ToolError {
     /// A stable snake_case code, one per variant, for callers to branch on
-    /// and to put in audit events and API errors.
+    /// and to put in audit events and API errors: its `bulkhead_core::codes`
+    /// entry's.
     pub fn code(&self) -> &'static str {
         match self {
-            ToolError::Config(_) => "config",
-            ToolError::InvalidArguments(_) => "invalid_arguments",
-            ToolError::HostNotAllowed { .. } => "host_not_allowed",
-            ToolError::EgressRefused(_) => "egress_refused",
-            ToolError::MissingCredential => "missing_credential",
-            ToolError::Upstream { .. } => "upstream",
-            ToolError::ResponseTooLarge { .. } => "response_too_large",
-            ToolError::Timeout { .. } => "timeout",
-            ToolError::Request(_) => "request",
+            ToolError::Config(_) => codes::TOOL_CONFIG.code,
+            ToolError::InvalidArguments(_) => codes::INVALID_ARGUMENTS.code,
+            ToolError::HostNotAllowed { .. } => codes::HOST_NOT_ALLOWED.code,
+            ToolError::EgressRefused(_) => codes::EGRESS_REFUSED.code,
+            ToolError::MissingCredential => codes::MISSING_CREDENTIAL.code,
+            ToolError::Upstream { .. } => codes::UPSTREAM.code,
+            ToolError::ResponseTooLarge { .. } => codes::RESPONSE_TOO_LARGE.code,
+            ToolError::Timeout { .. } => codes::TIMEOUT.code,
+            ToolError::Request(_) => codes::REQUEST.code,
         }
     }
 
