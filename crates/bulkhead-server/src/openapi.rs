@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::error::problems;
 use crate::routes::{
     admin, agents, approvals, credentials, kms, knowledge, openai, policies, system, tenant, usage,
 };
@@ -56,7 +57,15 @@ impl Modify for Security {
         agents::list, agents::get_settings, agents::put_settings, agents::start, agents::get_run, agents::cancel, agents::messages, agents::delete_run, agents::delete_thread,
         openai::chat, openai::models, usage::usage, usage::operator_usage, policies::get, policies::put, usage::get_models, usage::put_models, usage::get_settings, usage::put_settings,
     ),
-    components(schemas(crate::error::Problem)),
+    components(
+        schemas(crate::error::Problem),
+        responses(
+            problems::BadRequest, problems::Unauthorized, problems::Forbidden, problems::NotFound,
+            problems::Conflict, problems::PayloadTooLarge, problems::UnsupportedMediaType,
+            problems::UnprocessableEntity, problems::TooManyRequests, problems::BadGateway,
+            problems::ServiceUnavailable, problems::GatewayTimeout,
+        )
+    ),
     modifiers(&Security)
 )]
 pub struct ApiDoc;

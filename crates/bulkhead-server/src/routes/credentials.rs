@@ -14,7 +14,7 @@ use bulkhead_vault::store::CredScope;
 use serde::Serialize;
 
 use crate::authz::authorize;
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
 use crate::state::AppState;
 
@@ -147,11 +147,15 @@ pub(crate) async fn delete_in(
 
 /// Stores a credential for the caller's tenant (tenant admins). 201 when
 /// new, 200 when replaced; the secret is never returned.
-#[utoipa::path(put, path = "/v1/credentials/{connection}", tag = "credentials", security(("bearer" = [])),
+#[utoipa::path(put, path = "/v1/credentials/{connection}", operation_id = "put_credential", tag = "credentials", security(("bearer" = [])),
     params(("connection" = String, Path, description = "Connection name, [a-z0-9_-]{1,64}")),
     request_body = PutCredential,
-    responses((status = 201, body = CredentialBody), (status = 200, body = CredentialBody),
-        (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem)))]
+    responses((status = 201, description = "Stored a new credential", body = CredentialBody),
+        (status = 200, description = "Replaced the credential", body = CredentialBody),
+        problems::TenantAuth,
+        problems::JsonBody,
+        (status = 409, response = problems::Conflict),
+        problems::Timeout))]
 pub async fn put(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -169,8 +173,10 @@ pub async fn put(
 }
 
 /// Lists the caller's tenant's credentials: names and metadata only.
-#[utoipa::path(get, path = "/v1/credentials", tag = "credentials", security(("bearer" = [])),
-    responses((status = 200, body = CredentialList), (status = 403, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/credentials", operation_id = "list_credentials", tag = "credentials", security(("bearer" = [])),
+    responses((status = 200, body = CredentialList),
+        problems::TenantAuth,
+        problems::Timeout))]
 pub async fn list(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -180,9 +186,13 @@ pub async fn list(
 }
 
 /// Deletes one of the caller's tenant's credentials.
-#[utoipa::path(delete, path = "/v1/credentials/{connection}", tag = "credentials", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/credentials/{connection}", operation_id = "delete_credential", tag = "credentials", security(("bearer" = [])),
     params(("connection" = String, Path, description = "Connection name")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn delete(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -209,10 +219,17 @@ async fn tenant_scope(
 }
 
 /// The operator stores a credential for a tenant.
-#[utoipa::path(put, path = "/admin/v1/tenants/{id}/credentials/{connection}", tag = "operator", security(("operator" = [])),
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/credentials/{connection}", operation_id = "operator_put_credential", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id"), ("connection" = String, Path, description = "Connection name")),
     request_body = PutCredential,
-    responses((status = 201, body = CredentialBody), (status = 200, body = CredentialBody), (status = 404, body = crate::error::Problem)))]
+    responses((status = 201, description = "Stored a new credential", body = CredentialBody),
+        (status = 200, description = "Replaced the credential", body = CredentialBody),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        (status = 503, response = problems::ServiceUnavailable),
+        problems::Timeout))]
 pub async fn operator_put(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -224,9 +241,13 @@ pub async fn operator_put(
 }
 
 /// The operator lists a tenant's credentials (metadata only).
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}/credentials", tag = "operator", security(("operator" = [])),
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/credentials", operation_id = "operator_list_credentials", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 200, body = CredentialList), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = CredentialList),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn operator_list(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -237,9 +258,13 @@ pub async fn operator_list(
 }
 
 /// The operator deletes a tenant's credential.
-#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/credentials/{connection}", tag = "operator", security(("operator" = [])),
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/credentials/{connection}", operation_id = "operator_delete_credential", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id"), ("connection" = String, Path, description = "Connection name")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn operator_delete(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -250,10 +275,16 @@ pub async fn operator_delete(
 }
 
 /// Stores one of the platform's own credentials (e.g. a model provider key).
-#[utoipa::path(put, path = "/admin/v1/platform/credentials/{connection}", tag = "operator", security(("operator" = [])),
+#[utoipa::path(put, path = "/admin/v1/platform/credentials/{connection}", operation_id = "put_platform_credential", tag = "operator", security(("operator" = [])),
     params(("connection" = String, Path, description = "Connection name")),
     request_body = PutCredential,
-    responses((status = 201, body = CredentialBody), (status = 200, body = CredentialBody), (status = 400, body = crate::error::Problem)))]
+    responses((status = 201, description = "Stored a new credential", body = CredentialBody),
+        (status = 200, description = "Replaced the credential", body = CredentialBody),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 409, response = problems::Conflict),
+        (status = 503, response = problems::ServiceUnavailable),
+        problems::Timeout))]
 pub async fn platform_put(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -264,8 +295,10 @@ pub async fn platform_put(
 }
 
 /// Lists the platform's credentials (metadata only).
-#[utoipa::path(get, path = "/admin/v1/platform/credentials", tag = "operator", security(("operator" = [])),
-    responses((status = 200, body = CredentialList)))]
+#[utoipa::path(get, path = "/admin/v1/platform/credentials", operation_id = "list_platform_credentials", tag = "operator", security(("operator" = [])),
+    responses((status = 200, body = CredentialList),
+        problems::OperatorAuth,
+        problems::Timeout))]
 pub async fn platform_list(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -274,9 +307,13 @@ pub async fn platform_list(
 }
 
 /// Deletes one of the platform's credentials.
-#[utoipa::path(delete, path = "/admin/v1/platform/credentials/{connection}", tag = "operator", security(("operator" = [])),
+#[utoipa::path(delete, path = "/admin/v1/platform/credentials/{connection}", operation_id = "delete_platform_credential", tag = "operator", security(("operator" = [])),
     params(("connection" = String, Path, description = "Connection name")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn platform_delete(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
