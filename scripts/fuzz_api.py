@@ -11,7 +11,8 @@ then runs schemathesis against `/openapi.json`:
 - the tenant plane (`/v1/...` and the public routes) with the admin key;
 - the operator plane (`/admin/v1/...`) with the operator token.
 
-Checks: not_a_server_error, status_code_conformance,
+First the served document is checked by openapi-spec-validator. Checks
+of the fuzzing: not_a_server_error, status_code_conformance,
 content_type_conformance, response_schema_conformance. Every operation is
 fuzzed; none is excluded. Path parameters that name fixtures are pinned
 (the agent, the collection, the operator plane's tenant) so requests reach
@@ -222,6 +223,16 @@ def seed(base: str) -> str:
     return key
 
 
+def validate(base: str, work: Path) -> bool:
+    """The served document, checked by openapi-spec-validator."""
+    doc = work / "openapi.json"
+    with urllib.request.urlopen(base + "/openapi.json", timeout=30) as res:
+        doc.write_bytes(res.read())
+    print("== openapi-spec-validator", flush=True)
+    result = subprocess.run([sys.executable, "-m", "openapi_spec_validator", "--validation-errors", "all", str(doc)])
+    return result.returncode == 0
+
+
 def schemathesis(base: str, plane: str, token: str, config_file: Path, filters: list[str], report: Path) -> bool:
     examples = os.environ.get("FUZZ_MAX_EXAMPLES", "20")
     seed_value = os.environ.get("FUZZ_SEED", "1")
@@ -256,8 +267,15 @@ def schemathesis(base: str, plane: str, token: str, config_file: Path, filters: 
 
 
 def main() -> int:
-    if shutil.which("schemathesis") is None:
-        print("fuzz_api: schemathesis is not installed (.ci/run pins and installs it)", file=sys.stderr)
+    try:
+        import openapi_spec_validator  # noqa: F401 (only its presence)
+    except ImportError:
+        openapi_spec_validator = None
+    if shutil.which("schemathesis") is None or openapi_spec_validator is None:
+        print(
+            "fuzz_api: schemathesis and openapi-spec-validator are needed (.ci/run pins and installs them)",
+            file=sys.stderr,
+        )
         return 2
     started = time.monotonic()
     exe = binary()
@@ -275,6 +293,7 @@ def main() -> int:
     ok = False
     try:
         wait_healthy(base, server, log)
+        valid = validate(base, work)
         key = seed(base)
         tenant_cfg = work / "tenant.toml"
         tenant_cfg.write_text(f'[parameters]\n"path.agent" = "{AGENT}"\n"path.collection" = "{COLLECTION}"\n')
@@ -292,7 +311,7 @@ def main() -> int:
         operator_ok = schemathesis(
             base, "operator", OPERATOR_TOKEN, operator_cfg, ["--include-path-regex", "^/admin/"], work / "operator-junit.xml"
         )
-        ok = tenant_ok and operator_ok
+        ok = valid and tenant_ok and operator_ok
     except SetupError as e:
         print(f"fuzz_api: setup failed: {e}", file=sys.stderr)
         return 2
