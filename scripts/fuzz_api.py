@@ -15,8 +15,9 @@ First the served document is checked by openapi-spec-validator. Checks
 of the fuzzing: not_a_server_error, status_code_conformance,
 content_type_conformance, response_schema_conformance. Every operation is
 fuzzed; none is excluded. Path parameters that name fixtures are pinned
-(the agent, the collection, the operator plane's tenant) so requests reach
-the handlers instead of answering 404, except `DELETE
+(the agent, the collection, the seeded document, run and thread, the
+operator plane's tenant) so requests reach the handlers instead of
+answering 404, except `DELETE
 /admin/v1/tenants/{id}`, which gets generated ids: pinned, its first
 success would erase the tenant that every other pinned operator request
 is about, and the rest of the run would only see 404s. The tenant plane
@@ -208,19 +209,23 @@ def wait_healthy(base: str, server: subprocess.Popen, log: Path) -> None:
     raise SetupError("the server did not answer /healthz within 60 s")
 
 
-def seed(base: str) -> str:
-    """Creates the fixtures; returns the tenant admin key."""
+def seed(base: str) -> dict[str, str]:
+    """Creates the fixtures; returns the tenant admin key and the ids of
+    the tenant's document, run and thread."""
     call(base, "POST", "/admin/v1/tenants", OPERATOR_TOKEN, {"id": TENANT})
     key = call(base, "POST", f"/admin/v1/tenants/{TENANT}/api-keys", OPERATOR_TOKEN, {"roles": ["admin"]})["key"]
     call(base, "POST", "/admin/v1/tenants", OPERATOR_TOKEN, {"id": OPERATOR_TENANT})
     call(base, "POST", f"/admin/v1/tenants/{OPERATOR_TENANT}/api-keys", OPERATOR_TOKEN, {"roles": ["member"]})
     document = {"content": "# Fuzzing\n\nA document to search.", "external_id": "seed"}
-    call(base, "POST", f"/v1/collections/{COLLECTION}/documents", key, document)
+    doc = call(base, "POST", f"/v1/collections/{COLLECTION}/documents", key, document)
     call(base, "POST", f"/admin/v1/tenants/{OPERATOR_TENANT}/collections/{COLLECTION}/documents", OPERATOR_TOKEN, document)
-    run = call(base, "POST", f"/v1/agents/{AGENT}/runs", key, {"input": "Hello"})
-    if run.get("status") != "completed":
-        raise SetupError(f"the seed run did not complete: {run}")
-    return key
+    # Two runs in two threads: deleting the thread (pinned for the thread
+    # operations) would delete the run that the run operations are pinned to.
+    runs = [call(base, "POST", f"/v1/agents/{AGENT}/runs", key, {"input": "Hello"}) for _ in range(2)]
+    for run in runs:
+        if run.get("status") != "completed":
+            raise SetupError(f"a seed run did not complete: {run}")
+    return {"key": key, "document": doc["id"], "run": runs[0]["id"], "thread": runs[1]["thread_id"]}
 
 
 def validate(base: str, work: Path) -> bool:
@@ -294,9 +299,20 @@ def main() -> int:
     try:
         wait_healthy(base, server, log)
         valid = validate(base, work)
-        key = seed(base)
+        fixtures = seed(base)
+        key = fixtures["key"]
         tenant_cfg = work / "tenant.toml"
-        tenant_cfg.write_text(f'[parameters]\n"path.agent" = "{AGENT}"\n"path.collection" = "{COLLECTION}"\n')
+        tenant_cfg.write_text(
+            f'[parameters]\n"path.agent" = "{AGENT}"\n"path.collection" = "{COLLECTION}"\n'
+            + "".join(
+                f'\n[[operations]]\ninclude-path-regex = "{regex}"\nparameters = {{ "path.id" = "{fixtures[name]}" }}\n'
+                for regex, name in [
+                    ("^/v1/runs/", "run"),
+                    ("^/v1/threads/", "thread"),
+                    ("^/v1/collections/\\\\{collection\\\\}/documents/", "document"),
+                ]
+            )
+        )
         operator_cfg = work / "operator.toml"
         operator_cfg.write_text(
             f'[parameters]\n"path.collection" = "{COLLECTION}"\n\n'

@@ -310,6 +310,7 @@ fn sse(ev: &bulkhead_agent::RunEvent) -> Bytes {
 pub struct RunParams {
     /// Wait up to this many seconds (at most 60) for a run executing in
     /// this process to end or pause before answering.
+    #[param(maximum = 60)]
     pub wait: Option<u64>,
 }
 

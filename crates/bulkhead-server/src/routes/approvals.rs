@@ -91,6 +91,7 @@ pub struct ApprovalList {
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only requests in this state (`pending`, `approved`, `denied`, `expired`).
+    #[param(pattern = "^(pending|approved|denied|expired)?$")]
     pub status: Option<String>,
 }
 

@@ -11,7 +11,7 @@ use bulkhead_core::TenantId;
 use bulkhead_policy::{Action, Resource};
 use bulkhead_vault::credential::{ConnectionName, CredentialMeta, CredentialWire};
 use bulkhead_vault::store::CredScope;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::authz::authorize;
 use crate::error::{ApiError, problems};
@@ -61,36 +61,46 @@ pub struct CredentialList {
     pub credentials: Vec<CredentialBody>,
 }
 
-/// The `PUT` body, one of:
-/// `{"kind": "api_key", "secret": "..."}`, `{"kind": "bearer", "secret": "..."}`,
-/// `{"kind": "basic", "username": "...", "password": "..."}`,
-/// `{"kind": "oauth2", "access_token", "refresh_token", "expires_at", "token_url", "client_id", "client_secret", "scope"}`.
-/// Which fields apply depends on `kind`; others are refused.
-#[derive(utoipa::ToSchema)]
+/// The `PUT` body: one object per `kind`, the fields of that kind only
+/// (the documentation of [`CredentialWire`], which parses it).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 #[allow(dead_code)]
-pub struct PutCredential {
-    /// `api_key`, `bearer`, `basic` or `oauth2`.
-    kind: String,
-    /// `api_key`, `bearer`: the secret (at most 64 KiB).
-    secret: Option<String>,
-    /// `basic`.
-    username: Option<String>,
-    /// `basic`.
-    password: Option<String>,
-    /// `oauth2`.
-    access_token: Option<String>,
-    /// `oauth2`.
-    refresh_token: Option<String>,
-    /// `oauth2`, RFC 3339.
-    expires_at: Option<String>,
-    /// `oauth2`, http(s) URL of the token endpoint.
-    token_url: Option<String>,
-    /// `oauth2`.
-    client_id: Option<String>,
-    /// `oauth2`.
-    client_secret: Option<String>,
-    /// `oauth2`.
-    scope: Option<String>,
+pub enum PutCredential {
+    /// An API key, sent as a bearer token.
+    ApiKey {
+        /// The key (at most 64 KiB).
+        secret: String,
+    },
+    /// A bearer token.
+    Bearer {
+        /// The token (at most 64 KiB).
+        secret: String,
+    },
+    /// HTTP Basic.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// OAuth2 tokens, refreshed by the server.
+    Oauth2 {
+        /// Access token.
+        access_token: String,
+        /// Refresh token.
+        refresh_token: Option<String>,
+        /// Expiry of the access token (RFC 3339).
+        expires_at: Option<String>,
+        /// http(s) URL of the token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        client_secret: Option<String>,
+        /// Scope.
+        scope: Option<String>,
+    },
 }
 
 pub(crate) fn connection(raw: &str) -> Result<ConnectionName, ApiError> {
@@ -148,7 +158,7 @@ pub(crate) async fn delete_in(
 /// Stores a credential for the caller's tenant (tenant admins). 201 when
 /// new, 200 when replaced; the secret is never returned.
 #[utoipa::path(put, path = "/v1/credentials/{connection}", operation_id = "put_credential", tag = "credentials", security(("bearer" = [])),
-    params(("connection" = String, Path, description = "Connection name, [a-z0-9_-]{1,64}")),
+    params(("connection" = String, Path, description = "Connection name", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = PutCredential,
     responses((status = 201, description = "Stored a new credential", body = CredentialBody),
         (status = 200, description = "Replaced the credential", body = CredentialBody),
@@ -220,7 +230,7 @@ async fn tenant_scope(
 
 /// The operator stores a credential for a tenant.
 #[utoipa::path(put, path = "/admin/v1/tenants/{id}/credentials/{connection}", operation_id = "operator_put_credential", tag = "operator", security(("operator" = [])),
-    params(("id" = String, Path, description = "Tenant id"), ("connection" = String, Path, description = "Connection name")),
+    params(("id" = String, Path, description = "Tenant id"), ("connection" = String, Path, description = "Connection name", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = PutCredential,
     responses((status = 201, description = "Stored a new credential", body = CredentialBody),
         (status = 200, description = "Replaced the credential", body = CredentialBody),
@@ -276,7 +286,7 @@ pub async fn operator_delete(
 
 /// Stores one of the platform's own credentials (e.g. a model provider key).
 #[utoipa::path(put, path = "/admin/v1/platform/credentials/{connection}", operation_id = "put_platform_credential", tag = "operator", security(("operator" = [])),
-    params(("connection" = String, Path, description = "Connection name")),
+    params(("connection" = String, Path, description = "Connection name", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = PutCredential,
     responses((status = 201, description = "Stored a new credential", body = CredentialBody),
         (status = 200, description = "Replaced the credential", body = CredentialBody),

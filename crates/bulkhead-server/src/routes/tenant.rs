@@ -58,6 +58,7 @@ pub struct AuditQuery {
     /// Return events with a sequence number greater than this (default 0).
     pub after: Option<u64>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

@@ -32,6 +32,7 @@ pub struct UsageQuery {
     /// `model`, `tool` (default `day,model`).
     pub group_by: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
     pub format: Option<String>,
 }
 
