@@ -37,6 +37,7 @@ server log and the JUnit reports).
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import json
 import os
 import shutil
@@ -242,7 +243,9 @@ def schemathesis(base: str, plane: str, token: str, config_file: Path, filters: 
     examples = os.environ.get("FUZZ_MAX_EXAMPLES", "20")
     seed_value = os.environ.get("FUZZ_SEED", "1")
     cmd = [
-        "schemathesis",
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
         "--config-file",
         str(config_file),
         "run",
@@ -272,11 +275,8 @@ def schemathesis(base: str, plane: str, token: str, config_file: Path, filters: 
 
 
 def main() -> int:
-    try:
-        import openapi_spec_validator  # noqa: F401 (only its presence)
-    except ImportError:
-        openapi_spec_validator = None
-    if shutil.which("schemathesis") is None or openapi_spec_validator is None:
+    # Both run under this interpreter (`-m`), the one pip installed them for.
+    if importlib.util.find_spec("schemathesis") is None or importlib.util.find_spec("openapi_spec_validator") is None:
         print(
             "fuzz_api: schemathesis and openapi-spec-validator are needed (.ci/run pins and installs them)",
             file=sys.stderr,

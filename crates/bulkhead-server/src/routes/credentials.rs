@@ -70,23 +70,28 @@ pub enum PutCredential {
     /// An API key, sent as a bearer token.
     ApiKey {
         /// The key (at most 64 KiB).
+        #[schema(min_length = 1, max_length = 65536)]
         secret: String,
     },
     /// A bearer token.
     Bearer {
         /// The token (at most 64 KiB).
+        #[schema(min_length = 1, max_length = 65536)]
         secret: String,
     },
     /// HTTP Basic.
     Basic {
-        /// User name.
+        /// User name (1-1024 bytes, no control characters).
+        #[schema(min_length = 1, max_length = 1024)]
         username: String,
         /// Password.
+        #[schema(min_length = 1)]
         password: String,
     },
     /// OAuth2 tokens, refreshed by the server.
     Oauth2 {
         /// Access token.
+        #[schema(min_length = 1)]
         access_token: String,
         /// Refresh token.
         refresh_token: Option<String>,
