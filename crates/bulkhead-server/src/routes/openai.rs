@@ -111,17 +111,18 @@ pub struct OpenAiErrorDetail {
 
 impl OpenAiError {
     /// A chat body that could not be read: over the chat body limit
-    /// (413), or cut off (400). axum's own answer would be plain text,
-    /// which no OpenAI SDK parses.
+    /// (413 `request_too_large`, as `docs/errors.md` says), or cut off
+    /// (400). axum's own answer would be plain text, which no OpenAI SDK
+    /// parses.
     fn body_rejected(r: BytesRejection) -> Self {
         let (status, message, code) = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the request body is larger than the chat completions limit".to_owned(),
-                "payload_too_large",
+                "request_too_large",
             )
         } else {
-            (StatusCode::BAD_REQUEST, r.body_text(), "invalid_body")
+            (StatusCode::BAD_REQUEST, r.body_text(), "invalid_request")
         };
         Self {
             status,
