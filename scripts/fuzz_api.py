@@ -321,8 +321,10 @@ def main() -> int:
             'exclude-operation-id = "delete_tenant"\n'
             f'parameters = {{ "path.id" = "{OPERATOR_TENANT}" }}\n'
         )
+        # An inclusion, not `--exclude-path-regex ^/admin/`: with an
+        # exclusion, schemathesis 4.32.5 also leaves out GET /openapi.json.
         tenant_ok = schemathesis(
-            base, "tenant", key, tenant_cfg, ["--exclude-path-regex", "^/admin/"], work / "tenant-junit.xml"
+            base, "tenant", key, tenant_cfg, ["--include-path-regex", r"^/(v1/|healthz$|metrics$|openapi\.json$)"], work / "tenant-junit.xml"
         )
         operator_ok = schemathesis(
             base, "operator", OPERATOR_TOKEN, operator_cfg, ["--include-path-regex", "^/admin/"], work / "operator-junit.xml"
