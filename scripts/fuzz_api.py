@@ -285,9 +285,12 @@ def main() -> int:
     started = time.monotonic()
     exe = binary()
     work = Path(tempfile.mkdtemp(prefix="bulkhead-fuzz-"))
-    port, model_port = free_port(), free_port()
+    # The fake model binds its own free port; only the server's is picked
+    # here and handed to it (a small race with other processes, no more).
+    fake = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeModel)
+    model_port = fake.server_address[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    fake = http.server.ThreadingHTTPServer(("127.0.0.1", model_port), FakeModel)
     threading.Thread(target=fake.serve_forever, daemon=True).start()
     cfg = work / "bulkhead.toml"
     cfg.write_text(config(port, model_port, work / "data"))
