@@ -9,16 +9,17 @@
 //! previous version of the same external id). A failure at any point
 //! leaves the previous state.
 
-use bulkhead_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
-use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
 use bulkhead_core::config::QuotaValues;
 use bulkhead_core::{Region, Timestamp};
 use bulkhead_gateway::{Gateway, GatewayError};
+/// The safe full-text expression the store's `fulltext` takes.
+pub use bulkhead_knowledge::FtsQuery;
 use bulkhead_knowledge::{DocFormat, Filter, KnowledgeError, Limits};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -222,7 +223,7 @@ pub trait KnowledgeStore: Send + Sync {
         &self,
         scope: &TenantScope,
         collection: &str,
-        fts_query: &str,
+        fts_query: &FtsQuery,
         documents: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<(i64, f32)>, KnowledgeStoreError>;

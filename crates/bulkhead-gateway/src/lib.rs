@@ -15,6 +15,8 @@ pub mod anthropic;
 pub mod canary;
 pub mod catalog;
 pub mod error;
+#[cfg(any(test, feature = "test-support"))]
+pub mod memory;
 pub mod service;
 pub mod sse;
 pub mod store;
@@ -24,6 +26,6 @@ pub mod validate;
 
 pub use catalog::{Catalog, Model, Provider};
 pub use error::GatewayError;
-pub use service::{ChatOutcome, Gateway, ToolUsage};
+pub use service::{ChatOutcome, ChatRequest, Collaborators, Gateway, ToolUsage};
 pub use store::GatewayStore;
 pub use usage::{UsageRecord, UsageSummary};

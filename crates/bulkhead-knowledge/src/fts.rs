@@ -11,6 +11,27 @@
 /// is one more term for FTS5 to look up.
 const MAX_TOKENS: usize = 32;
 
+/// An FTS5 `MATCH` expression that is safe by construction: the only way
+/// to make one is [`fts_query`], so a store method taking an `&FtsQuery`
+/// cannot be handed raw user text by mistake. It reads as the expression
+/// (`Deref<Target = str>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FtsQuery(String);
+
+impl FtsQuery {
+    /// The expression, for `MATCH ?`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for FtsQuery {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Turns free text into an FTS5 expression: the distinct words (runs of
 /// Unicode letters and digits, lower-cased), each double-quoted, joined with
 /// `OR`, at most 32 of them. `None` if the text has no word.
@@ -18,7 +39,7 @@ const MAX_TOKENS: usize = 32;
 /// Quoting is sound because a token never contains `"`, and every FTS5
 /// operator or special character (`*`, `^`, `:`, `(`, `+`, `-`) is a
 /// separator here; operator words such as `OR` become quoted literals.
-pub fn fts_query(user_query: &str) -> Option<String> {
+pub fn fts_query(user_query: &str) -> Option<FtsQuery> {
     let mut tokens: Vec<String> = Vec::new();
     for word in user_query.split(|c: char| !c.is_alphanumeric()) {
         if tokens.len() == MAX_TOKENS {
@@ -37,13 +58,13 @@ pub fn fts_query(user_query: &str) -> Option<String> {
     if tokens.is_empty() {
         return None;
     }
-    Some(
+    Some(FtsQuery(
         tokens
             .iter()
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(" OR "),
-    )
+    ))
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub use chunk::{Chunk, Limits, chunk};
 pub use error::KnowledgeError;
 pub use filter::{Filter, metadata};
 pub use format::{DocFormat, to_text};
-pub use fts::fts_query;
+pub use fts::{FtsQuery, fts_query};
 pub use names::{collection_name, external_id};
 pub use tokens::estimate_tokens;
 pub use vector::{cosine_top_k, decode_vector, encode_vector, rrf};

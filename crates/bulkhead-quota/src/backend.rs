@@ -303,7 +303,10 @@ impl LimitBackend for MemoryBackend {
 /// here and against Redis in the store crate's tests (feature
 /// `conformance`).
 #[cfg(any(test, feature = "conformance"))]
-#[allow(clippy::unwrap_used)]
+#[expect(
+    clippy::unwrap_used,
+    reason = "conformance checks fail loudly, like tests"
+)]
 pub mod conformance {
     use super::*;
 

@@ -507,7 +507,10 @@ impl Reservation {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is one part of the settlement; a struct would only rename them"
+)]
 async fn settle(
     backend: Arc<dyn LimitBackend>,
     scope: TenantScope,

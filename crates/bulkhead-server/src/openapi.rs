@@ -1,4 +1,5 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the route table and the
+//! handlers' annotations.
 
 use std::sync::OnceLock;
 
@@ -6,9 +7,6 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::problems;
-use crate::routes::{
-    admin, agents, approvals, credentials, kms, knowledge, openai, policies, system, tenant, usage,
-};
 
 struct Security;
 
@@ -38,25 +36,11 @@ impl Modify for Security {
     }
 }
 
-/// The API description.
+/// The API description without its paths, which come from the route
+/// table ([`crate::routes::table()`]).
 #[derive(OpenApi)]
 #[openapi(
     info(title = "bulkhead", description = "Multi-tenant runtime for AI agents", license(name = "Apache-2.0")),
-    paths(
-        system::healthz, system::metrics, system::openapi,
-        tenant::me, tenant::audit,
-        admin::create_tenant, admin::list_tenants, admin::get_tenant, admin::update_tenant, admin::delete_tenant,
-        admin::create_key, admin::list_keys, admin::revoke_key, admin::operator_audit,
-        credentials::put, credentials::list, credentials::delete,
-        credentials::operator_put, credentials::operator_list, credentials::operator_delete,
-        credentials::platform_put, credentials::platform_list, credentials::platform_delete,
-        kms::rotate, kms::rewrap, kms::rotate_tenant_key,
-        knowledge::list_collections, knowledge::delete_collection, knowledge::put_document, knowledge::delete_document, knowledge::search,
-        knowledge::operator_put_document, knowledge::operator_search,
-        approvals::list, approvals::get, approvals::approve, approvals::deny,
-        agents::list, agents::get_settings, agents::put_settings, agents::start, agents::get_run, agents::cancel, agents::messages, agents::delete_run, agents::delete_thread,
-        openai::chat, openai::models, usage::usage, usage::operator_usage, policies::get, policies::put, usage::get_models, usage::put_models, usage::get_settings, usage::put_settings,
-    ),
     components(
         schemas(crate::error::Problem),
         responses(
@@ -70,8 +54,15 @@ impl Modify for Security {
 )]
 pub struct ApiDoc;
 
+/// The whole document: the description above with every route of the
+/// table (and the schemas their annotations name).
+pub fn document() -> utoipa::openapi::OpenApi {
+    let (_, paths) = crate::routes::table().split();
+    ApiDoc::openapi().merge_from(paths)
+}
+
 /// The document as JSON text, built once.
 pub fn document_json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
-    DOC.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default())
+    DOC.get_or_init(|| document().to_json().unwrap_or_default())
 }

@@ -72,6 +72,9 @@
 //! purpose (silent streams, endless or oversized answers, no `usage`) and
 //! counts what it sent, for the gateway's hardening tests.
 //!
+//! [`wait::eventually`] and [`wait::wait_until`] are how tests wait for a
+//! condition (never a fixed sleep).
+//!
 //! The crate is for tests, the `bulkhead demo` command and benchmarks;
 //! production code never depends on it. Serving is cheap (no logging, no
 //! sleeps unless scripted) so that a load test measures the code under test,
@@ -85,6 +88,7 @@ mod provider;
 mod saas;
 mod script;
 mod server;
+pub mod wait;
 
 pub use openai::{DEFAULT_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_DIMENSIONS, MODELS};
 pub use provider::{FakeProvider, RecordedRequest, Responder};

@@ -37,7 +37,10 @@ pub struct CheckArgs {
 
 /// Reads an environment variable for an `env:NAME` reference. This is the
 /// one place the binary reads configuration from the environment.
-#[allow(clippy::disallowed_methods)]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the one place the binary reads configuration from the environment"
+)]
 fn env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }

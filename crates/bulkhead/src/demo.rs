@@ -6,14 +6,13 @@
 //! a refusal, an approval — and a readable report of what happened,
 //! ending with each tenant's audit chain head and cost.
 
-use bulkhead_core::audit::AuditAction;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bulkhead_core::audit::{AuditEvent, GENESIS_HASH, verify_chain};
+use bulkhead_core::audit::{AuditAction, AuditEvent, GENESIS_HASH, verify_chain};
 use bulkhead_server::boot;
 use bulkhead_testkit::{FakeProvider, Reply, SaasStandIn, ToolCall};
 use clap::Args;

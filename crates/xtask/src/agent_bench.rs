@@ -325,7 +325,7 @@ fn setup(addr: SocketAddr) -> anyhow::Result<String> {
 }
 
 /// Runs the bench and prints its figures.
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let o = parse(args)?;
     let outside = start_outside(model)?;

@@ -173,7 +173,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Runs `rounds` plain runs and `rounds` approved runs, and prints them.
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 pub fn run(rounds: usize) -> anyhow::Result<()> {
     let outside = crate::agent_bench::start_outside(model)?;
     let (fake, saas) = (&outside.fake, &outside.saas);

@@ -246,7 +246,7 @@ struct Row {
     through: Measured,
 }
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 fn print_table(rows: &[Row]) {
     println!(
         "{:<34} {:<8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>11} {:>11}",
@@ -281,7 +281,7 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 fn print_cpu(rows: &[(&str, &str, &Measured)]) {
     let cell = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
     println!(
@@ -307,7 +307,7 @@ fn verdict(met: bool) -> &'static str {
 }
 
 /// Runs the bench.
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let opts = parse(args)?;
     let fake = start_fake()?;

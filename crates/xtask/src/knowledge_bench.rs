@@ -2,7 +2,6 @@
 //! on the embedded store (no HTTP), with the fake provider for the query
 //! embeddings, plus the idle-tenant memory and the canary scan.
 
-use bulkhead_core::audit::AuditAction;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bulkhead_agent::knowledge::{ChunkRow, DocumentInfo, Knowledge, KnowledgeStore, SearchMode};
 use bulkhead_auth::{OperatorAuthenticator, TenantScope};
-use bulkhead_core::audit::{NewAuditEvent, Outcome};
+use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
 use bulkhead_core::{Isolation, Region, RequestId, SecretString, TenantId, Timestamp};
 use bulkhead_store::sqlite::SqliteStore;
 use bulkhead_store::{ControlStore, NewTenant};
@@ -104,7 +103,7 @@ impl Clusters {
 /// noise: `n` vectors around 200 random centres (each a centre plus
 /// noise), queries drawn the same way. Prints build time, recall@10
 /// against the exact scan and both search times.
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 fn ann_on_clusters(rng: &mut Rng, n: usize, dims: usize) {
     let clusters = Clusters::new(rng, dims);
     let near = |rng: &mut Rng| clusters.near(rng);
@@ -175,7 +174,6 @@ fn new_tenant(id: &str) -> anyhow::Result<NewTenant> {
 }
 
 /// Runs the bench and prints its figures.
-#[allow(clippy::print_stdout)]
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let o = parse(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -184,7 +182,7 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     rt.block_on(bench(o))
 }
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 async fn bench(o: Opts) -> anyhow::Result<()> {
     let root =
         std::env::temp_dir().join(format!("bulkhead-knowledge-bench-{}", std::process::id()));
@@ -223,10 +221,23 @@ embedding_model = "embed"
             &bulkhead_egress::Egress::public_https_only(),
         )?),
     ));
+    // The configured (here: unset) quotas over in-process counters, as
+    // the server runs with `limits.backend = "memory"`.
+    let limiter = Arc::new(bulkhead_quota::Limiter::new(
+        config.quotas.default.clone(),
+        Arc::new(bulkhead_quota::MemoryBackend::new()),
+        Arc::new(bulkhead_gateway::store::LedgerSpend(store_arc.clone())),
+        std::time::Duration::from_secs(config.limits.reservation_ttl_s),
+    ));
     let gateway = Arc::new(bulkhead_gateway::Gateway::new(
-        Arc::new(bulkhead_gateway::Catalog::from_config(&config)),
-        vault,
-        store_arc.clone(),
+        bulkhead_gateway::Collaborators {
+            catalog: Arc::new(bulkhead_gateway::Catalog::from_config(&config)),
+            vault,
+            store: store_arc.clone(),
+            limiter,
+            canaries: store.canary_scanner(),
+            alarm: store_arc.clone(),
+        },
     )?);
     let with_vectors = Knowledge::new(
         gateway.clone(),

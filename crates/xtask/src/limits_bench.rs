@@ -175,7 +175,7 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     rt.block_on(bench(o))
 }
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 async fn bench(o: Opts) -> anyhow::Result<()> {
     let shown = redacted_url(&o.redis_url);
     let redis = RedisBackend::connect(&o.redis_url).await.with_context(|| {
@@ -320,7 +320,7 @@ fn usage_row(i: usize, tenant: &TenantScope) -> (UsageRecord, NewAuditEvent) {
 /// per second: one at a time (each waits for its own commit: the
 /// baseline), queued together for one tenant (group commit), and queued
 /// for 16 tenants at once.
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 async fn ledger(store: &SqliteStore, op: &bulkhead_auth::OperatorScope) -> anyhow::Result<()> {
     let mut scopes = Vec::new();
     for i in 0..16 {
@@ -436,7 +436,7 @@ async fn quiet_p99(gate: Gate, flood: usize) -> f64 {
 /// The fairness experiment as a figure: quiet tenants' p99 under a flood
 /// of 2,000 queued calls over their p99 without it, with fair admission
 /// and with FIFO admission.
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 async fn fairness() {
     let fifo = || Gate::Fifo(Arc::new(tokio::sync::Semaphore::new(8)));
     let quiet = quiet_p99(Gate::Fair(FairGate::new(8)), 0).await;

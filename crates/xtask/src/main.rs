@@ -239,7 +239,7 @@ fn setup(addr: SocketAddr) -> anyhow::Result<(String, String)> {
     Ok((key, jwt))
 }
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 fn bench(args: &Args) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("bulkhead-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -48,7 +48,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Runs the bench and prints its figures.
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let (mut tenants, mut decisions, mut rounds) = (1000usize, 200_000usize, 300usize);
     let mut it = args.into_iter();

@@ -55,7 +55,7 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     rt.block_on(bench(opts))
 }
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 async fn bench(opts: Opts) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("bulkhead-vault-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 //! The crate through its public API, the way the store and HTTP layers use
 //! it: validate, chunk, filter, score, fuse, and build an FTS query.
 

@@ -13,11 +13,24 @@ use bulkhead_core::{
 };
 use bulkhead_store::{NewApiKeyRecord, NewTenant};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, problems};
 use crate::extract::{Json, OperatorCtx, Path, Query};
+use crate::routes::RouteTable;
 use crate::routes::tenant::{AuditPage, AuditQuery};
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new()
+        .operator(routes!(list_tenants, create_tenant))
+        .operator(routes!(get_tenant, update_tenant, delete_tenant))
+        .operator(routes!(list_keys, create_key))
+        .operator(routes!(revoke_key))
+        .operator(routes!(operator_audit))
+}
 
 /// A tenant as the API shows it.
 #[derive(Serialize, utoipa::ToSchema)]

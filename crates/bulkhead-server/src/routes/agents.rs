@@ -17,11 +17,26 @@ use bulkhead_core::{RunId, ThreadId};
 use bulkhead_policy::{Action, Resource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa_axum::routes;
 
 use crate::authz::authorize;
 use crate::error::{ApiError, problems};
 use crate::extract::{Json, Path, Query, TenantCtx};
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new()
+        .tenant(routes!(list))
+        .tenant(routes!(get_settings, put_settings))
+        .tenant(routes!(start))
+        .tenant(routes!(get_run, delete_run))
+        .tenant(routes!(cancel))
+        .tenant(routes!(messages))
+        .tenant(routes!(delete_thread))
+}
 
 /// The path prefix of run creation (no request timeout: a run is bounded
 /// by its agent's own `timeout_s`).
@@ -79,7 +94,6 @@ pub async fn list(
 
 /// A tenant's settings of one agent.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
-#[allow(dead_code)]
 pub struct AgentSettingsBody {
     /// Template variables (`vars.NAME` in the prompt), values at most 4 KiB.
     variables: BTreeMap<String, String>,

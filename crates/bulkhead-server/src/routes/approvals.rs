@@ -13,11 +13,23 @@ use bulkhead_core::ApprovalId;
 use bulkhead_policy::{Action, Resource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa_axum::routes;
 
 use crate::authz::authorize;
 use crate::error::{ApiError, problems};
 use crate::extract::{Json, Path, Query, TenantCtx};
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new()
+        .tenant(routes!(list))
+        .tenant(routes!(get))
+        .tenant(routes!(approve))
+        .tenant(routes!(deny))
+}
 
 /// One approval request.
 #[derive(Serialize, utoipa::ToSchema)]

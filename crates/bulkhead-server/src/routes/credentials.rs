@@ -12,11 +12,25 @@ use bulkhead_policy::{Action, Resource};
 use bulkhead_vault::credential::{ConnectionName, CredentialMeta, CredentialWire};
 use bulkhead_vault::store::CredScope;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
 use crate::authz::authorize;
 use crate::error::{ApiError, problems};
 use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new()
+        .tenant(routes!(list))
+        .tenant(routes!(put, delete))
+        .operator(routes!(operator_list))
+        .operator(routes!(operator_put, operator_delete))
+        .operator(routes!(platform_list))
+        .operator(routes!(platform_put, platform_delete))
+}
 
 /// A credential's metadata, never its secret.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -65,7 +79,6 @@ pub struct CredentialList {
 /// (the documentation of [`CredentialWire`], which parses it).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-#[allow(dead_code)]
 pub enum PutCredential {
     /// An API key, sent as a bearer token.
     ApiKey {

@@ -9,10 +9,21 @@ use bulkhead_vault::store::CredScope;
 use bulkhead_vault::vault::{DataKeyReport, RewrapReport};
 use serde::Serialize;
 use serde_json::json;
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, problems};
 use crate::extract::{OperatorCtx, Path};
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new()
+        .operator(routes!(rotate))
+        .operator(routes!(rewrap))
+        .operator(routes!(rotate_tenant_key))
+}
 
 /// Result of a key-encryption-key rotation or re-wrap pass.
 #[derive(Serialize, utoipa::ToSchema)]

@@ -8,7 +8,7 @@
 //! minted by `OperatorScope::act_for_tenant`.
 
 use axum::Json as AxumJson;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use bulkhead_agent::knowledge::{
     CollectionInfo, DocumentInfo, Hit, KnowledgeServiceError, NewDocument, SearchMode,
@@ -18,11 +18,27 @@ use bulkhead_core::TenantId;
 use bulkhead_policy::{Action, Resource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 use crate::authz::authorize;
 use crate::error::{ApiError, problems};
 use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new()
+        .tenant(routes!(list_collections))
+        .tenant(routes!(delete_collection))
+        .tenant(routes!(put_document).layer(DefaultBodyLimit::max(DOCUMENT_BODY_LIMIT)))
+        .tenant(routes!(delete_document))
+        .tenant(routes!(search))
+        .operator(routes!(operator_put_document).layer(DefaultBodyLimit::max(DOCUMENT_BODY_LIMIT)))
+        .operator(routes!(operator_search))
+}
 
 /// Documents can be long: their route takes a larger body than the rest
 /// of the API (the content itself is limited by the chunker's own limit).

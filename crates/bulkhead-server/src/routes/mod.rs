@@ -1,10 +1,15 @@
 //! The router: every route, its middleware, and the fallback.
 //!
+//! Each routes module declares its routes once, in its `table()` (a
+//! [`RouteTable`]); the router here and the OpenAPI document
+//! ([`crate::openapi`]) are both built from [`table()`], and the isolation
+//! matrix (`tests/it/matrix.rs`) enumerates it.
+//!
 //! Authentication is not a layer here but an extractor on each handler
 //! ([`crate::extract::TenantCtx`] or [`crate::extract::OperatorCtx`]);
-//! a handler without one is public, and the public handlers are exactly
-//! those in [`PUBLIC_ROUTES`] (a test checks the list against the OpenAPI
-//! document's security requirements).
+//! a handler without one is public, and is declared so in the table (a
+//! test checks each route's plane against the OpenAPI document's security
+//! requirements and against what the route answers without a credential).
 
 pub mod admin;
 pub mod agents;
@@ -15,138 +20,42 @@ pub mod knowledge;
 pub mod openai;
 pub mod policies;
 pub mod system;
+pub mod table;
 pub mod tenant;
 pub mod usage;
 
+pub use table::{Plane, Route, RouteTable};
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
 
 use crate::request;
 use crate::state::AppState;
 
-/// Chat requests carry whole conversations (long contexts, tool results):
-/// they get a larger body limit than the rest of the API.
-const CHAT_BODY_LIMIT: usize = 16 * 1024 * 1024;
-
-/// Routes that need no credential.
-pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/metrics", "/openapi.json"];
+/// Every route of the API.
+pub fn table() -> RouteTable {
+    RouteTable::new()
+        .merge(system::table())
+        .merge(tenant::table())
+        .merge(admin::table())
+        .merge(credentials::table())
+        .merge(openai::table())
+        .merge(knowledge::table())
+        // Before `agents`: where two modules' schemas share a name (today
+        // both have a `SettingsBody`), the document keeps the first
+        // module's, and it has always kept usage's.
+        .merge(usage::table())
+        .merge(agents::table())
+        .merge(approvals::table())
+        .merge(policies::table())
+        .merge(kms::table())
+}
 
 /// Builds the application router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(system::healthz))
-        .route("/metrics", get(system::metrics))
-        .route("/openapi.json", get(system::openapi))
-        .route("/v1/me", get(tenant::me))
-        .route("/v1/audit", get(tenant::audit))
-        .route(
-            "/admin/v1/tenants",
-            get(admin::list_tenants).post(admin::create_tenant),
-        )
-        .route(
-            "/admin/v1/tenants/{id}",
-            get(admin::get_tenant)
-                .patch(admin::update_tenant)
-                .delete(admin::delete_tenant),
-        )
-        .route(
-            "/admin/v1/tenants/{id}/api-keys",
-            get(admin::list_keys).post(admin::create_key),
-        )
-        .route(
-            "/admin/v1/tenants/{id}/api-keys/{key_id}",
-            delete(admin::revoke_key),
-        )
-        .route("/admin/v1/audit", get(admin::operator_audit))
-        .route("/v1/credentials", get(credentials::list))
-        .route(
-            "/v1/credentials/{connection}",
-            put(credentials::put).delete(credentials::delete),
-        )
-        .route(
-            "/admin/v1/tenants/{id}/credentials",
-            get(credentials::operator_list),
-        )
-        .route(
-            "/admin/v1/tenants/{id}/credentials/{connection}",
-            put(credentials::operator_put).delete(credentials::operator_delete),
-        )
-        .route(
-            "/admin/v1/platform/credentials",
-            get(credentials::platform_list),
-        )
-        .route(
-            "/admin/v1/platform/credentials/{connection}",
-            put(credentials::platform_put).delete(credentials::platform_delete),
-        )
-        .route(
-            openai::CHAT_PATH,
-            post(openai::chat).layer(DefaultBodyLimit::max(CHAT_BODY_LIMIT)),
-        )
-        .route("/v1/models", get(openai::models))
-        .route("/v1/collections", get(knowledge::list_collections))
-        .route(
-            "/v1/collections/{collection}",
-            delete(knowledge::delete_collection),
-        )
-        .route(
-            "/v1/collections/{collection}/documents",
-            post(knowledge::put_document)
-                .layer(DefaultBodyLimit::max(knowledge::DOCUMENT_BODY_LIMIT)),
-        )
-        .route(
-            "/v1/collections/{collection}/documents/{id}",
-            delete(knowledge::delete_document),
-        )
-        .route(
-            "/v1/collections/{collection}/search",
-            post(knowledge::search),
-        )
-        .route(
-            "/admin/v1/tenants/{id}/collections/{collection}/documents",
-            post(knowledge::operator_put_document)
-                .layer(DefaultBodyLimit::max(knowledge::DOCUMENT_BODY_LIMIT)),
-        )
-        .route(
-            "/admin/v1/tenants/{id}/collections/{collection}/search",
-            post(knowledge::operator_search),
-        )
-        .route("/v1/agents", get(agents::list))
-        .route(
-            "/v1/agents/{agent}/settings",
-            get(agents::get_settings).put(agents::put_settings),
-        )
-        .route("/v1/agents/{agent}/runs", post(agents::start))
-        .route(
-            "/v1/runs/{id}",
-            get(agents::get_run).delete(agents::delete_run),
-        )
-        .route("/v1/runs/{id}/cancel", post(agents::cancel))
-        .route("/v1/threads/{id}/messages", get(agents::messages))
-        .route("/v1/threads/{id}", delete(agents::delete_thread))
-        .route("/v1/approvals", get(approvals::list))
-        .route("/v1/approvals/{id}", get(approvals::get))
-        .route("/v1/approvals/{id}/approve", post(approvals::approve))
-        .route("/v1/approvals/{id}/deny", post(approvals::deny))
-        .route("/v1/usage", get(usage::usage))
-        .route("/v1/policies", get(policies::get).put(policies::put))
-        .route("/admin/v1/usage", get(usage::operator_usage))
-        .route(
-            "/admin/v1/tenants/{id}/models",
-            get(usage::get_models).put(usage::put_models),
-        )
-        .route(
-            "/admin/v1/tenants/{id}/settings",
-            get(usage::get_settings).put(usage::put_settings),
-        )
-        .route("/admin/v1/kms/rotate", post(kms::rotate))
-        .route("/admin/v1/kms/rewrap", post(kms::rewrap))
-        .route(
-            "/admin/v1/tenants/{id}/data-key/rotate",
-            post(kms::rotate_tenant_key),
-        )
+    let (routes, _) = table().split();
+    routes
         .route_layer(axum::middleware::from_fn(request::expose_matched_path))
         .fallback(request::not_found)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,11 +16,26 @@ use bulkhead_gateway::{ChatOutcome, GatewayError};
 use bulkhead_policy::{Action, Resource};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 
 use crate::authz::authorize;
 use crate::error::ApiError;
 use crate::extract::TenantCtx;
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new()
+        .tenant(routes!(chat).layer(DefaultBodyLimit::max(CHAT_BODY_LIMIT)))
+        .tenant(routes!(models))
+}
+
+/// Chat requests carry whole conversations (long contexts, tool results):
+/// they get a larger body limit than the rest of the API.
+const CHAT_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The chat completions path (the request middleware leaves its timeout
 /// to the provider settings).

@@ -11,11 +11,19 @@ use bulkhead_policy::{Action, PoliciesError, Resource};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Digest;
+use utoipa_axum::routes;
 
 use crate::authz::authorize;
 use crate::error::{ApiError, problems};
 use crate::extract::{Json, TenantCtx};
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new().tenant(routes!(get, put))
+}
 
 /// The tenant's policies.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]

@@ -5,9 +5,20 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, problems};
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// The public routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new()
+        .public(routes!(healthz))
+        .public(routes!(metrics))
+        .public(routes!(openapi))
+}
 
 /// Health answer.
 #[derive(Serialize, utoipa::ToSchema)]

@@ -6,11 +6,19 @@ use axum::extract::State;
 use bulkhead_policy::{Action, Resource};
 use bulkhead_store::Page;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
 use crate::authz::authorize;
 use crate::error::{ApiError, problems};
 use crate::extract::{Query, TenantCtx};
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new().tenant(routes!(me)).tenant(routes!(audit))
+}
 
 /// Who the caller is.
 #[derive(Serialize, utoipa::ToSchema)]

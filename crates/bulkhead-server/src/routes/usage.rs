@@ -13,11 +13,23 @@ use bulkhead_gateway::usage::{UsageGroup, UsageSummary, nanos_to_usd};
 use bulkhead_policy::{Action, Resource};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa_axum::routes;
 
 use crate::authz::authorize;
 use crate::error::{ApiError, problems};
 use crate::extract::{Json, OperatorCtx, Path, Query, TenantCtx};
+use crate::routes::RouteTable;
 use crate::state::AppState;
+
+/// This module's routes. Each is declared here once: the router, the OpenAPI document
+/// and the isolation matrix all come from this table.
+pub(super) fn table() -> RouteTable {
+    RouteTable::new()
+        .tenant(routes!(usage))
+        .operator(routes!(operator_usage))
+        .operator(routes!(get_models, put_models))
+        .operator(routes!(get_settings, put_settings))
+}
 
 /// `GET /v1/usage` and `GET /admin/v1/usage` query.
 #[derive(Deserialize, utoipa::IntoParams)]

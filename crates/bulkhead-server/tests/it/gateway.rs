@@ -693,14 +693,30 @@ async fn a_client_that_leaves_mid_stream_is_still_billed() {
     use tower::ServiceExt;
 
     let fake = FakeProvider::start().await;
-    let app = app_with(&fake).await;
+    // The rest of an abandoned stream is read within the provider's
+    // timeout: a generous one, so a loaded machine still reads it all.
+    let patient = r#"
+[[providers]]
+name = "fake-patient"
+kind = "openai"
+base_url = "BASE/v1"
+region = "eu"
+credential = "env:FAKE_KEY"
+timeout_s = 60
+[[models]]
+name = "patient"
+provider = "fake-patient"
+upstream = "gpt-4o-mini"
+"#
+    .replace("BASE", &fake.base_url());
+    let app = TestApp::with_config("", &tables(&fake, &patient)).await;
     app.create_tenant("acme", "eu").await;
     let (_, key) = app.api_key("acme", &["member"]).await;
     // Two thousand words stream as two thousand chunks: far more than the
     // gateway buffers, so the upstream reader is still busy when the client leaves.
     let long: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
     fake.push(Reply::text(long.join(" ")).with_usage((12, 2000, 0)));
-    let mut body = chat("small", "tell me a long story");
+    let mut body = chat("patient", "tell me a long story");
     body["stream"] = json!(true);
     let req = axum::http::Request::post("/v1/chat/completions")
         .header("authorization", format!("Bearer {key}"))
@@ -716,16 +732,23 @@ async fn a_client_that_leaves_mid_stream_is_still_billed() {
 
     // The call's task records the usage row when it notices; wait for that
     // event (bounded), rather than for a fixed time.
-    let mut recorded = None;
-    for _ in 0..500 {
-        let events = app.audit(&key).await;
-        if let Some(e) = events.into_iter().find(|e| e["action"] == "model.call") {
-            recorded = Some(e);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let event = recorded.expect("no usage was recorded for the abandoned stream");
+    let recorded = std::sync::Mutex::new(None);
+    bulkhead_testkit::wait::eventually(
+        "the usage record of the abandoned stream",
+        Duration::from_secs(60),
+        || async {
+            let found = app
+                .audit(&key)
+                .await
+                .into_iter()
+                .find(|e| e["action"] == "model.call");
+            let done = found.is_some();
+            *recorded.lock().unwrap() = found;
+            done
+        },
+    )
+    .await;
+    let event = recorded.into_inner().unwrap().unwrap();
     assert_eq!(event["details"]["status"], "client_disconnected");
     assert_eq!(event["details"]["stream"], true);
     // The rest of the answer was read for its usage: billed in full.

@@ -134,17 +134,13 @@ async fn me(served: &Served, token: &str) -> u16 {
     served.call("GET", "/v1/me", token, None).await.0
 }
 
-/// Polls `cond` every 20 ms for at most 15 s.
-async fn eventually<F, Fut>(what: &str, mut cond: F)
+/// Waits for `cond`, for at most 15 s.
+async fn eventually<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    bulkhead_testkit::wait::eventually(what, Duration::from_secs(15), cond).await;
 }
 
 #[tokio::test]

@@ -1,7 +1,11 @@
 //! Integration tests of the HTTP layer, in-process through the router
 //! (one test binary for the crate).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the unexpected, and its helpers need no docs"
+)]
 
 mod agent_attacks;
 mod agents;

@@ -116,15 +116,8 @@ async fn model_events(app: &TestApp, key: &str) -> Vec<Value> {
 
 /// Polls `cond` every few milliseconds; fails past a bound that only keeps
 /// a broken build from hanging.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut cond: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, cond: impl FnMut() -> F) {
+    bulkhead_testkit::wait::eventually(what, Duration::from_secs(60), cond).await;
 }
 
 #[tokio::test]

@@ -183,7 +183,10 @@ pub(super) fn list(
 
 /// The compare-and-set (see `AgentStore::settle_approval`); the event is
 /// appended only when the request changed.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is one part of the settlement; a struct would only rename them"
+)]
 pub(super) fn settle(
     tx: &Connection,
     tenant: &bulkhead_core::TenantId,

@@ -412,12 +412,12 @@ impl KnowledgeStore for SqliteStore {
         &self,
         scope: &TenantScope,
         collection: &str,
-        fts_query: &str,
+        fts_query: &bulkhead_agent::knowledge::FtsQuery,
         documents: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<(i64, f32)>, KnowledgeStoreError> {
         let scope = scope.clone();
-        let (collection, q) = (collection.to_owned(), fts_query.to_owned());
+        let (collection, q) = (collection.to_owned(), fts_query.as_str().to_owned());
         let docs = doc_list(documents);
         self.blocking(move |s| {
             let p = s.partition(scope.tenant(), scope.partition())?;

@@ -17,7 +17,7 @@ mod canary;
 mod commit;
 mod gateway;
 mod knowledge;
-pub mod partition;
+mod partition;
 mod policy;
 mod vault;
 

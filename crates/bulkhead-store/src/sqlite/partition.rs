@@ -202,16 +202,16 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// File name of the tenant database inside its partition directory.
-pub const DB_FILE: &str = "tenant.db";
+pub(crate) const DB_FILE: &str = "tenant.db";
 
 /// An open partition.
-pub struct Partition {
+pub(crate) struct Partition {
     tenant: TenantId,
     conn: Mutex<Connection>,
 }
 
 /// The directory of partition `uid` under `root`.
-pub fn dir(root: &Path, uid: TenantUid) -> PathBuf {
+pub(crate) fn dir(root: &Path, uid: TenantUid) -> PathBuf {
     root.join("tenants").join(uid.to_string())
 }
 
@@ -230,7 +230,7 @@ pub(crate) fn configure(conn: &Connection) -> rusqlite::Result<()> {
 
 impl Partition {
     /// Creates the partition of a new tenant (the directory must not exist).
-    pub fn create(root: &Path, tenant: &TenantId, uid: TenantUid) -> StoreResult<Self> {
+    pub(crate) fn create(root: &Path, tenant: &TenantId, uid: TenantUid) -> StoreResult<Self> {
         let dir = dir(root, uid);
         super::create_private_dir(&dir)?;
         let mut conn = Connection::open(dir.join(DB_FILE))?;
@@ -247,7 +247,7 @@ impl Partition {
     }
 
     /// Opens an existing partition, checking that it belongs to `tenant`/`uid`.
-    pub fn open(root: &Path, tenant: &TenantId, uid: TenantUid) -> StoreResult<Self> {
+    pub(crate) fn open(root: &Path, tenant: &TenantId, uid: TenantUid) -> StoreResult<Self> {
         let path = dir(root, uid).join(DB_FILE);
         if !path.is_file() {
             return Err(StoreError::NotFound);
@@ -296,7 +296,7 @@ impl Partition {
     }
 
     /// Appends an event to this tenant's chain.
-    pub fn append(&self, principal: &str, event: NewAuditEvent) -> StoreResult<AuditEvent> {
+    pub(crate) fn append(&self, principal: &str, event: NewAuditEvent) -> StoreResult<AuditEvent> {
         let mut conn = self.lock()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let sealed = append_chain(&tx, Some(self.tenant.clone()), principal, event)?;
@@ -305,7 +305,7 @@ impl Partition {
     }
 
     /// A page of this tenant's chain.
-    pub fn page(&self, page: Page) -> StoreResult<Vec<AuditEvent>> {
+    pub(crate) fn page(&self, page: Page) -> StoreResult<Vec<AuditEvent>> {
         let conn = self.lock()?;
         read_page(&conn, page)
     }

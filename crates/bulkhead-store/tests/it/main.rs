@@ -3,7 +3,10 @@
 //! the vault on top of it (encryption, rotation, crypto-shredding), and
 //! with the feature `redis` the limit counters in Redis.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the unexpected, and its helpers need no docs"
+)]
 
 mod conformance;
 #[cfg(feature = "redis")]

@@ -1,7 +1,11 @@
 //! Integration tests of the fake model provider, driven over real HTTP with
 //! reqwest (one test binary for the crate).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on the unexpected, and its helpers need no docs"
+)]
 
 mod anthropic;
 mod failures;

@@ -1,7 +1,10 @@
 //! Integration tests of the agent tools against the SaaS stand-in (one
 //! test binary for the crate).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the unexpected, and its helpers need no docs"
+)]
 
 mod build;
 mod canary;

@@ -46,7 +46,7 @@ impl Drop for Moto {
     }
 }
 
-#[allow(clippy::disallowed_methods)] // CI's marker, not configuration
+#[expect(clippy::disallowed_methods, reason = "CI's marker, not configuration")]
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }

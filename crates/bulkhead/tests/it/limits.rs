@@ -4,7 +4,7 @@
 //! the `redis` feature, two processes sharing Redis enforce one limit
 //! together and a dead process's reservation expires for the other.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bulkhead_testkit::{FakeProvider, Reply, Usage};
 use serde_json::{Value, json};
@@ -77,12 +77,8 @@ fn chat(url: &str, key: &str, text: &str) -> (u16, Value, Option<String>) {
 
 /// Waits for `cond` (checked every few milliseconds) or fails after a
 /// bound that only keeps a broken build from hanging.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    bulkhead_testkit::wait::wait_until(what, Duration::from_secs(30), cond);
 }
 
 /// Starts a call that hangs at the provider, holding its reservation.
@@ -244,7 +240,7 @@ mod shared {
 
     /// Redis for these tests, or `None` (a note) outside CI; in CI a
     /// missing Redis is a failure.
-    #[allow(clippy::disallowed_methods)] // CI's marker, not configuration
+    #[expect(clippy::disallowed_methods, reason = "CI's marker, not configuration")]
     fn redis_url() -> Option<String> {
         let url = "redis://127.0.0.1:6379".to_owned();
         if std::net::TcpStream::connect("127.0.0.1:6379").is_ok() {

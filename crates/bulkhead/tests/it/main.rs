@@ -1,7 +1,10 @@
 //! End-to-end tests: the real `bulkhead` binary on a real socket, driven
 //! over HTTP and through its own operator CLI.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the unexpected, and its helpers need no docs"
+)]
 
 mod approvals;
 mod check;

@@ -2,7 +2,7 @@
 //! and started again reports the run as failed, keeps its steps, and never
 //! repeats the tool call it had made.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bulkhead_testkit::{FakeProvider, Reply, SaasStandIn};
 use serde_json::{Value, json};
@@ -77,12 +77,8 @@ timeout_s = 600
 
 /// Waits for `cond` (checked every few milliseconds) or fails after a
 /// bound that only keeps a broken build from hanging.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    bulkhead_testkit::wait::wait_until(what, Duration::from_secs(30), cond);
 }
 
 #[test]
