@@ -250,6 +250,162 @@ pub struct Problem {
     pub request_id: String,
 }
 
+/// The OpenAPI response components of the errors: one per status an
+/// [`ApiError`] maps to, each an `application/problem+json` [`Problem`].
+/// A handler's `#[utoipa::path]` lists those it can return
+/// (`(status = 404, response = problems::NotFound)`), so the document
+/// names every error status with its content type and schema.
+pub mod problems {
+    use std::collections::BTreeMap;
+
+    use utoipa::openapi::response::Response;
+    use utoipa::openapi::{Ref, RefOr};
+    use utoipa::{IntoResponses, ToResponse};
+
+    use super::Problem;
+
+    /// References to the response components, by status.
+    fn refs<const N: usize>(list: [(u16, &str); N]) -> BTreeMap<String, RefOr<Response>> {
+        list.into_iter()
+            .map(|(status, name)| {
+                (
+                    status.to_string(),
+                    RefOr::Ref(Ref::from_response_name(name)),
+                )
+            })
+            .collect()
+    }
+
+    /// The component name of a response, as the document lists it.
+    fn name<'a, T: ToResponse<'a>>() -> &'a str {
+        T::response().0
+    }
+
+    /// What [`crate::extract::TenantCtx`] refuses a request with: no valid
+    /// credential (401), a suspended tenant or a mismatched `X-Tenant-ID`
+    /// (403), too many failures or requests (429), an unreachable store or
+    /// limit counters (503). Handlers add 403 `forbidden` themselves.
+    pub struct TenantAuth;
+
+    impl IntoResponses for TenantAuth {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            refs([
+                (401, name::<Unauthorized>()),
+                (403, name::<Forbidden>()),
+                (429, name::<TooManyRequests>()),
+                (503, name::<ServiceUnavailable>()),
+            ])
+        }
+    }
+
+    /// What [`crate::extract::OperatorCtx`] refuses a request with: no
+    /// valid operator token (401), too many failures (429).
+    pub struct OperatorAuth;
+
+    impl IntoResponses for OperatorAuth {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            refs([
+                (401, name::<Unauthorized>()),
+                (429, name::<TooManyRequests>()),
+            ])
+        }
+    }
+
+    /// What [`crate::extract::Json`] refuses a body with: not JSON of the
+    /// schema (400), too large (413), not `application/json` (415).
+    pub struct JsonBody;
+
+    impl IntoResponses for JsonBody {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            refs([
+                (400, name::<BadRequest>()),
+                (413, name::<PayloadTooLarge>()),
+                (415, name::<UnsupportedMediaType>()),
+            ])
+        }
+    }
+
+    /// The request middleware's answer past `server.request_timeout_s`
+    /// (every route but run creation and chat completions).
+    pub struct Timeout;
+
+    impl IntoResponses for Timeout {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            refs([(504, name::<GatewayTimeout>())])
+        }
+    }
+
+    /// `invalid_body`, `invalid_parameter`, `validation_failed` or
+    /// `invalid_policy`: the request is malformed or a value is not
+    /// acceptable (the knowledge layer's own codes too).
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct BadRequest(pub Problem);
+
+    /// `unauthenticated`: no valid credential.
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
+    pub struct Unauthorized(pub Problem);
+
+    /// `forbidden`, `tenant_suspended`, `tenant_mismatch`,
+    /// `residency_violation` or `storage_quota_exceeded`.
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct Forbidden(pub Problem);
+
+    /// `not_found`: no such resource, or not the caller's.
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct NotFound(pub Problem);
+
+    /// `conflict` or a state code (`approval_decided`, `approval_mismatch`,
+    /// `thread_paused`, `run_in_progress`, `run_finished`,
+    /// `agent_disabled`, `isolation_unavailable`).
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct Conflict(pub Problem);
+
+    /// `payload_too_large` or `document_too_large`.
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct PayloadTooLarge(pub Problem);
+
+    /// `unsupported_media_type`: the body is not `application/json`.
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct UnsupportedMediaType(pub Problem);
+
+    /// `prompt_error`: the agent's prompt cannot be rendered with the
+    /// tenant's settings.
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct UnprocessableEntity(pub Problem);
+
+    /// `rate_limited`, `budget_exceeded`, `concurrency_limited` or another
+    /// limit's code; `Retry-After` says when to try again.
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    pub struct TooManyRequests(pub Problem);
+
+    /// `embedding_failed`: the embedding provider failed.
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct BadGateway(pub Problem);
+
+    /// `unavailable` or `limits_unavailable`: a dependency (the store, the
+    /// key provider, the limit counters) cannot be reached.
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct ServiceUnavailable(pub Problem);
+
+    /// `timeout`: the request took longer than `server.request_timeout_s`.
+    #[derive(utoipa::ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct GatewayTimeout(pub Problem);
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

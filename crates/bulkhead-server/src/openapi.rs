@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::error::problems;
+
 struct Security;
 
 impl Modify for Security {
@@ -39,7 +41,15 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "bulkhead", description = "Multi-tenant runtime for AI agents", license(name = "Apache-2.0")),
-    components(schemas(crate::error::Problem)),
+    components(
+        schemas(crate::error::Problem),
+        responses(
+            problems::BadRequest, problems::Unauthorized, problems::Forbidden, problems::NotFound,
+            problems::Conflict, problems::PayloadTooLarge, problems::UnsupportedMediaType,
+            problems::UnprocessableEntity, problems::TooManyRequests, problems::BadGateway,
+            problems::ServiceUnavailable, problems::GatewayTimeout,
+        )
+    ),
     modifiers(&Security)
 )]
 pub struct ApiDoc;

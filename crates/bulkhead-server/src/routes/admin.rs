@@ -15,7 +15,7 @@ use bulkhead_store::{NewApiKeyRecord, NewTenant};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::routes;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::extract::{Json, OperatorCtx, Path, Query};
 use crate::routes::RouteTable;
 use crate::routes::tenant::{AuditPage, AuditQuery};
@@ -113,8 +113,12 @@ fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
 }
 
 /// Creates a tenant and its empty partition.
-#[utoipa::path(post, path = "/admin/v1/tenants", tag = "operator", security(("operator" = [])), request_body = CreateTenant,
-    responses((status = 201, body = TenantBody), (status = 400, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/admin/v1/tenants", operation_id = "create_tenant", tag = "operator", security(("operator" = [])), request_body = CreateTenant,
+    responses((status = 201, body = TenantBody, headers(("Location" = String, description = "The tenant's URL"))),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 409, response = problems::Conflict),
+        problems::Timeout))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -156,8 +160,10 @@ pub async fn create_tenant(
 }
 
 /// Lists all tenants.
-#[utoipa::path(get, path = "/admin/v1/tenants", tag = "operator", security(("operator" = [])),
-    responses((status = 200, body = TenantList)))]
+#[utoipa::path(get, path = "/admin/v1/tenants", operation_id = "list_tenants", tag = "operator", security(("operator" = [])),
+    responses((status = 200, body = TenantList),
+        problems::OperatorAuth,
+        problems::Timeout))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -169,9 +175,13 @@ pub async fn list_tenants(
 }
 
 /// One tenant.
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}", tag = "operator", security(("operator" = [])),
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}", operation_id = "get_tenant", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 200, body = TenantBody), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = TenantBody),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn get_tenant(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -236,9 +246,14 @@ fn merge_quotas(
 }
 
 /// Changes a tenant's name, region, isolation or status.
-#[utoipa::path(patch, path = "/admin/v1/tenants/{id}", tag = "operator", security(("operator" = [])),
+#[utoipa::path(patch, path = "/admin/v1/tenants/{id}", operation_id = "update_tenant", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")), request_body = PatchTenant,
-    responses((status = 200, body = TenantBody), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = TenantBody),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        problems::Timeout))]
 pub async fn update_tenant(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -283,9 +298,13 @@ pub async fn update_tenant(
 }
 
 /// Erases a tenant: its keys, its partition and all its data.
-#[utoipa::path(delete, path = "/admin/v1/tenants/{id}", tag = "operator", security(("operator" = [])),
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}", operation_id = "delete_tenant", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn delete_tenant(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -389,9 +408,13 @@ pub struct KeyList {
 }
 
 /// Creates an API key for a tenant; the key is in this response only.
-#[utoipa::path(post, path = "/admin/v1/tenants/{id}/api-keys", tag = "operator", security(("operator" = [])),
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/api-keys", operation_id = "create_api_key", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")), request_body = CreateKey,
-    responses((status = 201, body = CreatedKey), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    responses((status = 201, body = CreatedKey),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn create_key(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -445,9 +468,13 @@ pub async fn create_key(
 }
 
 /// Lists a tenant's keys (metadata only).
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}/api-keys", tag = "operator", security(("operator" = [])),
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/api-keys", operation_id = "list_api_keys", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 200, body = KeyList), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = KeyList),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn list_keys(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -460,9 +487,13 @@ pub async fn list_keys(
 }
 
 /// Revokes a key at once; revoking again is harmless.
-#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/api-keys/{key_id}", tag = "operator", security(("operator" = [])),
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/api-keys/{key_id}", operation_id = "revoke_api_key", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id"), ("key_id" = String, Path, description = "Key id")),
-    responses((status = 204, description = "Revoked"), (status = 404, body = crate::error::Problem)))]
+    responses((status = 204, description = "Revoked"),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -475,8 +506,11 @@ pub async fn revoke_key(
 }
 
 /// The operator's own audit chain, oldest first.
-#[utoipa::path(get, path = "/admin/v1/audit", tag = "operator", security(("operator" = [])), params(AuditQuery),
-    responses((status = 200, body = AuditPage)))]
+#[utoipa::path(get, path = "/admin/v1/audit", operation_id = "operator_audit", tag = "operator", security(("operator" = [])), params(AuditQuery),
+    responses((status = 200, body = AuditPage),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        problems::Timeout))]
 pub async fn operator_audit(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,

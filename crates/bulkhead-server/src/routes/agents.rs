@@ -20,7 +20,7 @@ use serde_json::Value;
 use utoipa_axum::routes;
 
 use crate::authz::authorize;
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::extract::{Json, Path, Query, TenantCtx};
 use crate::routes::RouteTable;
 use crate::state::AppState;
@@ -67,8 +67,10 @@ pub struct AgentList {
 }
 
 /// Lists the agents the caller's tenant can run (those served from its region).
-#[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("bearer" = [])),
-    responses((status = 200, body = AgentList), (status = 401, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/agents", operation_id = "list_agents", tag = "agents", security(("bearer" = [])),
+    responses((status = 200, body = AgentList),
+        problems::TenantAuth,
+        problems::Timeout))]
 pub async fn list(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -92,7 +94,7 @@ pub async fn list(
 
 /// A tenant's settings of one agent.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SettingsBody {
+pub struct AgentSettingsBody {
     /// Template variables (`vars.NAME` in the prompt), values at most 4 KiB.
     variables: BTreeMap<String, String>,
     /// Extra instructions (at most 16 KiB), added as the tenant's own message.
@@ -104,9 +106,13 @@ pub struct SettingsBody {
 }
 
 /// Reads the caller's tenant's settings of an agent (tenant admins).
-#[utoipa::path(get, path = "/v1/agents/{agent}/settings", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/agents/{agent}/settings", operation_id = "get_agent_settings", tag = "agents", security(("bearer" = [])),
     params(("agent" = String, Path, description = "Agent name")),
-    responses((status = 200, body = SettingsBody), (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = AgentSettingsBody),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn get_settings(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -124,11 +130,14 @@ pub async fn get_settings(
 
 /// Replaces the caller's tenant's settings of an agent (tenant admins).
 /// Everything here is data: template syntax in it is never evaluated.
-#[utoipa::path(put, path = "/v1/agents/{agent}/settings", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(put, path = "/v1/agents/{agent}/settings", operation_id = "put_agent_settings", tag = "agents", security(("bearer" = [])),
     params(("agent" = String, Path, description = "Agent name")),
-    request_body = SettingsBody,
-    responses((status = 200, body = SettingsBody), (status = 400, body = crate::error::Problem),
-        (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    request_body = AgentSettingsBody,
+    responses((status = 200, body = AgentSettingsBody),
+        problems::TenantAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn put_settings(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -225,14 +234,16 @@ fn run_id(raw: &str) -> Result<RunId, ApiError> {
 /// `model_call`, `tool_call`, `tool_result`, `approval_requested`,
 /// `message`, then `done`, `error` or `awaiting_approval`. The run goes on
 /// if the client leaves.
-#[utoipa::path(post, path = "/v1/agents/{agent}/runs", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/agents/{agent}/runs", operation_id = "start_run", tag = "agents", security(("bearer" = [])),
     params(("agent" = String, Path, description = "Agent name")),
     request_body = StartRun,
-    responses((status = 200, body = RunBody, description = "The ended run, or an SSE stream with `stream: true`"),
+    responses((status = 200, description = "The ended run, or an SSE stream with `stream: true`", content((RunBody = "application/json"), (String = "text/event-stream"))),
         (status = 202, body = RunBody, description = "The run paused: a tool call awaits approval"),
-        (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem),
-        (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
-        (status = 422, body = crate::error::Problem)))]
+        problems::TenantAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        (status = 422, response = problems::UnprocessableEntity)))]
 pub async fn start(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -308,10 +319,12 @@ fn sse(ev: &bulkhead_agent::RunEvent) -> Bytes {
 
 /// `GET /v1/runs/{id}` parameters.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RunParams {
     /// Wait up to this many seconds (at most 60) for a run executing in
     /// this process to end or pause before answering.
+    #[param(maximum = 60)]
     pub wait: Option<u64>,
 }
 
@@ -319,9 +332,13 @@ pub struct RunParams {
 const MAX_WAIT_S: u64 = 60;
 
 /// A run of the caller's tenant, with its steps.
-#[utoipa::path(get, path = "/v1/runs/{id}", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "get_run", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Run id"), RunParams),
-    responses((status = 200, body = RunBody), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = RunBody),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn get_run(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -361,9 +378,14 @@ pub async fn get_run(
 
 /// Asks a running run to stop (tenant admins and members). 202: the run
 /// ends as `cancelled` shortly; 409 when it has already ended.
-#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", operation_id = "cancel_run", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Run id")),
-    responses((status = 202, body = RunBody), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+    responses((status = 202, body = RunBody),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        problems::Timeout))]
 pub async fn cancel(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -406,9 +428,13 @@ pub struct MessageList {
 }
 
 /// The messages of one of the caller's tenant's threads.
-#[utoipa::path(get, path = "/v1/threads/{id}/messages", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/threads/{id}/messages", operation_id = "list_thread_messages", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Thread id")),
-    responses((status = 200, body = MessageList), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = MessageList),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn messages(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -434,9 +460,14 @@ pub async fn messages(
 /// Deletes one of the caller's tenant's runs with its steps, approval
 /// requests and thread messages (tenant admins by default; audited). 409
 /// `run_in_progress` while it runs or awaits approval.
-#[utoipa::path(delete, path = "/v1/runs/{id}", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/runs/{id}", operation_id = "delete_run", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Run id")),
-    responses((status = 204, description = "Deleted"), (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        problems::Timeout))]
 pub async fn delete_run(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -451,9 +482,14 @@ pub async fn delete_run(
 /// Deletes one of the caller's tenant's threads with its messages and its
 /// runs (tenant admins by default; audited). 409 `run_in_progress` while
 /// a run of it runs or awaits approval.
-#[utoipa::path(delete, path = "/v1/threads/{id}", tag = "agents", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/threads/{id}", operation_id = "delete_thread", tag = "agents", security(("bearer" = [])),
     params(("id" = String, Path, description = "Thread id")),
-    responses((status = 204, description = "Deleted"), (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        problems::Timeout))]
 pub async fn delete_thread(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,

@@ -16,7 +16,7 @@ use serde_json::Value;
 use utoipa_axum::routes;
 
 use crate::authz::authorize;
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::extract::{Json, Path, Query, TenantCtx};
 use crate::routes::RouteTable;
 use crate::state::AppState;
@@ -99,9 +99,11 @@ pub struct ApprovalList {
 
 /// `GET /v1/approvals` parameters.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only requests in this state (`pending`, `approved`, `denied`, `expired`).
+    #[param(pattern = "^(pending|approved|denied|expired)?$")]
     pub status: Option<String>,
 }
 
@@ -124,9 +126,12 @@ fn approval_id(raw: &str) -> Result<ApprovalId, ApiError> {
 
 /// Lists the caller's tenant's approval requests (every role by default).
 /// Requests whose time is up are settled as `expired` first.
-#[utoipa::path(get, path = "/v1/approvals", tag = "approvals", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/approvals", operation_id = "list_approvals", tag = "approvals", security(("bearer" = [])),
     params(ListParams),
-    responses((status = 200, body = ApprovalList), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem)))]
+    responses((status = 200, body = ApprovalList),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        problems::Timeout))]
 pub async fn list(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -148,9 +153,13 @@ pub async fn list(
 }
 
 /// One of the caller's tenant's approval requests.
-#[utoipa::path(get, path = "/v1/approvals/{id}", tag = "approvals", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/approvals/{id}", operation_id = "get_approval", tag = "approvals", security(("bearer" = [])),
     params(("id" = String, Path, description = "Approval id")),
-    responses((status = 200, body = ApprovalBody), (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = ApprovalBody),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn get(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -196,11 +205,14 @@ async fn decide(
 /// Approves a pending request (approvers; not the principal who started
 /// the run unless the tenant's policies allow it). When it was the run's
 /// last pending request, the run resumes and the call is made once.
-#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "approvals", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/approvals/{id}/approve", operation_id = "approve_approval", tag = "approvals", security(("bearer" = [])),
     params(("id" = String, Path, description = "Approval id")), request_body = DecisionBody,
-    responses((status = 200, body = ApprovalBody), (status = 400, body = crate::error::Problem),
-        (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
-        (status = 409, body = crate::error::Problem)))]
+    responses((status = 200, body = ApprovalBody),
+        problems::TenantAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        problems::Timeout))]
 pub async fn approve(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -212,11 +224,14 @@ pub async fn approve(
 
 /// Denies a pending request: the call is never made, and the run ends
 /// (`failed`, `approval_denied`) with the denial as the tool's answer.
-#[utoipa::path(post, path = "/v1/approvals/{id}/deny", tag = "approvals", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/approvals/{id}/deny", operation_id = "deny_approval", tag = "approvals", security(("bearer" = [])),
     params(("id" = String, Path, description = "Approval id")), request_body = DecisionBody,
-    responses((status = 200, body = ApprovalBody), (status = 400, body = crate::error::Problem),
-        (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
-        (status = 409, body = crate::error::Problem)))]
+    responses((status = 200, body = ApprovalBody),
+        problems::TenantAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        problems::Timeout))]
 pub async fn deny(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,

@@ -11,11 +11,11 @@ use bulkhead_core::TenantId;
 use bulkhead_policy::{Action, Resource};
 use bulkhead_vault::credential::{ConnectionName, CredentialMeta, CredentialWire};
 use bulkhead_vault::store::CredScope;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa_axum::routes;
 
 use crate::authz::authorize;
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
 use crate::routes::RouteTable;
 use crate::state::AppState;
@@ -75,39 +75,50 @@ pub struct CredentialList {
     pub credentials: Vec<CredentialBody>,
 }
 
-/// The `PUT` body, one of:
-/// `{"kind": "api_key", "secret": "..."}`, `{"kind": "bearer", "secret": "..."}`,
-/// `{"kind": "basic", "username": "...", "password": "..."}`,
-/// `{"kind": "oauth2", "access_token", "refresh_token", "expires_at", "token_url", "client_id", "client_secret", "scope"}`.
-/// Which fields apply depends on `kind`; others are refused.
-#[derive(utoipa::ToSchema)]
-#[expect(
-    dead_code,
-    reason = "a schema-only type: read by utoipa, never constructed"
-)]
-pub struct PutCredential {
-    /// `api_key`, `bearer`, `basic` or `oauth2`.
-    kind: String,
-    /// `api_key`, `bearer`: the secret (at most 64 KiB).
-    secret: Option<String>,
-    /// `basic`.
-    username: Option<String>,
-    /// `basic`.
-    password: Option<String>,
-    /// `oauth2`.
-    access_token: Option<String>,
-    /// `oauth2`.
-    refresh_token: Option<String>,
-    /// `oauth2`, RFC 3339.
-    expires_at: Option<String>,
-    /// `oauth2`, http(s) URL of the token endpoint.
-    token_url: Option<String>,
-    /// `oauth2`.
-    client_id: Option<String>,
-    /// `oauth2`.
-    client_secret: Option<String>,
-    /// `oauth2`.
-    scope: Option<String>,
+/// The `PUT` body: one object per `kind`, the fields of that kind only
+/// (the documentation of [`CredentialWire`], which parses it).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PutCredential {
+    /// An API key, sent as a bearer token.
+    ApiKey {
+        /// The key (at most 64 KiB).
+        #[schema(min_length = 1, max_length = 65536)]
+        secret: String,
+    },
+    /// A bearer token.
+    Bearer {
+        /// The token (at most 64 KiB).
+        #[schema(min_length = 1, max_length = 65536)]
+        secret: String,
+    },
+    /// HTTP Basic.
+    Basic {
+        /// User name (1-1024 bytes, no control characters).
+        #[schema(min_length = 1, max_length = 1024)]
+        username: String,
+        /// Password.
+        #[schema(min_length = 1)]
+        password: String,
+    },
+    /// OAuth2 tokens, refreshed by the server.
+    Oauth2 {
+        /// Access token.
+        #[schema(min_length = 1)]
+        access_token: String,
+        /// Refresh token.
+        refresh_token: Option<String>,
+        /// Expiry of the access token (RFC 3339).
+        expires_at: Option<String>,
+        /// http(s) URL of the token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        client_secret: Option<String>,
+        /// Scope.
+        scope: Option<String>,
+    },
 }
 
 pub(crate) fn connection(raw: &str) -> Result<ConnectionName, ApiError> {
@@ -164,11 +175,15 @@ pub(crate) async fn delete_in(
 
 /// Stores a credential for the caller's tenant (tenant admins). 201 when
 /// new, 200 when replaced; the secret is never returned.
-#[utoipa::path(put, path = "/v1/credentials/{connection}", tag = "credentials", security(("bearer" = [])),
-    params(("connection" = String, Path, description = "Connection name, [a-z0-9_-]{1,64}")),
+#[utoipa::path(put, path = "/v1/credentials/{connection}", operation_id = "put_credential", tag = "credentials", security(("bearer" = [])),
+    params(("connection" = String, Path, description = "Connection name", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = PutCredential,
-    responses((status = 201, body = CredentialBody), (status = 200, body = CredentialBody),
-        (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem)))]
+    responses((status = 201, description = "Stored a new credential", body = CredentialBody),
+        (status = 200, description = "Replaced the credential", body = CredentialBody),
+        problems::TenantAuth,
+        problems::JsonBody,
+        (status = 409, response = problems::Conflict),
+        problems::Timeout))]
 pub async fn put(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -186,8 +201,10 @@ pub async fn put(
 }
 
 /// Lists the caller's tenant's credentials: names and metadata only.
-#[utoipa::path(get, path = "/v1/credentials", tag = "credentials", security(("bearer" = [])),
-    responses((status = 200, body = CredentialList), (status = 403, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/credentials", operation_id = "list_credentials", tag = "credentials", security(("bearer" = [])),
+    responses((status = 200, body = CredentialList),
+        problems::TenantAuth,
+        problems::Timeout))]
 pub async fn list(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -197,9 +214,13 @@ pub async fn list(
 }
 
 /// Deletes one of the caller's tenant's credentials.
-#[utoipa::path(delete, path = "/v1/credentials/{connection}", tag = "credentials", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/credentials/{connection}", operation_id = "delete_credential", tag = "credentials", security(("bearer" = [])),
     params(("connection" = String, Path, description = "Connection name")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn delete(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -226,10 +247,17 @@ async fn tenant_scope(
 }
 
 /// The operator stores a credential for a tenant.
-#[utoipa::path(put, path = "/admin/v1/tenants/{id}/credentials/{connection}", tag = "operator", security(("operator" = [])),
-    params(("id" = String, Path, description = "Tenant id"), ("connection" = String, Path, description = "Connection name")),
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/credentials/{connection}", operation_id = "operator_put_credential", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Tenant id"), ("connection" = String, Path, description = "Connection name", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = PutCredential,
-    responses((status = 201, body = CredentialBody), (status = 200, body = CredentialBody), (status = 404, body = crate::error::Problem)))]
+    responses((status = 201, description = "Stored a new credential", body = CredentialBody),
+        (status = 200, description = "Replaced the credential", body = CredentialBody),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        (status = 503, response = problems::ServiceUnavailable),
+        problems::Timeout))]
 pub async fn operator_put(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -241,9 +269,13 @@ pub async fn operator_put(
 }
 
 /// The operator lists a tenant's credentials (metadata only).
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}/credentials", tag = "operator", security(("operator" = [])),
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/credentials", operation_id = "operator_list_credentials", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 200, body = CredentialList), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = CredentialList),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn operator_list(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -254,9 +286,13 @@ pub async fn operator_list(
 }
 
 /// The operator deletes a tenant's credential.
-#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/credentials/{connection}", tag = "operator", security(("operator" = [])),
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/credentials/{connection}", operation_id = "operator_delete_credential", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id"), ("connection" = String, Path, description = "Connection name")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn operator_delete(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -267,10 +303,16 @@ pub async fn operator_delete(
 }
 
 /// Stores one of the platform's own credentials (e.g. a model provider key).
-#[utoipa::path(put, path = "/admin/v1/platform/credentials/{connection}", tag = "operator", security(("operator" = [])),
-    params(("connection" = String, Path, description = "Connection name")),
+#[utoipa::path(put, path = "/admin/v1/platform/credentials/{connection}", operation_id = "put_platform_credential", tag = "operator", security(("operator" = [])),
+    params(("connection" = String, Path, description = "Connection name", pattern = "^[a-z0-9_-]{1,64}$")),
     request_body = PutCredential,
-    responses((status = 201, body = CredentialBody), (status = 200, body = CredentialBody), (status = 400, body = crate::error::Problem)))]
+    responses((status = 201, description = "Stored a new credential", body = CredentialBody),
+        (status = 200, description = "Replaced the credential", body = CredentialBody),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 409, response = problems::Conflict),
+        (status = 503, response = problems::ServiceUnavailable),
+        problems::Timeout))]
 pub async fn platform_put(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -281,8 +323,10 @@ pub async fn platform_put(
 }
 
 /// Lists the platform's credentials (metadata only).
-#[utoipa::path(get, path = "/admin/v1/platform/credentials", tag = "operator", security(("operator" = [])),
-    responses((status = 200, body = CredentialList)))]
+#[utoipa::path(get, path = "/admin/v1/platform/credentials", operation_id = "list_platform_credentials", tag = "operator", security(("operator" = [])),
+    responses((status = 200, body = CredentialList),
+        problems::OperatorAuth,
+        problems::Timeout))]
 pub async fn platform_list(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -291,9 +335,13 @@ pub async fn platform_list(
 }
 
 /// Deletes one of the platform's credentials.
-#[utoipa::path(delete, path = "/admin/v1/platform/credentials/{connection}", tag = "operator", security(("operator" = [])),
+#[utoipa::path(delete, path = "/admin/v1/platform/credentials/{connection}", operation_id = "delete_platform_credential", tag = "operator", security(("operator" = [])),
     params(("connection" = String, Path, description = "Connection name")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn platform_delete(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa_axum::routes;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::extract::{OperatorCtx, Path};
 use crate::routes::RouteTable;
 use crate::state::AppState;
@@ -73,10 +73,12 @@ async fn record(
 
 /// Rotates the key-encryption key and re-wraps every data key under the
 /// new version, online. Safe to call again after an interruption.
-#[utoipa::path(post, path = "/admin/v1/kms/rotate", tag = "operator", security(("operator" = [])),
+#[utoipa::path(post, path = "/admin/v1/kms/rotate", operation_id = "rotate_kek", tag = "operator", security(("operator" = [])),
     responses((status = 200, body = RewrapBody),
-        (status = 409, description = "the key provider rotates keys itself (aws-kms)", body = crate::error::Problem),
-        (status = 503, body = crate::error::Problem)))]
+        problems::OperatorAuth,
+        (status = 409, description = "the key provider rotates keys itself (aws-kms)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, response = problems::ServiceUnavailable),
+        problems::Timeout))]
 pub async fn rotate(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -89,8 +91,11 @@ pub async fn rotate(
 
 /// Re-wraps data keys not yet under the current key-encryption key
 /// (finishes an interrupted rotation) without rotating again.
-#[utoipa::path(post, path = "/admin/v1/kms/rewrap", tag = "operator", security(("operator" = [])),
-    responses((status = 200, body = RewrapBody), (status = 503, body = crate::error::Problem)))]
+#[utoipa::path(post, path = "/admin/v1/kms/rewrap", operation_id = "rewrap_data_keys", tag = "operator", security(("operator" = [])),
+    responses((status = 200, body = RewrapBody),
+        problems::OperatorAuth,
+        (status = 503, response = problems::ServiceUnavailable),
+        problems::Timeout))]
 pub async fn rewrap(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -103,9 +108,14 @@ pub async fn rewrap(
 
 /// Rotates one tenant's data key: a new version, every credential
 /// re-encrypted under it, the old version deleted. Resumes if interrupted.
-#[utoipa::path(post, path = "/admin/v1/tenants/{id}/data-key/rotate", tag = "operator", security(("operator" = [])),
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/data-key/rotate", operation_id = "rotate_tenant_data_key", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 200, body = DataKeyBody), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = DataKeyBody),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        (status = 503, response = problems::ServiceUnavailable),
+        problems::Timeout))]
 pub async fn rotate_tenant_key(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,

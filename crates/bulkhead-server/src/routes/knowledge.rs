@@ -22,7 +22,7 @@ use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
 
 use crate::authz::authorize;
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::extract::{Json, OperatorCtx, Path, TenantCtx};
 use crate::routes::RouteTable;
 use crate::state::AppState;
@@ -149,12 +149,15 @@ impl From<DocumentInfo> for DocumentBody {
 /// Ingests a document into a collection of the caller's tenant (created
 /// on first use). 201 when new, 200 when it replaced the document with the
 /// same `external_id`. Atomic: a failure leaves no partial document.
-#[utoipa::path(post, path = "/v1/collections/{collection}/documents", tag = "knowledge", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/collections/{collection}/documents", operation_id = "put_document", tag = "knowledge", security(("bearer" = [])),
     params(("collection" = String, Path, description = "Collection, [a-z0-9][a-z0-9_-]{0,63}")),
     request_body = PutDocument,
-    responses((status = 201, body = DocumentBody), (status = 200, body = DocumentBody),
-        (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem),
-        (status = 413, body = crate::error::Problem), (status = 502, body = crate::error::Problem)))]
+    responses((status = 201, description = "A new document", body = DocumentBody),
+        (status = 200, description = "Replaced the document with the same `external_id`", body = DocumentBody),
+        problems::TenantAuth,
+        problems::JsonBody,
+        (status = 502, response = problems::BadGateway),
+        problems::Timeout))]
 pub async fn put_document(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -242,9 +245,13 @@ async fn ingest_in(
 }
 
 /// Deletes a document.
-#[utoipa::path(delete, path = "/v1/collections/{collection}/documents/{id}", tag = "knowledge", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/collections/{collection}/documents/{id}", operation_id = "delete_document", tag = "knowledge", security(("bearer" = [])),
     params(("collection" = String, Path, description = "Collection"), ("id" = String, Path, description = "Document id")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn delete_document(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -296,8 +303,10 @@ pub struct CollectionList {
 }
 
 /// Lists the caller's tenant's collections.
-#[utoipa::path(get, path = "/v1/collections", tag = "knowledge", security(("bearer" = [])),
-    responses((status = 200, body = CollectionList), (status = 401, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/collections", operation_id = "list_collections", tag = "knowledge", security(("bearer" = [])),
+    responses((status = 200, body = CollectionList),
+        problems::TenantAuth,
+        problems::Timeout))]
 pub async fn list_collections(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -310,9 +319,13 @@ pub async fn list_collections(
 }
 
 /// Deletes a collection and all its documents (tenant admins).
-#[utoipa::path(delete, path = "/v1/collections/{collection}", tag = "knowledge", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/collections/{collection}", operation_id = "delete_collection", tag = "knowledge", security(("bearer" = [])),
     params(("collection" = String, Path, description = "Collection")),
-    responses((status = 204, description = "Deleted"), (status = 403, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    responses((status = 204, description = "Deleted"),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn delete_collection(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -394,10 +407,15 @@ pub struct SearchResponse {
 }
 
 /// Searches one of the caller's tenant's collections.
-#[utoipa::path(post, path = "/v1/collections/{collection}/search", tag = "knowledge", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/collections/{collection}/search", operation_id = "search_collection", tag = "knowledge", security(("bearer" = [])),
     params(("collection" = String, Path, description = "Collection")),
     request_body = SearchBody,
-    responses((status = 200, body = SearchResponse), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = SearchResponse),
+        problems::TenantAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        (status = 502, response = problems::BadGateway),
+        problems::Timeout))]
 pub async fn search(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -459,12 +477,18 @@ async fn tenant_scope(
 
 /// The operator ingests a document into a tenant's collection (created on
 /// first use): the body and answers of `POST /v1/collections/{collection}/documents`.
-#[utoipa::path(post, path = "/admin/v1/tenants/{id}/collections/{collection}/documents", tag = "operator", security(("operator" = [])),
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/collections/{collection}/documents", operation_id = "operator_put_document", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id"), ("collection" = String, Path, description = "Collection, [a-z0-9][a-z0-9_-]{0,63}")),
     request_body = PutDocument,
-    responses((status = 201, body = DocumentBody), (status = 200, body = DocumentBody),
-        (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
-        (status = 413, body = crate::error::Problem), (status = 502, body = crate::error::Problem)))]
+    responses((status = 201, description = "A new document", body = DocumentBody),
+        (status = 200, description = "Replaced the document with the same `external_id`", body = DocumentBody),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 403, response = problems::Forbidden),
+        (status = 404, response = problems::NotFound),
+        (status = 502, response = problems::BadGateway),
+        (status = 503, response = problems::ServiceUnavailable),
+        problems::Timeout))]
 pub async fn operator_put_document(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -477,10 +501,16 @@ pub async fn operator_put_document(
 
 /// The operator searches a tenant's collection: the body and answer of
 /// `POST /v1/collections/{collection}/search`.
-#[utoipa::path(post, path = "/admin/v1/tenants/{id}/collections/{collection}/search", tag = "operator", security(("operator" = [])),
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/collections/{collection}/search", operation_id = "operator_search_collection", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id"), ("collection" = String, Path, description = "Collection")),
     request_body = SearchBody,
-    responses((status = 200, body = SearchResponse), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = SearchResponse),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        (status = 502, response = problems::BadGateway),
+        (status = 503, response = problems::ServiceUnavailable),
+        problems::Timeout))]
 pub async fn operator_search(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -14,7 +15,7 @@ use bulkhead_auth::TenantScope;
 use bulkhead_gateway::{ChatOutcome, GatewayError};
 use bulkhead_policy::{Action, Resource};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
 
@@ -105,9 +106,63 @@ impl From<ApiError> for OpenAiError {
     }
 }
 
+/// The body of an error in OpenAI's shape: what the official SDKs parse.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OpenAiErrorBody {
+    /// The error.
+    pub error: OpenAiErrorDetail,
+}
+
+/// The `error` member of [`OpenAiErrorBody`].
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OpenAiErrorDetail {
+    /// What went wrong.
+    pub message: String,
+    /// OpenAI's error type (`invalid_request_error`, `rate_limit_error`, ...).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// bulkhead's stable code.
+    pub code: &'static str,
+    /// The request field at fault, when one is.
+    pub param: Option<String>,
+}
+
+impl OpenAiError {
+    /// A chat body that could not be read: over the chat body limit
+    /// (413 `request_too_large`, as `docs/errors.md` says), or cut off
+    /// (400). axum's own answer would be plain text, which no OpenAI SDK
+    /// parses.
+    fn body_rejected(r: BytesRejection) -> Self {
+        let (status, message, code) = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than the chat completions limit".to_owned(),
+                "request_too_large",
+            )
+        } else {
+            (StatusCode::BAD_REQUEST, r.body_text(), "invalid_request")
+        };
+        Self {
+            status,
+            message,
+            kind: "invalid_request_error",
+            code,
+            param: None,
+            retry_after: None,
+        }
+    }
+}
+
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "code": self.code, "param": self.param}});
+        let body = OpenAiErrorBody {
+            error: OpenAiErrorDetail {
+                message: self.message,
+                kind: self.kind,
+                code: self.code,
+                param: self.param,
+            },
+        };
         let mut res = (self.status, axum::Json(body)).into_response();
         if let Some(v) = self
             .retry_after
@@ -139,20 +194,30 @@ impl FromRequestParts<AppState> for OpenAiTenant {
 
 /// Creates a chat completion (OpenAI Chat Completions format, streaming
 /// with `stream: true`).
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "models", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/chat/completions", operation_id = "create_chat_completion", tag = "models", security(("bearer" = [])),
     request_body(content = Object, description = "An OpenAI chat completion request"),
-    responses((status = 200, description = "A chat.completion, or an SSE stream of chat.completion.chunk"),
-        (status = 400, description = "OpenAI-style error"), (status = 401, description = "OpenAI-style error"),
-        (status = 403, description = "Residency refusal"), (status = 404, description = "model_not_found"),
-        (status = 429, description = "Upstream rate limit"), (status = 502, description = "Upstream failure")))]
+    responses((status = 200, description = "A chat.completion, or an SSE stream of chat.completion.chunk", content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "Invalid request or message, or a missing tenant credential", body = OpenAiErrorBody),
+        (status = 401, description = "No valid credential", body = OpenAiErrorBody),
+        (status = 403, description = "Not allowed, suspended, or a residency refusal", body = OpenAiErrorBody),
+        (status = 404, description = "`model_not_found`", body = OpenAiErrorBody),
+        (status = 413, description = "The body is larger than the chat limit", body = OpenAiErrorBody),
+        (status = 429, description = "Over a limit of the tenant, or the provider's rate limit", body = OpenAiErrorBody),
+        (status = 502, description = "The provider failed", body = OpenAiErrorBody),
+        (status = 503, description = "The store or the limit counters cannot be reached", body = OpenAiErrorBody),
+        (status = 504, description = "The provider did not answer in time", body = OpenAiErrorBody)))]
 pub async fn chat(
     State(state): State<AppState>,
     OpenAiTenant(scope): OpenAiTenant,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(e) = authorize(&state, &scope, Action::UseModels, Resource::Tenant).await {
         return OpenAiError::from(e).into_response();
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return OpenAiError::body_rejected(r).into_response(),
+    };
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -212,8 +277,13 @@ pub struct ModelList {
 
 /// Lists the models the calling tenant may use (allowed for it and served
 /// from its region).
-#[utoipa::path(get, path = "/v1/models", tag = "models", security(("bearer" = [])),
-    responses((status = 200, body = ModelList), (status = 401, description = "OpenAI-style error")))]
+#[utoipa::path(get, path = "/v1/models", operation_id = "list_models", tag = "models", security(("bearer" = [])),
+    responses((status = 200, body = ModelList),
+        (status = 401, description = "No valid credential", body = OpenAiErrorBody),
+        (status = 403, description = "Not allowed, or the tenant is suspended", body = OpenAiErrorBody),
+        (status = 429, description = "Over a limit of the tenant", body = OpenAiErrorBody),
+        (status = 503, description = "The store or the limit counters cannot be reached", body = OpenAiErrorBody),
+        (status = 504, description = "The request took longer than `server.request_timeout_s`", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn models(
     State(state): State<AppState>,
     OpenAiTenant(scope): OpenAiTenant,

@@ -14,7 +14,7 @@ use sha2::Digest;
 use utoipa_axum::routes;
 
 use crate::authz::authorize;
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::extract::{Json, TenantCtx};
 use crate::routes::RouteTable;
 use crate::state::AppState;
@@ -41,8 +41,10 @@ fn policy_error(e: PoliciesError) -> ApiError {
 }
 
 /// The caller's tenant's own policies.
-#[utoipa::path(get, path = "/v1/policies", tag = "policies", security(("bearer" = [])),
-    responses((status = 200, body = PolicyBody), (status = 403, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/policies", operation_id = "get_policies", tag = "policies", security(("bearer" = [])),
+    responses((status = 200, body = PolicyBody),
+        problems::TenantAuth,
+        problems::Timeout))]
 pub async fn get(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -54,9 +56,12 @@ pub async fn get(
 
 /// Replaces the caller's tenant's policies (tenant admins by default).
 /// They apply from the next request.
-#[utoipa::path(put, path = "/v1/policies", tag = "policies", security(("bearer" = [])),
+#[utoipa::path(put, path = "/v1/policies", operation_id = "put_policies", tag = "policies", security(("bearer" = [])),
     request_body = PolicyBody,
-    responses((status = 200, body = PolicyBody), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem)))]
+    responses((status = 200, body = PolicyBody),
+        problems::TenantAuth,
+        problems::JsonBody,
+        problems::Timeout))]
 pub async fn put(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,

@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa_axum::routes;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::routes::RouteTable;
 use crate::state::AppState;
 
@@ -28,15 +28,19 @@ pub struct Health {
 }
 
 /// Liveness: the process is up and serving.
-#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "system",
+    responses((status = 200, body = Health),
+        problems::Timeout))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
 /// Metrics in OpenMetrics text (Prometheus scrapes it as-is). Public
 /// unless `server.metrics_token` is set, then that bearer token is required.
-#[utoipa::path(get, path = "/metrics", tag = "system",
-    responses((status = 200, content_type = "application/openmetrics-text", body = String), (status = 401, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "system",
+    responses((status = 200, content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "`server.metrics_token` is set and the request does not carry it", body = crate::error::Problem, content_type = "application/problem+json"),
+        problems::Timeout))]
 pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -61,7 +65,9 @@ pub async fn metrics(
 }
 
 /// The OpenAPI 3.1 document of this API, generated from the code.
-#[utoipa::path(get, path = "/openapi.json", tag = "system", responses((status = 200, description = "OpenAPI document")))]
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi_document", tag = "system",
+    responses((status = 200, description = "OpenAPI document", body = Object),
+        problems::Timeout))]
 pub async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::routes;
 
 use crate::authz::authorize;
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::extract::{Query, TenantCtx};
 use crate::routes::RouteTable;
 use crate::state::AppState;
@@ -36,8 +36,10 @@ pub struct Me {
 }
 
 /// The authenticated tenant and principal.
-#[utoipa::path(get, path = "/v1/me", tag = "tenant", security(("bearer" = [])),
-    responses((status = 200, body = Me), (status = 401, body = crate::error::Problem), (status = 403, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/me", operation_id = "get_me", tag = "tenant", security(("bearer" = [])),
+    responses((status = 200, body = Me),
+        problems::TenantAuth,
+        problems::Timeout))]
 pub async fn me(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -58,11 +60,13 @@ pub async fn me(
 
 /// Paging of an audit chain.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Return events with a sequence number greater than this (default 0).
     pub after: Option<u64>,
     /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -106,8 +110,11 @@ impl AuditPage {
 }
 
 /// This tenant's audit chain, oldest first.
-#[utoipa::path(get, path = "/v1/audit", tag = "tenant", security(("bearer" = [])), params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 400, body = crate::error::Problem), (status = 401, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/audit", operation_id = "tenant_audit", tag = "tenant", security(("bearer" = [])), params(AuditQuery),
+    responses((status = 200, body = AuditPage),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        problems::Timeout))]
 pub async fn audit(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,

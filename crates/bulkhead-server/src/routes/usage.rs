@@ -16,7 +16,7 @@ use serde_json::json;
 use utoipa_axum::routes;
 
 use crate::authz::authorize;
-use crate::error::ApiError;
+use crate::error::{ApiError, problems};
 use crate::extract::{Json, OperatorCtx, Path, Query, TenantCtx};
 use crate::routes::RouteTable;
 use crate::state::AppState;
@@ -33,6 +33,7 @@ pub(super) fn table() -> RouteTable {
 
 /// `GET /v1/usage` and `GET /admin/v1/usage` query.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// Start, inclusive: `YYYY-MM-DD` or RFC 3339 (default: 30 days ago).
@@ -43,6 +44,7 @@ pub struct UsageQuery {
     /// `model`, `tool` (default `day,model`).
     pub group_by: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
     pub format: Option<String>,
 }
 
@@ -273,8 +275,11 @@ pub struct UsageReport {
 
 /// The calling tenant's cost ledger, grouped by day, agent, model or
 /// tool, as JSON or CSV.
-#[utoipa::path(get, path = "/v1/usage", tag = "usage", security(("bearer" = [])), params(UsageQuery),
-    responses((status = 200, body = UsageReport), (status = 400, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/v1/usage", operation_id = "tenant_usage", tag = "usage", security(("bearer" = [])), params(UsageQuery),
+    responses((status = 200, description = "The report: JSON, or CSV with `format=csv`", content((UsageReport = "application/json"), (String = "text/csv"))),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        problems::Timeout))]
 pub async fn usage(
     State(state): State<AppState>,
     TenantCtx(scope): TenantCtx,
@@ -296,8 +301,11 @@ pub async fn usage(
 
 /// The operator's view: every tenant's ledger, one row per tenant and
 /// group, as JSON or CSV. Recorded in the operator's chain.
-#[utoipa::path(get, path = "/admin/v1/usage", tag = "operator", security(("operator" = [])), params(UsageQuery),
-    responses((status = 200, body = UsageReport), (status = 400, body = crate::error::Problem)))]
+#[utoipa::path(get, path = "/admin/v1/usage", operation_id = "operator_usage", tag = "operator", security(("operator" = [])), params(UsageQuery),
+    responses((status = 200, description = "The report: JSON, or CSV with `format=csv`", content((UsageReport = "application/json"), (String = "text/csv"))),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        problems::Timeout))]
 pub async fn operator_usage(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -390,9 +398,13 @@ async fn tenant_scope(
 }
 
 /// A tenant's model allow-list and what it can use now.
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}/models", tag = "operator", security(("operator" = [])),
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/models", operation_id = "get_tenant_models", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 200, body = TenantModels), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = TenantModels),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn get_models(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -403,9 +415,13 @@ pub async fn get_models(
 }
 
 /// Replaces a tenant's model allow-list (`null`: every model).
-#[utoipa::path(put, path = "/admin/v1/tenants/{id}/models", tag = "operator", security(("operator" = [])),
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/models", operation_id = "put_tenant_models", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")), request_body = PutModels,
-    responses((status = 200, body = TenantModels), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = TenantModels),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn put_models(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
@@ -463,7 +479,7 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 
 /// A tenant's gateway settings.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct SettingsBody {
+pub struct TenantSettingsBody {
     /// Tenant id.
     pub tenant: String,
     /// Whether prompts are kept in the audit chain.
@@ -479,13 +495,13 @@ pub struct SettingsBody {
 async fn settings_body(
     state: &AppState,
     scope: &bulkhead_auth::TenantScope,
-) -> Result<SettingsBody, ApiError> {
+) -> Result<TenantSettingsBody, ApiError> {
     let s = state
         .gateway
         .settings(scope)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(SettingsBody {
+    Ok(TenantSettingsBody {
         tenant: scope.tenant().to_string(),
         audit_prompts: s.audit_prompts,
         allowed_models: s.allowed_models,
@@ -495,28 +511,36 @@ async fn settings_body(
 }
 
 /// A tenant's gateway settings.
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}/settings", tag = "operator", security(("operator" = [])),
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/settings", operation_id = "get_tenant_settings", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")),
-    responses((status = 200, body = SettingsBody), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = TenantSettingsBody),
+        problems::OperatorAuth,
+        (status = 400, response = problems::BadRequest),
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn get_settings(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
     Path(id): Path<String>,
-) -> Result<AxumJson<SettingsBody>, ApiError> {
+) -> Result<AxumJson<TenantSettingsBody>, ApiError> {
     let scope = tenant_scope(&state, &op, &id).await?;
     Ok(AxumJson(settings_body(&state, &scope).await?))
 }
 
 /// Changes a tenant's gateway settings (the prompt-audit opt-in).
-#[utoipa::path(put, path = "/admin/v1/tenants/{id}/settings", tag = "operator", security(("operator" = [])),
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/settings", operation_id = "put_tenant_settings", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "Tenant id")), request_body = PutSettings,
-    responses((status = 200, body = SettingsBody), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+    responses((status = 200, body = TenantSettingsBody),
+        problems::OperatorAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
 pub async fn put_settings(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
     Path(id): Path<String>,
     Json(body): Json<PutSettings>,
-) -> Result<AxumJson<SettingsBody>, ApiError> {
+) -> Result<AxumJson<TenantSettingsBody>, ApiError> {
     let scope = tenant_scope(&state, &op, &id).await?;
     if body.audit_prompts.is_none()
         && body.message_retention_days.is_none()

@@ -26,5 +26,6 @@ mod limits;
 mod matrix;
 mod metrics;
 mod model_calls;
+mod openapi;
 mod policies;
 mod support;
