@@ -21,7 +21,7 @@
 mod nesting;
 pub mod service;
 
-pub use service::{Policies, PoliciesError, PolicyStore};
+pub use service::{MemoryPolicyStore, PERMIT_ALL, Policies, PoliciesError, PolicyStore};
 
 use std::collections::HashMap;
 use std::str::FromStr;
