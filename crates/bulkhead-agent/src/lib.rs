@@ -29,5 +29,5 @@ pub use agent::{Agent, AgentCatalog, AgentSettings};
 pub use approval::{Approval, ApprovalStatus, Verdict};
 pub use error::AgentError;
 pub use event::RunEvent;
-pub use run::{RunRequest, RunStarted, Runtime, TenantStop};
+pub use run::{RunRequest, RunStarted, Runtime, RuntimeParts, TenantStop};
 pub use store::{AgentStore, AgentStoreError, RunRecord, RunStatus, Step, StoredMessage};
