@@ -15,6 +15,8 @@ pub mod anthropic;
 pub mod canary;
 pub mod catalog;
 pub mod error;
+#[cfg(any(test, feature = "test-support"))]
+pub mod memory;
 pub mod service;
 pub mod sse;
 pub mod store;

@@ -44,7 +44,7 @@ impl EncryptionContext {
         Self(m)
     }
 
-    fn to_aad(&self) -> Vec<u8> {
+    pub(crate) fn to_aad(&self) -> Vec<u8> {
         let fields: Vec<&[u8]> = self
             .0
             .iter()

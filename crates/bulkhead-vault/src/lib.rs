@@ -19,6 +19,8 @@ pub mod aead;
 pub mod aws_kms;
 pub mod credential;
 pub mod kms;
+#[cfg(any(test, feature = "test-support"))]
+pub mod memory;
 pub mod oauth;
 pub mod redact;
 pub mod store;

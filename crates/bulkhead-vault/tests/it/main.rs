@@ -4,3 +4,9 @@
 
 #[cfg(feature = "aws-kms")]
 mod aws_kms;
+#[cfg(feature = "test-support")]
+mod memory_store;
+#[cfg(feature = "test-support")]
+mod support;
+#[cfg(feature = "test-support")]
+mod vault;
