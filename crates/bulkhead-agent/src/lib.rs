@@ -20,6 +20,8 @@ pub mod error;
 pub mod event;
 mod fanout;
 pub mod knowledge;
+#[cfg(feature = "test-support")]
+pub mod memory;
 pub mod prompt;
 pub mod run;
 pub mod sized_cache;
