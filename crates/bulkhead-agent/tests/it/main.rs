@@ -1,0 +1,9 @@
+//! The agent crate's integration tests: the run loop below HTTP, over the
+//! in-memory stores (`test-support`), a fake model provider and a SaaS
+//! stand-in speaking real HTTP; and the in-memory stores' own semantics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod memory_store;
+mod runs;
+mod support;
