@@ -26,6 +26,6 @@ pub mod validate;
 
 pub use catalog::{Catalog, Model, Provider};
 pub use error::GatewayError;
-pub use service::{ChatOutcome, Gateway, ToolUsage};
+pub use service::{ChatOutcome, ChatRequest, Collaborators, Gateway, ToolUsage};
 pub use store::GatewayStore;
 pub use usage::{UsageRecord, UsageSummary};

@@ -276,3 +276,41 @@ pub fn limiter(
         std::time::Duration::from_secs(600),
     ))
 }
+
+/// One tripwire hit, as a [`RecordingAlarm`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leak {
+    /// The tenant whose request carried the canary.
+    pub from: TenantUid,
+    /// The tenant the canary belongs to.
+    pub victim: TenantUid,
+    /// Where the request was going.
+    pub channel: crate::canary::Channel,
+}
+
+/// A leak alarm that records every hit, for tests to read back (the
+/// server's raises an operator alert and audits both tenants).
+#[derive(Debug, Default, Clone)]
+pub struct RecordingAlarm {
+    hits: Arc<Mutex<Vec<Leak>>>,
+}
+
+impl RecordingAlarm {
+    /// The hits so far, in order.
+    pub fn hits(&self) -> Vec<Leak> {
+        self.hits.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl crate::canary::LeakAlarm for RecordingAlarm {
+    async fn raise(&self, scope: &TenantScope, victim: TenantUid, channel: crate::canary::Channel) {
+        if let Ok(mut hits) = self.hits.lock() {
+            hits.push(Leak {
+                from: scope.partition(),
+                victim,
+                channel,
+            });
+        }
+    }
+}

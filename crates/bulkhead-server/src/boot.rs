@@ -155,10 +155,15 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     canaries.set_on_leak(Box::new(move || leak_metric.cross_tenant_leak()));
     let limiter = Arc::new(limiter(config, store_arc.clone()).await?);
     let gateway = Arc::new(
-        bulkhead_gateway::Gateway::new(catalog.clone(), vault.clone(), store_arc.clone())
-            .map_err(|e| BootError::Kms(format!("model gateway: {e}")))?
-            .with_tripwire(canaries, store_arc.clone())
-            .with_limiter(limiter.clone()),
+        bulkhead_gateway::Gateway::new(bulkhead_gateway::Collaborators {
+            catalog: catalog.clone(),
+            vault: vault.clone(),
+            store: store_arc.clone(),
+            limiter: limiter.clone(),
+            canaries,
+            alarm: store_arc.clone(),
+        })
+        .map_err(|e| BootError::Kms(format!("model gateway: {e}")))?,
     );
     let (tools, agents, prompts) = agent_parts(config, base_dir)?;
     let embedders = config

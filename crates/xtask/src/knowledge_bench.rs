@@ -223,10 +223,23 @@ embedding_model = "embed"
             &bulkhead_egress::Egress::public_https_only(),
         )?),
     ));
+    // The configured (here: unset) quotas over in-process counters, as
+    // the server runs with `limits.backend = "memory"`.
+    let limiter = Arc::new(bulkhead_quota::Limiter::new(
+        config.quotas.default.clone(),
+        Arc::new(bulkhead_quota::MemoryBackend::new()),
+        Arc::new(bulkhead_gateway::store::LedgerSpend(store_arc.clone())),
+        std::time::Duration::from_secs(config.limits.reservation_ttl_s),
+    ));
     let gateway = Arc::new(bulkhead_gateway::Gateway::new(
-        Arc::new(bulkhead_gateway::Catalog::from_config(&config)),
-        vault,
-        store_arc.clone(),
+        bulkhead_gateway::Collaborators {
+            catalog: Arc::new(bulkhead_gateway::Catalog::from_config(&config)),
+            vault,
+            store: store_arc.clone(),
+            limiter,
+            canaries: store.canary_scanner(),
+            alarm: store_arc.clone(),
+        },
     )?);
     let with_vectors = Knowledge::new(
         gateway.clone(),

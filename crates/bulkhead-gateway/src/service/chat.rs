@@ -1,0 +1,245 @@
+//! Chat completions: the request checked ([`ChatRequest`]), the model
+//! resolved for the tenant, the body made for its provider (as sent, or
+//! translated for Anthropic), checked for canaries, reserved, and sent from
+//! a task of its own, so a caller that goes away cannot stop a call
+//! half-way; a whole answer is read here, a stream handed to `stream`.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bulkhead_auth::TenantScope;
+use bulkhead_core::Timestamp;
+use bulkhead_core::audit::AuditAction;
+use bulkhead_core::config::ProviderKind;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::ledger::{Billed, Call, answer_bytes, estimate_tokens, openai_tokens};
+use super::request::ChatRequest;
+use super::slot::Slot;
+use super::stream::pump;
+use super::{Gateway, now_unix, read_error};
+use crate::anthropic;
+use crate::canary::Channel;
+use crate::error::GatewayError;
+use crate::upstream::{Endpoint, ReadError, read_capped};
+use crate::usage::Tokens;
+
+/// What a chat completion returns.
+pub enum ChatOutcome {
+    /// A whole `chat.completion` object.
+    Complete(Value),
+    /// SSE bytes, ending with `data: [DONE]` (or an error event).
+    Stream(mpsc::Receiver<Vec<u8>>),
+}
+
+/// Chunks buffered between the upstream reader and a slow client; beyond
+/// this the reader waits (backpressure) instead of growing memory.
+const STREAM_BUFFER: usize = 32;
+
+impl Gateway {
+    /// Runs one chat completion for the scope's tenant.
+    pub async fn chat(
+        &self,
+        scope: &TenantScope,
+        body: Value,
+    ) -> Result<ChatOutcome, GatewayError> {
+        self.chat_in(scope, body, None).await
+    }
+
+    /// [`Gateway::chat`] on behalf of an agent run: the call's audit event
+    /// names the agent and the run.
+    pub async fn chat_for_run(
+        &self,
+        scope: &TenantScope,
+        body: Value,
+        agent: &str,
+        run_id: &str,
+    ) -> Result<ChatOutcome, GatewayError> {
+        self.chat_in(scope, body, Some((agent.to_owned(), run_id.to_owned())))
+            .await
+    }
+
+    async fn chat_in(
+        &self,
+        scope: &TenantScope,
+        body: Value,
+        run: Option<(String, String)>,
+    ) -> Result<ChatOutcome, GatewayError> {
+        let request = ChatRequest::parse(body)?;
+        let stream = request.stream;
+        let wants_usage = request.include_usage;
+        let choices = request.choices;
+        let (model, settings) = self.resolve(scope, &request.model).await?;
+        // What one choice may use: the request's limit, else the model's
+        // maximum output (sent to Anthropic, which needs a limit, so the
+        // estimate is what the provider is held to).
+        let per_choice = request.max_output_tokens.unwrap_or(model.max_output_tokens);
+        let has_output_limit = request.has_output_limit;
+        let mut req = request.body;
+        if model.provider.kind == ProviderKind::Anthropic && !has_output_limit {
+            req.insert("max_tokens".into(), json!(model.max_output_tokens));
+        }
+        let upstream_body = match model.provider.kind {
+            ProviderKind::Openai | ProviderKind::AzureOpenai => {
+                let mut b: serde_json::Map<String, Value> = req.clone();
+                b.insert("model".into(), Value::String(model.upstream.clone()));
+                if stream {
+                    // Always ask for usage: every call is billed, whatever the client wants to see.
+                    b.insert("stream_options".into(), json!({"include_usage": true}));
+                }
+                Value::Object(b)
+            }
+            ProviderKind::Anthropic => anthropic::to_anthropic(&req, &model.upstream, stream)?,
+        };
+        let bytes = serde_json::to_vec(&upstream_body)
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        self.check_outbound(scope, &bytes, Channel::Model).await?;
+        let key = self.key(scope, &model).await?;
+        // Every choice may use its whole limit: the estimate covers `n`.
+        let est = Tokens {
+            input: estimate_tokens(bytes.len()),
+            output: per_choice.saturating_mul(choices),
+            cached: 0,
+        };
+        let reservation = self
+            .reserve(scope, &model, AuditAction::ModelCall, est)
+            .await?;
+        let call = Call {
+            id: uuid::Uuid::now_v7().to_string(),
+            est,
+            action: AuditAction::ModelCall,
+            scope: scope.clone(),
+            model: model.clone(),
+            started: Instant::now(),
+            time: Timestamp::now(),
+            stream,
+            prompt: settings
+                .audit_prompts
+                .then(|| req.get("messages").cloned())
+                .flatten(),
+            run,
+            reservation: Mutex::new(Some(reservation)),
+        };
+        // The call runs in its own task: a caller that goes away (a
+        // cancelled run, a dropped request) cannot stop it half-way, so
+        // what the provider bills is always recorded and settled. One that
+        // goes away before the call is sent stops it from being sent.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let upstream = self.upstream.clone();
+        let recorder = self.recorder.clone();
+        // Fair-queue tags are per incarnation: a tenant created again under
+        // a deleted one's id does not inherit its place in the queue.
+        let tenant = scope.partition().to_string();
+        let weight = self.weight(scope);
+        self.recorder.tasks.spawn(async move {
+            let mut slot = Slot::take(model.provider.permits.clone(), tenant, weight).await;
+            if done_tx.is_closed() {
+                // Nothing was sent: no usage, and the reservation (dropped
+                // with `call`) is given back.
+                return;
+            }
+            if let Err(e) = call.begin(&recorder).await {
+                let _ = done_tx.send(Err(e));
+                return;
+            }
+            let res = match upstream
+                .send(
+                    &model.provider,
+                    Endpoint::Chat,
+                    &model.upstream,
+                    key.as_ref(),
+                    &upstream_body,
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    call.finish(&recorder, Billed::default(), e.usage_status());
+                    let _ = done_tx.send(Err(e));
+                    return;
+                }
+            };
+            if !stream {
+                let result = complete(&call, res).await;
+                drop(slot);
+                let answer = match result {
+                    Ok((value, billed)) => {
+                        call.finish(&recorder, billed, "ok");
+                        Ok(ChatOutcome::Complete(value))
+                    }
+                    Err((e, billed)) => {
+                        call.finish(&recorder, billed, e.usage_status());
+                        Err(e)
+                    }
+                };
+                let _ = done_tx.send(answer);
+                return;
+            }
+            let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+            let _ = done_tx.send(Ok(ChatOutcome::Stream(rx)));
+            let (billed, status) = pump(&call, res, &tx, wants_usage, &mut slot).await;
+            // Queued before the client's stream ends (dropping `tx`), so a
+            // read that follows the stream sees the row.
+            call.finish(&recorder, billed, status);
+            drop(tx);
+            drop(slot);
+        });
+        done_rx.await.unwrap_or_else(|_| {
+            Err(GatewayError::Internal(
+                "the model call's task stopped".into(),
+            ))
+        })
+    }
+}
+
+/// A non-streamed chat answer: read (at most the provider's
+/// `max_response_bytes`, incrementally), checked, model renamed, usage
+/// taken — or counted locally when the provider reports none. A failure
+/// carries what it is billed.
+async fn complete(
+    call: &Call,
+    res: reqwest::Response,
+) -> Result<(Value, Billed), (GatewayError, Billed)> {
+    let provider = &call.model.provider;
+    let bytes = match read_capped(res, provider.max_response_bytes, provider.timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            // What was received was generated, and billed by the provider.
+            let billed = match &e {
+                ReadError::TooLarge(received) => call.bill(None, (*received).max(1), 0),
+                _ => Billed::default(),
+            };
+            return Err((read_error(provider, e), billed));
+        }
+    };
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+        (
+            GatewayError::Upstream("the provider answered with malformed JSON".into()),
+            Billed::default(),
+        )
+    })?;
+    let (value, tokens) = match provider.kind {
+        ProviderKind::Openai | ProviderKind::AzureOpenai => {
+            let Value::Object(mut obj) = value else {
+                return Err((
+                    GatewayError::Upstream("the provider answered with a non-object".into()),
+                    Billed::default(),
+                ));
+            };
+            if !obj.get("choices").is_some_and(Value::is_array) {
+                return Err((
+                    GatewayError::Upstream("the provider's answer has no choices".into()),
+                    Billed::default(),
+                ));
+            }
+            let tokens = openai_tokens(obj.get("usage").unwrap_or(&Value::Null));
+            obj.insert("model".into(), Value::String(call.model.name.clone()));
+            (Value::Object(obj), tokens)
+        }
+        ProviderKind::Anthropic => anthropic::from_anthropic(&value, &call.model.name, now_unix())
+            .map_err(|e| (e, Billed::default()))?,
+    };
+    let billed = call.bill(Some(tokens), answer_bytes(&value), 0);
+    Ok((value, billed))
+}
