@@ -235,9 +235,15 @@ fn build(
     let catalog = Arc::new(bulkhead_gateway::Catalog::from_config(config));
     let limiter = Arc::new(bulkhead_quota::Limiter::unlimited());
     let gateway = Arc::new(
-        bulkhead_gateway::Gateway::new(catalog, vault.clone(), Arc::new(gateway_store.clone()))
-            .unwrap()
-            .with_limiter(limiter.clone()),
+        bulkhead_gateway::Gateway::new(bulkhead_gateway::Collaborators {
+            catalog,
+            vault: vault.clone(),
+            store: Arc::new(gateway_store.clone()),
+            limiter: limiter.clone(),
+            canaries: Arc::new(bulkhead_gateway::canary::CanaryScanner::new()),
+            alarm: Arc::new(bulkhead_gateway::memory::RecordingAlarm::default()),
+        })
+        .unwrap(),
     );
     let egress = bulkhead_egress::Egress::new(&config.egress);
     let tools = bulkhead_tools::ToolBox::new(&config.tools, &egress).unwrap();
