@@ -3,11 +3,11 @@
 //! person's approval pauses the run ([`approvals`]).
 //!
 //! This module holds the runtime's state and what a run carries; the work
-//! is split by idea: [`lifecycle`] (start, the run's task, cancel, stop,
-//! shutdown), [`drive`] (the model/tool loop), [`plan`] (pure checks of a
-//! model answer's tool calls), [`tool_calls`] (making them), [`retrieval`]
-//! (knowledge in the prompt and the search tool), [`records`] (settings,
-//! runs and threads as stored) and [`approvals`].
+//! is split by idea (private modules): `lifecycle` (start, the run's task,
+//! cancel, stop, shutdown), `drive` (the model/tool loop), `plan` (pure
+//! checks of a model answer's tool calls), `tool_calls` (making them),
+//! `retrieval` (knowledge in the prompt and the search tool), `records`
+//! (settings, runs and threads as stored) and `approvals`.
 
 mod approvals;
 mod drive;
