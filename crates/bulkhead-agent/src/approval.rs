@@ -138,6 +138,17 @@ pub trait ApprovalNotifier: Send + Sync {
     async fn requested(&self, scope: &bulkhead_auth::TenantScope, approvals: &[Approval]);
 }
 
+/// A notifier that tells nobody: for a server without an approval
+/// webhook signing key (requests are only listed), and for tests and
+/// embedding.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoNotifier;
+
+#[async_trait::async_trait]
+impl ApprovalNotifier for NoNotifier {
+    async fn requested(&self, _scope: &bulkhead_auth::TenantScope, _approvals: &[Approval]) {}
+}
+
 /// SHA-256 (lowercase hex) of `arguments` serialised as compact JSON with
 /// object keys in sorted order: what an approval is bound to.
 pub fn arguments_hash(arguments: &Value) -> String {

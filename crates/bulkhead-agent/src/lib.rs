@@ -20,6 +20,8 @@ pub mod error;
 pub mod event;
 mod fanout;
 pub mod knowledge;
+#[cfg(feature = "test-support")]
+pub mod memory;
 pub mod prompt;
 pub mod run;
 pub mod sized_cache;
@@ -29,5 +31,5 @@ pub use agent::{Agent, AgentCatalog, AgentSettings};
 pub use approval::{Approval, ApprovalStatus, Verdict};
 pub use error::AgentError;
 pub use event::RunEvent;
-pub use run::{RunRequest, RunStarted, Runtime, TenantStop};
+pub use run::{RunRequest, RunStarted, Runtime, RuntimeParts, TenantStop};
 pub use store::{AgentStore, AgentStoreError, RunRecord, RunStatus, Step, StoredMessage};

@@ -17,6 +17,7 @@ pub mod apikey;
 pub mod authenticator;
 pub mod jwks;
 pub mod jwt;
+pub mod memory;
 pub mod operator;
 pub mod scope;
 
@@ -24,5 +25,6 @@ pub use apikey::{ApiKeyDigest, NewApiKey};
 pub use authenticator::{AuthError, AuthFailure, Authenticator, Directory, DirectoryError};
 pub use jwks::{JwksRefresh, RemoteJwks};
 pub use jwt::{JwtSetupError, JwtVerifier};
+pub use memory::MemoryDirectory;
 pub use operator::{OperatorAuthenticator, TokenDigest};
 pub use scope::{FailureAttribution, OperatorScope, TenantScope};

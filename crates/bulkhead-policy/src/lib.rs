@@ -21,7 +21,9 @@
 mod nesting;
 pub mod service;
 
-pub use service::{Policies, PoliciesError, PolicyStore, PolicyStoreError};
+pub use service::{
+    MemoryPolicyStore, PERMIT_ALL, Policies, PoliciesError, PolicyStore, PolicyStoreError,
+};
 
 use std::collections::HashMap;
 use std::str::FromStr;

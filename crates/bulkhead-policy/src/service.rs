@@ -42,6 +42,58 @@ pub trait PolicyStore: Send + Sync {
     ) -> Result<(), PolicyStoreError>;
 }
 
+/// Tenants' policy texts in memory, each under its tenant incarnation (so
+/// one tenant's text is unreachable through another's scope). For tests
+/// and embedding; the server keeps them in each tenant's partition.
+#[derive(Debug, Default)]
+pub struct MemoryPolicyStore {
+    texts: Mutex<HashMap<TenantUid, String>>,
+}
+
+impl MemoryPolicyStore {
+    /// A store in which no tenant has policies of its own.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl PolicyStore for MemoryPolicyStore {
+    async fn tenant_policies(
+        &self,
+        scope: &TenantScope,
+    ) -> Result<Option<String>, PolicyStoreError> {
+        let texts = self.texts.lock().map_err(poisoned)?;
+        Ok(texts.get(&scope.partition()).cloned())
+    }
+
+    async fn set_tenant_policies(
+        &self,
+        scope: &TenantScope,
+        text: Option<String>,
+        _event: NewAuditEvent,
+    ) -> Result<(), PolicyStoreError> {
+        let mut texts = self.texts.lock().map_err(poisoned)?;
+        match text {
+            Some(t) => texts.insert(scope.partition(), t),
+            None => texts.remove(&scope.partition()),
+        };
+        Ok(())
+    }
+}
+
+/// A poisoned lock, as a store failure.
+fn poisoned<T>(e: std::sync::PoisonError<T>) -> PolicyStoreError {
+    PolicyStoreError(e.to_string().into())
+}
+
+/// Platform policies that permit every action of every principal (the
+/// built-in cross-tenant forbid still applies). See [`Policies::permissive`].
+pub const PERMIT_ALL: &str = r#"
+@id("permit-all")
+permit(principal, action, resource);
+"#;
+
 /// Why a policy operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoliciesError {
@@ -74,6 +126,18 @@ impl Policies {
             store,
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Decisions that permit everything (platform policies
+    /// [`PERMIT_ALL`]) over a [`MemoryPolicyStore`], so a tool call needs no
+    /// approval unless a tenant's own policies say so. For tests and
+    /// embedding; the server's platform policies come from its
+    /// configuration.
+    pub fn permissive() -> Result<Self, PoliciesError> {
+        Ok(Self::new(
+            PolicyEngine::new(Some(PERMIT_ALL))?,
+            std::sync::Arc::new(MemoryPolicyStore::new()),
+        ))
     }
 
     /// The engine (schema and platform policies).

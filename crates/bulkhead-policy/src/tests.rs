@@ -349,3 +349,26 @@ fn random_nesting_below_the_bound_never_overflows() {
         }
     }
 }
+
+#[test]
+fn the_permissive_platform_permits_every_role_but_not_across_tenants() {
+    let e = PolicyEngine::new(Some(PERMIT_ALL)).unwrap();
+    let p = e.platform();
+    let nobody = user(&[]);
+    let args = json!({"channel": "#ops"});
+    let d = e
+        .decide(&p, "acme", &nobody, Action::CallTool, &slack(&args))
+        .unwrap();
+    assert!(d.allowed && !d.approval, "{d:?}");
+    let d = e
+        .decide_in(
+            &p,
+            "acme",
+            "globex",
+            &nobody,
+            Action::CallTool,
+            &slack(&args),
+        )
+        .unwrap();
+    assert!(!d.allowed, "the guardrail still holds: {d:?}");
+}

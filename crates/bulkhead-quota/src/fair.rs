@@ -132,6 +132,13 @@ impl FairGate {
         }
     }
 
+    /// A gate that never saturates: every caller is admitted at once. For
+    /// tests and embedding, and for a server configured without
+    /// `[limits] max_concurrent_runs`, where admission is not limited.
+    pub fn unbounded() -> Self {
+        Self::new(usize::MAX)
+    }
+
     /// The capacity.
     pub fn capacity(&self) -> usize {
         lock(&self.state).capacity
@@ -222,7 +229,10 @@ impl FairPermit {
         };
         let total: u64 = s.active.values().map(|a| u64::from(a.weight)).sum();
         // Its share of the places, at least one.
-        let share = (s.capacity as u64 * u64::from(mine.weight) / total.max(1)).max(1);
+        // Saturating: an unbounded gate's capacity times a weight would
+        // overflow (and such a gate has no waiters to yield to anyway).
+        let share =
+            ((s.capacity as u64).saturating_mul(u64::from(mine.weight)) / total.max(1)).max(1);
         mine.held as u64 > share
     }
 }
@@ -283,6 +293,20 @@ mod tests {
         drop(a);
         let _c = waiter.await.unwrap();
         assert_eq!((gate.in_use(), gate.waiting()), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn an_unbounded_gate_never_makes_anyone_wait() {
+        let gate = FairGate::unbounded();
+        let mut held = Vec::new();
+        for i in 0..1_000 {
+            held.push(gate.acquire(if i % 2 == 0 { "a" } else { "b" }, 3).await);
+        }
+        assert_eq!((gate.in_use(), gate.waiting()), (1_000, 0));
+        assert!(
+            !held[0].over_share(),
+            "nobody waits, so nobody is over its share"
+        );
     }
 
     #[tokio::test]

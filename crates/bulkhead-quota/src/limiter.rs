@@ -104,6 +104,16 @@ pub trait SpendLedger: Send + Sync {
     async fn spent_since(&self, scope: &TenantScope, from: Timestamp) -> Result<u64, String>;
 }
 
+/// A ledger with no spend in it (see [`Limiter::unlimited`]).
+struct NothingSpent;
+
+#[async_trait]
+impl SpendLedger for NothingSpent {
+    async fn spent_since(&self, _scope: &TenantScope, _from: Timestamp) -> Result<u64, String> {
+        Ok(0)
+    }
+}
+
 /// A crossed budget threshold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetAlert {
@@ -170,6 +180,18 @@ impl Limiter {
             thresholds: Vec::new(),
             alerts: None,
         }
+    }
+
+    /// A limiter with no default limits, in-process counters and a ledger
+    /// that reports nothing spent. For tests and embedding: only the
+    /// overrides a tenant's scope carries limit it.
+    pub fn unlimited() -> Self {
+        Self::new(
+            QuotaValues::default(),
+            Arc::new(crate::backend::MemoryBackend::new()),
+            Arc::new(NothingSpent),
+            std::time::Duration::from_secs(60),
+        )
     }
 
     /// Posts crossings of these percentages of a tenant's monthly budget

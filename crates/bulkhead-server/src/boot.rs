@@ -183,41 +183,38 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         policy_engine(config, base_dir)?,
         store_arc.clone(),
     ));
-    let runtime = Arc::new(
-        bulkhead_agent::Runtime::new(
-            agents,
-            prompts,
-            gateway.clone(),
-            Arc::new(tools),
-            vault.clone(),
-            store_arc.clone(),
-        )
-        .with_knowledge(knowledge.clone())
-        .with_limits(
-            limiter.clone(),
-            config
-                .limits
-                .max_concurrent_runs
-                .map(|n| bulkhead_quota::FairGate::new(n as usize)),
-        )
-        .with_policies(policies.clone())
-        .with_directory(store_arc.clone())
-        .with_approvals(
-            std::time::Duration::from_secs(config.approvals.ttl_s),
-            match &config.approvals.signing_key {
-                Some(key) => Some(Arc::new(
-                    crate::alerts::ApprovalWebhook::new(
-                        key.value().clone(),
-                        store_arc.clone(),
-                        gateway.clone(),
-                    )
-                    .map_err(BootError::Limits)?,
+    let runtime = Arc::new(bulkhead_agent::Runtime::new(bulkhead_agent::RuntimeParts {
+        catalog: agents,
+        prompts,
+        gateway: gateway.clone(),
+        tools: Arc::new(tools),
+        vault: vault.clone(),
+        store: store_arc.clone(),
+        knowledge: knowledge.clone(),
+        limiter: limiter.clone(),
+        // Without `max_concurrent_runs`, admission is not limited.
+        run_gate: config
+            .limits
+            .max_concurrent_runs
+            .map_or_else(bulkhead_quota::FairGate::unbounded, |n| {
+                bulkhead_quota::FairGate::new(n as usize)
+            }),
+        policies: policies.clone(),
+        approval_ttl: std::time::Duration::from_secs(config.approvals.ttl_s),
+        // Without a signing key there is no webhook: requests are listed only.
+        notifier: match &config.approvals.signing_key {
+            Some(key) => Arc::new(
+                crate::alerts::ApprovalWebhook::new(
+                    key.value().clone(),
+                    store_arc.clone(),
+                    gateway.clone(),
                 )
-                    as Arc<dyn bulkhead_agent::approval::ApprovalNotifier>),
-                None => None,
-            },
-        ),
-    );
+                .map_err(BootError::Limits)?,
+            ),
+            None => Arc::new(bulkhead_agent::approval::NoNotifier),
+        },
+        directory: store_arc.clone(),
+    }));
     let state = AppState {
         control: store_arc.clone(),
         tenants: store_arc.clone(),

@@ -17,7 +17,7 @@ use bulkhead_core::{ApprovalId, Principal, PrincipalKind, RunId, Timestamp};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Planned, Refused, RunCtx, Runtime, Target, failure};
+use super::{Planned, Refused, RunCtx, Runtime, Target, failure, plan};
 use crate::approval::{self, Approval, ApprovalStatus, MAX_COMMENT_CHARS, Settled, Verdict};
 use crate::error::AgentError;
 use crate::event::RunEvent;
@@ -266,16 +266,14 @@ impl Runtime {
         };
         // A resumed run takes a run slot when one is free; an approved call
         // is not refused for want of one (the person already decided).
-        let lease = match &self.limiter {
-            Some(l) => l
-                .start_run(
-                    scope,
-                    ctx.agent.timeout + std::time::Duration::from_secs(60),
-                )
-                .await
-                .ok(),
-            None => None,
-        };
+        let lease = self
+            .limiter
+            .start_run(
+                scope,
+                ctx.agent.timeout + std::time::Duration::from_secs(60),
+            )
+            .await
+            .ok();
         let this = self.clone();
         self.tasks.spawn(async move {
             this.execute(ctx, tx, token, done_tx, lease, Some(decided))
@@ -394,10 +392,11 @@ impl Runtime {
         tx: &mpsc::Sender<RunEvent>,
         decided: Vec<Approval>,
     ) -> Result<(), RunFailure> {
-        let compiled = match &self.policies {
-            Some(p) => Some(p.tenant(&ctx.scope).await.map_err(|e| e.to_string())),
-            None => None,
-        };
+        let policies = self
+            .policies
+            .tenant(&ctx.scope)
+            .await
+            .map_err(|e| e.to_string());
         let mut planned = Vec::new();
         let mut end: Option<RunFailure> = None;
         for a in &decided {
@@ -416,7 +415,7 @@ impl Runtime {
                 .map(|c| format!(": {c}"))
                 .unwrap_or_default();
             let checked = match a.status {
-                ApprovalStatus::Approved => self.recheck(ctx, a, compiled.as_ref()),
+                ApprovalStatus::Approved => self.recheck(ctx, a, &policies),
                 ApprovalStatus::Denied => Err(("approval_denied", format!(
                     "{who} denied this call{note}; it was not made and the run ends"
                 ))),
@@ -448,7 +447,7 @@ impl Runtime {
         &'a self,
         ctx: &RunCtx,
         a: &Approval,
-        compiled: Option<&Result<bulkhead_policy::TenantPolicies, String>>,
+        policies: &Result<bulkhead_policy::TenantPolicies, String>,
     ) -> Result<Planned<'a>, (&'static str, String)> {
         if approval::arguments_hash(&a.arguments) != a.arguments_hash {
             return Err((
@@ -482,9 +481,17 @@ impl Runtime {
             })?;
         // Policies may have changed while the run waited: a call they now
         // forbid is not made, approval or not.
-        self.check_policy(
-            ctx,
-            compiled,
+        let rules = plan::Rules {
+            agent: &ctx.agent,
+            settings: &ctx.settings,
+            tools: &self.tools,
+            scope: &ctx.scope,
+            principal: &ctx.principal,
+            engine: self.policies.engine(),
+            policies,
+        };
+        plan::check_policy(
+            &rules,
             &a.tool,
             tool.risk.as_str(),
             tool.kind.as_str(),
