@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod request;
 pub mod retention;
 pub mod routes;
+mod sse;
 pub mod state;
 
 use std::future::Future;

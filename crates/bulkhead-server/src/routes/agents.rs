@@ -5,12 +5,11 @@
 //! caller's tenant partition: another tenant's id answers 404.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 
 use axum::Json as AxumJson;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bulkhead_agent::{AgentSettings, RunRecord, RunRequest};
 use bulkhead_core::{RunId, ThreadId};
@@ -277,24 +276,17 @@ pub async fn start(
             (Some(first), events, false),
             |(first, mut rx, ended)| async move {
                 if let Some(ev) = first {
-                    return Some((Ok::<_, Infallible>(sse(&ev)), (None, rx, false)));
+                    return Some((sse(&ev), (None, rx, false)));
                 }
                 if ended {
                     return None;
                 }
                 let ev = rx.recv().await?;
                 let last = ev.is_last();
-                Some((Ok(sse(&ev)), (None, rx, last)))
+                Some((sse(&ev), (None, rx, last)))
             },
         );
-        let mut res = Response::new(Body::from_stream(stream));
-        let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        return Ok(res);
+        return Ok(crate::sse::response(stream));
     }
     // Nobody reads the events of a plain call: dropping them lets the run
     // go on without waiting for a reader.
@@ -314,7 +306,7 @@ pub async fn start(
 }
 
 fn sse(ev: &bulkhead_agent::RunEvent) -> Bytes {
-    Bytes::from(format!("event: {}\ndata: {}\n\n", ev.event, ev.data))
+    crate::sse::event(ev.event, &ev.data)
 }
 
 /// `GET /v1/runs/{id}` parameters.

@@ -3,9 +3,7 @@
 //! OpenAI's shape `{"error": {"message", "type", "code"}}` so the official
 //! SDKs understand them.
 
-use std::convert::Infallible;
-
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -235,18 +233,9 @@ pub async fn chat(
         Ok(Ok(ChatOutcome::Complete(v))) => axum::Json(v).into_response(),
         Ok(Ok(ChatOutcome::Stream(rx))) => {
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv()
-                    .await
-                    .map(|b| (Ok::<_, Infallible>(Bytes::from(b)), rx))
+                rx.recv().await.map(|b| (Bytes::from(b), rx))
             });
-            let mut res = Response::new(Body::from_stream(stream));
-            let h = res.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            res
+            crate::sse::response(stream)
         }
         Ok(Err(e)) => OpenAiError::from(e).into_response(),
         Err(e) => OpenAiError::from(GatewayError::Internal(e.to_string())).into_response(),
