@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::TenantUid;
-use bulkhead_core::audit::NewAuditEvent;
+use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
+use sha2::Digest;
 
 use crate::{Action, Decision, PolicyEngine, PolicyError, Resource, TenantPolicies};
 
@@ -185,15 +186,22 @@ impl Policies {
     }
 
     /// Replaces the tenant's policies: validated first (an invalid text is
-    /// refused and the old policies stay), then stored with `event`.
-    /// Empty text removes them.
-    pub async fn replace(
-        &self,
-        scope: &TenantScope,
-        text: &str,
-        event: NewAuditEvent,
-    ) -> Result<(), PoliciesError> {
+    /// refused, nothing is recorded and the old policies stay), then stored
+    /// with its `policies.update` event — a SHA-256 and the size of the
+    /// text, never the text — in one write. Empty text removes them.
+    pub async fn replace(&self, scope: &TenantScope, text: &str) -> Result<(), PoliciesError> {
         let compiled = self.engine.compile(text)?;
+        let event = NewAuditEvent::new(
+            AuditAction::PoliciesUpdate,
+            format!("tenant:{}", scope.tenant()),
+            Outcome::Success,
+            scope.request_id().clone(),
+        )
+        .with_details(serde_json::json!({
+            "sha256": bulkhead_core::audit::hex(&sha2::Sha256::digest(text.as_bytes())),
+            "bytes": text.len(),
+            "cleared": text.trim().is_empty(),
+        }));
         let stored = (!text.trim().is_empty()).then(|| text.to_owned());
         let result = self.store.set_tenant_policies(scope, stored, event).await;
         if let Ok(mut cache) = self.cache.lock() {

@@ -5,12 +5,8 @@
 
 use axum::Json as AxumJson;
 use axum::extract::State;
-use bulkhead_core::audit::AuditAction;
-use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_policy::{Action, PoliciesError, Resource};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use sha2::Digest;
 use utoipa_axum::routes;
 
 use crate::authz::authorize;
@@ -68,21 +64,9 @@ pub async fn put(
     Json(body): Json<PolicyBody>,
 ) -> Result<AxumJson<PolicyBody>, ApiError> {
     authorize(&state, &scope, Action::ManagePolicies, Resource::Tenant).await?;
-    let digest = sha2::Sha256::digest(body.policies.as_bytes());
-    let event = NewAuditEvent::new(
-        AuditAction::PoliciesUpdate,
-        format!("tenant:{}", scope.tenant()),
-        Outcome::Success,
-        scope.request_id().clone(),
-    )
-    .with_details(json!({
-        "sha256": bulkhead_core::audit::hex(&digest),
-        "bytes": body.policies.len(),
-        "cleared": body.policies.trim().is_empty(),
-    }));
     state
         .policies
-        .replace(&scope, &body.policies, event)
+        .replace(&scope, &body.policies)
         .await
         .map_err(policy_error)?;
     Ok(AxumJson(body))
