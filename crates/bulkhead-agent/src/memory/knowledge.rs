@@ -7,12 +7,11 @@
 //! chunks).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
+use bulkhead_core::Timestamp;
 use bulkhead_core::audit::NewAuditEvent;
-use bulkhead_core::{TenantUid, Timestamp};
 use serde_json::Value;
 
 use crate::knowledge::{
@@ -50,13 +49,19 @@ impl Partition {
 /// The knowledge service's storage in memory (see the module doc).
 #[derive(Clone, Default)]
 pub struct MemoryKnowledgeStore {
-    partitions: Arc<Mutex<HashMap<TenantUid, Partition>>>,
+    partitions: super::Tenants<Partition>,
 }
 
 impl std::fmt::Debug for MemoryKnowledgeStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryKnowledgeStore")
             .finish_non_exhaustive()
+    }
+}
+
+impl From<super::Poisoned> for KnowledgeStoreError {
+    fn from(_: super::Poisoned) -> Self {
+        backend("the memory store's lock is poisoned")
     }
 }
 
@@ -91,35 +96,20 @@ impl MemoryKnowledgeStore {
         self.read(scope, |p| p.audit.clone()).unwrap_or_default()
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, HashMap<TenantUid, Partition>>, KnowledgeStoreError> {
-        self.partitions
-            .lock()
-            .map_err(|_| backend("the memory store's lock is poisoned"))
-    }
-
     fn read<T>(
         &self,
         scope: &TenantScope,
         f: impl FnOnce(&Partition) -> T,
     ) -> Result<T, KnowledgeStoreError> {
-        let map = self.lock()?;
-        Ok(match map.get(&scope.partition()) {
-            Some(p) => f(p),
-            None => f(&Partition::default()),
-        })
+        self.partitions.read(scope, f)
     }
 
-    /// One transaction: `f` works on a copy, kept only if it succeeds.
     fn write<T>(
         &self,
         scope: &TenantScope,
         f: impl FnOnce(&mut Partition) -> Result<T, KnowledgeStoreError>,
     ) -> Result<T, KnowledgeStoreError> {
-        let mut map = self.lock()?;
-        let mut copy = map.get(&scope.partition()).cloned().unwrap_or_default();
-        let out = f(&mut copy)?;
-        map.insert(scope.partition(), copy);
-        Ok(out)
+        self.partitions.write(scope, f)
     }
 }
 

@@ -58,12 +58,70 @@ struct Partition {
     audit: Vec<NewAuditEvent>,
 }
 
-type Partitions = Arc<Mutex<HashMap<TenantUid, Partition>>>;
+/// Tenants' partitions in memory, each under its tenant incarnation (so
+/// another tenant's rows are unreachable through a scope): a read sees the
+/// scope's partition (an empty one for a tenant with nothing yet), and a
+/// write works on a copy that is kept only if it succeeds — one
+/// transaction. Shared by the agent and the knowledge stores.
+pub(crate) struct Tenants<P>(Arc<Mutex<HashMap<TenantUid, P>>>);
+
+impl<P> Clone for Tenants<P> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<P> Default for Tenants<P> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+/// The lock was poisoned by a panic while it was held.
+pub(crate) struct Poisoned;
+
+impl From<Poisoned> for AgentStoreError {
+    fn from(_: Poisoned) -> Self {
+        err("the memory store's lock is poisoned")
+    }
+}
+
+impl<P: Default + Clone> Tenants<P> {
+    fn lock(&self) -> Result<MutexGuard<'_, HashMap<TenantUid, P>>, Poisoned> {
+        self.0.lock().map_err(|_| Poisoned)
+    }
+
+    /// `f` over the scope's partition.
+    pub(crate) fn read<T, E: From<Poisoned>>(
+        &self,
+        scope: &TenantScope,
+        f: impl FnOnce(&P) -> T,
+    ) -> Result<T, E> {
+        let map = self.lock()?;
+        Ok(match map.get(&scope.partition()) {
+            Some(p) => f(p),
+            None => f(&P::default()),
+        })
+    }
+
+    /// One transaction: `f` works on a copy, kept only if it succeeds.
+    pub(crate) fn write<T, E: From<Poisoned>>(
+        &self,
+        scope: &TenantScope,
+        f: impl FnOnce(&mut P) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut map = self.lock()?;
+        let mut copy = map.get(&scope.partition()).cloned().unwrap_or_default();
+        let out = f(&mut copy)?;
+        map.insert(scope.partition(), copy);
+        Ok(out)
+    }
+}
 
 /// The agent runtime's storage in memory (see the module doc).
 #[derive(Clone)]
 pub struct MemoryAgentStore {
-    partitions: Partitions,
+    partitions: Tenants<Partition>,
     boot: String,
 }
 
@@ -196,7 +254,7 @@ impl MemoryAgentStore {
     /// An empty store, as one process sees it.
     pub fn new() -> Self {
         Self {
-            partitions: Arc::default(),
+            partitions: Tenants::default(),
             boot: RequestId::generate().to_string(),
         }
     }
@@ -233,35 +291,20 @@ impl MemoryAgentStore {
         })
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, HashMap<TenantUid, Partition>>, AgentStoreError> {
-        self.partitions
-            .lock()
-            .map_err(|_| err("the memory store's lock is poisoned"))
-    }
-
     fn read<T>(
         &self,
         scope: &TenantScope,
         f: impl FnOnce(&Partition) -> T,
     ) -> Result<T, AgentStoreError> {
-        let map = self.lock()?;
-        Ok(match map.get(&scope.partition()) {
-            Some(p) => f(p),
-            None => f(&Partition::default()),
-        })
+        self.partitions.read(scope, f)
     }
 
-    /// One transaction: `f` works on a copy, kept only if it succeeds.
     fn write<T>(
         &self,
         scope: &TenantScope,
         f: impl FnOnce(&mut Partition) -> Result<T, AgentStoreError>,
     ) -> Result<T, AgentStoreError> {
-        let mut map = self.lock()?;
-        let mut copy = map.get(&scope.partition()).cloned().unwrap_or_default();
-        let out = f(&mut copy)?;
-        map.insert(scope.partition(), copy);
-        Ok(out)
+        self.partitions.write(scope, f)
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bulkhead_agent::approval::{ApprovalStatus, Verdict};
 use bulkhead_agent::{AgentStore, RunRequest, RunStatus};
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
-use bulkhead_core::{RequestId, Role, TenantUid};
+use bulkhead_core::{Role, TenantUid};
 use bulkhead_testkit::{Reply, ToolCall};
 use serde_json::{Value, json};
 
@@ -209,18 +209,11 @@ async fn calls_past_the_fan_out_limits_are_refused_as_one_error() {
 
 /// Makes every Slack call of the tenant need a person's approval.
 async fn slack_needs_approval(w: &World, scope: &bulkhead_auth::TenantScope) {
-    let event = NewAuditEvent::new(
-        AuditAction::PoliciesUpdate,
-        "policies",
-        Outcome::Success,
-        RequestId::generate(),
-    );
     w.policies
         .replace(
             scope,
             r#"@approval("required")
 permit(principal, action == Action::"call_tool", resource) when { resource.kind == "slack" };"#,
-            event,
         )
         .await
         .unwrap();
