@@ -17,11 +17,12 @@ use bulkhead_core::{ApprovalId, Principal, PrincipalKind, RunId, Timestamp};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Planned, Refused, RunCtx, Runtime, Target, failure, plan};
+use super::{Planned, Refused, RunCtx, Runtime, Target, failure, failure_named, plan};
 use crate::approval::{self, Approval, ApprovalStatus, MAX_COMMENT_CHARS, Settled, Verdict};
 use crate::error::AgentError;
 use crate::event::RunEvent;
 use crate::store::{RunFailure, RunRecord, RunStatus};
+use bulkhead_core::codes;
 use bulkhead_vault::credential::ConnectionName;
 
 /// Requests listed at most per call.
@@ -43,7 +44,7 @@ impl Runtime {
             .await
             .map_err(|e| {
                 failure(
-                    "internal",
+                    codes::INTERNAL,
                     format!("could not store the approval requests: {e}"),
                 )
             })
@@ -222,7 +223,7 @@ impl Runtime {
         run.status = RunStatus::Cancelled;
         run.finished_at = Some(Timestamp::now());
         run.error = Some(failure(
-            "cancelled",
+            codes::CANCELLED,
             "the run was cancelled while awaiting approval; the calls were not made",
         ));
         let event = NewAuditEvent::new(
@@ -293,7 +294,7 @@ impl Runtime {
             .agent(scope, &record.agent)
             .map_err(|_| {
                 failure(
-                    "not_found",
+                    codes::NOT_FOUND,
                     format!("the agent {:?} no longer exists", record.agent),
                 )
             })?
@@ -301,18 +302,18 @@ impl Runtime {
         let settings = self
             .cached_settings(scope, &agent.name)
             .await
-            .map_err(|e| failure("internal", e.to_string()))?;
+            .map_err(|e| failure(codes::INTERNAL, e.to_string()))?;
         let system = self
             .prompts
             .render(&agent, scope, &settings.variables)
-            .map_err(|e| failure("prompt_error", e.to_string()))?;
+            .map_err(|e| failure(codes::PROMPT_ERROR, e.to_string()))?;
         let fragments = super::opening(scope, system, &settings);
         // The run's input is its first message in the thread.
         let input = self
             .store
             .messages(scope, record.thread_id)
             .await
-            .map_err(|e| failure("internal", e.to_string()))?
+            .map_err(|e| failure(codes::INTERNAL, e.to_string()))?
             .unwrap_or_default()
             .into_iter()
             .find(|m| m.run_id == Some(record.id) && m.message["role"] == "user")
@@ -428,7 +429,7 @@ impl Runtime {
                 Ok(p) => planned.push(p),
                 Err((code, message)) => {
                     if end.is_none() {
-                        end = Some(failure(code, message.clone()));
+                        end = Some(failure_named(code, message.clone()));
                     }
                     let r = refusal(code, message);
                     self.stage_refusal(ctx, r);

@@ -17,6 +17,7 @@ use super::{Ended, RunCtx, Runtime, failure};
 use crate::event::RunEvent;
 use crate::prompt::{self, Fragment, Owner};
 use crate::store::{RunFailure, Step, StepWrite};
+use bulkhead_core::codes;
 
 impl Runtime {
     /// Stages a step (and the event announcing it) for the next write.
@@ -58,7 +59,7 @@ impl Runtime {
             self.store
                 .append_steps(&ctx.scope, ctx.record.id, steps)
                 .await
-                .map_err(|e| failure("internal", format!("could not persist a step: {e}")))?;
+                .map_err(|e| failure(codes::INTERNAL, format!("could not persist a step: {e}")))?;
         }
         for ev in std::mem::take(&mut ctx.outbox) {
             let _ = tx.send(ev).await;
@@ -76,7 +77,7 @@ impl Runtime {
             .store
             .messages(&ctx.scope, ctx.record.thread_id)
             .await
-            .map_err(|e| failure("internal", e.to_string()))?
+            .map_err(|e| failure(codes::INTERNAL, e.to_string()))?
             .unwrap_or_default();
         // Retrieved passages go before the conversation, after the
         // platform prompt and the tenant's instructions.
@@ -135,7 +136,7 @@ impl Runtime {
                             None,
                             None,
                         );
-                        return Err(failure("context_limit", message));
+                        return Err(failure(codes::CONTEXT_LIMIT, message));
                     }
                     m
                 }
@@ -159,7 +160,7 @@ impl Runtime {
                         None,
                     );
                     return Err(failure(
-                        "foreign_fragment",
+                        codes::FOREIGN_FRAGMENT,
                         "the prompt contained text owned by another tenant; nothing was sent to the model",
                     ));
                 }
@@ -181,7 +182,7 @@ impl Runtime {
                 Ok(ChatOutcome::Complete(v)) => v,
                 Ok(ChatOutcome::Stream(_)) => {
                     return Err(failure(
-                        "internal",
+                        codes::INTERNAL,
                         "the gateway streamed an unrequested stream",
                     ));
                 }
@@ -194,7 +195,7 @@ impl Runtime {
                         None,
                         None,
                     );
-                    return Err(failure(e.code(), e.to_string()));
+                    return Err(failure(e.error_code(), e.to_string()));
                 }
             };
             let n = |p: &str| answer.pointer(p).and_then(Value::as_u64).unwrap_or(0);
@@ -267,7 +268,7 @@ impl Runtime {
             }
         }
         Err(failure(
-            "step_limit",
+            codes::STEP_LIMIT,
             format!(
                 "the agent did not reach an answer within {} model calls",
                 ctx.agent.max_steps
@@ -279,7 +280,7 @@ impl Runtime {
         let used = ctx.record.input_tokens + ctx.record.output_tokens;
         if used > ctx.agent.max_tokens {
             return Err(failure(
-                "token_limit",
+                codes::TOKEN_LIMIT,
                 format!(
                     "the run used {used} tokens, over the agent's limit of {}",
                     ctx.agent.max_tokens

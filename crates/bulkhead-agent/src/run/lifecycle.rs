@@ -23,6 +23,7 @@ use crate::approval::Approval;
 use crate::error::AgentError;
 use crate::event::RunEvent;
 use crate::store::{RunFailure, RunRecord, RunStatus};
+use bulkhead_core::codes;
 
 impl Runtime {
     /// Stops every run of the tenant incarnation `uid` executing in this
@@ -68,7 +69,7 @@ impl Runtime {
             Err(e) => {
                 tracing::error!(error = %e, "could not check a run's tenant");
                 Err(failure(
-                    "internal",
+                    codes::INTERNAL,
                     "the organisation's status could not be checked; the run stopped",
                 ))
             }
@@ -84,7 +85,7 @@ impl Runtime {
             .and_then(|a| a.get(&(uid, id)).and_then(|r| r.stopped.get().copied()));
         match why {
             Some(why) => why.failure(),
-            None => failure("cancelled", "the run was cancelled"),
+            None => failure(codes::CANCELLED, "the run was cancelled"),
         }
     }
 
@@ -325,7 +326,7 @@ impl Runtime {
             } => r,
             _ = cancel.cancelled() => Err(self.cancelled(ctx.scope.partition(), ctx.record.id)),
             _ = tokio::time::sleep(timeout) => Err(failure(
-                "timeout",
+                codes::TIMEOUT,
                 format!("the run did not finish within {} s", timeout.as_secs()),
             )),
         };
@@ -372,7 +373,7 @@ impl Runtime {
             // A pause either returned above or became a failure.
             Ok(Ended::Paused(_)) => {
                 record.status = RunStatus::Failed;
-                record.error = Some(failure("internal", "the run could not pause"));
+                record.error = Some(failure(codes::INTERNAL, "the run could not pause"));
             }
             Err(f) => {
                 record.status = if matches!(

@@ -154,20 +154,24 @@ pub enum TenantStop {
 impl TenantStop {
     /// The error code the stopped runs end with.
     pub fn code(self) -> &'static str {
+        self.error_code().code
+    }
+
+    fn error_code(self) -> bulkhead_core::codes::ErrorCode {
         match self {
-            TenantStop::Suspended => "tenant_suspended",
-            TenantStop::Deleted => "tenant_deleted",
+            TenantStop::Suspended => bulkhead_core::codes::TENANT_SUSPENDED,
+            TenantStop::Deleted => bulkhead_core::codes::TENANT_DELETED,
         }
     }
 
     fn failure(self) -> RunFailure {
         match self {
             TenantStop::Suspended => failure(
-                self.code(),
+                self.error_code(),
                 "the organisation was suspended; the run stopped and no further call was made",
             ),
             TenantStop::Deleted => failure(
-                self.code(),
+                self.error_code(),
                 "the organisation was deleted; the run stopped and no further call was made",
             ),
         }
@@ -198,11 +202,24 @@ enum Ended {
 /// Default time an approval request stays open (`[approvals] ttl_s`).
 pub const DEFAULT_APPROVAL_TTL: Duration = Duration::from_secs(86_400);
 
-fn failure(code: &str, message: impl Into<String>) -> RunFailure {
+/// A run's failure: its code comes from the table (`bulkhead_core::codes`).
+fn failure(code: bulkhead_core::codes::ErrorCode, message: impl Into<String>) -> RunFailure {
     RunFailure {
-        code: code.to_owned(),
+        code: code.code.to_owned(),
         message: message.into(),
     }
+}
+
+/// [`failure`] for a code another layer names by its string (a refusal
+/// planned for a paused call). Every such code is in the table; were one
+/// not, debug builds (the tests) panic and a release run ends `internal`.
+fn failure_named(code: &str, message: impl Into<String>) -> RunFailure {
+    let entry = bulkhead_core::codes::ErrorCode::find(code);
+    debug_assert!(entry.is_some(), "{code} is not in bulkhead_core::codes");
+    failure(
+        entry.copied().unwrap_or(bulkhead_core::codes::INTERNAL),
+        message,
+    )
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
