@@ -27,5 +27,5 @@ pub mod validate;
 pub use catalog::{Catalog, Model, Provider};
 pub use error::GatewayError;
 pub use service::{ChatOutcome, ChatRequest, Collaborators, Gateway, ToolUsage};
-pub use store::GatewayStore;
+pub use store::{GatewayStore, SettingsChange};
 pub use usage::{UsageRecord, UsageSummary};

@@ -21,7 +21,9 @@ use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::NewAuditEvent;
 use bulkhead_core::{TenantUid, Timestamp};
 
-use crate::store::{GatewaySettings, GatewayStore, GatewayStoreError, LedgerSpend, UsageWrite};
+use crate::store::{
+    GatewaySettings, GatewayStore, GatewayStoreError, LedgerSpend, SettingsChange, UsageWrite,
+};
 use crate::usage::{UsageGroup, UsageRecord, UsageSummary};
 
 /// One tenant incarnation's gateway data.
@@ -205,38 +207,14 @@ impl GatewayStore for MemoryGatewayStore {
         self.with(scope, |p| p.settings.clone())
     }
 
-    async fn set_audit_prompts(
+    async fn update_settings(
         &self,
         scope: &TenantScope,
-        on: bool,
+        change: &SettingsChange,
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError> {
         self.with(scope, |p| {
-            p.settings.audit_prompts = on;
-            p.audit.push(event);
-        })
-    }
-
-    async fn set_retention(
-        &self,
-        scope: &TenantScope,
-        days: Option<u32>,
-        event: NewAuditEvent,
-    ) -> Result<(), GatewayStoreError> {
-        self.with(scope, |p| {
-            p.settings.message_retention_days = days;
-            p.audit.push(event);
-        })
-    }
-
-    async fn set_approval_webhook(
-        &self,
-        scope: &TenantScope,
-        url: Option<String>,
-        event: NewAuditEvent,
-    ) -> Result<(), GatewayStoreError> {
-        self.with(scope, |p| {
-            p.settings.approval_webhook = url;
+            change.apply(&mut p.settings);
             p.audit.push(event);
         })
     }

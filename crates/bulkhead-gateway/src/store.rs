@@ -23,6 +23,40 @@ pub struct GatewaySettings {
     pub approval_webhook: Option<String>,
 }
 
+/// A change of a tenant's settings: each `Some` field is set (an inner
+/// `None` clears it), each `None` field is left as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsChange {
+    /// Keep prompts in the audit chain.
+    pub audit_prompts: Option<bool>,
+    /// Message retention in days (`Some(None)`: keep messages).
+    pub message_retention_days: Option<Option<u32>>,
+    /// The approval webhook URL (`Some(None)`: none).
+    pub approval_webhook: Option<Option<String>>,
+}
+
+impl SettingsChange {
+    /// Whether the change names no setting at all.
+    pub fn is_empty(&self) -> bool {
+        self.audit_prompts.is_none()
+            && self.message_retention_days.is_none()
+            && self.approval_webhook.is_none()
+    }
+
+    /// The change applied to `settings`.
+    pub fn apply(&self, settings: &mut GatewaySettings) {
+        if let Some(on) = self.audit_prompts {
+            settings.audit_prompts = on;
+        }
+        if let Some(days) = self.message_retention_days {
+            settings.message_retention_days = days;
+        }
+        if let Some(url) = &self.approval_webhook {
+            settings.approval_webhook = url.clone();
+        }
+    }
+}
+
 /// Storage failures, as the gateway sees them: the store's own error, kept
 /// whole as the source (its message is this error's message).
 #[derive(Debug, thiserror::Error)]
@@ -81,25 +115,12 @@ pub trait GatewayStore: Send + Sync {
     ) -> Result<u64, GatewayStoreError>;
     /// The tenant's gateway settings (one read per call).
     async fn settings(&self, scope: &TenantScope) -> Result<GatewaySettings, GatewayStoreError>;
-    /// Turns keeping prompts in the audit chain on or off, with its audit event.
-    async fn set_audit_prompts(
+    /// Applies `change` (the settings it names, the others untouched) and
+    /// appends its one audit event, in one transaction.
+    async fn update_settings(
         &self,
         scope: &TenantScope,
-        on: bool,
-        event: NewAuditEvent,
-    ) -> Result<(), GatewayStoreError>;
-    /// Sets or clears the message retention, with its audit event.
-    async fn set_retention(
-        &self,
-        scope: &TenantScope,
-        days: Option<u32>,
-        event: NewAuditEvent,
-    ) -> Result<(), GatewayStoreError>;
-    /// Sets or clears the approval webhook URL, with its audit event.
-    async fn set_approval_webhook(
-        &self,
-        scope: &TenantScope,
-        url: Option<String>,
+        change: &SettingsChange,
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError>;
     /// Replaces the tenant's model allow-list, with its audit event.

@@ -14,6 +14,7 @@ pub mod extract;
 pub mod jwks;
 pub mod metrics;
 pub mod openapi;
+pub mod operations;
 pub mod request;
 pub mod retention;
 pub mod routes;

@@ -4,11 +4,12 @@
 use std::time::{Duration, Instant};
 
 use bulkhead_auth::TenantScope;
-use bulkhead_core::audit::NewAuditEvent;
+use bulkhead_core::RequestId;
+use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
 
 use super::Gateway;
 use crate::error::GatewayError;
-use crate::store::GatewaySettings;
+use crate::store::{GatewaySettings, SettingsChange};
 
 /// How long a tenant's settings are reused without reading them again.
 /// Changes made through this process apply at once (the entry is dropped);
@@ -52,37 +53,40 @@ impl Gateway {
         result.map_err(|e| GatewayError::Internal(e.to_string()))
     }
 
-    /// Turns keeping prompts in the tenant's audit chain on or off.
-    pub async fn set_audit_prompts(
+    /// Applies the operator's `change` to the tenant's settings: one write
+    /// with one `tenant.settings` event in the tenant's chain, which it
+    /// returns so the caller can record the same event in the operator's
+    /// chain. The event lists each changed setting; of the approval webhook
+    /// only whether one is set (its URL may carry a token).
+    pub async fn change_settings(
         &self,
         scope: &TenantScope,
-        on: bool,
-        event: NewAuditEvent,
-    ) -> Result<(), GatewayError> {
-        let result = self.store.set_audit_prompts(scope, on, event).await;
-        self.settings_changed(scope, result)
-    }
-
-    /// Sets or clears the tenant's message retention.
-    pub async fn set_retention(
-        &self,
-        scope: &TenantScope,
-        days: Option<u32>,
-        event: NewAuditEvent,
-    ) -> Result<(), GatewayError> {
-        let result = self.store.set_retention(scope, days, event).await;
-        self.settings_changed(scope, result)
-    }
-
-    /// Sets or clears the tenant's approval webhook.
-    pub async fn set_approval_webhook(
-        &self,
-        scope: &TenantScope,
-        url: Option<String>,
-        event: NewAuditEvent,
-    ) -> Result<(), GatewayError> {
-        let result = self.store.set_approval_webhook(scope, url, event).await;
-        self.settings_changed(scope, result)
+        request_id: &RequestId,
+        change: &SettingsChange,
+    ) -> Result<NewAuditEvent, GatewayError> {
+        let mut details = serde_json::Map::new();
+        if let Some(on) = change.audit_prompts {
+            details.insert("audit_prompts".into(), on.into());
+        }
+        if let Some(days) = change.message_retention_days {
+            details.insert("message_retention_days".into(), serde_json::json!(days));
+        }
+        if let Some(url) = &change.approval_webhook {
+            details.insert("approval_webhook_set".into(), url.is_some().into());
+        }
+        let event = NewAuditEvent::new(
+            AuditAction::TenantSettings,
+            format!("tenant:{}", scope.tenant()),
+            Outcome::Success,
+            request_id.clone(),
+        )
+        .with_details(details.into());
+        let result = self
+            .store
+            .update_settings(scope, change, event.clone())
+            .await;
+        self.settings_changed(scope, result)?;
+        Ok(event)
     }
 
     /// Replaces the tenant's model allow-list.

@@ -4,9 +4,9 @@
 
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
 use bulkhead_core::{RequestId, Timestamp};
-use bulkhead_gateway::GatewayStore;
 use bulkhead_gateway::memory::MemoryGatewayStore;
 use bulkhead_gateway::usage::{Tokens, UsageGroup, UsageRecord, UsageSummary};
+use bulkhead_gateway::{GatewayStore, SettingsChange};
 
 use crate::support::scope;
 
@@ -169,22 +169,28 @@ async fn settings_are_per_tenant_and_audited() {
         .set_allowed_models(&acme, Some(vec!["small".into()]), ev())
         .await
         .unwrap();
-    store.set_audit_prompts(&acme, true, ev()).await.unwrap();
-    store.set_retention(&acme, Some(30), ev()).await.unwrap();
-    store
-        .set_approval_webhook(&acme, Some("https://x".into()), ev())
-        .await
-        .unwrap();
+    let all = SettingsChange {
+        audit_prompts: Some(true),
+        message_retention_days: Some(Some(30)),
+        approval_webhook: Some(Some("https://x".into())),
+    };
+    store.update_settings(&acme, &all, ev()).await.unwrap();
     let s = store.settings(&acme).await.unwrap();
     assert_eq!(s.allowed_models, Some(vec!["small".to_owned()]));
     assert!(s.audit_prompts);
     assert_eq!(s.message_retention_days, Some(30));
     assert_eq!(s.approval_webhook.as_deref(), Some("https://x"));
-    assert_eq!(store.audit_events(&acme).len(), 4);
+    // One change, one event, however many settings it names.
+    assert_eq!(store.audit_events(&acme).len(), 2);
     assert_eq!(store.settings(&globex).await.unwrap(), Default::default());
-    store.set_retention(&acme, None, ev()).await.unwrap();
-    assert_eq!(
-        store.settings(&acme).await.unwrap().message_retention_days,
-        None
-    );
+    let clear = SettingsChange {
+        message_retention_days: Some(None),
+        ..SettingsChange::default()
+    };
+    store.update_settings(&acme, &clear, ev()).await.unwrap();
+    let s = store.settings(&acme).await.unwrap();
+    assert_eq!(s.message_retention_days, None);
+    // What the change did not name is left as it was.
+    assert!(s.audit_prompts);
+    assert_eq!(s.approval_webhook.as_deref(), Some("https://x"));
 }

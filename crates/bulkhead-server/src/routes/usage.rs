@@ -571,41 +571,11 @@ pub async fn put_settings(
             "message_retention_days: must be between 1 and 3650, or null".into(),
         ));
     }
-    let event = |details| {
-        NewAuditEvent::new(
-            AuditAction::TenantSettings,
-            format!("tenant:{id}"),
-            Outcome::Success,
-            op.request_id().clone(),
-        )
-        .with_details(details)
+    let change = bulkhead_gateway::SettingsChange {
+        audit_prompts: body.audit_prompts,
+        message_retention_days: body.message_retention_days,
+        approval_webhook: body.approval_webhook,
     };
-    if let Some(on) = body.audit_prompts {
-        state
-            .gateway
-            .set_audit_prompts(&scope, on, event(json!({"audit_prompts": on})))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-    }
-    if let Some(url) = body.approval_webhook {
-        // The URL itself may carry a token: the event records only whether
-        // one is set.
-        state
-            .gateway
-            .set_approval_webhook(
-                &scope,
-                url.clone(),
-                event(json!({"approval_webhook_set": url.is_some()})),
-            )
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-    }
-    if let Some(days) = body.message_retention_days {
-        state
-            .gateway
-            .set_retention(&scope, days, event(json!({"message_retention_days": days})))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-    }
+    crate::operations::change_tenant_settings(&state, &op, &scope, &change).await?;
     Ok(AxumJson(settings_body(&state, &scope).await?))
 }

@@ -872,3 +872,47 @@ upstream = "my-deployment"
     assert!(sse_data(&r.body).last().is_some_and(|d| d == "[DONE]"));
     assert_eq!(usage(&app, &key).await["total"]["requests"], 2);
 }
+
+#[tokio::test]
+async fn a_settings_change_is_one_event_in_the_tenant_and_the_operator_chains() {
+    let fake = FakeProvider::start().await;
+    let app = app_with(&fake).await;
+    app.create_tenant("acme", "eu").await;
+    let (_, key) = app.api_key("acme", &["admin"]).await;
+    let r = app
+        .call(
+            "PUT",
+            "/admin/v1/tenants/acme/settings",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"audit_prompts": true, "message_retention_days": 30})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["message_retention_days"], 30);
+    let mine: Vec<Value> = app
+        .audit(&key)
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "tenant.settings")
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["details"]["audit_prompts"], true);
+    assert_eq!(mine[0]["details"]["message_retention_days"], 30);
+    assert!(mine[0]["details"].get("approval_webhook_set").is_none());
+    let ops = app
+        .call(
+            "GET",
+            "/admin/v1/audit?limit=1000",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    let theirs: Vec<&Value> = ops.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "tenant.settings")
+        .collect();
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert_eq!(theirs[0]["details"], mine[0]["details"]);
+}

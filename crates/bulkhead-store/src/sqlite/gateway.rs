@@ -6,7 +6,9 @@ use bulkhead_auth::TenantScope;
 use bulkhead_core::Timestamp;
 use bulkhead_core::audit::AuditAction;
 use bulkhead_core::audit::NewAuditEvent;
-use bulkhead_gateway::store::{GatewaySettings, GatewayStore, GatewayStoreError, UsageWrite};
+use bulkhead_gateway::store::{
+    GatewaySettings, GatewayStore, GatewayStoreError, SettingsChange, UsageWrite,
+};
 use bulkhead_gateway::usage::{UsageGroup, UsageRecord, UsageSummary};
 use rusqlite::params;
 
@@ -351,76 +353,37 @@ impl GatewayStore for SqliteStore {
         .map_err(gw)
     }
 
-    async fn set_audit_prompts(
+    async fn update_settings(
         &self,
         scope: &TenantScope,
-        on: bool,
-        event: NewAuditEvent,
-    ) -> Result<(), GatewayStoreError> {
-        let scope = scope.clone();
-        self.tenant_write(&scope.clone(), move |tx, principal| {
-            partition::exec(
-                tx,
-                "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                     ON CONFLICT (key) DO UPDATE SET value = ?2",
-                params![AUDIT_PROMPTS, if on { "true" } else { "false" }],
-            )?;
-            partition::append_chain(tx, Some(scope.tenant().clone()), principal, event)?;
-            Ok(())
-        })
-        .await
-        .map_err(gw)
-    }
-
-    async fn set_retention(
-        &self,
-        scope: &TenantScope,
-        days: Option<u32>,
+        change: &SettingsChange,
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError> {
         let tenant = scope.tenant().clone();
+        let change = change.clone();
         self.tenant_write(scope, move |tx, principal| {
-            match days {
-                Some(d) => partition::exec(
+            // A key set to a value, or (None) removed.
+            let put = |key: &str, value: Option<String>| match value {
+                Some(v) => partition::exec(
                     tx,
                     "INSERT INTO settings (key, value) VALUES (?1, ?2)
                      ON CONFLICT (key) DO UPDATE SET value = ?2",
-                    params![RETENTION, d.to_string()],
-                )?,
-                None => partition::exec(
-                    tx,
-                    "DELETE FROM settings WHERE key = ?1",
-                    params![RETENTION],
-                )?,
+                    params![key, v],
+                ),
+                None => partition::exec(tx, "DELETE FROM settings WHERE key = ?1", params![key]),
             };
-            partition::append_chain(tx, Some(tenant), principal, event)?;
-            Ok(())
-        })
-        .await
-        .map_err(gw)
-    }
-
-    async fn set_approval_webhook(
-        &self,
-        scope: &TenantScope,
-        url: Option<String>,
-        event: NewAuditEvent,
-    ) -> Result<(), GatewayStoreError> {
-        let tenant = scope.tenant().clone();
-        self.tenant_write(scope, move |tx, principal| {
-            match url {
-                Some(u) => partition::exec(
-                    tx,
-                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                     ON CONFLICT (key) DO UPDATE SET value = ?2",
-                    params![APPROVAL_WEBHOOK, u],
-                )?,
-                None => partition::exec(
-                    tx,
-                    "DELETE FROM settings WHERE key = ?1",
-                    params![APPROVAL_WEBHOOK],
-                )?,
-            };
+            if let Some(on) = change.audit_prompts {
+                put(
+                    AUDIT_PROMPTS,
+                    Some(if on { "true" } else { "false" }.to_owned()),
+                )?;
+            }
+            if let Some(days) = change.message_retention_days {
+                put(RETENTION, days.map(|d| d.to_string()))?;
+            }
+            if let Some(url) = change.approval_webhook {
+                put(APPROVAL_WEBHOOK, url)?;
+            }
             partition::append_chain(tx, Some(tenant), principal, event)?;
             Ok(())
         })
