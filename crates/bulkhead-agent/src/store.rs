@@ -246,6 +246,15 @@ pub trait AgentStore: Send + Sync {
         scope: &TenantScope,
         id: RunId,
     ) -> Result<Option<RunRecord>, AgentStoreError>;
+    /// A run with its steps exactly as stored, writing nothing: a run a
+    /// stopped process left `running` still reads `running`. For
+    /// authorising on the run's agent before [`AgentStore::run`] may
+    /// settle it.
+    async fn stored_run(
+        &self,
+        scope: &TenantScope,
+        id: RunId,
+    ) -> Result<Option<RunRecord>, AgentStoreError>;
     /// Whether a run of the thread is awaiting approval (a new run on it
     /// would answer the paused tool calls out of turn).
     async fn thread_paused(

@@ -598,6 +598,14 @@ impl AgentStore for MemoryAgentStore {
         self.read(scope, |p| p.read_run(id))
     }
 
+    async fn stored_run(
+        &self,
+        scope: &TenantScope,
+        id: RunId,
+    ) -> Result<Option<RunRecord>, AgentStoreError> {
+        self.read(scope, |p| p.read_run(id))
+    }
+
     async fn thread_paused(
         &self,
         scope: &TenantScope,

@@ -64,7 +64,23 @@ impl Runtime {
             .await?)
     }
 
-    /// One request of the tenant.
+    /// One request of the tenant as stored: a request whose time is up may
+    /// still read `pending`. Nothing is written, so a caller can authorise
+    /// on it (the request's agent, who asked) before anything changes;
+    /// [`Runtime::decide`] settles an expired request itself.
+    pub async fn peek_approval(
+        &self,
+        scope: &TenantScope,
+        id: ApprovalId,
+    ) -> Result<Approval, AgentError> {
+        self.store
+            .approval(scope, id)
+            .await?
+            .ok_or(AgentError::NotFound)
+    }
+
+    /// One request of the tenant (settled as `expired` first when its time
+    /// is up).
     pub async fn approval(
         self: &Arc<Self>,
         scope: &TenantScope,
@@ -158,6 +174,10 @@ impl Runtime {
         }
         if a.status != ApprovalStatus::Pending {
             return Err(AgentError::Decided(a.status));
+        }
+        if a.expires_at <= Timestamp::now() {
+            self.expire(scope, a).await?;
+            return Err(AgentError::Decided(ApprovalStatus::Expired));
         }
         if let Some(h) = expected_hash
             && !h.eq_ignore_ascii_case(&a.arguments_hash)

@@ -116,6 +116,16 @@ impl Runtime {
         self.store.run(scope, id).await?.ok_or(AgentError::NotFound)
     }
 
+    /// A run as stored, writing nothing (a run a stopped process left
+    /// `running` still reads `running`): what a caller is authorised on
+    /// before [`Runtime::run`] may settle the run as `interrupted`.
+    pub async fn peek_run(&self, scope: &TenantScope, id: RunId) -> Result<RunRecord, AgentError> {
+        self.store
+            .stored_run(scope, id)
+            .await?
+            .ok_or(AgentError::NotFound)
+    }
+
     /// A thread's messages.
     pub async fn messages(
         &self,

@@ -89,14 +89,28 @@ impl Gateway {
         Ok(event)
     }
 
-    /// Replaces the tenant's model allow-list.
+    /// Replaces the tenant's model allow-list (`None`: every model of the
+    /// catalog) with one `tenant.models` event in the tenant's chain, which
+    /// it returns so the caller can record the same event in the
+    /// operator's chain.
     pub async fn set_allowed(
         &self,
         scope: &TenantScope,
+        request_id: &RequestId,
         models: Option<Vec<String>>,
-        event: NewAuditEvent,
-    ) -> Result<(), GatewayError> {
-        let result = self.store.set_allowed_models(scope, models, event).await;
-        self.settings_changed(scope, result)
+    ) -> Result<NewAuditEvent, GatewayError> {
+        let event = NewAuditEvent::new(
+            AuditAction::TenantModels,
+            format!("tenant:{}", scope.tenant()),
+            Outcome::Success,
+            request_id.clone(),
+        )
+        .with_details(serde_json::json!({ "allowed": models }));
+        let result = self
+            .store
+            .set_allowed_models(scope, models, event.clone())
+            .await;
+        self.settings_changed(scope, result)?;
+        Ok(event)
     }
 }

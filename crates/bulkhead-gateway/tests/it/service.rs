@@ -335,16 +335,13 @@ async fn a_model_outside_the_tenants_allow_list_is_not_found_at_once() {
     let h = Harness::new().await;
     let acme = scope("acme");
     complete(h.gateway.chat(&acme, chat("small", "hi")).await);
-    let event = bulkhead_core::audit::NewAuditEvent::new(
-        AuditAction::TenantModels,
-        "tenant:acme",
-        Outcome::Success,
-        acme.request_id().clone(),
-    );
-    h.gateway
-        .set_allowed(&acme, Some(vec!["own-key".into()]), event)
+    let event = h
+        .gateway
+        .set_allowed(&acme, acme.request_id(), Some(vec!["own-key".into()]))
         .await
         .unwrap();
+    assert_eq!(event.action, AuditAction::TenantModels);
+    assert_eq!(event.details["allowed"], serde_json::json!(["own-key"]));
     // The cached settings were dropped with the write: no stale allow-list.
     let err = h
         .gateway

@@ -348,16 +348,18 @@ pub async fn get_run(
         Some(w) => w.min(state.settings.request_timeout_s.saturating_sub(1)),
         None => 0,
     };
-    // Authorised before waiting: a caller who may not read runs learns
-    // nothing, not even how long the run takes.
-    let run = state.runtime.run(&scope, id).await?;
+    // Authorised on the run as stored, before the read that may settle a
+    // run a stopped process left running, and before waiting: a caller
+    // who may not read runs learns nothing, not even how long it takes.
+    let stored = state.runtime.peek_run(&scope, id).await?;
     authorize(
         &state,
         &scope,
         Action::ReadRuns,
-        Resource::Agent(&run.agent),
+        Resource::Agent(&stored.agent),
     )
     .await?;
+    let run = state.runtime.run(&scope, id).await?;
     if wait == 0 || run.status != bulkhead_agent::RunStatus::Running {
         return Ok(AxumJson(run.into()));
     }
@@ -384,12 +386,13 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, AxumJson<RunBody>), ApiError> {
     let id = run_id(&id)?;
-    let run = state.runtime.run(&scope, id).await?;
+    // Authorised on the run as stored: nothing is written before.
+    let stored = state.runtime.peek_run(&scope, id).await?;
     authorize(
         &state,
         &scope,
         Action::RunAgent,
-        Resource::Agent(&run.agent),
+        Resource::Agent(&stored.agent),
     )
     .await?;
     let run = state.runtime.cancel(&scope, id).await?;

@@ -165,8 +165,10 @@ pub async fn get(
     TenantCtx(scope): TenantCtx,
     Path(id): Path<String>,
 ) -> Result<AxumJson<ApprovalBody>, ApiError> {
-    let a = state.runtime.approval(&scope, approval_id(&id)?).await?;
+    let id = approval_id(&id)?;
+    // Authorised before the read, which may settle an expired request.
     authorize(&state, &scope, Action::ReadApprovals, Resource::Tenant).await?;
+    let a = state.runtime.approval(&scope, id).await?;
     Ok(AxumJson(a.into()))
 }
 
@@ -178,7 +180,9 @@ async fn decide(
     body: DecisionBody,
 ) -> Result<AxumJson<ApprovalBody>, ApiError> {
     let id = approval_id(id)?;
-    let a = state.runtime.approval(&scope, id).await?;
+    // The request as stored: nothing is written (not even an expiry)
+    // before the caller is authorised; `decide` settles an expired one.
+    let a = state.runtime.peek_approval(&scope, id).await?;
     authorize(
         &state,
         &scope,

@@ -3,16 +3,14 @@
 use axum::Json as AxumJson;
 use axum::extract::State;
 use bulkhead_core::TenantId;
-use bulkhead_core::audit::AuditAction;
-use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_vault::store::CredScope;
 use bulkhead_vault::vault::{DataKeyReport, RewrapReport};
 use serde::Serialize;
-use serde_json::json;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, problems};
 use crate::extract::{OperatorCtx, Path};
+use crate::operations::{self, KekChange};
 use crate::routes::RouteTable;
 use crate::state::AppState;
 
@@ -49,22 +47,8 @@ pub struct DataKeyBody {
     pub retired: u64,
 }
 
-async fn record(
-    state: &AppState,
-    op: &bulkhead_auth::OperatorScope,
-    action: AuditAction,
-    r: &RewrapReport,
-) -> Result<RewrapBody, ApiError> {
-    let provider = state.vault.kms().name().to_owned();
-    let event = NewAuditEvent::new(
-        action,
-        format!("kms:{provider}"),
-        Outcome::Success,
-        op.request_id().clone(),
-    )
-    .with_details(json!({"key_version": r.key_version, "rewrapped": r.rewrapped}));
-    state.control.append_operator_audit(op, None, event).await?;
-    Ok(RewrapBody {
+fn rewrap_body((provider, r): (String, RewrapReport)) -> AxumJson<RewrapBody> {
+    AxumJson(RewrapBody {
         provider,
         key_version: r.key_version,
         rewrapped: r.rewrapped,
@@ -83,9 +67,8 @@ pub async fn rotate(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
 ) -> Result<AxumJson<RewrapBody>, ApiError> {
-    let report = state.vault.rotate_kek(&op).await?;
-    Ok(AxumJson(
-        record(&state, &op, AuditAction::KmsRotate, &report).await?,
+    Ok(rewrap_body(
+        operations::change_kek(&state, &op, KekChange::Rotate).await?,
     ))
 }
 
@@ -100,9 +83,8 @@ pub async fn rewrap(
     State(state): State<AppState>,
     OperatorCtx(op): OperatorCtx,
 ) -> Result<AxumJson<RewrapBody>, ApiError> {
-    let report = state.vault.rewrap_all(&op).await?;
-    Ok(AxumJson(
-        record(&state, &op, AuditAction::KmsRewrap, &report).await?,
+    Ok(rewrap_body(
+        operations::change_kek(&state, &op, KekChange::Rewrap).await?,
     ))
 }
 

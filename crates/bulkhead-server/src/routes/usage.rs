@@ -6,13 +6,10 @@ use axum::Json as AxumJson;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use bulkhead_core::audit::AuditAction;
-use bulkhead_core::audit::{NewAuditEvent, Outcome};
 use bulkhead_core::{TenantId, Timestamp};
 use bulkhead_gateway::usage::{UsageGroup, UsageSummary, nanos_to_usd};
 use bulkhead_policy::{Action, Resource};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa_axum::routes;
 
 use crate::authz::authorize;
@@ -313,19 +310,7 @@ pub async fn operator_usage(
 ) -> Result<Response, ApiError> {
     let report = Report::parse(&q)?;
     let tenants = state.control.list_tenants(&op).await?;
-    let event = NewAuditEvent::new(
-        AuditAction::UsageReport,
-        "tenants:*".to_owned(),
-        Outcome::Success,
-        op.request_id().clone(),
-    )
-    .with_details(json!({
-        "from": report.from.to_string(), "to": report.to.to_string(),
-        "tenants": tenants.len(),
-    }));
-    state
-        .control
-        .append_operator_audit(&op, None, event)
+    crate::operations::record_usage_report(&state, &op, &report.from, &report.to, tenants.len())
         .await?;
     let mut lines = Vec::new();
     for tenant in tenants {
@@ -436,18 +421,7 @@ pub async fn put_models(
             }
         }
     }
-    let event = NewAuditEvent::new(
-        AuditAction::TenantModels,
-        format!("tenant:{id}"),
-        Outcome::Success,
-        op.request_id().clone(),
-    )
-    .with_details(json!({"allowed": body.allowed}));
-    state
-        .gateway
-        .set_allowed(&scope, body.allowed, event)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    crate::operations::set_tenant_models(&state, &op, &scope, body.allowed).await?;
     Ok(AxumJson(answer(&state, &scope).await?))
 }
 

@@ -742,3 +742,37 @@ async fn a_cancel_racing_an_approval_leaves_one_consistent_outcome() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_caller_who_may_not_decide_settles_nothing_not_even_an_expiry() {
+    let w = world("[approvals]\nttl_s = 1").await;
+    let (_run, id) = paused(&w, &w.member, "slow").await;
+    let r = w
+        .app
+        .call("GET", &format!("/v1/approvals/{id}"), Some(&w.member), None)
+        .await;
+    let expires = bulkhead_core::Timestamp::parse(r.body["expires_at"].as_str().unwrap()).unwrap();
+    bulkhead_testkit::wait::eventually(
+        "the request's time to run out",
+        std::time::Duration::from_secs(20),
+        || async move { bulkhead_core::Timestamp::now() > expires },
+    )
+    .await;
+    // A member may not approve: refused before anything is written.
+    decide(&w, &w.member, &id, "approve", "")
+        .await
+        .assert_problem(403, "forbidden");
+    let expiries = |events: Vec<Value>| {
+        events
+            .iter()
+            .filter(|e| e["action"] == "approval.expire")
+            .count()
+    };
+    assert_eq!(expiries(w.app.audit(&w.admin).await), 0);
+    // An approver is answered that the request is settled, and it is.
+    decide(&w, &w.approver, &id, "approve", "")
+        .await
+        .assert_problem(409, "approval_decided");
+    assert_eq!(expiries(w.app.audit(&w.admin).await), 1);
+    assert!(deploys(&w.saas).is_empty());
+}

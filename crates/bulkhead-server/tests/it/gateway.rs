@@ -874,7 +874,7 @@ upstream = "my-deployment"
 }
 
 #[tokio::test]
-async fn a_settings_change_is_one_event_in_the_tenant_and_the_operator_chains() {
+async fn an_operator_change_to_a_tenant_is_one_event_in_both_chains() {
     let fake = FakeProvider::start().await;
     let app = app_with(&fake).await;
     app.create_tenant("acme", "eu").await;
@@ -915,4 +915,31 @@ async fn a_settings_change_is_one_event_in_the_tenant_and_the_operator_chains() 
         .collect();
     assert_eq!(theirs.len(), 1, "{theirs:?}");
     assert_eq!(theirs[0]["details"], mine[0]["details"]);
+    // The allow-list is an operator change to the tenant too: both chains.
+    let r = app
+        .call(
+            "PUT",
+            "/admin/v1/tenants/acme/models",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"allowed": ["small"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mine = app.audit(&key).await;
+    let ops = app
+        .call(
+            "GET",
+            "/admin/v1/audit?limit=1000",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    for chain in [&mine, ops.body["events"].as_array().unwrap()] {
+        let models: Vec<&Value> = chain
+            .iter()
+            .filter(|e| e["action"] == "tenant.models")
+            .collect();
+        assert_eq!(models.len(), 1, "{chain:?}");
+        assert_eq!(models[0]["details"]["allowed"], json!(["small"]));
+    }
 }

@@ -659,9 +659,17 @@ impl AgentStore for SqliteStore {
         self.tenant_write(scope, move |tx, _| fail_interrupted(tx, &tenant, id))
             .await
             .map_err(ag)?;
-        let scope2 = scope.clone();
+        self.stored_run(scope, id).await
+    }
+
+    async fn stored_run(
+        &self,
+        scope: &TenantScope,
+        id: RunId,
+    ) -> Result<Option<RunRecord>, AgentStoreError> {
+        let scope = scope.clone();
         self.blocking(move |s| {
-            let p = s.partition(scope2.tenant(), scope2.partition())?;
+            let p = s.partition(scope.tenant(), scope.partition())?;
             p.with_conn(|conn| read_run(conn, id))
         })
         .await

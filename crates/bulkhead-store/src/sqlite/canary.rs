@@ -9,11 +9,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
-use bulkhead_core::{RequestId, TenantUid, ThreadId, Timestamp};
+use bulkhead_core::{RequestId, TenantId, TenantUid, ThreadId, Timestamp};
 use bulkhead_gateway::canary::{CanaryScanner, Channel, LeakAlarm};
 use rusqlite::{Connection, params};
 use serde_json::json;
 
+use super::commit::Writer;
 use super::{SqliteStore, partition};
 use crate::{StoreError, StoreResult};
 
@@ -167,11 +168,19 @@ impl SqliteStore {
             )?;
             Ok(())
         })?;
-        self.partition(scope.tenant(), scope.partition())?
-            .append("system", event(format!("tenant:{}", scope.tenant())))?;
+        let append = |tenant: TenantId, uid: TenantUid, event: NewAuditEvent| {
+            let writer = Writer::new(tenant.clone(), uid, "system".to_owned());
+            self.partition_write_blocking(writer, move |tx, principal| {
+                partition::append_chain(tx, Some(tenant), principal, event)
+            })
+        };
+        append(
+            scope.tenant().clone(),
+            scope.partition(),
+            event(format!("tenant:{}", scope.tenant())),
+        )?;
         if let Some(v) = victim_id {
-            self.partition(&v, victim)?
-                .append("system", event(format!("tenant:{v}")))?;
+            append(v.clone(), victim, event(format!("tenant:{v}")))?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bulkhead_auth::TenantScope;
-use bulkhead_core::TenantUid;
+use bulkhead_core::{TenantId, TenantUid};
 use rusqlite::Connection;
 
 use super::SqliteStore;
@@ -92,10 +92,42 @@ impl From<StoreError> for CommitError {
     }
 }
 
+/// Whose partition a queued write goes to, and the principal its audit
+/// events name.
+pub(crate) struct Writer {
+    tenant: TenantId,
+    uid: TenantUid,
+    principal: String,
+}
+
+impl Writer {
+    /// The scope's partition and principal: every write made for a request.
+    pub(crate) fn of(scope: &TenantScope) -> Self {
+        Self::new(
+            scope.tenant().clone(),
+            scope.partition(),
+            scope.principal().id().to_owned(),
+        )
+    }
+
+    /// A write the tenant's request did not make: an operator's action
+    /// mirrored into the tenant's chain, a failure attributed to the
+    /// tenant, a security event recorded by the system.
+    pub(crate) fn new(tenant: TenantId, uid: TenantUid, principal: String) -> Self {
+        Self {
+            tenant,
+            uid,
+            principal,
+        }
+    }
+}
+
 /// A tenant's queued writes and whether a committer is at work.
 #[derive(Default)]
 pub(crate) struct Queue {
-    jobs: Vec<(TenantScope, Box<dyn Job>)>,
+    /// The partition's tenant, set by the first write queued.
+    tenant: Option<TenantId>,
+    jobs: Vec<Box<dyn Job>>,
     busy: bool,
 }
 
@@ -111,8 +143,31 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection, &str) -> StoreResult<T> + Send + 'static,
     {
-        self.queue_write(scope, f)?
+        self.partition_write(Writer::of(scope), f).await
+    }
+
+    /// Runs `f` in a write transaction on `writer`'s partition, queued and
+    /// group-committed like [`SqliteStore::tenant_write`].
+    pub(crate) async fn partition_write<T, F>(&self, writer: Writer, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &str) -> StoreResult<T> + Send + 'static,
+    {
+        self.queue_write(writer, f)?
             .await
+            .map_err(|_| StoreError::Internal("the tenant's committer stopped".into()))?
+    }
+
+    /// [`SqliteStore::partition_write`] for code already on a blocking
+    /// thread (inside [`SqliteStore::blocking`]): waits for the commit
+    /// without an async context.
+    pub(crate) fn partition_write_blocking<T, F>(&self, writer: Writer, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &str) -> StoreResult<T> + Send + 'static,
+    {
+        self.queue_write(writer, f)?
+            .blocking_recv()
             .map_err(|_| StoreError::Internal("the tenant's committer stopped".into()))?
     }
 
@@ -121,7 +176,7 @@ impl SqliteStore {
     /// queued, so a write queued later sees every earlier one.
     pub(crate) fn queue_write<T, F>(
         &self,
-        scope: &TenantScope,
+        writer: Writer,
         f: F,
     ) -> StoreResult<tokio::sync::oneshot::Receiver<StoreResult<T>>>
     where
@@ -131,11 +186,11 @@ impl SqliteStore {
         let (done, rx) = tokio::sync::oneshot::channel();
         let job = Box::new(Write {
             f: Some(f),
-            principal: scope.principal().id().to_owned(),
+            principal: writer.principal,
             out: None,
             done,
         });
-        let uid = scope.partition();
+        let uid = writer.uid;
         let lead = {
             let mut queues = self
                 .inner
@@ -143,7 +198,8 @@ impl SqliteStore {
                 .lock()
                 .map_err(|_| StoreError::Internal("write queue poisoned".into()))?;
             let q = queues.entry(uid).or_default();
-            q.jobs.push((scope.clone(), job));
+            q.tenant.get_or_insert(writer.tenant);
+            q.jobs.push(job);
             !std::mem::replace(&mut q.busy, true)
         };
         if lead {
@@ -168,33 +224,30 @@ impl SqliteStore {
     /// left.
     fn commit_batches(&self, uid: TenantUid) {
         loop {
-            let jobs = {
+            let (tenant, jobs) = {
                 let Ok(mut queues) = self.inner.write_queues.lock() else {
                     return;
                 };
                 let Some(q) = queues.get_mut(&uid) else {
                     return;
                 };
-                if q.jobs.is_empty() {
+                let Some(tenant) = q.tenant.clone().filter(|_| !q.jobs.is_empty()) else {
                     queues.remove(&uid);
                     return;
-                }
-                std::mem::take(&mut q.jobs)
+                };
+                (tenant, std::mem::take(&mut q.jobs))
             };
-            self.commit_batch(jobs);
+            self.commit_batch(&tenant, uid, jobs);
         }
     }
 
-    fn commit_batch(&self, mut jobs: Vec<(TenantScope, Box<dyn Job>)>) {
+    fn commit_batch(&self, tenant: &TenantId, uid: TenantUid, mut jobs: Vec<Box<dyn Job>>) {
         let commit = (|| -> Result<(), CommitError> {
-            let Some((scope, _)) = jobs.first() else {
-                return Ok(());
-            };
-            let p = self.partition(scope.tenant(), scope.partition())?;
+            let p = self.partition(tenant, uid)?;
             p.with_conn(|conn| {
                 let mut tx =
                     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                for (_, job) in &mut jobs {
+                for job in &mut jobs {
                     job.run(&mut tx);
                 }
                 tx.commit()?;
@@ -202,7 +255,7 @@ impl SqliteStore {
             })?;
             Ok(())
         })();
-        for (_, job) in jobs {
+        for job in jobs {
             job.finish(&commit);
         }
     }

@@ -42,6 +42,7 @@ use serde_json::json;
 use crate::{
     ControlStore, NewApiKeyRecord, NewTenant, Page, StoreError, StoreResult, TenantStore, migrate,
 };
+use commit::Writer;
 use partition::Partition;
 
 const CONTROL_MIGRATIONS: &[&str] = &[
@@ -413,10 +414,18 @@ impl SqliteStore {
             .ok_or(StoreError::NotFound)
     }
 
-    /// Mirrors an operator action into the tenant's own chain.
+    /// Mirrors an operator action into the tenant's own chain, through the
+    /// tenant's write queue like every other write of its partition.
     fn mirror(&self, tenant: &Tenant, event: NewAuditEvent) -> StoreResult<()> {
-        self.partition(&tenant.id, tenant.uid)?
-            .append(bulkhead_auth::scope::OPERATOR_PRINCIPAL, event)?;
+        let id = tenant.id.clone();
+        let writer = Writer::new(
+            tenant.id.clone(),
+            tenant.uid,
+            bulkhead_auth::scope::OPERATOR_PRINCIPAL.to_owned(),
+        );
+        self.partition_write_blocking(writer, move |tx, principal| {
+            partition::append_chain(tx, Some(id), principal, event)
+        })?;
         Ok(())
     }
 }
@@ -825,10 +834,10 @@ impl TenantStore for SqliteStore {
         event: NewAuditEvent,
     ) -> StoreResult<AuditEvent> {
         let tenant = scope.tenant().clone();
-        let uid = scope.partition();
-        let principal = scope.principal().id().to_owned();
-        self.blocking(move |s| s.partition(&tenant, uid)?.append(&principal, event))
-            .await
+        self.tenant_write(scope, move |tx, principal| {
+            partition::append_chain(tx, Some(tenant), principal, event)
+        })
+        .await
     }
 
     async fn append_failure(
@@ -837,10 +846,15 @@ impl TenantStore for SqliteStore {
         event: NewAuditEvent,
     ) -> StoreResult<AuditEvent> {
         let tenant = failure.tenant().clone();
-        let uid = failure.partition();
-        let principal = failure.principal().to_owned();
-        self.blocking(move |s| s.partition(&tenant, uid)?.append(&principal, event))
-            .await
+        let writer = Writer::new(
+            tenant.clone(),
+            failure.partition(),
+            failure.principal().to_owned(),
+        );
+        self.partition_write(writer, move |tx, principal| {
+            partition::append_chain(tx, Some(tenant), principal, event)
+        })
+        .await
     }
 
     async fn audit(&self, scope: &TenantScope, page: Page) -> StoreResult<Vec<AuditEvent>> {

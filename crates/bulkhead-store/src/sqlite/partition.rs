@@ -206,7 +206,6 @@ pub(crate) const DB_FILE: &str = "tenant.db";
 
 /// An open partition.
 pub(crate) struct Partition {
-    tenant: TenantId,
     conn: Mutex<Connection>,
 }
 
@@ -241,7 +240,6 @@ impl Partition {
             params![tenant.as_str(), uid.to_string()],
         )?;
         Ok(Self {
-            tenant: tenant.clone(),
             conn: Mutex::new(conn),
         })
     }
@@ -265,7 +263,6 @@ impl Partition {
             .optional()?;
         match owner {
             Some((t, u)) if t == tenant.as_str() && u == uid.to_string() => Ok(Self {
-                tenant: tenant.clone(),
                 conn: Mutex::new(conn),
             }),
             _ => Err(StoreError::Internal(format!(
@@ -284,24 +281,10 @@ impl Partition {
         f(&mut conn)
     }
 
-    /// The tenant this partition belongs to.
-    pub(crate) fn tenant(&self) -> &TenantId {
-        &self.tenant
-    }
-
     fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Connection>> {
         self.conn
             .lock()
             .map_err(|_| StoreError::Internal("partition lock poisoned".into()))
-    }
-
-    /// Appends an event to this tenant's chain.
-    pub(crate) fn append(&self, principal: &str, event: NewAuditEvent) -> StoreResult<AuditEvent> {
-        let mut conn = self.lock()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let sealed = append_chain(&tx, Some(self.tenant.clone()), principal, event)?;
-        tx.commit()?;
-        Ok(sealed)
     }
 
     /// A page of this tenant's chain.

@@ -19,6 +19,7 @@ use bulkhead_vault::store::{
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::SqliteStore;
+use super::commit::Writer;
 use super::partition;
 use crate::StoreError;
 
@@ -200,7 +201,7 @@ impl Table {
 }
 
 fn put(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     table: Table,
     c: &StoredCredential,
     expected: Option<u64>,
@@ -232,31 +233,36 @@ fn put(
 }
 
 impl SqliteStore {
-    /// Runs `f` in a transaction on the owner's credential database (the
-    /// tenant's partition or the control database) with its audit chain.
+    /// Runs `f` in a transaction on the owner's credential database with
+    /// its audit chain: for a tenant through its partition's write queue
+    /// (group-committed with the tenant's other writes), for the platform
+    /// on the control database.
     fn owner_tx<T: Send + 'static>(
         &self,
         owner: &Owner,
-        f: impl FnOnce(&Transaction<'_>, Table, Option<TenantId>, &str) -> Result<T, StoreError>,
+        f: impl FnOnce(&Connection, Table, Option<TenantId>, &str) -> Result<T, StoreError>
+        + Send
+        + 'static,
     ) -> Result<T, StoreError> {
-        let run = |conn: &mut Connection, table, tenant, principal: &str| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let out = f(&tx, table, tenant, principal)?;
-            tx.commit()?;
-            Ok(out)
-        };
         match owner {
             Owner::Tenant {
                 tenant,
                 uid,
                 principal,
             } => {
-                let p = self.partition(tenant, *uid)?;
-                p.with_conn(|conn| run(conn, Table::Tenant, Some(p.tenant().clone()), principal))
+                let id = tenant.clone();
+                let writer = Writer::new(tenant.clone(), *uid, principal.clone());
+                self.partition_write_blocking(writer, move |tx, principal| {
+                    f(tx, Table::Tenant, Some(id), principal)
+                })
             }
             Owner::Platform { principal } => {
                 let mut conn = self.control()?;
-                run(&mut conn, Table::Platform, None, principal)
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let out = f(&tx, Table::Platform, None, principal)?;
+                tx.commit()?;
+                Ok(out)
             }
         }
     }
@@ -297,7 +303,7 @@ impl SqliteStore {
             tx.commit()?;
         }
         if let Owner::Tenant { .. } = owner {
-            self.owner_tx(owner, |tx, _, tenant, principal| {
+            self.owner_tx(owner, move |tx, _, tenant, principal| {
                 partition::append_chain(tx, tenant, principal, event)?;
                 Ok(())
             })?;
@@ -498,7 +504,7 @@ impl VaultStore for SqliteStore {
         let owner = Owner::of(scope);
         let credential = credential.clone();
         self.blocking(move |s| {
-            s.owner_tx(&owner, |tx, table, tenant, principal| {
+            s.owner_tx(&owner, move |tx, table, tenant, principal| {
                 if !put(tx, table, &credential, expected_version)? {
                     return Ok(false);
                 }
@@ -519,7 +525,7 @@ impl VaultStore for SqliteStore {
         let owner = Owner::of(scope);
         let connection = connection.clone();
         self.blocking(move |s| {
-            s.owner_tx(&owner, |tx, table, tenant, principal| {
+            s.owner_tx(&owner, move |tx, table, tenant, principal| {
                 if tx.execute(table.delete(), params![connection.as_str()])? == 0 {
                     return Ok(false);
                 }
@@ -558,7 +564,7 @@ impl VaultStore for SqliteStore {
         }
         let owner = Owner::of(scope);
         self.blocking(move |s| {
-            s.owner_tx(&owner, |tx, table, tenant, principal| {
+            s.owner_tx(&owner, move |tx, table, tenant, principal| {
                 tx.execute(table.touch(), params![connection.as_str(), at.to_string()])?;
                 partition::append_chain(tx, tenant, principal, event)?;
                 Ok(())
