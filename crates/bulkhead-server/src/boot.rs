@@ -235,6 +235,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
             request_timeout_s: config.server.request_timeout_s,
             max_body_bytes: config.server.max_body_bytes,
             default_region: config.server.default_region.clone(),
+            regions: bulkhead_core::config::regions::known(config),
             metrics_token: config
                 .server
                 .metrics_token

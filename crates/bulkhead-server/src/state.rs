@@ -19,6 +19,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Region of tenants created without one.
     pub default_region: Region,
+    /// The regions a tenant may be placed in (`[[regions]]`, or derived
+    /// from the providers; `None`: no providers, any region).
+    pub regions: Option<std::collections::BTreeSet<Region>>,
     /// When set, `GET /metrics` requires this bearer token.
     pub metrics_token: Option<TokenDigest>,
     /// Whether approval webhooks can be signed (`[approvals] signing_key`).

@@ -30,6 +30,7 @@ mod operator;
 mod policies;
 mod providers;
 mod quotas;
+pub mod regions;
 mod secret;
 mod server;
 #[cfg(test)]
@@ -55,6 +56,7 @@ pub use providers::{
     ProviderConfig, ProviderCredential, ProviderKind,
 };
 pub use quotas::{AlertsConfig, QuotaValues, QuotasConfig};
+pub use regions::RegionConfig;
 pub use secret::ConfigSecret;
 pub use server::ServerConfig;
 pub use tools::{
@@ -75,6 +77,9 @@ pub struct Config {
     /// `[auth]`
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `[[regions]]` (empty: derived, see [`regions::known`])
+    #[serde(default)]
+    pub regions: Vec<RegionConfig>,
     /// `[[providers]]`
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
@@ -179,6 +184,8 @@ fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result
     approvals::validate(&mut config.approvals, env, &mut errors);
     quotas::validate(&mut config.quotas, env, &mut errors);
     egress::validate(&mut config.egress, &mut errors);
+    // Last: it spans the sections above (the default, providers, tools).
+    regions::validate(config, &mut errors);
     if errors.0.is_empty() {
         Ok(())
     } else {
@@ -461,6 +468,7 @@ tools = ["slack-us", "ghost"]
                 "auth.jwt[0].secret: environment variable MISSING is not set",
                 "agents[0].tools[0]: tool \"slack-us\" is in region \"us\" but the agent's model \"m\" is in region \"eu\"",
                 "agents[0].tools[1]: unknown tool \"ghost\"",
+                "tools[0].region: \"us\" is not one of this deployment's regions (eu, local)",
             ],
         );
     }

@@ -94,6 +94,13 @@ pub struct TenantList {
     pub tenants: Vec<TenantBody>,
 }
 
+/// Refuses a region this deployment does not serve (`[[regions]]`, or the
+/// providers' regions): a tenant there could reach nothing.
+fn served_region(state: &AppState, region: &bulkhead_core::Region) -> Result<(), ApiError> {
+    bulkhead_core::config::regions::check(state.settings.regions.as_ref(), region)
+        .map_err(|e| ApiError::Validation(format!("region: {e}")))
+}
+
 /// Refuses an isolation mode this build cannot provide. There are no
 /// dedicated worker processes yet: accepting `dedicated` would store a
 /// promise while the tenant runs in the shared process like any other.
@@ -127,6 +134,10 @@ pub async fn create_tenant(
     let name = body.name.unwrap_or_else(|| body.id.to_string());
     validate_tenant_name(&name).map_err(|m| ApiError::Validation(m.into()))?;
     supported_isolation(body.isolation)?;
+    let region = body
+        .region
+        .unwrap_or_else(|| state.settings.default_region.clone());
+    served_region(&state, &region)?;
     let tenant = state
         .control
         .create_tenant(
@@ -134,9 +145,7 @@ pub async fn create_tenant(
             NewTenant {
                 id: body.id,
                 name,
-                region: body
-                    .region
-                    .unwrap_or_else(|| state.settings.default_region.clone()),
+                region,
                 isolation: body.isolation.unwrap_or(Isolation::Shared),
             },
         )
@@ -265,6 +274,9 @@ pub async fn update_tenant(
         validate_tenant_name(name).map_err(|m| ApiError::Validation(m.into()))?;
     }
     supported_isolation(body.isolation)?;
+    if let Some(region) = &body.region {
+        served_region(&state, region)?;
+    }
     let quotas = match body.quotas {
         Some(q) => {
             let current = state.control.get_tenant(&op, &id).await?;

@@ -288,3 +288,60 @@ async fn deeply_nested_json_and_filters_are_refused_not_recursed_into() {
         r.body
     );
 }
+
+#[tokio::test]
+async fn a_tenant_is_placed_only_in_a_region_the_deployment_serves() {
+    let providers = r#"
+[[regions]]
+name = "eu"
+[[regions]]
+name = "us"
+[[providers]]
+name = "p-eu"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+region = "eu"
+"#;
+    let app = TestApp::with_config("default_region = \"eu\"", providers).await;
+    let events = operator_events(&app).await;
+    for region in ["mars", "usa"] {
+        let r = app
+            .call(
+                "POST",
+                "/admin/v1/tenants",
+                Some(OPERATOR_TOKEN),
+                Some(json!({"id": "acme", "region": region})),
+            )
+            .await;
+        r.assert_problem(400, "validation_failed");
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(&format!(
+                "region: \"{region}\" is not one of this deployment's regions (eu, us)"
+            )),
+            "{detail}"
+        );
+    }
+    assert_eq!(
+        operator_events(&app).await,
+        events,
+        "a refusal wrote nothing"
+    );
+    // A declared region without a provider yet is served: a tenant may
+    // wait there for its models.
+    app.create_tenant("globex", "us").await;
+    let created = app.create_tenant("acme", "eu").await;
+    let r = app
+        .call(
+            "PATCH",
+            "/admin/v1/tenants/acme",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"region": "mars"})),
+        )
+        .await;
+    r.assert_problem(400, "validation_failed");
+    let now = app
+        .call("GET", "/admin/v1/tenants/acme", Some(OPERATOR_TOKEN), None)
+        .await;
+    assert_eq!(now.body, created);
+}
