@@ -25,7 +25,7 @@ use bulkhead_core::Timestamp;
 use bulkhead_core::config::QuotaValues;
 use bulkhead_core::money::Usd;
 
-use crate::backend::{LimitBackend, LimitError, Reserved};
+use crate::backend::{LimitBackend, LimitError, Reserved, now_ms};
 
 /// Length of a rate window, and how long its counter is kept.
 const WINDOW_MS: u64 = 60_000;
@@ -146,13 +146,6 @@ pub struct Limiter {
     reservation_ttl_ms: u64,
     thresholds: Vec<u32>,
     alerts: Option<Arc<dyn BudgetAlerts>>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn nanos(usd: Usd) -> u64 {

@@ -170,6 +170,10 @@ impl Runtime {
         self.flush(ctx, tx).await?;
         // Independent calls run concurrently.
         let outputs = futures_util::future::join_all(planned.iter().map(|p| async {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "a tool call's duration (its ledger row) is elapsed time on the monotonic clock"
+            )]
             let started = Instant::now();
             let out = self.execute_tool(&ctx.agent, &ctx.scope, p).await;
             (out, started.elapsed())
