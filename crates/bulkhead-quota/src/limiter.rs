@@ -70,14 +70,20 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The entry of the code table this refusal answers with.
+    pub fn error_code(&self) -> bulkhead_core::codes::ErrorCode {
+        use bulkhead_core::codes;
+        match self {
+            Refusal::RateLimited { .. } => codes::RATE_LIMITED,
+            Refusal::ConcurrencyLimited { .. } => codes::CONCURRENCY_LIMITED,
+            Refusal::BudgetExceeded { .. } => codes::BUDGET_EXCEEDED,
+            Refusal::Unavailable(_) => codes::LIMITS_UNAVAILABLE,
+        }
+    }
+
     /// The stable problem code.
     pub fn code(&self) -> &'static str {
-        match self {
-            Refusal::RateLimited { .. } => bulkhead_core::codes::RATE_LIMITED.code,
-            Refusal::ConcurrencyLimited { .. } => bulkhead_core::codes::CONCURRENCY_LIMITED.code,
-            Refusal::BudgetExceeded { .. } => bulkhead_core::codes::BUDGET_EXCEEDED.code,
-            Refusal::Unavailable(_) => bulkhead_core::codes::LIMITS_UNAVAILABLE.code,
-        }
+        self.error_code().code
     }
 
     /// The `Retry-After` value, in seconds.
