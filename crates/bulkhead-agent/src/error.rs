@@ -1,4 +1,7 @@
-//! Errors of the agent runtime, each with a stable code.
+//! Errors of the agent runtime, each with a stable code from the table
+//! (`bulkhead_core::codes`).
+
+use bulkhead_core::codes::{self, ErrorCode};
 
 use crate::store::AgentStoreError;
 
@@ -52,21 +55,26 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// The entry of the code table this error answers with.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            AgentError::UnknownAgent(_) | AgentError::NotFound => codes::NOT_FOUND,
+            AgentError::Disabled(_) => codes::AGENT_DISABLED,
+            AgentError::Residency(_) => codes::RESIDENCY_VIOLATION,
+            AgentError::Invalid(_) => codes::VALIDATION_FAILED,
+            AgentError::Finished => codes::RUN_FINISHED,
+            AgentError::Prompt(_) => codes::PROMPT_ERROR,
+            AgentError::Store(_) | AgentError::Config(_) => codes::INTERNAL,
+            AgentError::Limited(r) => r.error_code(),
+            AgentError::Decided(_) => codes::APPROVAL_DECIDED,
+            AgentError::Mismatch(_) => codes::APPROVAL_MISMATCH,
+            AgentError::ThreadPaused => codes::THREAD_PAUSED,
+            AgentError::InProgress => codes::RUN_IN_PROGRESS,
+        }
+    }
+
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
-        match self {
-            AgentError::UnknownAgent(_) | AgentError::NotFound => "not_found",
-            AgentError::Disabled(_) => "agent_disabled",
-            AgentError::Residency(_) => "residency_violation",
-            AgentError::Invalid(_) => "validation_failed",
-            AgentError::Finished => "run_finished",
-            AgentError::Prompt(_) => "prompt_error",
-            AgentError::Store(_) | AgentError::Config(_) => "internal",
-            AgentError::Limited(r) => r.code(),
-            AgentError::Decided(_) => "approval_decided",
-            AgentError::Mismatch(_) => "approval_mismatch",
-            AgentError::ThreadPaused => "thread_paused",
-            AgentError::InProgress => "run_in_progress",
-        }
+        self.error_code().code
     }
 }

@@ -439,6 +439,10 @@ impl Prompts {
         for (i, a) in agents.iter().enumerate() {
             let source = match (&a.prompt, &a.prompt_file) {
                 (Some(text), _) => text.clone(),
+                #[expect(
+                    clippy::disallowed_methods,
+                    reason = "an operator's template file in server.prompts_dir, read once at boot (as the template loader reads its includes)"
+                )]
                 (None, Some(file)) => {
                     let path = dir.join(file);
                     std::fs::read_to_string(&path).map_err(|e| {
@@ -552,6 +556,10 @@ mod tests {
     }
 
     /// A prompts directory of its own for one test.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the test writes the template files Prompts::new reads"
+    )]
     fn prompts_dir(files: &[(&str, &str)]) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "bulkhead-prompts-{}-{}",
@@ -602,6 +610,10 @@ mod tests {
         assert!(e.contains("\"missing.j2\", which cannot be loaded"), "{e}");
         // An include named by an expression is left to render time.
         compile("{% include vars.page | default('ok.j2') ignore missing %}").unwrap();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the test removes the directory prompts_dir made"
+        )]
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -175,6 +175,10 @@ impl RemoteJwks {
         let Ok(mut last) = self.last_refetch.lock() else {
             return false;
         };
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the refetch rate limit measures elapsed time; the monotonic clock cannot jump"
+        )]
         let now = Instant::now();
         match *last {
             Some(at) if now.duration_since(at) < self.refetch_interval => false,

@@ -13,6 +13,10 @@ pub struct Timestamp(OffsetDateTime);
 
 impl Timestamp {
     /// The current time.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the one sanctioned wall clock of the domain crates: every timestamp is read here"
+    )]
     pub fn now() -> Self {
         Self::from_datetime(OffsetDateTime::now_utc())
     }

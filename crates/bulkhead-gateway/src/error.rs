@@ -61,7 +61,6 @@ pub enum GatewayError {
 impl GatewayError {
     /// The entry of the code table this error answers with.
     pub fn error_code(&self) -> ErrorCode {
-        use bulkhead_quota::Refusal;
         match self {
             GatewayError::ModelNotFound(_) => codes::MODEL_NOT_FOUND,
             GatewayError::Residency { .. } => codes::RESIDENCY_VIOLATION,
@@ -75,10 +74,7 @@ impl GatewayError {
             GatewayError::UpstreamTooLarge(_) => codes::UPSTREAM_TOO_LARGE,
             GatewayError::Internal(_) => codes::INTERNAL,
             GatewayError::CrossTenantLeak => codes::CROSS_TENANT_LEAK,
-            GatewayError::Limited(Refusal::RateLimited { .. }) => codes::RATE_LIMITED,
-            GatewayError::Limited(Refusal::ConcurrencyLimited { .. }) => codes::CONCURRENCY_LIMITED,
-            GatewayError::Limited(Refusal::BudgetExceeded { .. }) => codes::BUDGET_EXCEEDED,
-            GatewayError::Limited(Refusal::Unavailable(_)) => codes::LIMITS_UNAVAILABLE,
+            GatewayError::Limited(r) => r.error_code(),
         }
     }
 

@@ -127,6 +127,10 @@ impl Upstream {
         // reqwest is built without a default TLS provider; ring is the
         // workspace's. A second install is a no-op.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the gateway's one pooled provider client: provider URLs are the operator's catalog, not tenant-aimed, so they bypass the egress guard (docs/ARCHITECTURE.md)"
+        )]
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))

@@ -164,6 +164,10 @@ impl Policies {
         // rather than fall back to the platform's permits.
         let compiled = self.engine.compile(text.as_deref().unwrap_or(""))?;
         if let Ok(mut cache) = self.cache.lock() {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the cache's TTL measures elapsed time on the monotonic clock"
+            )]
             cache.insert(scope.partition(), (compiled.clone(), Instant::now()));
         }
         Ok(compiled)
@@ -207,6 +211,10 @@ impl Policies {
         if let Ok(mut cache) = self.cache.lock() {
             match &result {
                 Ok(()) => {
+                    #[expect(
+                        clippy::disallowed_methods,
+                        reason = "the cache's TTL measures elapsed time on the monotonic clock"
+                    )]
                     cache.insert(scope.partition(), (compiled, Instant::now()));
                 }
                 // A failed write may still have committed: read it again.

@@ -135,11 +135,10 @@ pub struct MemoryBackend {
     state: Mutex<State>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Milliseconds since the Unix epoch, from the domain crates' one wall
+/// clock (`Timestamp::now`); a clock before the epoch reads as 0.
+pub(crate) fn now_ms() -> u64 {
+    u64::try_from(bulkhead_core::Timestamp::now().unix_micros() / 1000).unwrap_or(0)
 }
 
 impl MemoryBackend {

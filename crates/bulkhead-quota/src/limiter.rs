@@ -25,7 +25,7 @@ use bulkhead_core::Timestamp;
 use bulkhead_core::config::QuotaValues;
 use bulkhead_core::money::Usd;
 
-use crate::backend::{LimitBackend, LimitError, Reserved};
+use crate::backend::{LimitBackend, LimitError, Reserved, now_ms};
 
 /// Length of a rate window, and how long its counter is kept.
 const WINDOW_MS: u64 = 60_000;
@@ -70,14 +70,20 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The entry of the code table this refusal answers with.
+    pub fn error_code(&self) -> bulkhead_core::codes::ErrorCode {
+        use bulkhead_core::codes;
+        match self {
+            Refusal::RateLimited { .. } => codes::RATE_LIMITED,
+            Refusal::ConcurrencyLimited { .. } => codes::CONCURRENCY_LIMITED,
+            Refusal::BudgetExceeded { .. } => codes::BUDGET_EXCEEDED,
+            Refusal::Unavailable(_) => codes::LIMITS_UNAVAILABLE,
+        }
+    }
+
     /// The stable problem code.
     pub fn code(&self) -> &'static str {
-        match self {
-            Refusal::RateLimited { .. } => bulkhead_core::codes::RATE_LIMITED.code,
-            Refusal::ConcurrencyLimited { .. } => bulkhead_core::codes::CONCURRENCY_LIMITED.code,
-            Refusal::BudgetExceeded { .. } => bulkhead_core::codes::BUDGET_EXCEEDED.code,
-            Refusal::Unavailable(_) => bulkhead_core::codes::LIMITS_UNAVAILABLE.code,
-        }
+        self.error_code().code
     }
 
     /// The `Retry-After` value, in seconds.
@@ -146,13 +152,6 @@ pub struct Limiter {
     reservation_ttl_ms: u64,
     thresholds: Vec<u32>,
     alerts: Option<Arc<dyn BudgetAlerts>>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn nanos(usd: Usd) -> u64 {

@@ -631,6 +631,35 @@ mod tests {
         }
     }
 
+    /// The server answers an agent error with the code the agent runtime
+    /// gives it (which a run's records and the agent's own tests use).
+    #[test]
+    fn agent_errors_keep_their_code_on_the_wire() {
+        use bulkhead_agent::{AgentError, AgentStoreError, ApprovalStatus};
+        let s = || "x".to_owned();
+        let all = [
+            AgentError::UnknownAgent(s()),
+            AgentError::NotFound,
+            AgentError::Disabled(s()),
+            AgentError::Residency(s()),
+            AgentError::Invalid(s()),
+            AgentError::Finished,
+            AgentError::Prompt(s()),
+            AgentError::Store(AgentStoreError(s().into())),
+            AgentError::Config(s()),
+            AgentError::Limited(Refusal::ConcurrencyLimited { limit: 1 }),
+            AgentError::Decided(ApprovalStatus::Denied),
+            AgentError::Mismatch(s()),
+            AgentError::ThreadPaused,
+            AgentError::InProgress,
+        ];
+        for e in all {
+            let code = e.error_code();
+            let api = ApiError::from(e);
+            assert_eq!(api.error_code(), code, "{api:?}");
+        }
+    }
+
     #[tokio::test]
     async fn the_problem_body_takes_type_and_title_from_the_table() {
         let res = ApiError::RunFinished.into_response();

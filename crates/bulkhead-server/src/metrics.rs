@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bulkhead_core::codes;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -36,10 +37,10 @@ pub const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", 
 
 /// Limit refusal codes counted by name (`bulkhead_quota::Refusal::code`).
 const LIMIT_CODES: &[&str] = &[
-    "rate_limited",
-    "concurrency_limited",
-    "budget_exceeded",
-    "limits_unavailable",
+    codes::RATE_LIMITED.code,
+    codes::CONCURRENCY_LIMITED.code,
+    codes::BUDGET_EXCEEDED.code,
+    codes::LIMITS_UNAVAILABLE.code,
 ];
 
 /// Internal authentication failure reasons, counted by name only behind

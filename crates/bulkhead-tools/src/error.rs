@@ -63,21 +63,27 @@ pub enum ToolError {
 }
 
 impl ToolError {
+    /// The entry of the code table this error answers with, one per
+    /// variant.
+    pub fn error_code(&self) -> codes::ErrorCode {
+        match self {
+            ToolError::Config(_) => codes::TOOL_CONFIG,
+            ToolError::InvalidArguments(_) => codes::INVALID_ARGUMENTS,
+            ToolError::HostNotAllowed { .. } => codes::HOST_NOT_ALLOWED,
+            ToolError::EgressRefused(_) => codes::EGRESS_REFUSED,
+            ToolError::MissingCredential => codes::MISSING_CREDENTIAL,
+            ToolError::Upstream { .. } => codes::UPSTREAM,
+            ToolError::ResponseTooLarge { .. } => codes::RESPONSE_TOO_LARGE,
+            ToolError::Timeout { .. } => codes::TIMEOUT,
+            ToolError::Request(_) => codes::REQUEST,
+        }
+    }
+
     /// A stable snake_case code, one per variant, for callers to branch on
     /// and to put in audit events and API errors: its `bulkhead_core::codes`
     /// entry's.
     pub fn code(&self) -> &'static str {
-        match self {
-            ToolError::Config(_) => codes::TOOL_CONFIG.code,
-            ToolError::InvalidArguments(_) => codes::INVALID_ARGUMENTS.code,
-            ToolError::HostNotAllowed { .. } => codes::HOST_NOT_ALLOWED.code,
-            ToolError::EgressRefused(_) => codes::EGRESS_REFUSED.code,
-            ToolError::MissingCredential => codes::MISSING_CREDENTIAL.code,
-            ToolError::Upstream { .. } => codes::UPSTREAM.code,
-            ToolError::ResponseTooLarge { .. } => codes::RESPONSE_TOO_LARGE.code,
-            ToolError::Timeout { .. } => codes::TIMEOUT.code,
-            ToolError::Request(_) => codes::REQUEST.code,
-        }
+        self.error_code().code
     }
 
     /// The same error with every `secrets` value replaced in its text.

@@ -171,6 +171,10 @@ impl Vault {
             .map(|(k, _)| k.clone())
     }
 
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the data-key cache's TTL measures elapsed time on the monotonic clock"
+    )]
     fn remember(&self, key: CacheKey, dek: &DataKey) {
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(key, (dek.clone(), Instant::now()));

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
+use bulkhead_core::codes;
 use bulkhead_core::{ApprovalId, RequestId, RunId, TenantUid, ThreadId, Timestamp};
 use serde_json::{Value, json};
 
@@ -565,7 +566,7 @@ impl AgentStore for MemoryAgentStore {
                 row.record.status = RunStatus::Failed;
                 row.record.finished_at = Some(now);
                 row.record.error = Some(RunFailure {
-                    code: "interrupted".into(),
+                    code: codes::INTERRUPTED.code.into(),
                     message: INTERRUPTED.into(),
                 });
                 row.error_message = Some(INTERRUPTED.into());
@@ -582,7 +583,7 @@ impl AgentStore for MemoryAgentStore {
                     Step {
                         seq,
                         kind: "error".into(),
-                        data: json!({"code": "interrupted", "message": INTERRUPTED}),
+                        data: json!({"code": codes::INTERRUPTED.code, "message": INTERRUPTED}),
                         time: now,
                     },
                 ));

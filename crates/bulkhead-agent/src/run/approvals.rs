@@ -17,12 +17,12 @@ use bulkhead_core::{ApprovalId, Principal, PrincipalKind, RunId, Timestamp};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Planned, Refused, RunCtx, Runtime, Target, failure, failure_named, plan};
+use super::{Planned, Refused, RunCtx, Runtime, Target, failure, plan};
 use crate::approval::{self, Approval, ApprovalStatus, MAX_COMMENT_CHARS, Settled, Verdict};
 use crate::error::AgentError;
 use crate::event::RunEvent;
 use crate::store::{RunFailure, RunRecord, RunStatus};
-use bulkhead_core::codes;
+use bulkhead_core::codes::{self, ErrorCode};
 use bulkhead_vault::credential::ConnectionName;
 
 /// Requests listed at most per call.
@@ -254,7 +254,7 @@ impl Runtime {
         )
         .with_run(run.agent.clone(), run.id.to_string())
         .with_details(json!({
-            "agent": run.agent, "status": run.status.as_str(), "error": "cancelled",
+            "agent": run.agent, "status": run.status.as_str(), "error": codes::CANCELLED.code,
             "input_tokens": run.input_tokens, "output_tokens": run.output_tokens,
         }));
         if !self.store.cancel_paused(scope, &run, event).await? {
@@ -369,7 +369,8 @@ impl Runtime {
                 .iter()
                 .filter(|s| {
                     matches!(s.kind.as_str(), "tool_call" | "approval_requested")
-                        || (s.kind == "tool_refused" && s.data["code"] != "tool_call_limit")
+                        || (s.kind == "tool_refused"
+                            && s.data["code"] != codes::TOOL_CALL_LIMIT.code)
                 })
                 .count(),
             steps,
@@ -421,7 +422,7 @@ impl Runtime {
         let mut planned = Vec::new();
         let mut end: Option<RunFailure> = None;
         for a in &decided {
-            let refusal = |code: &'static str, message: String| Refused {
+            let refusal = |code: &'static ErrorCode, message: String| Refused {
                 id: a.tool_call_id.clone(),
                 name: a.tool.clone(),
                 code,
@@ -437,11 +438,11 @@ impl Runtime {
                 .unwrap_or_default();
             let checked = match a.status {
                 ApprovalStatus::Approved => self.recheck(ctx, a, &policies),
-                ApprovalStatus::Denied => Err(("approval_denied", format!(
+                ApprovalStatus::Denied => Err((&codes::APPROVAL_DENIED, format!(
                     "{who} denied this call{note}; it was not made and the run ends"
                 ))),
                 ApprovalStatus::Expired | ApprovalStatus::Pending => Err((
-                    "approval_expired",
+                    &codes::APPROVAL_EXPIRED,
                     "nobody approved this call in time (or the run was cancelled); it was not made and the run ends".to_owned(),
                 )),
             };
@@ -449,7 +450,7 @@ impl Runtime {
                 Ok(p) => planned.push(p),
                 Err((code, message)) => {
                     if end.is_none() {
-                        end = Some(failure_named(code, message.clone()));
+                        end = Some(failure(*code, message.clone()));
                     }
                     let r = refusal(code, message);
                     self.stage_refusal(ctx, r);
@@ -469,10 +470,10 @@ impl Runtime {
         ctx: &RunCtx,
         a: &Approval,
         policies: &Result<bulkhead_policy::TenantPolicies, String>,
-    ) -> Result<Planned<'a>, (&'static str, String)> {
+    ) -> Result<Planned<'a>, (&'static ErrorCode, String)> {
         if approval::arguments_hash(&a.arguments) != a.arguments_hash {
             return Err((
-                "approval_mismatch",
+                &codes::APPROVAL_MISMATCH,
                 "the stored arguments no longer match the approved hash; the call was not made"
                     .to_owned(),
             ));
@@ -485,7 +486,7 @@ impl Runtime {
             .flatten()
             .ok_or_else(|| {
                 (
-                    "unknown_tool",
+                    &codes::UNKNOWN_TOOL,
                     format!("this agent no longer has a tool named {:?}", a.tool),
                 )
             })?;
@@ -496,7 +497,7 @@ impl Runtime {
             .transpose()
             .map_err(|_| {
                 (
-                    "missing_credential",
+                    &codes::MISSING_CREDENTIAL,
                     "the connection name is invalid".to_owned(),
                 )
             })?;

@@ -131,7 +131,7 @@ impl Runtime {
                         self.stage(
                             ctx,
                             "error",
-                            json!({"code": "context_limit", "message": message}),
+                            json!({"code": codes::CONTEXT_LIMIT.code, "message": message}),
                             None,
                             None,
                             None,
@@ -154,7 +154,7 @@ impl Runtime {
                     self.stage(
                         ctx,
                         "error",
-                        json!({"code": "foreign_fragment"}),
+                        json!({"code": codes::FOREIGN_FRAGMENT.code}),
                         None,
                         Some(event),
                         None,

@@ -376,10 +376,14 @@ impl Runtime {
                 record.error = Some(failure(codes::INTERNAL, "the run could not pause"));
             }
             Err(f) => {
-                record.status = if matches!(
-                    f.code.as_str(),
-                    "cancelled" | "tenant_suspended" | "tenant_deleted"
-                ) {
+                // Stopped from outside (a cancel, the tenant's suspension
+                // or deletion) rather than failed.
+                let stopped = [
+                    codes::CANCELLED,
+                    codes::TENANT_SUSPENDED,
+                    codes::TENANT_DELETED,
+                ];
+                record.status = if stopped.iter().any(|c| c.code == f.code) {
                     RunStatus::Cancelled
                 } else {
                     RunStatus::Failed

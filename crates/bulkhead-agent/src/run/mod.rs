@@ -210,18 +210,6 @@ fn failure(code: bulkhead_core::codes::ErrorCode, message: impl Into<String>) ->
     }
 }
 
-/// [`failure`] for a code another layer names by its string (a refusal
-/// planned for a paused call). Every such code is in the table; were one
-/// not, debug builds (the tests) panic and a release run ends `internal`.
-fn failure_named(code: &str, message: impl Into<String>) -> RunFailure {
-    let entry = bulkhead_core::codes::ErrorCode::find(code);
-    debug_assert!(entry.is_some(), "{code} is not in bulkhead_core::codes");
-    failure(
-        entry.copied().unwrap_or(bulkhead_core::codes::INTERNAL),
-        message,
-    )
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     bulkhead_core::audit::hex(&Sha256::digest(bytes))
 }

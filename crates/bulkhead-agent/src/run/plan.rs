@@ -5,6 +5,7 @@
 //! rule can be tested without a store, a vault or a model.
 
 use bulkhead_auth::TenantScope;
+use bulkhead_core::codes::{self, ErrorCode};
 use bulkhead_core::{ApprovalId, Principal};
 use bulkhead_policy::{PolicyEngine, TenantPolicies};
 use bulkhead_tools::{Tool, ToolBox};
@@ -41,7 +42,9 @@ pub(super) enum Target<'t> {
 pub(super) struct Refused {
     pub(super) id: String,
     pub(super) name: String,
-    pub(super) code: &'static str,
+    /// Its code, from the table: the model sees it as the tool result's
+    /// `error`, the step and the audit event as `code`.
+    pub(super) code: &'static ErrorCode,
     pub(super) message: String,
     /// The approval request it answers, if any.
     pub(super) approval: Option<ApprovalId>,
@@ -114,7 +117,7 @@ pub(super) fn limit_round(agent: &Agent, so_far: usize, mut calls: Vec<Value>) -
                 .and_then(Value::as_str)
                 .unwrap_or(""),
         ),
-        code: "tool_call_limit",
+        code: &codes::TOOL_CALL_LIMIT,
         message: format!(
             "this answer asked for {requested} tool calls; the agent makes at most {} per answer and {} per run ({so_far} so far), so the last {} were not made",
             agent.max_tool_calls_per_round,
@@ -165,7 +168,7 @@ pub(super) fn plan<'t>(
     };
     if tool.is_none() && !builtin {
         return Err(refuse(
-            "unknown_tool",
+            &codes::UNKNOWN_TOOL,
             format!("this agent has no tool named {:?}", shown(&name)),
         ));
     }
@@ -174,7 +177,7 @@ pub(super) fn plan<'t>(
             Ok(v) => v,
             Err(_) => {
                 return Err(refuse(
-                    "invalid_arguments",
+                    &codes::INVALID_ARGUMENTS,
                     "the arguments are not valid JSON".into(),
                 ));
             }
@@ -182,7 +185,7 @@ pub(super) fn plan<'t>(
         Some(v @ Value::Object(_)) => v.clone(),
         _ => {
             return Err(refuse(
-                "invalid_arguments",
+                &codes::INVALID_ARGUMENTS,
                 "the call has no arguments object".into(),
             ));
         }
@@ -191,7 +194,7 @@ pub(super) fn plan<'t>(
         let schema = search_tool_definition(&agent.knowledge);
         if let Err(e) = bulkhead_tools::schema::validate(&schema["function"]["parameters"], &args) {
             return Err(refuse(
-                "invalid_arguments",
+                &codes::INVALID_ARGUMENTS,
                 format!("invalid arguments: {e}"),
             ));
         }
@@ -208,12 +211,12 @@ pub(super) fn plan<'t>(
         });
     };
     if let Err(e) = tool.validate(&args) {
-        return Err(refuse("invalid_arguments", e.to_string()));
+        return Err(refuse(&codes::INVALID_ARGUMENTS, e.to_string()));
     }
     let region = rules.scope.region();
     if &tool.region != region {
         return Err(refuse(
-            "residency_violation",
+            &codes::RESIDENCY_VIOLATION,
             format!(
                 "the tool {name:?} is in region {:?}; this tenant's data stays in {:?}",
                 tool.region.as_str(),
@@ -229,7 +232,7 @@ pub(super) fn plan<'t>(
     {
         Some(c) => Some(ConnectionName::parse(c).map_err(|_| {
             refuse(
-                "missing_credential",
+                &codes::MISSING_CREDENTIAL,
                 format!("the connection name {c:?} is invalid"),
             )
         })?),
@@ -269,11 +272,11 @@ pub(super) fn check_policy(
     kind: &str,
     connection: Option<&ConnectionName>,
     args: &Value,
-) -> Result<bool, (&'static str, String)> {
+) -> Result<bool, (&'static ErrorCode, String)> {
     let compiled = rules.policies.as_ref().map_err(|e| {
         tracing::error!(error = %e, "could not load the tenant's policies");
         (
-            "internal",
+            &codes::INTERNAL,
             "the organisation's policies could not be read".to_owned(),
         )
     })?;
@@ -292,7 +295,7 @@ pub(super) fn check_policy(
         &resource,
     ) {
         Ok(d) if !d.allowed => Err((
-            "policy_denied",
+            &codes::POLICY_DENIED,
             format!(
                 "the organisation's policies do not allow this call (decided by: {})",
                 if d.policies.is_empty() {
@@ -305,7 +308,7 @@ pub(super) fn check_policy(
         Ok(d) => Ok(d.approval),
         Err(e) => {
             tracing::error!(error = %e, "tool-call policy decision failed");
-            Err(("internal", "the policy decision failed".to_owned()))
+            Err((&codes::INTERNAL, "the policy decision failed".to_owned()))
         }
     }
 }

@@ -41,6 +41,10 @@ impl Runtime {
             .await?
             .unwrap_or_default();
         if let Ok(mut cache) = self.settings_cache.lock() {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the settings cache's TTL measures elapsed time on the monotonic clock"
+            )]
             cache.insert(key, (settings.clone(), Instant::now()));
         }
         Ok(settings)

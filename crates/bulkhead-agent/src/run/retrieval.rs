@@ -3,6 +3,7 @@
 //! `search_knowledge` tool an agent with collections gets.
 
 use bulkhead_auth::TenantScope;
+use bulkhead_core::codes::ErrorCode;
 use serde_json::{Value, json};
 
 use super::{RunCtx, Runtime};
@@ -72,7 +73,7 @@ impl Runtime {
         agent: &Agent,
         scope: &TenantScope,
         args: &Value,
-    ) -> (bool, Option<&'static str>, String) {
+    ) -> (bool, Option<ErrorCode>, String) {
         let knowledge = &self.knowledge;
         let query = args["query"].as_str().unwrap_or_default();
         let top_k = args["top_k"].as_u64().unwrap_or(5) as usize;

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
+use bulkhead_core::codes::{self, ErrorCode};
 use bulkhead_core::{ApprovalId, Timestamp};
 use bulkhead_vault::VaultError;
 use bulkhead_vault::credential::{ConnectionName, CredentialSecret};
@@ -23,6 +24,16 @@ use crate::approval::{self, Approval, ApprovalStatus};
 use crate::event::RunEvent;
 use crate::prompt::Fragment;
 use crate::store::RunFailure;
+
+/// The failures of a tool call that are refusals (audited `denied`): a
+/// check said no, so nothing (or nothing more) was sent.
+const DENIED: &[ErrorCode] = &[
+    codes::HOST_NOT_ALLOWED,
+    codes::EGRESS_REFUSED,
+    codes::INVALID_ARGUMENTS,
+    codes::MISSING_CREDENTIAL,
+    codes::RATE_LIMITED,
+];
 
 impl Runtime {
     /// Checks and makes one round of tool calls; `Some`: the calls that
@@ -71,7 +82,7 @@ impl Runtime {
                         Err(e) => refused.push(Refused {
                             id: p.id,
                             name: p.name,
-                            code: "cross_tenant_leak",
+                            code: &codes::CROSS_TENANT_LEAK,
                             message: e.to_string(),
                             approval: None,
                         }),
@@ -107,10 +118,11 @@ impl Runtime {
     /// Stages a refused call: its tool message for the model, step and
     /// audit event. Returns the call id and message.
     pub(super) fn stage_refusal(&self, ctx: &mut RunCtx, r: Refused) -> (String, Value) {
-        let content = json!({"error": r.code, "message": r.message}).to_string();
+        let code = r.code.code;
+        let content = json!({"error": code, "message": r.message}).to_string();
         let m = json!({"role": "tool", "tool_call_id": r.id, "content": content});
         let mut details =
-            json!({"run_id": ctx.record.id.to_string(), "code": r.code, "reason": r.message});
+            json!({"run_id": ctx.record.id.to_string(), "code": code, "reason": r.message});
         if let Some(a) = r.approval {
             details["approval_id"] = json!(a);
         }
@@ -122,10 +134,10 @@ impl Runtime {
         )
         .with_run(ctx.agent.name.clone(), ctx.record.id.to_string())
         .with_details(details);
-        let data = json!({"id": r.id, "tool": r.name, "code": r.code, "message": r.message});
+        let data = json!({"id": r.id, "tool": r.name, "code": code, "message": r.message});
         let announce = RunEvent::new(
             "tool_result",
-            json!({"id": r.id, "tool": r.name, "ok": false, "code": r.code, "message": r.message}),
+            json!({"id": r.id, "tool": r.name, "ok": false, "code": code, "message": r.message}),
         );
         self.stage(
             ctx,
@@ -170,6 +182,10 @@ impl Runtime {
         self.flush(ctx, tx).await?;
         // Independent calls run concurrently.
         let outputs = futures_util::future::join_all(planned.iter().map(|p| async {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "a tool call's duration (its ledger row) is elapsed time on the monotonic clock"
+            )]
             let started = Instant::now();
             let out = self.execute_tool(&ctx.agent, &ctx.scope, p).await;
             (out, started.elapsed())
@@ -193,7 +209,7 @@ impl Runtime {
             .map(|((ok, code, took), content)| ((ok, code, content), took));
         for (p, ((ok, code, content), took)) in planned.iter().zip(outputs) {
             // The cost ledger's row for the call (tools have no price).
-            if code != Some("rate_limited") {
+            if code != Some(codes::RATE_LIMITED) {
                 self.gateway.record_tool_call(
                     &ctx.scope,
                     bulkhead_gateway::ToolUsage {
@@ -201,7 +217,11 @@ impl Runtime {
                         run_id: &ctx.record.id.to_string(),
                         tool: &p.name,
                         region: ctx.scope.region().as_str(),
-                        status: if ok { "ok" } else { code.unwrap_or("error") },
+                        status: if ok {
+                            "ok"
+                        } else {
+                            code.map_or("error", |c| c.code)
+                        },
                         latency_ms: took.as_millis() as u64,
                     },
                 );
@@ -209,20 +229,14 @@ impl Runtime {
             let m = json!({"role": "tool", "tool_call_id": p.id, "content": content});
             let outcome = match (ok, code) {
                 (true, _) => Outcome::Success,
-                (
-                    false,
-                    Some(
-                        "host_not_allowed" | "egress_refused" | "invalid_arguments"
-                        | "missing_credential" | "rate_limited",
-                    ),
-                ) => Outcome::Denied,
+                (false, Some(c)) if DENIED.contains(&c) => Outcome::Denied,
                 _ => Outcome::Failure,
             };
             let mut details = json!({
                 "run_id": ctx.record.id.to_string(),
                 "connection": p.connection.as_ref().map(ConnectionName::as_str),
                 "arguments_sha256": approval::arguments_hash(&p.args),
-                "code": code,
+                "code": code.map(|c| c.code),
             });
             if let Some(a) = p.approval {
                 details["approval_id"] = json!(a);
@@ -235,8 +249,7 @@ impl Runtime {
             )
             .with_run(ctx.agent.name.clone(), ctx.record.id.to_string())
             .with_details(details);
-            let data =
-                json!({"id": p.id, "tool": p.name, "ok": ok, "code": code, "content": content});
+            let data = json!({"id": p.id, "tool": p.name, "ok": ok, "code": code.map(|c| c.code), "content": content});
             let announce = RunEvent::new("tool_result", data.clone());
             self.stage(
                 ctx,
@@ -338,7 +351,7 @@ impl Runtime {
         ctx_agent: &Agent,
         scope: &TenantScope,
         p: &Planned<'_>,
-    ) -> (bool, Option<&'static str>, String) {
+    ) -> (bool, Option<ErrorCode>, String) {
         if let Err(refusal) = self.limiter.tool_call(scope).await {
             self.gateway
                 .audit_refusal(
@@ -350,7 +363,7 @@ impl Runtime {
                 .await;
             return (
                 false,
-                Some(refusal.code()),
+                Some(refusal.error_code()),
                 json!({"error": refusal.code(), "message": refusal.to_string()}).to_string(),
             );
         }
@@ -368,7 +381,7 @@ impl Runtime {
         {
             return (
                 false,
-                Some("cross_tenant_leak"),
+                Some(codes::CROSS_TENANT_LEAK),
                 json!({"error": e.code(), "message": e.to_string()}).to_string(),
             );
         }
@@ -389,16 +402,17 @@ impl Runtime {
                         );
                         return (
                             false,
-                            Some("missing_credential"),
-                            json!({"error": "missing_credential", "message": msg}).to_string(),
+                            Some(codes::MISSING_CREDENTIAL),
+                            json!({"error": codes::MISSING_CREDENTIAL.code, "message": msg})
+                                .to_string(),
                         );
                     }
                     Err(e) => {
                         tracing::error!(error = %e, tool = %p.name, "could not open a tool credential");
                         return (
                             false,
-                            Some("internal"),
-                            json!({"error": "internal", "message": "the credential could not be opened"}).to_string(),
+                            Some(codes::INTERNAL),
+                            json!({"error": codes::INTERNAL.code, "message": "the credential could not be opened"}).to_string(),
                         );
                     }
                 }
@@ -408,7 +422,7 @@ impl Runtime {
             Ok(out) => (true, None, out.content),
             Err(e) => (
                 false,
-                Some(e.code()),
+                Some(e.error_code()),
                 json!({"error": e.code(), "message": e.to_string()}).to_string(),
             ),
         };
@@ -421,8 +435,8 @@ impl Runtime {
                 tracing::error!(error = %e, "could not redact tool output");
                 (
                     false,
-                    Some("internal"),
-                    json!({"error": "internal", "message": "the tool output could not be checked for secrets"}).to_string(),
+                    Some(codes::INTERNAL),
+                    json!({"error": codes::INTERNAL.code, "message": "the tool output could not be checked for secrets"}).to_string(),
                 )
             }
         }

@@ -111,6 +111,10 @@ impl Gateway {
             action: AuditAction::ModelCall,
             scope: scope.clone(),
             model: model.clone(),
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the ledger row's latency is elapsed time on the monotonic clock"
+            )]
             started: Instant::now(),
             time: Timestamp::now(),
             stream,

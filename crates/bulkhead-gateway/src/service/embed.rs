@@ -65,6 +65,10 @@ impl Gateway {
             action: AuditAction::ModelEmbed,
             scope: scope.clone(),
             model: model.clone(),
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the ledger row's latency is elapsed time on the monotonic clock"
+            )]
             started: Instant::now(),
             time: Timestamp::now(),
             stream: false,

@@ -37,6 +37,10 @@ impl Gateway {
             .await
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         if let Ok(mut cache) = self.settings_cache.lock() {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the settings cache's TTL measures elapsed time on the monotonic clock"
+            )]
             cache.insert(scope.partition(), (settings.clone(), Instant::now()));
         }
         Ok(settings)

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use bulkhead_core::codes::{self, ErrorCode};
 use bulkhead_core::config::ProviderKind;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -250,9 +251,14 @@ async fn drain<B: AsRef<[u8]>>(
     }
 }
 
-fn error_event(code: &str, message: &str) -> Vec<u8> {
+/// The error event a stream ends with, in OpenAI's error shape; `code` is
+/// from the table, `type` OpenAI's (every such failure is the provider's).
+/// The status a stream returns for its usage row is another vocabulary
+/// (`ok`, `client_disconnected`, `upstream_error`, ...): not a code.
+fn error_event(code: ErrorCode, message: &str) -> Vec<u8> {
     sse::data(
-        &json!({"error": {"message": message, "type": "upstream_error", "code": code}}).to_string(),
+        &json!({"error": {"message": message, "type": "upstream_error", "code": code.code}})
+            .to_string(),
     )
 }
 
@@ -290,7 +296,10 @@ pub(super) async fn pump(
             Err(Stalled::Upstream) => {
                 tell(
                     tx,
-                    error_event("upstream_timeout", "the model provider stopped sending"),
+                    error_event(
+                        codes::UPSTREAM_TIMEOUT,
+                        "the model provider stopped sending",
+                    ),
                     slot,
                 )
                 .await;
@@ -339,7 +348,7 @@ pub(super) async fn pump(
                             _ => {
                                 // What came before the bad event still reaches the client.
                                 batch.extend(error_event(
-                                    "upstream_error",
+                                    codes::UPSTREAM_ERROR,
                                     "the provider sent malformed JSON",
                                 ));
                                 tell(tx, batch, slot).await;
@@ -360,7 +369,7 @@ pub(super) async fn pump(
                             chunks.iter().map(|c| sse::data(&c.to_string())).collect()
                         }
                         Err(e) => {
-                            batch.extend(error_event("upstream_error", &e.to_string()));
+                            batch.extend(error_event(codes::UPSTREAM_ERROR, &e.to_string()));
                             tell(tx, batch, slot).await;
                             return (counted.billed(call), "upstream_error");
                         }
@@ -409,7 +418,7 @@ pub(super) async fn pump(
         tell(
             tx,
             error_event(
-                "upstream_stream_cut",
+                codes::UPSTREAM_STREAM_CUT,
                 "the model provider ended the stream early",
             ),
             slot,
@@ -422,7 +431,7 @@ pub(super) async fn pump(
 
 fn too_large_event(provider: &crate::catalog::Provider) -> Vec<u8> {
     error_event(
-        "upstream_too_large",
+        codes::UPSTREAM_TOO_LARGE,
         &GatewayError::UpstreamTooLarge(provider.max_response_bytes).to_string(),
     )
 }

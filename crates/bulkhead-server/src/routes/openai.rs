@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bulkhead_auth::TenantScope;
+use bulkhead_core::codes;
 use bulkhead_gateway::{ChatOutcome, GatewayError};
 use bulkhead_policy::{Action, Resource};
 use serde::Serialize;
@@ -135,10 +136,14 @@ impl OpenAiError {
             (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the request body is larger than the chat completions limit".to_owned(),
-                "request_too_large",
+                codes::REQUEST_TOO_LARGE.code,
             )
         } else {
-            (StatusCode::BAD_REQUEST, r.body_text(), "invalid_request")
+            (
+                StatusCode::BAD_REQUEST,
+                r.body_text(),
+                codes::INVALID_REQUEST.code,
+            )
         };
         Self {
             status,

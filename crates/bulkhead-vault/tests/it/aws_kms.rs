@@ -62,13 +62,24 @@ fn unavailable(why: &str) -> Option<Moto> {
     None
 }
 
+/// A loopback port nothing listens on (bound, read and closed again).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the test harness picks a port for the emulator; sockets are banned in the vault's own code"
+)]
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 /// Starts `python3 -m moto.server` on a free loopback port and waits (a
 /// bounded poll of TCP connects) until it accepts connections.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the test harness polls the emulator's port until a deadline; sockets and clocks are banned in the vault's own code"
+)]
 async fn start_moto() -> Option<Moto> {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut log = tempfile::tempfile().unwrap();
     let spawned = Command::new("python3")
         .args([
@@ -231,10 +242,7 @@ async fn aws_kms_provider_against_the_emulator() {
     }
 
     // A closed port: a transport failure, after the SDK's retries.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = free_port();
     let down = sdk_config(
         REGION.into(),
         Some(format!("http://127.0.0.1:{closed}")),

@@ -118,7 +118,7 @@ fn check(f: &Fixture, text: &str, call: &Value) -> Result<bool, &'static str> {
     };
     plan(&rules, call, 0)
         .map(|p| p.needs_approval)
-        .map_err(|r| r.code)
+        .map_err(|r| r.code.code)
 }
 
 #[test]
@@ -194,7 +194,7 @@ permit(principal, action == Action::"call_tool", resource) when { resource.kind 
         policies: &broken,
     };
     assert_eq!(
-        plan(&rules, &c, 0).map(|_| ()).unwrap_err().code,
+        plan(&rules, &c, 0).map(|_| ()).unwrap_err().code.code,
         "internal"
     );
 }
@@ -238,7 +238,7 @@ fn the_tenants_connection_setting_names_the_credential() {
     )
     .map(|_| ())
     .unwrap_err();
-    assert_eq!(r.code, "missing_credential");
+    assert_eq!(r.code.code, "missing_credential");
 }
 
 #[test]
@@ -267,7 +267,7 @@ fn fan_out_limits_keep_the_first_calls_and_refuse_the_rest_as_one() {
             "{so_far} + {asked}"
         );
         if let Some(r) = &round.excess {
-            assert_eq!(r.code, "tool_call_limit");
+            assert_eq!(r.code.code, "tool_call_limit");
             assert!(
                 r.message
                     .contains(&format!("the last {} were not made", asked - made)),
