@@ -516,15 +516,17 @@ pub async fn put_settings(
     Json(body): Json<PutSettings>,
 ) -> Result<AxumJson<TenantSettingsBody>, ApiError> {
     let scope = tenant_scope(&state, &op, &id).await?;
-    if body.audit_prompts.is_none()
-        && body.message_retention_days.is_none()
-        && body.approval_webhook.is_none()
-    {
+    let change = bulkhead_gateway::SettingsChange {
+        audit_prompts: body.audit_prompts,
+        message_retention_days: body.message_retention_days,
+        approval_webhook: body.approval_webhook,
+    };
+    if change.is_empty() {
         return Err(ApiError::Validation(
             "set audit_prompts, message_retention_days and/or approval_webhook".into(),
         ));
     }
-    if let Some(Some(url)) = &body.approval_webhook {
+    if let Some(Some(url)) = &change.approval_webhook {
         if !state.settings.approvals_signed {
             return Err(ApiError::Validation(
                 "approval_webhook: this server has no [approvals] signing_key, so it cannot sign approval webhooks".into(),
@@ -538,18 +540,13 @@ pub async fn put_settings(
             ));
         }
     }
-    if let Some(Some(d)) = body.message_retention_days
+    if let Some(Some(d)) = change.message_retention_days
         && !(1..=3650).contains(&d)
     {
         return Err(ApiError::Validation(
             "message_retention_days: must be between 1 and 3650, or null".into(),
         ));
     }
-    let change = bulkhead_gateway::SettingsChange {
-        audit_prompts: body.audit_prompts,
-        message_retention_days: body.message_retention_days,
-        approval_webhook: body.approval_webhook,
-    };
     crate::operations::change_tenant_settings(&state, &op, &scope, &change).await?;
     Ok(AxumJson(settings_body(&state, &scope).await?))
 }
