@@ -536,6 +536,17 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Extra hits a search returns, for fault-injection tests.
 type FaultHook = Arc<dyn Fn(&TenantScope) -> Vec<Hit> + Send + Sync>;
 
+/// Who a search is for: the tenant, and the agent run it is part of, if
+/// any (agent name, run id) — the embedding call's ledger row and audit
+/// event then name them.
+#[derive(Clone, Copy)]
+pub struct SearchFor<'a> {
+    /// The tenant.
+    pub scope: &'a TenantScope,
+    /// (agent, run id) when the search is part of a run.
+    pub run: Option<(&'a str, &'a str)>,
+}
+
 /// The knowledge service.
 pub struct Knowledge {
     gateway: Arc<Gateway>,
@@ -657,12 +668,20 @@ impl Knowledge {
     async fn embed(
         &self,
         scope: &TenantScope,
+        run: Option<(&str, &str)>,
         model: &str,
         texts: &[String],
     ) -> Result<Vec<Vec<f32>>, KnowledgeServiceError> {
         let mut out = Vec::with_capacity(texts.len());
         for batch in texts.chunks(EMBED_BATCH) {
-            out.extend(self.gateway.embed(scope, model, batch).await?);
+            out.extend(match run {
+                None => self.gateway.embed(scope, model, batch).await?,
+                Some((agent, run_id)) => {
+                    self.gateway
+                        .embed_for_run(scope, model, batch, agent, run_id)
+                        .await?
+                }
+            });
         }
         Ok(out)
     }
@@ -698,7 +717,7 @@ impl Knowledge {
         let vectors = match &model {
             Some(m) => {
                 let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
-                Some(self.embed(scope, m, &texts).await?)
+                Some(self.embed(scope, None, m, &texts).await?)
             }
             None => None,
         };
@@ -819,6 +838,23 @@ impl Knowledge {
         filter: Option<&Value>,
         mode: SearchMode,
     ) -> Result<SearchResult, KnowledgeServiceError> {
+        let caller = SearchFor { scope, run: None };
+        self.search_for(caller, collection, query, top_k, filter, mode)
+            .await
+    }
+
+    /// [`Knowledge::search`] for a caller that may be an agent run: the
+    /// query's embedding call is then billed to the agent and the run.
+    pub async fn search_for(
+        &self,
+        caller: SearchFor<'_>,
+        collection: &str,
+        query: &str,
+        top_k: usize,
+        filter: Option<&Value>,
+        mode: SearchMode,
+    ) -> Result<SearchResult, KnowledgeServiceError> {
+        let scope = caller.scope;
         // A name no client may create cannot exist: reserved collections
         // (the canary's) are not searchable.
         if bulkhead_knowledge::collection_name(collection).is_err() {
@@ -906,7 +942,9 @@ impl Knowledge {
             let (Some(m), SearchMode::Vector | SearchMode::Hybrid) = (&model, mode) else {
                 return Ok::<_, KnowledgeServiceError>(Vec::new());
             };
-            let q = self.embed(scope, m, &[query.to_owned()]).await?;
+            let q = self
+                .embed(scope, caller.run, m, &[query.to_owned()])
+                .await?;
             let qv = q.into_iter().next().unwrap_or_default();
             let index = self.vector_index(scope, collection, m).await?;
             let allowed = allowed.clone();

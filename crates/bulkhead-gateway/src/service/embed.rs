@@ -30,6 +30,36 @@ impl Gateway {
         name: &str,
         inputs: &[String],
     ) -> Result<Vec<Vec<f32>>, GatewayError> {
+        self.embed_in(scope, name, inputs, None).await
+    }
+
+    /// [`Gateway::embed`] on behalf of an agent run (retrieval): the usage
+    /// row and the audit event name the agent and the run, so the agent's
+    /// cost includes what its retrieval paid.
+    pub async fn embed_for_run(
+        &self,
+        scope: &TenantScope,
+        name: &str,
+        inputs: &[String],
+        agent: &str,
+        run_id: &str,
+    ) -> Result<Vec<Vec<f32>>, GatewayError> {
+        self.embed_in(
+            scope,
+            name,
+            inputs,
+            Some((agent.to_owned(), run_id.to_owned())),
+        )
+        .await
+    }
+
+    async fn embed_in(
+        &self,
+        scope: &TenantScope,
+        name: &str,
+        inputs: &[String],
+        run: Option<(String, String)>,
+    ) -> Result<Vec<Vec<f32>>, GatewayError> {
         let (model, dimensions) = self
             .catalog
             .embedding(name)
@@ -73,7 +103,7 @@ impl Gateway {
             time: Timestamp::now(),
             stream: false,
             prompt: None,
-            run: None,
+            run,
             reservation: Mutex::new(Some(reservation)),
         };
         let body = json!({"model": model.upstream, "input": inputs, "dimensions": dimensions});
