@@ -525,3 +525,70 @@ knowledge = ["faq"]
     assert_eq!(in_run.len(), 2, "{events:?}");
     assert!(in_run.iter().all(|e| e["agent"] == "kb"));
 }
+
+/// Ingesting a document again with the same external id, content, format,
+/// title and metadata does nothing — no embedding is paid for, nothing is
+/// written or audited — and says so; any change re-ingests it.
+#[tokio::test]
+async fn an_unchanged_document_is_not_embedded_again() {
+    let (fake, app, acme, _) = app().await;
+    let doc = json!({"external_id": "faq", "title": "FAQ", "content": "Refunds take 30 days.",
+        "metadata": {"team": "support"}});
+    let (status, first) = put(&app, &acme, "kb", doc.clone()).await;
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (201, Some("created")),
+        "{first}"
+    );
+    let embeds = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/embeddings"))
+            .count()
+    };
+    let audited = || async {
+        app.audit(&acme)
+            .await
+            .iter()
+            .filter(|e| e["action"] == "document.put")
+            .count()
+    };
+    let (paid, events) = (embeds(), audited().await);
+    assert_eq!(paid, 1);
+    let (status, again) = put(&app, &acme, "kb", doc.clone()).await;
+    assert_eq!(
+        (status, again["status"].as_str()),
+        (200, Some("unchanged")),
+        "{again}"
+    );
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(
+        again["updated_at"], first["updated_at"],
+        "nothing was written"
+    );
+    assert_eq!(embeds(), paid, "nothing was embedded again");
+    assert_eq!(audited().await, events, "nothing was audited");
+    // Each part of the fingerprint counts.
+    for change in [
+        json!({"content": "Refunds take 14 days."}),
+        json!({"title": "Refunds"}),
+        json!({"metadata": {"team": "billing"}}),
+        json!({"format": "markdown"}),
+    ] {
+        let mut changed = doc.clone();
+        for (k, v) in change.as_object().unwrap() {
+            changed[k] = v.clone();
+        }
+        let (status, body) = put(&app, &acme, "kb", changed.clone()).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("replaced")),
+            "{change}: {body}"
+        );
+        let (_, same) = put(&app, &acme, "kb", changed).await;
+        assert_eq!(same["status"], "unchanged", "{change}");
+        // Back to the original for the next change.
+        let (_, back) = put(&app, &acme, "kb", doc.clone()).await;
+        assert_eq!(back["status"], "replaced");
+    }
+}

@@ -199,6 +199,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage ADD COLUMN boot_id TEXT;
     ALTER TABLE usage ADD COLUMN principal TEXT;
     CREATE INDEX usage_in_flight ON usage (status) WHERE status = 'in_flight';",
+    // v9: a document's fingerprint (content, format, title, metadata,
+    // embedding model), so that ingesting it again unchanged does nothing.
+    "ALTER TABLE documents ADD COLUMN fingerprint TEXT;",
 ];
 
 /// File name of the tenant database inside its partition directory.
