@@ -17,7 +17,7 @@ use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
 use bulkhead_core::codes::{self, ErrorCode};
 use bulkhead_core::config::QuotaValues;
-use bulkhead_core::{Region, Timestamp};
+use bulkhead_core::{Deadline, Region, Timestamp};
 use bulkhead_gateway::{Gateway, GatewayError};
 /// The safe full-text expression the store's `fulltext` takes.
 pub use bulkhead_knowledge::FtsQuery;
@@ -581,6 +581,8 @@ pub struct SearchFor<'a> {
     pub scope: &'a TenantScope,
     /// (agent, run id) when the search is part of a run.
     pub run: Option<(&'a str, &'a str)>,
+    /// The run's (or request's) deadline, which its embedding call keeps.
+    pub deadline: Option<Deadline>,
 }
 
 /// The knowledge service.
@@ -703,18 +705,18 @@ impl Knowledge {
 
     async fn embed(
         &self,
-        scope: &TenantScope,
-        run: Option<(&str, &str)>,
+        caller: SearchFor<'_>,
         model: &str,
         texts: &[String],
     ) -> Result<Vec<Vec<f32>>, KnowledgeServiceError> {
+        let scope = caller.scope;
         let mut out = Vec::with_capacity(texts.len());
         for batch in texts.chunks(EMBED_BATCH) {
-            out.extend(match run {
+            out.extend(match caller.run {
                 None => self.gateway.embed(scope, model, batch).await?,
-                Some((agent, run_id)) => {
+                Some(run) => {
                     self.gateway
-                        .embed_for_run(scope, model, batch, agent, run_id)
+                        .embed_for_run(scope, model, batch, run, caller.deadline)
                         .await?
                 }
             });
@@ -766,7 +768,18 @@ impl Knowledge {
         let vectors = match &model {
             Some(m) => {
                 let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
-                Some(self.embed(scope, None, m, &texts).await?)
+                Some(
+                    self.embed(
+                        SearchFor {
+                            scope,
+                            run: None,
+                            deadline: None,
+                        },
+                        m,
+                        &texts,
+                    )
+                    .await?,
+                )
             }
             None => None,
         };
@@ -894,7 +907,11 @@ impl Knowledge {
         filter: Option<&Value>,
         mode: SearchMode,
     ) -> Result<SearchResult, KnowledgeServiceError> {
-        let caller = SearchFor { scope, run: None };
+        let caller = SearchFor {
+            scope,
+            run: None,
+            deadline: None,
+        };
         self.search_for(caller, collection, query, top_k, filter, mode)
             .await
     }
@@ -998,9 +1015,7 @@ impl Knowledge {
             let (Some(m), SearchMode::Vector | SearchMode::Hybrid) = (&model, mode) else {
                 return Ok::<_, KnowledgeServiceError>(Vec::new());
             };
-            let q = self
-                .embed(scope, caller.run, m, &[query.to_owned()])
-                .await?;
+            let q = self.embed(caller, m, &[query.to_owned()]).await?;
             let qv = q.into_iter().next().unwrap_or_default();
             let index = self.vector_index(scope, collection, m).await?;
             let allowed = allowed.clone();

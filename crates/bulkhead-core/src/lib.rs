@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod codes;
 pub mod config;
+pub mod deadline;
 pub mod ids;
 pub mod money;
 pub mod principal;
@@ -16,6 +17,7 @@ pub mod secret;
 pub mod tenant;
 pub mod timestamp;
 
+pub use deadline::Deadline;
 pub use ids::{
     ApiKeyId, ApprovalId, EventId, Region, RequestId, RunId, TenantId, TenantUid, ThreadId,
 };

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use bulkhead_core::SecretString;
 use bulkhead_core::config::ProviderKind;
+use bulkhead_core::{Deadline, SecretString};
 use serde_json::Value;
 
 use crate::catalog::Provider;
@@ -98,6 +98,11 @@ fn retry_after(res: &reqwest::Response) -> Option<u64> {
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
+/// Seconds of a timeout, rounded up (a 200 ms budget is "1 second").
+fn whole_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 fn url_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -140,7 +145,11 @@ impl Upstream {
     }
 
     /// Sends `body` to the provider and returns a successful response
-    /// (headers received). Retries 429, 5xx and connection failures.
+    /// (headers received). Retries 429, 5xx and connection failures — not
+    /// timeouts: a provider that did not answer in time is not asked again.
+    /// Each attempt waits at most the provider's `timeout_s`, cut to what
+    /// is left of `deadline`; no retry starts, and no backoff is slept,
+    /// past it.
     pub async fn send(
         &self,
         provider: &Provider,
@@ -148,6 +157,7 @@ impl Upstream {
         upstream_model: &str,
         key: Option<&SecretString>,
         body: &Value,
+        deadline: Option<Deadline>,
     ) -> Result<reqwest::Response, GatewayError> {
         let op = match endpoint {
             Endpoint::Chat => "chat/completions",
@@ -176,15 +186,24 @@ impl Upstream {
             if provider.kind == ProviderKind::Anthropic {
                 req = req.header("anthropic-version", ANTHROPIC_VERSION);
             }
-            let outcome = tokio::time::timeout(provider.timeout, req.send()).await;
+            let budget = Deadline::cap(deadline, provider.timeout);
+            if budget.is_zero() {
+                return Err(GatewayError::UpstreamTimeout(0));
+            }
+            let outcome = tokio::time::timeout(budget, req.send()).await;
             let (retryable, wait, err) = match outcome {
                 Err(_) => (
-                    true,
+                    false,
                     None,
-                    GatewayError::UpstreamTimeout(provider.timeout.as_secs()),
+                    GatewayError::UpstreamTimeout(whole_secs(budget)),
+                ),
+                Ok(Err(e)) if e.is_timeout() => (
+                    false,
+                    None,
+                    GatewayError::UpstreamTimeout(whole_secs(budget)),
                 ),
                 Ok(Err(e)) => (
-                    e.is_connect() || e.is_timeout(),
+                    e.is_connect(),
                     None,
                     GatewayError::Upstream(e.without_url().to_string()),
                 ),
@@ -192,9 +211,13 @@ impl Upstream {
                 Ok(Ok(res)) => {
                     let status = res.status();
                     let after = retry_after(&res);
-                    let body = read_capped(res, MAX_ERROR_BODY, provider.timeout)
-                        .await
-                        .ok();
+                    let body = read_capped(
+                        res,
+                        MAX_ERROR_BODY,
+                        Deadline::cap(deadline, provider.timeout),
+                    )
+                    .await
+                    .ok();
                     let message = body.as_deref().map(error_message).unwrap_or_default();
                     if status.as_u16() == 429 {
                         (
@@ -225,6 +248,10 @@ impl Upstream {
                 Some(s) => Duration::from_secs(s),
                 None => jitter(BACKOFF_BASE * 2u32.pow(attempt)),
             };
+            // A retry that could not start before the deadline is not made.
+            if deadline.is_some_and(|d| d.remaining() <= backoff) {
+                return Err(err);
+            }
             tracing::info!(provider = %provider.name, attempt, wait_ms = backoff.as_millis() as u64, error = %err, "retrying the model provider");
             tokio::time::sleep(backoff).await;
             attempt += 1;

@@ -42,7 +42,10 @@ pub struct UsageRecord {
     /// `upstream_too_large`, `client_disconnected`, `client_stalled`,
     /// `error`; `in_flight` while the call runs (the row is written before
     /// the request is sent and settled in place), `interrupted` for a call
-    /// its process died during (billed at its estimate).
+    /// its process died during (billed at its estimate), `cancelled` for a
+    /// call stopped because its caller went away (a cancelled or timed-out
+    /// run, the shutdown grace), billed what the provider reported or else
+    /// its estimate.
     pub status: String,
     /// The tokens are the gateway's own count or estimate, not the
     /// provider's (it reported none, or the call never settled).

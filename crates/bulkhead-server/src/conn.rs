@@ -65,6 +65,9 @@ pub struct ConnLimits {
     pub max_header_bytes: usize,
     /// `max_headers`.
     pub max_headers: usize,
+    /// `shutdown_grace_s`: how long a stopping server lets requests in
+    /// flight finish before it closes their connections.
+    pub shutdown_grace: Duration,
 }
 
 impl ConnLimits {
@@ -78,6 +81,7 @@ impl ConnLimits {
             // hyper panics below 8 KiB of buffer; validation refuses it too.
             max_header_bytes: server.max_header_bytes.max(8192),
             max_headers: server.max_headers.max(1),
+            shutdown_grace: Duration::from_secs(server.shutdown_grace_s.max(1)),
         }
     }
 }
@@ -326,7 +330,9 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 /// Serves `router` on `listener` within `limits` until `shutdown`
 /// completes; then stops accepting, lets every open connection finish its
-/// request in flight, and returns when all have closed.
+/// request in flight, and returns when all have closed — or, once
+/// `limits.shutdown_grace` has passed, closes those still open (dropping
+/// their requests) and returns.
 pub async fn serve_connections(
     listener: TcpListener,
     router: Router,
@@ -352,6 +358,8 @@ pub async fn serve_connections(
     }
     let builder = Arc::new(builder);
     let (stop, _) = watch::channel(false);
+    // Cancelled when the grace is over: every connection still open ends.
+    let abort = tokio_util::sync::CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -389,14 +397,24 @@ pub async fn serve_connections(
             limits.clone(),
             (permit, peer_slot),
             metrics.clone(),
-            stop.subscribe(),
+            (stop.subscribe(), abort.clone()),
         ));
     }
     drop(listener);
     // Every connection holds a receiver: it finishes its request in
     // flight and closes, and `closed` completes when the last has.
     let _ = stop.send(true);
-    stop.closed().await;
+    if tokio::time::timeout(limits.shutdown_grace, stop.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = limits.shutdown_grace.as_secs(),
+            "shutdown grace is over; closing the connections still open"
+        );
+        abort.cancel();
+        stop.closed().await;
+    }
 }
 
 /// One connection, from accept to close. `slots` are its places under the
@@ -408,7 +426,7 @@ async fn connection(
     limits: Arc<ConnLimits>,
     slots: (OwnedSemaphorePermit, PeerSlot),
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    (mut stop, abort): (watch::Receiver<bool>, tokio_util::sync::CancellationToken),
 ) {
     let _slots = slots;
     let _open = metrics.connection_open();
@@ -464,6 +482,9 @@ async fn connection(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
+            // The grace is over: the request in flight is dropped with the
+            // connection (its model calls are cancelled and recorded).
+            () = abort.cancelled() => return,
         }
     }
 }

@@ -22,6 +22,8 @@ mod sse;
 pub mod state;
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 pub use routes::router;
 pub use state::AppState;
@@ -38,14 +40,34 @@ pub async fn serve(
     let runtime = state.runtime.clone();
     let flush_state = state.clone();
     let limits = state.settings.connections.clone();
+    let grace = limits.shutdown_grace;
     let metrics = state.metrics.clone();
+    // The grace is counted from the signal.
+    let signalled = Arc::new(OnceLock::new());
+    let mark = signalled.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = mark.set(Instant::now());
+    };
     conn::serve_connections(listener, router(state), limits, metrics, shutdown).await;
+    let left = || {
+        signalled
+            .get()
+            .map_or(grace, |at: &Instant| grace.saturating_sub(at.elapsed()))
+    };
     // Failed authentications counted but not yet audited are written.
     extract::flush_auth_failures(&flush_state, true).await;
+    // Runs still going (their clients left) may finish within the grace;
+    // then they end as cancelled, recorded, and so do their model calls.
+    runtime.shutdown_within(left()).await;
     // Answers no longer wait for their usage rows; nothing is lost on a
-    // clean stop because the rows still queued are written here.
-    // Runs still going (their clients left) end as cancelled, recorded.
-    runtime.shutdown().await;
-    gateway.drain().await;
+    // clean stop because the rows still queued are written here. Calls
+    // still going past the grace (a stream read on for its usage) stop
+    // and are recorded `cancelled`.
+    if tokio::time::timeout(left(), gateway.drain()).await.is_err() {
+        tracing::warn!("shutdown grace is over; cancelling the model calls still going");
+        gateway.cancel_in_flight();
+        gateway.drain().await;
+    }
     Ok(())
 }

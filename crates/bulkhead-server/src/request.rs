@@ -7,7 +7,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bulkhead_core::RequestId;
+use bulkhead_core::{Deadline, RequestId};
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -24,6 +24,11 @@ tokio::task_local! {
 pub fn current_request_id() -> Option<RequestId> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
+
+/// When the request must be answered: `[server] request_timeout_s` from
+/// its arrival.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDeadline(pub Deadline);
 
 /// Assigns the request id, opens the request span (with an empty
 /// `tenant_id` field that authentication fills in), enforces the timeout
@@ -49,6 +54,11 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     );
     let started = Instant::now();
     let timeout_s = state.settings.request_timeout_s;
+    // The request's deadline, for handlers that pass it down to the calls
+    // they make (a chat completion's provider calls and retries).
+    req.extensions_mut().insert(RequestDeadline(Deadline::at(
+        started + Duration::from_secs(timeout_s),
+    )));
     // Model calls are bounded by their provider's timeout and retries
     // instead: a long completion must not be cut by the generic limit.
     let path = req.uri().path();

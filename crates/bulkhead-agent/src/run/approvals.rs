@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
-use bulkhead_core::{ApprovalId, Principal, PrincipalKind, RunId, Timestamp};
+use bulkhead_core::{ApprovalId, Deadline, Principal, PrincipalKind, RunId, Timestamp};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
@@ -355,6 +355,7 @@ impl Runtime {
         };
         let steps = std::mem::take(&mut record.steps);
         record.status = RunStatus::Running;
+        let deadline = Deadline::after(agent.timeout);
         Ok(RunCtx {
             scope: scope.clone(),
             principal: Principal::new(requester, kind, roles),
@@ -378,6 +379,8 @@ impl Runtime {
             pending: Vec::new(),
             outbox: Vec::new(),
             input,
+            // Set again when the resumed run starts executing.
+            deadline,
         })
     }
 

@@ -176,6 +176,7 @@ impl Runtime {
                     body,
                     &ctx.agent.name,
                     &ctx.record.id.to_string(),
+                    ctx.deadline,
                 )
                 .await
             {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bulkhead_auth::{OperatorScope, TenantScope};
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
-use bulkhead_core::{RunId, TenantUid, ThreadId, Timestamp};
+use bulkhead_core::{Deadline, RunId, TenantUid, ThreadId, Timestamp};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -116,6 +116,22 @@ impl Runtime {
             // reports a run a stopped process left behind as failed).
             None => Err(AgentError::Finished),
         }
+    }
+
+    /// Lets the runs still going finish within `grace`, then does what
+    /// [`Runtime::shutdown`] does with the rest.
+    pub async fn shutdown_within(&self, grace: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "shutdown grace is over; cancelling the runs still going"
+            );
+        }
+        self.shutdown().await;
     }
 
     /// Cancels every active run and waits until each has recorded its end.
@@ -230,6 +246,7 @@ impl Runtime {
         let fragments = opening(scope, system, &settings);
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let (done_tx, done_rx) = oneshot::channel();
+        let deadline = Deadline::after(agent.timeout);
         let ctx = RunCtx {
             scope: scope.clone(),
             principal: scope.principal().clone(),
@@ -244,6 +261,8 @@ impl Runtime {
             steps: Vec::new(),
             input: req.input.clone(),
             tool_calls: 0,
+            // Set again when the run starts executing.
+            deadline,
         };
         let this = self.clone();
         self.tasks.spawn(async move {
@@ -312,6 +331,9 @@ impl Runtime {
         resume: Option<Vec<Approval>>,
     ) {
         let timeout = ctx.agent.timeout;
+        // One deadline for the run's time limit and every call it makes.
+        ctx.deadline = Deadline::after(timeout);
+        let deadline = tokio::time::Instant::from_std(ctx.deadline.instant());
         let weight = self.limiter.weight(&ctx.scope);
         // Per incarnation, like every other in-memory key of a tenant.
         let tenant = ctx.scope.partition().to_string();
@@ -325,7 +347,7 @@ impl Runtime {
                 self.drive(&mut ctx, &tx).await
             } => r,
             _ = cancel.cancelled() => Err(self.cancelled(ctx.scope.partition(), ctx.record.id)),
-            _ = tokio::time::sleep(timeout) => Err(failure(
+            _ = tokio::time::sleep_until(deadline) => Err(failure(
                 codes::TIMEOUT,
                 format!("the run did not finish within {} s", timeout.as_secs()),
             )),

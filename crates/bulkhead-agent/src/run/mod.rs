@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_auth::{Directory, TenantScope};
-use bulkhead_core::{Principal, RunId, TenantUid, ThreadId};
+use bulkhead_core::{Deadline, Principal, RunId, TenantUid, ThreadId};
 use bulkhead_gateway::Gateway;
 use bulkhead_policy::Policies;
 use bulkhead_quota::{FairGate, Limiter};
@@ -241,6 +241,9 @@ struct RunCtx {
     /// Tool calls the model asked for within the limits so far (made,
     /// refused for another reason, or awaiting approval).
     tool_calls: usize,
+    /// When the run must be done (its agent's `timeout_s` from when it
+    /// began executing here): every model and embedding call keeps it.
+    deadline: Deadline,
 }
 
 impl Runtime {

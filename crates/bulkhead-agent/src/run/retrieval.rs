@@ -3,8 +3,8 @@
 //! `search_knowledge` tool an agent with collections gets.
 
 use bulkhead_auth::TenantScope;
-use bulkhead_core::RunId;
 use bulkhead_core::codes::ErrorCode;
+use bulkhead_core::{Deadline, RunId};
 use serde_json::{Value, json};
 
 use super::{RunCtx, Runtime};
@@ -45,6 +45,7 @@ impl Runtime {
                     SearchFor {
                         scope: &ctx.scope,
                         run: Some((&ctx.agent.name, &run_id)),
+                        deadline: Some(ctx.deadline),
                     },
                     collection,
                     &ctx.input,
@@ -77,13 +78,14 @@ impl Runtime {
         &self,
         agent: &Agent,
         scope: &TenantScope,
-        run_id: RunId,
+        (run_id, deadline): (RunId, Deadline),
         args: &Value,
     ) -> (bool, Option<ErrorCode>, String) {
         let run_id = run_id.to_string();
         let caller = SearchFor {
             scope,
             run: Some((&agent.name, &run_id)),
+            deadline: Some(deadline),
         };
         let knowledge = &self.knowledge;
         let query = args["query"].as_str().unwrap_or_default();

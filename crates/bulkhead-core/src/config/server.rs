@@ -70,6 +70,16 @@ pub struct ServerConfig {
     /// How often tenants' message retention is applied, in seconds.
     #[serde(default = "default_retention_interval")]
     pub retention_interval_s: u64,
+    /// Seconds a stopping server gives requests and runs in flight to
+    /// finish; then they are cancelled and recorded, and the process exits.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_s: u64,
+}
+
+/// Kubernetes kills a pod 30 s after SIGTERM by default: 25 s of grace
+/// leaves the rest for cancelling and recording what is left.
+fn default_shutdown_grace() -> u64 {
+    25
 }
 
 /// Enough for a large platform; each series is one counter.
@@ -188,6 +198,7 @@ impl Default for ServerConfig {
             max_headers: default_max_headers(),
             prompts_dir: default_prompts_dir(),
             retention_interval_s: default_retention_interval(),
+            shutdown_grace_s: default_shutdown_grace(),
         }
     }
 }
@@ -237,6 +248,9 @@ pub(super) fn validate(
     }
     if server.request_timeout_s == 0 {
         errors.push("server.request_timeout_s", "must be at least 1");
+    }
+    if !(1..=3600).contains(&server.shutdown_grace_s) {
+        errors.push("server.shutdown_grace_s", "must be between 1 and 3600");
     }
     if server.max_body_bytes < 1024 {
         errors.push("server.max_body_bytes", "must be at least 1024");

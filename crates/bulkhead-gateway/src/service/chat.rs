@@ -8,9 +8,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use bulkhead_auth::TenantScope;
-use bulkhead_core::Timestamp;
 use bulkhead_core::audit::AuditAction;
 use bulkhead_core::config::ProviderKind;
+use bulkhead_core::{Deadline, Timestamp};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -44,27 +44,52 @@ impl Gateway {
         scope: &TenantScope,
         body: Value,
     ) -> Result<ChatOutcome, GatewayError> {
-        self.chat_in(scope, body, None).await
+        self.chat_in(scope, body, None, None).await
     }
 
-    /// [`Gateway::chat`] on behalf of an agent run: the call's audit event
-    /// names the agent and the run.
+    /// [`Gateway::chat`] within a request's deadline: no attempt, retry or
+    /// read of a non-streamed answer goes past it (a stream must have
+    /// started by then; once started it is bounded by the provider's
+    /// `stream_idle_timeout_s`).
+    pub async fn chat_until(
+        &self,
+        scope: &TenantScope,
+        body: Value,
+        deadline: Deadline,
+    ) -> Result<ChatOutcome, GatewayError> {
+        self.chat_in(scope, body, None, Some(deadline)).await
+    }
+
+    /// [`Gateway::chat`] on behalf of an agent run, within the run's
+    /// deadline: the call's usage row and audit event name the agent and
+    /// the run.
     pub async fn chat_for_run(
         &self,
         scope: &TenantScope,
         body: Value,
         agent: &str,
         run_id: &str,
+        deadline: Deadline,
     ) -> Result<ChatOutcome, GatewayError> {
-        self.chat_in(scope, body, Some((agent.to_owned(), run_id.to_owned())))
-            .await
+        self.chat_in(
+            scope,
+            body,
+            Some((agent.to_owned(), run_id.to_owned())),
+            Some(deadline),
+        )
+        .await
     }
 
+    /// The call. It runs in its own task, so that whatever happens to the
+    /// caller its row is settled; a caller that goes away (a dropped
+    /// request, a cancelled or timed-out run) cancels it: the request to
+    /// the provider is dropped and the row records `cancelled`.
     async fn chat_in(
         &self,
         scope: &TenantScope,
         body: Value,
         run: Option<(String, String)>,
+        deadline: Option<Deadline>,
     ) -> Result<ChatOutcome, GatewayError> {
         let request = ChatRequest::parse(body)?;
         let stream = request.stream;
@@ -125,11 +150,11 @@ impl Gateway {
             run,
             reservation: Mutex::new(Some(reservation)),
         };
-        // The call runs in its own task: a caller that goes away (a
-        // cancelled run, a dropped request) cannot stop it half-way, so
-        // what the provider bills is always recorded and settled. One that
-        // goes away before the call is sent stops it from being sent.
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        // The call runs in its own task, so its row is always settled. A
+        // caller that goes away (a dropped request, a cancelled run) stops
+        // it: before it is sent, nothing is sent; after, the request to the
+        // provider is dropped and the row says `cancelled`.
+        let (mut done_tx, done_rx) = tokio::sync::oneshot::channel();
         let upstream = self.upstream.clone();
         let recorder = self.recorder.clone();
         // Fair-queue tags are per incarnation: a tenant created again under
@@ -137,52 +162,89 @@ impl Gateway {
         let tenant = scope.partition().to_string();
         let weight = self.weight(scope);
         self.recorder.tasks.spawn(async move {
-            let mut slot = Slot::take(model.provider.permits.clone(), tenant, weight).await;
-            if done_tx.is_closed() {
+            let queued = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(
+                        tokio::time::Instant::from_std(d.instant()),
+                        Slot::take(model.provider.permits.clone(), tenant, weight),
+                    )
+                    .await
+                    .ok(),
+                    None => Some(Slot::take(model.provider.permits.clone(), tenant, weight).await),
+                }
+            };
+            let mut slot = tokio::select! {
+                slot = queued => match slot {
+                    Some(slot) => slot,
+                    None => {
+                        // Never sent: no usage, the reservation is given back.
+                        let _ = done_tx.send(Err(GatewayError::UpstreamTimeout(0)));
+                        return;
+                    }
+                },
                 // Nothing was sent: no usage, and the reservation (dropped
                 // with `call`) is given back.
-                return;
-            }
+                () = done_tx.closed() => return,
+                () = recorder.stop.cancelled() => return,
+            };
             if let Err(e) = call.begin(&recorder).await {
                 let _ = done_tx.send(Err(e));
                 return;
             }
-            let res = match upstream
-                .send(
-                    &model.provider,
-                    Endpoint::Chat,
-                    &model.upstream,
-                    key.as_ref(),
-                    &upstream_body,
-                )
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    call.finish(&recorder, Billed::default(), e.usage_status());
+            let first = async {
+                let res = upstream
+                    .send(
+                        &model.provider,
+                        Endpoint::Chat,
+                        &model.upstream,
+                        key.as_ref(),
+                        &upstream_body,
+                        deadline,
+                    )
+                    .await
+                    .map_err(|e| (e, Billed::default()))?;
+                if stream {
+                    Ok(First::Stream(res))
+                } else {
+                    complete(&call, res, deadline).await.map(First::Complete)
+                }
+            };
+            let first = tokio::select! {
+                first = first => first,
+                () = done_tx.closed() => {
+                    call.finish(&recorder, call.estimate(), "cancelled");
+                    return;
+                }
+                () = recorder.stop.cancelled() => {
+                    call.finish(&recorder, call.estimate(), "cancelled");
+                    let _ = done_tx.send(Err(GatewayError::Internal(
+                        "the server stopped during the call".into(),
+                    )));
+                    return;
+                }
+            };
+            let res = match first {
+                Ok(First::Stream(res)) => res,
+                Ok(First::Complete((value, billed))) => {
+                    drop(slot);
+                    call.finish(&recorder, billed, "ok");
+                    let _ = done_tx.send(Ok(ChatOutcome::Complete(value)));
+                    return;
+                }
+                Err((e, billed)) => {
+                    drop(slot);
+                    call.finish(&recorder, billed, e.usage_status());
                     let _ = done_tx.send(Err(e));
                     return;
                 }
             };
-            if !stream {
-                let result = complete(&call, res).await;
-                drop(slot);
-                let answer = match result {
-                    Ok((value, billed)) => {
-                        call.finish(&recorder, billed, "ok");
-                        Ok(ChatOutcome::Complete(value))
-                    }
-                    Err((e, billed)) => {
-                        call.finish(&recorder, billed, e.usage_status());
-                        Err(e)
-                    }
-                };
-                let _ = done_tx.send(answer);
-                return;
-            }
             let (tx, rx) = mpsc::channel(STREAM_BUFFER);
             let _ = done_tx.send(Ok(ChatOutcome::Stream(rx)));
-            let (billed, status) = pump(&call, res, &tx, wants_usage, &mut slot).await;
+            let pumped = tokio::select! {
+                pumped = pump(&call, res, &tx, wants_usage, &mut slot) => Some(pumped),
+                () = recorder.stop.cancelled() => None,
+            };
+            let (billed, status) = pumped.unwrap_or_else(|| (call.estimate(), "cancelled"));
             // Queued before the client's stream ends (dropping `tx`), so a
             // read that follows the stream sees the row.
             call.finish(&recorder, billed, status);
@@ -197,6 +259,13 @@ impl Gateway {
     }
 }
 
+/// What the first part of a call gave: a stream to pump, or the whole
+/// (non-streamed) answer with what it is billed.
+enum First {
+    Stream(reqwest::Response),
+    Complete((Value, Billed)),
+}
+
 /// A non-streamed chat answer: read (at most the provider's
 /// `max_response_bytes`, incrementally), checked, model renamed, usage
 /// taken — or counted locally when the provider reports none. A failure
@@ -204,9 +273,11 @@ impl Gateway {
 async fn complete(
     call: &Call,
     res: reqwest::Response,
+    deadline: Option<Deadline>,
 ) -> Result<(Value, Billed), (GatewayError, Billed)> {
     let provider = &call.model.provider;
-    let bytes = match read_capped(res, provider.max_response_bytes, provider.timeout).await {
+    let limit = Deadline::cap(deadline, provider.timeout);
+    let bytes = match read_capped(res, provider.max_response_bytes, limit).await {
         Ok(b) => b,
         Err(e) => {
             // What was received was generated, and billed by the provider.

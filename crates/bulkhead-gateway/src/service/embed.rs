@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use bulkhead_auth::TenantScope;
-use bulkhead_core::Timestamp;
 use bulkhead_core::audit::AuditAction;
 use bulkhead_core::config::ProviderKind;
+use bulkhead_core::{Deadline, Timestamp};
 use serde_json::{Value, json};
 
 use super::ledger::{Billed, Call, estimate_tokens, openai_tokens};
@@ -30,35 +30,39 @@ impl Gateway {
         name: &str,
         inputs: &[String],
     ) -> Result<Vec<Vec<f32>>, GatewayError> {
-        self.embed_in(scope, name, inputs, None).await
+        self.embed_in(scope, name, inputs, None, None).await
     }
 
-    /// [`Gateway::embed`] on behalf of an agent run (retrieval): the usage
-    /// row and the audit event name the agent and the run, so the agent's
-    /// cost includes what its retrieval paid.
+    /// [`Gateway::embed`] on behalf of an agent run (retrieval), within the
+    /// run's deadline: the usage row and the audit event name the agent and
+    /// the run, so the agent's cost includes what its retrieval paid.
     pub async fn embed_for_run(
         &self,
         scope: &TenantScope,
         name: &str,
         inputs: &[String],
-        agent: &str,
-        run_id: &str,
+        (agent, run_id): (&str, &str),
+        deadline: Option<Deadline>,
     ) -> Result<Vec<Vec<f32>>, GatewayError> {
         self.embed_in(
             scope,
             name,
             inputs,
             Some((agent.to_owned(), run_id.to_owned())),
+            deadline,
         )
         .await
     }
 
+    /// The call, in the caller's task: a caller that goes away after the
+    /// request was sent leaves its row `cancelled` (see [`Unsettled`]).
     async fn embed_in(
         &self,
         scope: &TenantScope,
         name: &str,
         inputs: &[String],
         run: Option<(String, String)>,
+        deadline: Option<Deadline>,
     ) -> Result<Vec<Vec<f32>>, GatewayError> {
         let (model, dimensions) = self
             .catalog
@@ -113,6 +117,11 @@ impl Gateway {
             .acquire(&scope.partition().to_string(), self.weight(scope))
             .await;
         call.begin(&self.recorder).await?;
+        let mut unsettled = Unsettled {
+            call: &call,
+            recorder: &self.recorder,
+            armed: true,
+        };
         let result = async {
             let res = self
                 .upstream
@@ -122,10 +131,12 @@ impl Gateway {
                     &model.upstream,
                     key.as_ref(),
                     &body,
+                    deadline,
                 )
                 .await?;
             let provider = &model.provider;
-            let bytes = read_capped(res, provider.max_response_bytes, provider.timeout)
+            let limit = Deadline::cap(deadline, provider.timeout);
+            let bytes = read_capped(res, provider.max_response_bytes, limit)
                 .await
                 .map_err(|e| read_error(provider, e))?;
             let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
@@ -164,6 +175,7 @@ impl Gateway {
         }
         .await;
         drop(permit);
+        unsettled.armed = false;
         match result {
             Ok((vectors, tokens)) => {
                 let billed = call.bill(Some(tokens), 0, 0);
@@ -183,6 +195,24 @@ impl Gateway {
                 call.finish(&self.recorder, Billed::default(), e.usage_status());
                 Err(e)
             }
+        }
+    }
+}
+
+/// A call whose request may be with the provider: dropped while armed (its
+/// caller went away — a run cancelled or out of time), it settles the row
+/// as `cancelled`, billed at its estimate.
+struct Unsettled<'a> {
+    call: &'a Call,
+    recorder: &'a super::ledger::Recorder,
+    armed: bool,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.call
+                .finish(self.recorder, self.call.estimate(), "cancelled");
         }
     }
 }

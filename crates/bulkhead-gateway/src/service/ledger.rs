@@ -137,6 +137,14 @@ pub(super) struct Call {
 }
 
 impl Call {
+    /// What a call stopped before the provider said what it used is
+    /// billed: its estimate, marked estimated.
+    pub(super) fn estimate(&self) -> Billed {
+        Billed {
+            tokens: self.est,
+            estimated: true,
+        }
+    }
     pub(super) fn record(&self, billed: Billed, status: &str) -> (UsageRecord, NewAuditEvent) {
         let m = &self.model;
         let tokens = billed.tokens;
@@ -260,6 +268,9 @@ impl Call {
 pub(super) struct Recorder {
     pub(super) store: Arc<dyn GatewayStore>,
     pub(super) tasks: TaskTracker,
+    /// Cancelled when the server's shutdown grace is over: calls still
+    /// going stop and are recorded `cancelled`.
+    pub(super) stop: tokio_util::sync::CancellationToken,
 }
 
 impl Gateway {

@@ -97,6 +97,7 @@ impl Gateway {
             recorder: Recorder {
                 store: store.clone(),
                 tasks: TaskTracker::new(),
+                stop: tokio_util::sync::CancellationToken::new(),
             },
             store,
             settings_cache: Mutex::new(HashMap::new()),
@@ -132,6 +133,13 @@ impl Gateway {
         tracing::error!(tenant = %scope.tenant(), channel = channel.as_str(), "blocked a request carrying another tenant's canary");
         self.alarm.raise(scope, victim, channel).await;
         Err(GatewayError::CrossTenantLeak)
+    }
+
+    /// Stops every model call still going (the shutdown grace is over):
+    /// each is recorded `cancelled`, billed what the provider reported or
+    /// else its estimate. [`Gateway::drain`] then returns promptly.
+    pub fn cancel_in_flight(&self) {
+        self.recorder.stop.cancel();
     }
 
     /// Waits until every started call (streams included) has finished and

@@ -405,6 +405,8 @@ pub(super) async fn pump(
                 .await;
             }
             let status = match gone {
+                // A run that stops reading was cancelled (or ran out of time).
+                Gone::Disconnected if call.run.is_some() => "cancelled",
                 Gone::Disconnected => "client_disconnected",
                 Gone::Stalled => "client_stalled",
             };

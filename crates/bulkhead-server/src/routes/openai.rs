@@ -3,14 +3,16 @@
 //! OpenAI's shape `{"error": {"message", "type", "code"}}` so the official
 //! SDKs understand them.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bulkhead_auth::TenantScope;
-use bulkhead_core::codes;
+use bulkhead_core::{Deadline, codes};
 use bulkhead_gateway::{ChatOutcome, GatewayError};
 use bulkhead_policy::{Action, Resource};
 use serde::Serialize;
@@ -21,6 +23,7 @@ use utoipa_axum::routes;
 use crate::authz::authorize;
 use crate::error::ApiError;
 use crate::extract::TenantCtx;
+use crate::request::RequestDeadline;
 use crate::routes::RouteTable;
 use crate::state::AppState;
 
@@ -212,6 +215,7 @@ impl FromRequestParts<AppState> for OpenAiTenant {
 pub async fn chat(
     State(state): State<AppState>,
     OpenAiTenant(scope): OpenAiTenant,
+    deadline: Option<Extension<RequestDeadline>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(e) = authorize(&state, &scope, Action::UseModels, Resource::Tenant).await {
@@ -231,9 +235,14 @@ pub async fn chat(
         }
     };
     // The call runs in its own task: if the client goes away, or the
-    // connection drops, the call still completes and its usage is recorded.
+    // connection drops, the call still completes (within the request's
+    // deadline: `[server] request_timeout_s`) and its usage is recorded.
     let gateway = state.gateway.clone();
-    let task = tokio::spawn(async move { gateway.chat(&scope, value).await });
+    let deadline = deadline.map_or_else(
+        || Deadline::after(Duration::from_secs(state.settings.request_timeout_s)),
+        |Extension(RequestDeadline(d))| d,
+    );
+    let task = tokio::spawn(async move { gateway.chat_until(&scope, value, deadline).await });
     match task.await {
         Ok(Ok(ChatOutcome::Complete(v))) => axum::Json(v).into_response(),
         Ok(Ok(ChatOutcome::Stream(rx))) => {

@@ -472,15 +472,22 @@ async fn upstream_failures_answer_cleanly_and_are_still_recorded() {
         (429, Some("rate_limit_exceeded"))
     );
     assert_eq!(r.headers.get("retry-after").unwrap(), "30");
-    // Too slow (timeout_s = 1, no retries on the Anthropic provider).
-    fake.push(Reply::delay(Duration::from_secs(5), Reply::text("late")));
-    let r = post("claude", false).await;
+    // Too slow (timeout_s = 1): a timeout is not retried, although the
+    // OpenAI provider retries once (after 5xx, 429 or a failed connection).
+    fake.push_all([
+        Reply::delay(Duration::from_secs(5), Reply::text("late")),
+        Reply::text("a retry would have got this"),
+    ]);
+    let before = fake.request_count();
+    let r = post("small", false).await;
     assert_eq!(
         (r.status, r.body["error"]["code"].as_str()),
         (504, Some("upstream_timeout")),
         "{}",
         r.body
     );
+    assert_eq!(fake.request_count(), before + 1, "not retried");
+    fake.clear_replies();
     // Malformed JSON.
     fake.push(Reply::malformed());
     let r = post("claude", false).await;

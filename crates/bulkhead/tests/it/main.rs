@@ -8,6 +8,7 @@
 
 mod approvals;
 mod check;
+mod deadlines;
 mod demo;
 mod e2e;
 mod kb;
