@@ -11,9 +11,9 @@ use bulkhead_tools::Tool;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::plan;
 use super::retrieval::search_tool_definition;
 use super::{Ended, RunCtx, Runtime, failure};
+use super::{answer, plan};
 use crate::event::RunEvent;
 use crate::prompt::{self, Fragment, Owner};
 use crate::store::{RunFailure, Step, StepWrite};
@@ -165,11 +165,15 @@ impl Runtime {
                     ));
                 }
             };
-            let mut body = json!({"model": ctx.agent.model, "messages": messages});
+            // Streamed, so that the answer's text reaches the run's client
+            // as the model writes it (`delta` events); the usage chunk is
+            // asked for, since the run counts its tokens.
+            let mut body = json!({"model": ctx.agent.model, "messages": messages,
+                "stream": true, "stream_options": {"include_usage": true}});
             if !definitions.is_empty() {
                 body["tools"] = Value::Array(definitions.clone());
             }
-            let answer = match self
+            let called = self
                 .gateway
                 .chat_for_run(
                     &ctx.scope,
@@ -178,15 +182,23 @@ impl Runtime {
                     &ctx.record.id.to_string(),
                     ctx.deadline,
                 )
-                .await
-            {
+                .await;
+            let answer = match called {
                 Ok(ChatOutcome::Complete(v)) => v,
-                Ok(ChatOutcome::Stream(_)) => {
-                    return Err(failure(
-                        codes::INTERNAL,
-                        "the gateway streamed an unrequested stream",
-                    ));
-                }
+                Ok(ChatOutcome::Stream(rx)) => match answer::assemble(rx, tx, step).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.stage(
+                            ctx,
+                            "error",
+                            json!({"code": e.code.code, "message": e.message}),
+                            None,
+                            None,
+                            None,
+                        );
+                        return Err(failure(e.code, e.message));
+                    }
+                },
                 Err(e) => {
                     self.stage(
                         ctx,

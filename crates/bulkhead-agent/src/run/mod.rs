@@ -4,11 +4,13 @@
 //!
 //! This module holds the runtime's state and what a run carries; the work
 //! is split by idea (private modules): `lifecycle` (start, the run's task,
-//! cancel, stop, shutdown), `drive` (the model/tool loop), `plan` (pure
-//! checks of a model answer's tool calls), `tool_calls` (making them),
+//! cancel, stop, shutdown), `drive` (the model/tool loop), `answer` (the
+//! model's streamed answer put together, its text sent on as `delta`
+//! events), `plan` (pure checks of a model answer's tool calls), `tool_calls` (making them),
 //! `retrieval` (knowledge in the prompt and the search tool), `records`
 //! (settings, runs and threads as stored) and `approvals`.
 
+mod answer;
 mod approvals;
 mod drive;
 mod lifecycle;

@@ -796,7 +796,7 @@ async fn a_streamed_run_reports_each_step_and_can_be_cancelled() {
     let w = world().await;
     w.fake.push_all([
         Reply::tool_call("slack", json!({"channel": "#s", "text": "t"})),
-        Reply::text("done"),
+        Reply::text("Posted it to the channel, all done."),
     ]);
     let mut body = sse_events(
         &w.app,
@@ -806,12 +806,23 @@ async fn a_streamed_run_reports_each_step_and_can_be_cancelled() {
     )
     .await;
     let mut names = Vec::new();
+    let mut streamed = String::new();
     while let Some((name, data)) = next_event(&mut body).await {
         if name == "done" {
-            assert_eq!(data["output"], "done");
+            assert_eq!(data["output"], "Posted it to the channel, all done.");
+        }
+        if name == "delta" {
+            assert_eq!(data["step"], 2, "{data}");
+            streamed.push_str(data["content"].as_str().unwrap());
         }
         names.push(name);
     }
+    // The answer's text arrives as the model writes it, in several
+    // deltas, before its step is stored and announced.
+    let deltas = names.iter().filter(|n| *n == "delta").count();
+    assert!(deltas > 1, "{names:?}");
+    assert_eq!(streamed, "Posted it to the channel, all done.");
+    names.dedup();
     assert_eq!(
         names,
         [
@@ -821,6 +832,7 @@ async fn a_streamed_run_reports_each_step_and_can_be_cancelled() {
             "tool_call",
             "tool_result",
             "step",
+            "delta",
             "model_call",
             "message",
             "done"
