@@ -280,10 +280,14 @@ pub enum TenantCommand {
         #[command(flatten)]
         conn: Connection,
     },
-    /// Delete a tenant and erase all its data.
+    /// Delete a tenant and erase all its data. Asks for the tenant id on
+    /// a terminal; without one, refuses unless --yes.
     Delete {
         /// Tenant id.
         id: String,
+        /// Do not ask: delete at once (for scripts).
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         conn: Connection,
     },
@@ -410,8 +414,9 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
                     let username = username.context("--kind basic needs --username")?;
                     json!({"kind": "basic", "username": username, "password": value})
                 }
-                "json" => serde_json::from_str(&value)
-                    .context("standard input is not a JSON credential body")?,
+                "json" => serde_json::from_str(&value).map_err(|_| {
+                    anyhow::anyhow!("--kind json: standard input is not a JSON credential body")
+                })?,
                 other => anyhow::bail!("--kind {other:?}: use api_key, bearer, basic or json"),
             };
             let client = Client::new(&conn)?;
@@ -549,12 +554,33 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
             &format!("/admin/v1/tenants/{}/data-key/rotate", seg(&id)),
             &json!({}),
         )?),
-        TenantCommand::Delete { id, conn } => {
+        TenantCommand::Delete { id, yes, conn } => {
+            if !yes && !confirm_delete(&id)? {
+                eprintln!("not deleted: tenant {id} is unchanged");
+                return Ok(ExitCode::FAILURE);
+            }
             Client::new(&conn)?.delete(&format!("/admin/v1/tenants/{}", seg(&id)))?;
             eprintln!("deleted tenant {id}");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Asks on the terminal for the tenant id before an erasure; refuses
+/// outright when standard input is not a terminal (a script must say
+/// `--yes`).
+fn confirm_delete(id: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to delete tenant {id} without confirmation: standard input is not a terminal; pass --yes to delete it and erase all its data"
+        );
+    }
+    eprint!("Delete tenant {id} and erase all its data? Type the tenant id to confirm: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == id)
 }
 
 pub fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
