@@ -678,6 +678,23 @@ fn operator_and_tenant_admin_commands_act_through_the_api() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
 
+    // A tenant admin's own credentials, on the tenant plane.
+    let out = cli_stdin(
+        &tenant(&["secret", "set", "slack", "--kind", "bearer"], &key),
+        "xoxb-ops-test-token\n",
+    );
+    assert_ok(&out, "secret set --api-key");
+    assert!(!stdout(&out).contains("xoxb-ops-test-token"));
+    let listed = cli_json(&tenant(&["secret", "list"], &key), &[]);
+    assert!(listed.to_string().contains("slack"), "{listed}");
+    let theirs = cli_json(&tenant(&["secret", "list"], &other), &[]);
+    assert!(!theirs.to_string().contains("slack"), "{theirs}");
+    let out = cli(&tenant(&["secret", "delete", "slack"], &key), &[]);
+    assert_ok(&out, "secret delete --api-key");
+    let out = cli(&tenant(&["secret", "list", "--tenant", "acme"], &key), &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--tenant"), "{}", stderr(&out));
+
     // collections: a document ingested by the operator, listed and deleted
     // by the tenant admin.
     let doc = dir.path().join("guide.md");
