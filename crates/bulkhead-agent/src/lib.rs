@@ -32,4 +32,7 @@ pub use approval::{Approval, ApprovalStatus, Verdict};
 pub use error::AgentError;
 pub use event::RunEvent;
 pub use run::{RunRequest, RunStarted, Runtime, RuntimeParts, TenantStop};
-pub use store::{AgentStore, AgentStoreError, RunRecord, RunStatus, Step, StoredMessage};
+pub use store::{
+    AgentStore, AgentStoreError, RunFilter, RunRecord, RunStatus, Step, StoredMessage,
+    ThreadFilter, ThreadSummary,
+};

@@ -150,6 +150,49 @@ pub struct StoredMessage {
     pub time: Timestamp,
 }
 
+/// Which runs a listing returns: newest first, at most `limit`, those
+/// started before the run `after` (the previous page's last), optionally
+/// only one agent's or those in one state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only this agent's runs.
+    pub agent: Option<String>,
+    /// Only runs in this state (as stored).
+    pub status: Option<RunStatus>,
+    /// Only runs older than this one (the cursor).
+    pub after: Option<RunId>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// Which threads a listing returns: newest first, at most `limit`, those
+/// older than the thread `after`, optionally only those an agent ran on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThreadFilter {
+    /// Only threads with a run of this agent.
+    pub agent: Option<String>,
+    /// Only threads older than this one (the cursor).
+    pub after: Option<ThreadId>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// One thread in a listing: threads with at least one run (the tenant's
+/// canary thread has none and is never listed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ThreadSummary {
+    /// Id.
+    pub id: ThreadId,
+    /// When its first run started.
+    pub created_at: Timestamp,
+    /// When its latest run started.
+    pub last_run_at: Timestamp,
+    /// The agents that ran on it, by name.
+    pub agents: Vec<String>,
+    /// How many runs it has.
+    pub runs: u64,
+}
+
 /// Agent settings, threads and runs, in the tenant's partition.
 #[async_trait]
 pub trait AgentStore: Send + Sync {
@@ -246,6 +289,20 @@ pub trait AgentStore: Send + Sync {
         scope: &TenantScope,
         id: RunId,
     ) -> Result<Option<RunRecord>, AgentStoreError>;
+    /// The tenant's runs without their steps, newest first (see
+    /// [`RunFilter`]). Statuses are as stored: a run a stopped process
+    /// left `running` reads `running` until it is fetched by id.
+    async fn list_runs(
+        &self,
+        scope: &TenantScope,
+        filter: &RunFilter,
+    ) -> Result<Vec<RunRecord>, AgentStoreError>;
+    /// The tenant's threads, newest first (see [`ThreadFilter`]).
+    async fn list_threads(
+        &self,
+        scope: &TenantScope,
+        filter: &ThreadFilter,
+    ) -> Result<Vec<ThreadSummary>, AgentStoreError>;
     /// A run with its steps exactly as stored, writing nothing: a run a
     /// stopped process left `running` still reads `running`. For
     /// authorising on the run's agent before [`AgentStore::run`] may

@@ -97,21 +97,14 @@ impl Client {
         let mut res = res.with_context(|| format!("cannot reach {}", self.base))?;
         let status = res.status();
         let text = res.body_mut().read_to_string().unwrap_or_default();
-        let body: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
         if status.is_success() {
-            return Ok(body);
+            return Ok(if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            });
         }
-        let detail = body
-            .get("detail")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| body.to_string());
-        let code = body.get("code").and_then(Value::as_str).unwrap_or("error");
-        bail!("{what} failed: {} {code}: {detail}", status.as_u16())
+        bail!("{what} failed: {}", explain(status, &text))
     }
 
     /// Any method, with an optional JSON body; returns the status and the
@@ -193,5 +186,118 @@ impl Client {
             .header("authorization", format!("Bearer {}", self.token))
             .call();
         self.finish(&format!("DELETE {path}"), res)
+    }
+}
+
+/// The words of the status line (`502 Bad Gateway`).
+fn status_line(status: ureq::http::StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+/// An error answer in plain words: a problem's `detail` (or an OpenAI
+/// error's `message`, with its `param`) and code, never the JSON itself
+/// nor a parser's message about it.
+pub fn explain(status: ureq::http::StatusCode, text: &str) -> String {
+    let line = status_line(status);
+    if text.trim().is_empty() {
+        return format!("the server answered {line} with an empty body");
+    }
+    let Ok(body) = serde_json::from_str::<Value>(text) else {
+        return format!("the server answered {line} with a non-JSON body");
+    };
+    let str_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    // problem+json: {detail, code}; OpenAI: {error: {message, param, code}}.
+    let (detail, param, code) = if let Some(d) = str_of(body.get("detail")) {
+        (d, None, str_of(body.get("code")))
+    } else if let Some(m) = str_of(body.pointer("/error/message")) {
+        (
+            m,
+            str_of(body.pointer("/error/param")),
+            str_of(body.pointer("/error/code")).or_else(|| str_of(body.pointer("/error/type"))),
+        )
+    } else {
+        return format!("the server answered {line} without an error detail");
+    };
+    let mut detail = plain(&detail);
+    if let Some(p) = param.filter(|p| !p.is_empty() && !detail.starts_with(p.as_str())) {
+        detail = format!("{p}: {detail}");
+    }
+    match code {
+        Some(code) => format!("{detail} ({} {code})", status.as_u16()),
+        None => format!("{detail} ({line})"),
+    }
+}
+
+/// A server's detail without the JSON deserialiser's framing: the
+/// extractor's prefix and the `at line 1 column 9` position, which name
+/// nothing the person typed.
+pub fn plain(detail: &str) -> String {
+    let mut d = detail.trim();
+    for prefix in [
+        "Failed to deserialize the JSON body into the target type: ",
+        "Failed to parse the request body as JSON: ",
+        "Failed to deserialize query string: ",
+        "Invalid URL: ",
+    ] {
+        if let Some(rest) = d.strip_prefix(prefix) {
+            d = rest;
+        }
+    }
+    let mut out = d.to_owned();
+    if let Some(at) = out.rfind(" at line ") {
+        let tail = &out[at + " at line ".len()..];
+        let positional = tail.split_once(" column ").is_some_and(|(l, c)| {
+            l.chars().all(|ch| ch.is_ascii_digit()) && c.chars().all(|ch| ch.is_ascii_digit())
+        });
+        if positional {
+            out.truncate(at);
+        }
+    }
+    if out.is_empty() {
+        "the server gave no detail".to_owned()
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ureq::http::StatusCode;
+
+    #[test]
+    fn errors_are_told_in_plain_words() {
+        let bad_gateway = StatusCode::BAD_GATEWAY;
+        assert_eq!(
+            explain(bad_gateway, "<html>oops</html>"),
+            "the server answered 502 Bad Gateway with a non-JSON body"
+        );
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        assert_eq!(
+            explain(
+                unprocessable,
+                r#"{"detail": "Failed to deserialize the JSON body into the target type: name: invalid type: integer `5`, expected a string at line 1 column 9", "code": "invalid_body"}"#
+            ),
+            "name: invalid type: integer `5`, expected a string (422 invalid_body)"
+        );
+        let bad = StatusCode::BAD_REQUEST;
+        assert_eq!(
+            explain(
+                bad,
+                r#"{"error": {"message": "unknown model", "param": "model", "code": "model_not_found"}}"#
+            ),
+            "model: unknown model (400 model_not_found)"
+        );
+        assert_eq!(
+            explain(bad, "[]"),
+            "the server answered 400 Bad Request without an error detail"
+        );
+        assert_eq!(
+            explain(bad, ""),
+            "the server answered 400 Bad Request with an empty body"
+        );
     }
 }

@@ -280,10 +280,14 @@ pub enum TenantCommand {
         #[command(flatten)]
         conn: Connection,
     },
-    /// Delete a tenant and erase all its data.
+    /// Delete a tenant and erase all its data. Asks for the tenant id on
+    /// a terminal; without one, refuses unless --yes.
     Delete {
         /// Tenant id.
         id: String,
+        /// Do not ask: delete at once (for scripts).
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         conn: Connection,
     },
@@ -299,10 +303,14 @@ pub enum SecretCommand {
         /// Tenant id (or --platform).
         #[arg(
             long,
-            required_unless_present = "platform",
+            required_unless_present_any = ["platform", "api_key"],
             conflicts_with = "platform"
         )]
         tenant: Option<String>,
+        /// Act as the tenant of this API key (a tenant admin) on the tenant
+        /// plane (`/v1/credentials`) instead of as the operator.
+        #[arg(long = "api-key", conflicts_with_all = ["tenant", "platform"])]
+        api_key: Option<String>,
         /// Store one of the platform's own credentials instead.
         #[arg(long)]
         platform: bool,
@@ -322,10 +330,14 @@ pub enum SecretCommand {
         /// Tenant id (or --platform).
         #[arg(
             long,
-            required_unless_present = "platform",
+            required_unless_present_any = ["platform", "api_key"],
             conflicts_with = "platform"
         )]
         tenant: Option<String>,
+        /// Act as the tenant of this API key (a tenant admin) on the tenant
+        /// plane (`/v1/credentials`) instead of as the operator.
+        #[arg(long = "api-key", conflicts_with_all = ["tenant", "platform"])]
+        api_key: Option<String>,
         /// The platform's own credentials.
         #[arg(long)]
         platform: bool,
@@ -337,10 +349,14 @@ pub enum SecretCommand {
         /// Tenant id (or --platform).
         #[arg(
             long,
-            required_unless_present = "platform",
+            required_unless_present_any = ["platform", "api_key"],
             conflicts_with = "platform"
         )]
         tenant: Option<String>,
+        /// Act as the tenant of this API key (a tenant admin) on the tenant
+        /// plane (`/v1/credentials`) instead of as the operator.
+        #[arg(long = "api-key", conflicts_with_all = ["tenant", "platform"])]
+        api_key: Option<String>,
         /// The platform's own credentials.
         #[arg(long)]
         platform: bool,
@@ -366,11 +382,27 @@ pub enum KmsCommand {
     },
 }
 
-fn credentials_path(tenant: &Option<String>, platform: bool) -> anyhow::Result<String> {
+fn credentials_path(
+    tenant: &Option<String>,
+    platform: bool,
+    api_key: &Option<String>,
+) -> anyhow::Result<String> {
     match (tenant, platform) {
+        _ if api_key.is_some() => Ok("/v1/credentials".to_owned()),
         (_, true) => Ok("/admin/v1/platform/credentials".to_owned()),
         (Some(t), false) => Ok(format!("/admin/v1/tenants/{}/credentials", seg(t))),
-        (None, false) => anyhow::bail!("name a tenant with --tenant, or use --platform"),
+        (None, false) => {
+            anyhow::bail!("name a tenant with --tenant, use --platform, or act with --api-key")
+        }
+    }
+}
+
+/// The operator's client, or the tenant's with `--api-key`.
+fn secret_client(conn: &Connection, api_key: &Option<String>) -> anyhow::Result<Client> {
+    match api_key.as_deref().map(str::trim) {
+        Some("") => anyhow::bail!("--api-key is empty"),
+        Some(k) => Ok(Client::with_token(&conn.url, k)),
+        None => Client::new(conn),
     }
 }
 
@@ -396,13 +428,14 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SecretCommand::Set {
             tenant,
+            api_key,
             platform,
             name,
             kind,
             username,
             conn,
         } => {
-            let base = credentials_path(&tenant, platform)?;
+            let base = credentials_path(&tenant, platform, &api_key)?;
             let value = read_stdin_secret()?;
             let body = match kind.as_str() {
                 "api_key" | "bearer" => json!({"kind": kind, "secret": value}),
@@ -410,11 +443,12 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
                     let username = username.context("--kind basic needs --username")?;
                     json!({"kind": "basic", "username": username, "password": value})
                 }
-                "json" => serde_json::from_str(&value)
-                    .context("standard input is not a JSON credential body")?,
+                "json" => serde_json::from_str(&value).map_err(|_| {
+                    anyhow::anyhow!("--kind json: standard input is not a JSON credential body")
+                })?,
                 other => anyhow::bail!("--kind {other:?}: use api_key, bearer, basic or json"),
             };
-            let client = Client::new(&conn)?;
+            let client = secret_client(&conn, &api_key)?;
             let path = format!("{base}/{}", seg(&name));
             let res = client.put(&path, &body);
             drop(body);
@@ -422,17 +456,26 @@ pub fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
         }
         SecretCommand::List {
             tenant,
+            api_key,
             platform,
             conn,
-        } => print(&Client::new(&conn)?.get(&credentials_path(&tenant, platform)?)?),
+        } => print(
+            &secret_client(&conn, &api_key)?
+                .get(&credentials_path(&tenant, platform, &api_key)?)?,
+        ),
         SecretCommand::Delete {
             tenant,
+            api_key,
             platform,
             name,
             conn,
         } => {
-            let path = format!("{}/{}", credentials_path(&tenant, platform)?, seg(&name));
-            Client::new(&conn)?.delete(&path)?;
+            let path = format!(
+                "{}/{}",
+                credentials_path(&tenant, platform, &api_key)?,
+                seg(&name)
+            );
+            secret_client(&conn, &api_key)?.delete(&path)?;
             eprintln!("deleted credential {name}");
             Ok(ExitCode::SUCCESS)
         }
@@ -549,12 +592,33 @@ pub fn tenant(cmd: TenantCommand) -> anyhow::Result<ExitCode> {
             &format!("/admin/v1/tenants/{}/data-key/rotate", seg(&id)),
             &json!({}),
         )?),
-        TenantCommand::Delete { id, conn } => {
+        TenantCommand::Delete { id, yes, conn } => {
+            if !yes && !confirm_delete(&id)? {
+                eprintln!("not deleted: tenant {id} is unchanged");
+                return Ok(ExitCode::FAILURE);
+            }
             Client::new(&conn)?.delete(&format!("/admin/v1/tenants/{}", seg(&id)))?;
             eprintln!("deleted tenant {id}");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Asks on the terminal for the tenant id before an erasure; refuses
+/// outright when standard input is not a terminal (a script must say
+/// `--yes`).
+fn confirm_delete(id: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to delete tenant {id} without confirmation: standard input is not a terminal; pass --yes to delete it and erase all its data"
+        );
+    }
+    eprint!("Delete tenant {id} and erase all its data? Type the tenant id to confirm: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == id)
 }
 
 pub fn key(cmd: KeyCommand) -> anyhow::Result<ExitCode> {

@@ -264,11 +264,12 @@ fn problem(body: &Value) -> (String, String) {
         .and_then(Value::as_str)
         .unwrap_or("error")
         .to_owned();
-    let detail = body
-        .get("detail")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| body.to_string());
+    let detail = match (body.get("detail").and_then(Value::as_str), body) {
+        (Some(d), _) => crate::client::plain(d),
+        (None, Value::String(_)) => "the server answered with a non-JSON body".to_owned(),
+        (None, Value::Null) => "the server answered with an empty body".to_owned(),
+        (None, _) => "the server answered without an error detail".to_owned(),
+    };
     (code, detail)
 }
 
@@ -303,7 +304,8 @@ fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let metadata = match &args.metadata {
         None => None,
         Some(text) => {
-            let v: Value = serde_json::from_str(text).context("--metadata is not JSON")?;
+            let v: Value = serde_json::from_str(text)
+                .map_err(|_| anyhow::anyhow!("--metadata: not a JSON object"))?;
             if !v.is_object() {
                 bail!("--metadata must be a JSON object");
             }

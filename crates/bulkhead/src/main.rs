@@ -11,7 +11,9 @@ mod approvals;
 mod client;
 mod commands;
 mod demo;
+mod init;
 mod kb;
+mod ops;
 
 use std::process::ExitCode;
 
@@ -63,6 +65,52 @@ enum Command {
     /// List, approve and deny paused tool calls (with a tenant API key).
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
+    /// Write a commented starter configuration, DIR/bulkhead.toml.
+    Init(init::InitArgs),
+    /// The cost ledger: the operator's report across tenants, or one
+    /// tenant's with --api-key.
+    Usage(ops::UsageArgs),
+    /// List, export and verify audit chains.
+    #[command(subcommand)]
+    Audit(ops::AuditCommand),
+    /// A tenant's quota overrides (operator).
+    #[command(subcommand)]
+    Quotas(ops::QuotasCommand),
+    /// A tenant's gateway settings: prompt audit, retention, approval
+    /// webhook (operator).
+    #[command(subcommand)]
+    Settings(ops::SettingsCommand),
+    /// The models a tenant can call, and its allow-list (operator).
+    #[command(subcommand)]
+    Models(ops::ModelsCommand),
+    /// A tenant's own Cedar policies (with a tenant API key); validate a
+    /// policy file offline.
+    #[command(subcommand)]
+    Policies(ops::PoliciesCommand),
+    /// The agents a tenant can run, and its settings of them (with a
+    /// tenant API key).
+    #[command(subcommand)]
+    Agents(ops::AgentsCommand),
+    /// List, read, cancel and delete runs (with a tenant API key).
+    #[command(subcommand)]
+    Runs(ops::RunsCommand),
+    /// List threads, read their messages, delete them (with a tenant API key).
+    #[command(subcommand)]
+    Threads(ops::ThreadsCommand),
+    /// Who a tenant API key is: tenant, principal, roles, region.
+    Whoami(ops::WhoamiArgs),
+    /// List and delete knowledge collections and documents (with a tenant
+    /// API key; `kb` ingests and searches).
+    #[command(subcommand)]
+    Collections(ops::CollectionsCommand),
+}
+
+/// Colour in text logs only on a terminal, and never under `NO_COLOR`
+/// (<https://no-color.org>: set and not empty).
+fn log_colour() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -71,6 +119,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -102,6 +151,18 @@ fn main() -> ExitCode {
         Command::Kms(cmd) => commands::kms(cmd),
         Command::Kb(cmd) => kb::kb(cmd),
         Command::Approvals(cmd) => approvals::approvals(cmd),
+        Command::Init(args) => init::init(args),
+        Command::Usage(args) => ops::usage(args),
+        Command::Audit(cmd) => ops::audit(cmd),
+        Command::Quotas(cmd) => ops::quotas(cmd),
+        Command::Settings(cmd) => ops::settings(cmd),
+        Command::Models(cmd) => ops::models(cmd),
+        Command::Policies(cmd) => ops::policies(cmd),
+        Command::Agents(cmd) => ops::agents(cmd),
+        Command::Runs(cmd) => ops::runs(cmd),
+        Command::Threads(cmd) => ops::threads(cmd),
+        Command::Whoami(args) => ops::whoami(args),
+        Command::Collections(cmd) => ops::collections(cmd),
     };
     match result {
         Ok(code) => code,

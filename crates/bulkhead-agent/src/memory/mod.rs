@@ -33,8 +33,8 @@ use serde_json::{Value, json};
 use crate::agent::AgentSettings;
 use crate::approval::{Approval, ApprovalStatus, Settled};
 use crate::store::{
-    AgentStore, AgentStoreError, Deletion, RunFailure, RunRecord, RunStatus, Step, StepWrite,
-    StoredMessage,
+    AgentStore, AgentStoreError, Deletion, RunFailure, RunFilter, RunRecord, RunStatus, Step,
+    StepWrite, StoredMessage, ThreadFilter, ThreadSummary,
 };
 
 /// A run's row (its steps are kept apart, as in SQLite).
@@ -605,6 +605,76 @@ impl AgentStore for MemoryAgentStore {
         id: RunId,
     ) -> Result<Option<RunRecord>, AgentStoreError> {
         self.read(scope, |p| p.read_run(id))
+    }
+
+    async fn list_runs(
+        &self,
+        scope: &TenantScope,
+        filter: &RunFilter,
+    ) -> Result<Vec<RunRecord>, AgentStoreError> {
+        self.read(scope, |p| {
+            let mut ids: Vec<RunId> = p
+                .runs
+                .iter()
+                .filter(|r| filter.agent.as_ref().is_none_or(|a| &r.record.agent == a))
+                .filter(|r| filter.status.is_none_or(|s| r.record.status == s))
+                .filter(|r| filter.after.is_none_or(|a| r.record.id < a))
+                .map(|r| r.record.id)
+                .collect();
+            // UUIDv7: newest first is the ids' descending order.
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids.into_iter()
+                .take(filter.limit)
+                .filter_map(|id| p.read_run(id))
+                .map(|mut r| {
+                    r.steps = Vec::new();
+                    r
+                })
+                .collect()
+        })
+    }
+
+    async fn list_threads(
+        &self,
+        scope: &TenantScope,
+        filter: &ThreadFilter,
+    ) -> Result<Vec<ThreadSummary>, AgentStoreError> {
+        self.read(scope, |p| {
+            let mut out: Vec<ThreadSummary> = Vec::new();
+            for t in &p.threads {
+                if filter.after.is_some_and(|a| *t >= a) {
+                    continue;
+                }
+                let runs: Vec<&RunRecord> = p
+                    .runs
+                    .iter()
+                    .map(|r| &r.record)
+                    .filter(|r| r.thread_id == *t)
+                    .collect();
+                let (Some(first), Some(last)) = (
+                    runs.iter().map(|r| r.created_at).min(),
+                    runs.iter().map(|r| r.created_at).max(),
+                ) else {
+                    continue;
+                };
+                let mut agents: Vec<String> = runs.iter().map(|r| r.agent.clone()).collect();
+                agents.sort();
+                agents.dedup();
+                if filter.agent.as_ref().is_some_and(|a| !agents.contains(a)) {
+                    continue;
+                }
+                out.push(ThreadSummary {
+                    id: *t,
+                    created_at: first,
+                    last_run_at: last,
+                    agents,
+                    runs: runs.len() as u64,
+                });
+            }
+            out.sort_unstable_by_key(|t| std::cmp::Reverse(t.id));
+            out.truncate(filter.limit);
+            out
+        })
     }
 
     async fn thread_paused(

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{Runtime, SETTINGS_TTL, sha256_hex};
 use crate::agent::{Agent, AgentSettings};
 use crate::error::AgentError;
-use crate::store::{RunRecord, StoredMessage};
+use crate::store::{RunFilter, RunRecord, StoredMessage, ThreadFilter, ThreadSummary};
 
 impl Runtime {
     pub(super) fn agent(&self, scope: &TenantScope, name: &str) -> Result<&Agent, AgentError> {
@@ -188,6 +188,24 @@ impl Runtime {
             .stored_run(scope, id)
             .await?
             .ok_or(AgentError::NotFound)
+    }
+
+    /// The tenant's runs without their steps, newest first (a page).
+    pub async fn list_runs(
+        &self,
+        scope: &TenantScope,
+        filter: &RunFilter,
+    ) -> Result<Vec<RunRecord>, AgentError> {
+        Ok(self.store.list_runs(scope, filter).await?)
+    }
+
+    /// The tenant's threads, newest first (a page).
+    pub async fn list_threads(
+        &self,
+        scope: &TenantScope,
+        filter: &ThreadFilter,
+    ) -> Result<Vec<ThreadSummary>, AgentError> {
+        Ok(self.store.list_threads(scope, filter).await?)
     }
 
     /// A thread's messages.

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bulkhead_agent::{AgentSettings, RunRecord, RunRequest};
+use bulkhead_agent::{AgentSettings, RunFilter, RunRecord, RunRequest, RunStatus, ThreadFilter};
 use bulkhead_core::{RunId, ThreadId};
 use bulkhead_policy::{Action, Resource};
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,8 @@ pub(super) fn table() -> RouteTable {
         .tenant(routes!(list))
         .tenant(routes!(get_settings, put_settings, patch_settings))
         .tenant(routes!(start))
+        .tenant(routes!(list_runs))
+        .tenant(routes!(list_threads))
         .tenant(routes!(get_run, delete_run))
         .tenant(routes!(cancel))
         .tenant(routes!(messages))
@@ -343,6 +345,252 @@ pub async fn start(
 
 fn sse(ev: &bulkhead_agent::RunEvent) -> Bytes {
     crate::sse::event(ev.event, &ev.data)
+}
+
+/// `GET /v1/runs` query: a page of the tenant's runs, newest first.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RunListQuery {
+    /// Only this agent's runs.
+    pub agent: Option<String>,
+    /// Only runs in this state: `running`, `awaiting_approval`,
+    /// `completed`, `failed` or `cancelled`.
+    pub status: Option<String>,
+    /// The previous page's `next_after`: runs older than this run id.
+    pub after: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// `GET /v1/threads` query: a page of the tenant's threads, newest first.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ThreadListQuery {
+    /// Only threads this agent ran on.
+    pub agent: Option<String>,
+    /// The previous page's `next_after`: threads older than this thread id.
+    pub after: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// Largest page of the run and thread listings (as of the audit chain's).
+const MAX_LIST_PAGE: u32 = 1000;
+
+fn list_limit(limit: Option<u32>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIST_PAGE {
+        return Err(ApiError::InvalidParameter(format!(
+            "limit: must be between 1 and {MAX_LIST_PAGE}"
+        )));
+    }
+    Ok(limit as usize)
+}
+
+/// One run in a listing (without its steps: `GET /v1/runs/{id}` has them).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunSummary {
+    /// Run id.
+    pub id: String,
+    /// Thread id.
+    pub thread_id: String,
+    /// Agent name.
+    pub agent: String,
+    /// `running`, `awaiting_approval`, `completed`, `failed` or `cancelled`
+    /// (as stored: a run a stopped server left `running` reads so until
+    /// it is fetched by id).
+    pub status: String,
+    /// The final answer.
+    pub output: Option<String>,
+    /// Why it did not complete: `{code, message}`.
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    /// Who started it.
+    pub principal: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub finished_at: Option<String>,
+    /// Prompt tokens over the run.
+    pub input_tokens: u64,
+    /// Completion tokens over the run.
+    pub output_tokens: u64,
+}
+
+impl From<RunRecord> for RunSummary {
+    fn from(r: RunRecord) -> Self {
+        let b = RunBody::from(r);
+        Self {
+            id: b.id,
+            thread_id: b.thread_id,
+            agent: b.agent,
+            status: b.status,
+            output: b.output,
+            error: b.error,
+            principal: b.principal,
+            created_at: b.created_at,
+            finished_at: b.finished_at,
+            input_tokens: b.input_tokens,
+            output_tokens: b.output_tokens,
+        }
+    }
+}
+
+/// A page of runs.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunList {
+    /// Newest first.
+    pub runs: Vec<RunSummary>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// One thread in a listing.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ThreadBody {
+    /// Thread id.
+    pub id: String,
+    /// When its first run started (RFC 3339).
+    pub created_at: String,
+    /// When its latest run started (RFC 3339).
+    pub last_run_at: String,
+    /// The agents that ran on it.
+    pub agents: Vec<String>,
+    /// How many runs it has.
+    pub runs: u64,
+}
+
+/// A page of threads.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ThreadList {
+    /// Newest first.
+    pub threads: Vec<ThreadBody>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// The caller's tenant's runs, newest first, a page at a time, optionally
+/// one agent's or those in one state. Runs of agents the caller may not
+/// read (`read_runs` on the agent) are left out.
+#[utoipa::path(get, path = "/v1/runs", operation_id = "list_runs", tag = "agents", security(("bearer" = [])),
+    params(RunListQuery),
+    responses((status = 200, body = RunList),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        problems::Timeout))]
+pub async fn list_runs(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Query(q): Query<RunListQuery>,
+) -> Result<AxumJson<RunList>, ApiError> {
+    let resource = match &q.agent {
+        Some(a) => Resource::Agent(a),
+        None => Resource::Tenant,
+    };
+    authorize(&state, &scope, Action::ReadRuns, resource).await?;
+    let limit = list_limit(q.limit)?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            ApiError::InvalidParameter(format!(
+                "status: {s:?} is not one of running, awaiting_approval, completed, failed, cancelled"
+            ))
+        })?),
+    };
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(a) => Some(RunId::parse(a).map_err(|_| {
+            ApiError::InvalidParameter(
+                "after: not a run id (pass the previous page's next_after)".into(),
+            )
+        })?),
+    };
+    let filter = RunFilter {
+        agent: q.agent.clone(),
+        status,
+        after,
+        limit,
+    };
+    let runs = state.runtime.list_runs(&scope, &filter).await?;
+    let next_after = (runs.len() == limit)
+        .then(|| runs.last().map(|r| r.id.to_string()))
+        .flatten();
+    // Each agent's runs only when the caller may read that agent's runs.
+    let mut allowed: BTreeMap<String, bool> = BTreeMap::new();
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        let ok = match allowed.get(&r.agent) {
+            Some(ok) => *ok,
+            None => {
+                let ok = authorize(&state, &scope, Action::ReadRuns, Resource::Agent(&r.agent))
+                    .await
+                    .is_ok();
+                allowed.insert(r.agent.clone(), ok);
+                ok
+            }
+        };
+        if ok {
+            out.push(RunSummary::from(r));
+        }
+    }
+    Ok(AxumJson(RunList {
+        runs: out,
+        next_after,
+    }))
+}
+
+/// The caller's tenant's threads (those with a run), newest first, a page
+/// at a time, optionally only those an agent ran on.
+#[utoipa::path(get, path = "/v1/threads", operation_id = "list_threads", tag = "agents", security(("bearer" = [])),
+    params(ThreadListQuery),
+    responses((status = 200, body = ThreadList),
+        problems::TenantAuth,
+        (status = 400, response = problems::BadRequest),
+        problems::Timeout))]
+pub async fn list_threads(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Query(q): Query<ThreadListQuery>,
+) -> Result<AxumJson<ThreadList>, ApiError> {
+    authorize(&state, &scope, Action::ReadRuns, Resource::Tenant).await?;
+    if let Some(a) = &q.agent {
+        authorize(&state, &scope, Action::ReadRuns, Resource::Agent(a)).await?;
+    }
+    let limit = list_limit(q.limit)?;
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(a) => Some(ThreadId::parse(a).map_err(|_| {
+            ApiError::InvalidParameter(
+                "after: not a thread id (pass the previous page's next_after)".into(),
+            )
+        })?),
+    };
+    let filter = ThreadFilter {
+        agent: q.agent.clone(),
+        after,
+        limit,
+    };
+    let threads = state.runtime.list_threads(&scope, &filter).await?;
+    let next_after = (threads.len() == limit)
+        .then(|| threads.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(AxumJson(ThreadList {
+        threads: threads
+            .into_iter()
+            .map(|t| ThreadBody {
+                id: t.id.to_string(),
+                created_at: t.created_at.to_string(),
+                last_run_at: t.last_run_at.to_string(),
+                agents: t.agents,
+                runs: t.runs,
+            })
+            .collect(),
+        next_after,
+    }))
 }
 
 /// `GET /v1/runs/{id}` parameters.

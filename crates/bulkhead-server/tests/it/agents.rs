@@ -1444,3 +1444,126 @@ prompt_file = "main.j2"
         "You serve acme Inc. Team SRE, region eu."
     );
 }
+
+#[tokio::test]
+async fn runs_and_threads_are_listed_newest_first_paged_and_filtered() {
+    let w = world().await;
+    w.fake.push_all([
+        Reply::text("a"),
+        Reply::text("b"),
+        Reply::text("c"),
+        Reply::text("d"),
+    ]);
+    let first = run(&w.app, &w.acme, "support", "one").await;
+    let thread = first["thread_id"].as_str().unwrap().to_owned();
+    let r = w
+        .app
+        .call(
+            "POST",
+            "/v1/agents/support/runs",
+            Some(&w.acme),
+            Some(json!({"input": "two", "thread_id": thread})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let second = r.body;
+    let third = run(&w.app, &w.acme, "quick", "three").await;
+    let foreign = run(&w.app, &w.globex, "support", "elsewhere").await;
+    let ids = |body: &Value, key: &str| -> Vec<String> {
+        body[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let get = |path: String| {
+        let key = w.acme.clone();
+        let app = &w.app;
+        async move {
+            let r = app.call("GET", &path, Some(&key), None).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            r.body
+        }
+    };
+    let all = get("/v1/runs".into()).await;
+    let newest_first: Vec<String> = [&third, &second, &first]
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids(&all, "runs"), newest_first);
+    assert!(all["next_after"].is_null(), "{all}");
+    assert!(all["runs"][0].get("steps").is_none(), "{all}");
+    assert_eq!(all["runs"][0]["agent"], "quick");
+    assert_eq!(all["runs"][0]["status"], "completed");
+    assert!(!all.to_string().contains(foreign["id"].as_str().unwrap()));
+    // Filters.
+    let support = get("/v1/runs?agent=support".into()).await;
+    assert_eq!(ids(&support, "runs"), newest_first[1..]);
+    let done = get("/v1/runs?status=completed&agent=quick".into()).await;
+    assert_eq!(ids(&done, "runs"), newest_first[..1]);
+    let failed = get("/v1/runs?status=failed".into()).await;
+    assert!(ids(&failed, "runs").is_empty());
+    // Pages.
+    let page1 = get("/v1/runs?limit=2".into()).await;
+    assert_eq!(ids(&page1, "runs"), newest_first[..2]);
+    let cursor = page1["next_after"].as_str().unwrap().to_owned();
+    let page2 = get(format!("/v1/runs?limit=2&after={cursor}")).await;
+    assert_eq!(ids(&page2, "runs"), newest_first[2..]);
+    assert!(page2["next_after"].is_null());
+    // Bad parameters name the parameter.
+    for (path, field) in [
+        ("/v1/runs?status=done", "status"),
+        ("/v1/runs?limit=0", "limit"),
+        ("/v1/runs?after=nope", "after"),
+        ("/v1/threads?limit=5000", "limit"),
+    ] {
+        let r = w.app.call("GET", path, Some(&w.acme), None).await;
+        r.assert_problem(400, "invalid_parameter");
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(detail.starts_with(field), "{path}: {detail}");
+    }
+    // Threads: the two of acme's, the one with two runs last (older).
+    let threads = get("/v1/threads".into()).await;
+    let t = threads["threads"].as_array().unwrap();
+    assert_eq!(t.len(), 2, "{threads}");
+    assert_eq!(t[0]["id"], third["thread_id"]);
+    assert_eq!(t[0]["agents"], json!(["quick"]));
+    assert_eq!(t[1]["id"], thread);
+    assert_eq!(t[1]["runs"], 2);
+    assert_eq!(t[1]["agents"], json!(["support"]));
+    let quick = get("/v1/threads?agent=quick".into()).await;
+    assert_eq!(quick["threads"].as_array().unwrap().len(), 1);
+    let page = get("/v1/threads?limit=1".into()).await;
+    let cursor = page["next_after"].as_str().unwrap().to_owned();
+    let rest = get(format!("/v1/threads?after={cursor}")).await;
+    assert_eq!(rest["threads"][0]["id"], thread);
+    // Another tenant sees only its own.
+    let r = w.app.call("GET", "/v1/runs", Some(&w.globex), None).await;
+    assert_eq!(ids(&r.body, "runs"), [foreign["id"].as_str().unwrap()]);
+    let r = w
+        .app
+        .call("GET", "/v1/threads", Some(&w.globex), None)
+        .await;
+    assert_eq!(r.body["threads"].as_array().unwrap().len(), 1);
+    assert!(!r.body.to_string().contains(&thread));
+    // A policy that forbids reading one agent's runs hides them from the
+    // list, and refuses the filtered list.
+    let r = w
+        .app
+        .call(
+            "PUT",
+            "/v1/policies",
+            Some(&w.acme),
+            Some(json!({"policies": r#"forbid(principal, action == Action::"read_runs", resource == Agent::"quick");"#})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let all = get("/v1/runs".into()).await;
+    assert_eq!(ids(&all, "runs"), newest_first[1..]);
+    let r = w
+        .app
+        .call("GET", "/v1/runs?agent=quick", Some(&w.acme), None)
+        .await;
+    r.assert_problem(403, "forbidden");
+}

@@ -435,6 +435,26 @@ fn entries(f: &Fixture) -> Vec<Entry> {
         )
         .other(200)
         .by(Members),
+        // Lists of the caller's own tenant: another tenant's shows none
+        // of the owner's runs or threads (the markers include their ids).
+        entry("GET", "/v1/runs", "/v1/runs", None, 200).other(200),
+        entry(
+            "GET",
+            "/v1/runs",
+            "/v1/runs?agent=helper&status=completed&limit=5",
+            None,
+            200,
+        )
+        .other(200),
+        entry("GET", "/v1/threads", "/v1/threads", None, 200).other(200),
+        entry(
+            "GET",
+            "/v1/threads",
+            "/v1/threads?agent=helper&limit=5",
+            None,
+            200,
+        )
+        .other(200),
         entry(
             "GET",
             "/v1/runs/{id}",

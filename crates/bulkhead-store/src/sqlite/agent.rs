@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use bulkhead_agent::AgentSettings;
 use bulkhead_agent::approval::{Approval, ApprovalStatus, Settled};
 use bulkhead_agent::store::{
-    AgentStore, AgentStoreError, Deletion, RunFailure, RunRecord, RunStatus, Step, StepWrite,
-    StoredMessage,
+    AgentStore, AgentStoreError, Deletion, RunFailure, RunFilter, RunRecord, RunStatus, Step,
+    StepWrite, StoredMessage, ThreadFilter, ThreadSummary,
 };
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::AuditAction;
@@ -111,6 +111,19 @@ fn write_steps(
 }
 
 fn read_run(conn: &rusqlite::Connection, id: RunId) -> Result<Option<RunRecord>, StoreError> {
+    read_run_with(conn, id, true)
+}
+
+/// A run without its steps (for listings).
+fn read_run_head(conn: &rusqlite::Connection, id: RunId) -> Result<Option<RunRecord>, StoreError> {
+    read_run_with(conn, id, false)
+}
+
+fn read_run_with(
+    conn: &rusqlite::Connection,
+    id: RunId,
+    with_steps: bool,
+) -> Result<Option<RunRecord>, StoreError> {
     let row = conn
         .query_row(
             "SELECT thread_id, agent, principal, status, created_at, finished_at, output, error_code,
@@ -149,26 +162,28 @@ fn read_run(conn: &rusqlite::Connection, id: RunId) -> Result<Option<RunRecord>,
     else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, kind, data, time FROM run_steps WHERE run_id = ?1 ORDER BY seq",
-    )?;
-    let rows = stmt.query_map(params![id.to_string()], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-        ))
-    })?;
     let mut steps = Vec::new();
-    for row in rows {
-        let (seq, kind, data, time) = row?;
-        steps.push(Step {
-            seq: seq as u32,
-            kind,
-            data: serde_json::from_str(&data).map_err(|e| corrupt("step")(e.to_string()))?,
-            time: ts(&time)?,
-        });
+    if with_steps {
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, kind, data, time FROM run_steps WHERE run_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![id.to_string()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (seq, kind, data, time) = row?;
+            steps.push(Step {
+                seq: seq as u32,
+                kind,
+                data: serde_json::from_str(&data).map_err(|e| corrupt("step")(e.to_string()))?,
+                time: ts(&time)?,
+            });
+        }
     }
     Ok(Some(RunRecord {
         id,
@@ -671,6 +686,113 @@ impl AgentStore for SqliteStore {
         self.blocking(move |s| {
             let p = s.partition(scope.tenant(), scope.partition())?;
             p.with_conn(|conn| read_run(conn, id))
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn list_runs(
+        &self,
+        scope: &TenantScope,
+        filter: &RunFilter,
+    ) -> Result<Vec<RunRecord>, AgentStoreError> {
+        let scope = scope.clone();
+        let filter = filter.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                // UUIDv7 ids in their lowercase text form sort by time.
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id FROM runs
+                     WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR status = ?2)
+                       AND (?3 IS NULL OR id < ?3)
+                     ORDER BY id DESC LIMIT ?4",
+                )?;
+                let ids = stmt
+                    .query_map(
+                        params![
+                            filter.agent,
+                            filter.status.map(RunStatus::as_str),
+                            filter.after.map(|a| a.to_string()),
+                            filter.limit as i64
+                        ],
+                        |r| r.get::<_, String>(0),
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let id = RunId::parse(&id).map_err(|e| corrupt("run id")(e.to_string()))?;
+                    if let Some(mut r) = read_run_head(conn, id)? {
+                        r.steps = Vec::new();
+                        out.push(r);
+                    }
+                }
+                Ok(out)
+            })
+        })
+        .await
+        .map_err(ag)
+    }
+
+    async fn list_threads(
+        &self,
+        scope: &TenantScope,
+        filter: &ThreadFilter,
+    ) -> Result<Vec<ThreadSummary>, AgentStoreError> {
+        let scope = scope.clone();
+        let filter = filter.clone();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                // Threads with a run (the canary's has none); the agent
+                // filter keeps threads any run of that agent is on.
+                let mut stmt = conn.prepare_cached(
+                    "SELECT thread_id, MIN(created_at), MAX(created_at), COUNT(*),
+                            group_concat(DISTINCT agent)
+                     FROM runs
+                     WHERE (?2 IS NULL OR thread_id < ?2)
+                     GROUP BY thread_id
+                     HAVING ?1 IS NULL OR SUM(agent = ?1) > 0
+                     ORDER BY thread_id DESC LIMIT ?3",
+                )?;
+                let rows = stmt
+                    .query_map(
+                        params![
+                            filter.agent,
+                            filter.after.map(|a| a.to_string()),
+                            filter.limit as i64
+                        ],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, i64>(3)?,
+                                r.get::<_, Option<String>>(4)?,
+                            ))
+                        },
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (id, first, last, runs, agents) in rows {
+                    let mut agents: Vec<String> = agents
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    agents.sort();
+                    out.push(ThreadSummary {
+                        id: ThreadId::parse(&id)
+                            .map_err(|e| corrupt("thread id")(e.to_string()))?,
+                        created_at: ts(&first)?,
+                        last_run_at: ts(&last)?,
+                        agents,
+                        runs: runs as u64,
+                    });
+                }
+                Ok(out)
+            })
         })
         .await
         .map_err(ag)

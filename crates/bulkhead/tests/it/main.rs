@@ -13,6 +13,7 @@ mod demo;
 mod e2e;
 mod kb;
 mod limits;
+mod ops;
 mod runs;
 mod sdk_openai;
 mod secrets;
