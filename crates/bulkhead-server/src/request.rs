@@ -49,11 +49,14 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     );
     let started = Instant::now();
     let timeout_s = state.settings.request_timeout_s;
-    // Model calls are bounded by their provider's timeout and retries
-    // instead: a long completion must not be cut by the generic limit.
+    // Model calls (chat, responses, embeddings) are bounded by their
+    // provider's timeout and retries instead: a long completion must not
+    // be cut by the generic limit.
     let path = req.uri().path();
     // Runs are bounded by their agent's own `timeout_s`.
     let bounded = path != crate::routes::openai::CHAT_PATH
+        && path != crate::routes::openai::RESPONSES_PATH
+        && path != crate::routes::openai::EMBEDDINGS_PATH
         && !(path.starts_with("/v1/agents/")
             && path.ends_with(crate::routes::agents::RUNS_PATH_SUFFIX));
     let scoped_id = request_id.clone();
@@ -100,9 +103,22 @@ pub async fn expose_matched_path(req: Request, next: Next) -> Response {
     res
 }
 
-/// Answers paths no route matches.
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound
+/// Answers paths no route matches, in the shape of the plane the path is
+/// on: under `/v1`, OpenAI's (`unknown_url`), as OpenAI answers, unless
+/// the path's first segment is one of `problem_segments` (the tenant
+/// plane's own resources, which answer problems); elsewhere a problem.
+pub fn not_found(req: &Request, problem_segments: &[String]) -> Response {
+    let path = req.uri().path();
+    let openai = path == "/v1"
+        || path.strip_prefix("/v1/").is_some_and(|rest| {
+            let first = rest.split('/').next().unwrap_or_default();
+            !problem_segments.iter().any(|s| s == first)
+        });
+    if openai {
+        return crate::routes::openai::OpenAiError::unknown_url(req.method().as_str(), path)
+            .into_response();
+    }
+    ApiError::NotFound.into_response()
 }
 
 /// Turns axum's bare 405 into a problem body.

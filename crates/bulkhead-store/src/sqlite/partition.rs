@@ -199,6 +199,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage ADD COLUMN boot_id TEXT;
     ALTER TABLE usage ADD COLUMN principal TEXT;
     CREATE INDEX usage_in_flight ON usage (status) WHERE status = 'in_flight';",
+    // v9: stored Responses API responses (the response object and the
+    // conversation it ends, as JSON), for `previous_response_id`.
+    "CREATE TABLE responses (
+        id             TEXT PRIMARY KEY,
+        created_micros INTEGER NOT NULL,
+        body           TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// File name of the tenant database inside its partition directory.
