@@ -33,6 +33,16 @@ credential = "env:FAKE_KEY"
 name = "small"
 provider = "fake-eu"
 upstream = "gpt-4o-mini"
+[[providers]]
+name = "fake-anthropic"
+kind = "anthropic"
+base_url = "{base}"
+region = "eu"
+credential = "env:FAKE_KEY"
+[[models]]
+name = "claude"
+provider = "fake-anthropic"
+upstream = "claude-fake"
 [[models]]
 name = "small-us"
 provider = "fake-us"
@@ -335,7 +345,7 @@ async fn a_model_is_retrieved_as_listed_and_others_are_not_found() {
         json!({"id": "small", "object": "model", "created": 0, "owned_by": "bulkhead"})
     );
     let list = w.app.call("GET", "/v1/models", Some(&w.acme), None).await;
-    assert_eq!(list.body["data"], json!([r.body]));
+    assert_eq!(list.body["data"][1], r.body);
     // Unknown, another region's, or off the allow-list: one 404.
     for model in ["nope", "small-us"] {
         let r = w
@@ -520,6 +530,48 @@ async fn responses_are_translated_continued_and_kept_per_tenant() {
         .await;
     assert_openai(&r, 404, "response_not_found");
 
+    // Retention covers stored responses as it covers thread messages.
+    w.fake.push(Reply::text("to be forgotten"));
+    let r = respond(
+        &w,
+        &w.acme,
+        json!({"model": "small", "input": "remember me"}),
+    )
+    .await;
+    let old = r.body["id"].as_str().unwrap().to_owned();
+    let r = w
+        .app
+        .call(
+            "PUT",
+            "/admin/v1/tenants/acme/settings",
+            Some(OPERATOR_TOKEN),
+            Some(json!({"message_retention_days": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Aged by hand (time cannot be waited for in a test).
+    tenant_db(&w.app, &w.acme)
+        .await
+        .execute(
+            "UPDATE responses SET created_micros = 0 WHERE id = ?1",
+            [&old],
+        )
+        .unwrap();
+    let op = w.app.operator_scope();
+    assert!(bulkhead_server::retention::apply_once(&w.app.state, &op).await >= 1);
+    let r = w
+        .app
+        .call("GET", &format!("/v1/responses/{old}"), Some(&w.acme), None)
+        .await;
+    assert_openai(&r, 404, "response_not_found");
+    let events = w.app.audit(&w.acme).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "retention.apply" && e["details"]["deleted_responses"] == 1),
+        "no retention event"
+    );
+
     // `store: false` keeps nothing.
     w.fake.push(Reply::text("unkept"));
     let r = respond(
@@ -566,7 +618,7 @@ async fn responses_are_translated_continued_and_kept_per_tenant() {
     assert_openai(&r, 403, "residency_violation");
     // Each call is a chat call of the tenant in the ledger.
     let usage = w.app.call("GET", "/v1/usage", Some(&w.acme), None).await;
-    assert_eq!(usage.body["total"]["requests"], 4, "{}", usage.body);
+    assert_eq!(usage.body["total"]["requests"], 5, "{}", usage.body);
 }
 
 #[tokio::test]
@@ -779,4 +831,48 @@ async fn bodies_over_the_limit_answer_in_the_shape_of_their_plane() {
     let r = w.app.request(req).await;
     assert_openai(&r, 413, "request_too_large");
     assert!(w.fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn responses_run_on_anthropic_providers_too() {
+    let w = world().await;
+    let r = respond(
+        &w,
+        &w.acme,
+        json!({"model": "claude", "input": "hello claude", "instructions": "be brief"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "completed");
+    assert_eq!(
+        r.body["output"][0]["content"][0]["text"],
+        "echo: hello claude"
+    );
+    let sent = w.fake.requests().last().unwrap().clone();
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.body["system"], "be brief", "{}", sent.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/responses")
+        .header("authorization", format!("Bearer {}", w.acme))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"model": "claude", "input": "more", "stream": true,
+                "previous_response_id": id})
+            .to_string(),
+        ))
+        .unwrap();
+    let r = w.app.request(req).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = parse_events(r.body.as_str().unwrap());
+    let done = &events.last().unwrap().1["response"];
+    assert_eq!(events.last().unwrap().0, "response.completed");
+    assert_eq!(done["output"][0]["content"][0]["text"], "echo: more");
+    assert!(
+        done["usage"]["total_tokens"].as_u64().unwrap() > 0,
+        "{done}"
+    );
+    let sent = w.fake.requests().last().unwrap().body.clone();
+    assert_eq!(sent["messages"].as_array().unwrap().len(), 3, "{sent}");
 }
