@@ -121,10 +121,22 @@ pub fn not_found(req: &Request, problem_segments: &[String]) -> Response {
     ApiError::NotFound.into_response()
 }
 
-/// Turns axum's bare 405 into a problem body.
+/// Turns axum's bare 405 into an error body: OpenAI's shape on the
+/// OpenAI-compatible paths, a problem elsewhere.
 pub async fn method_not_allowed(req: Request, next: Next) -> Response {
+    let openai = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|first| crate::routes::openai::OPENAI_SEGMENTS.contains(&first));
+    let method = req.method().clone();
     let res = next.run(req).await;
     if res.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED && !is_problem(&res) {
+        if openai {
+            return crate::routes::openai::OpenAiError::method_not_allowed(method.as_str())
+                .into_response();
+        }
         return ApiError::MethodNotAllowed.into_response();
     }
     res

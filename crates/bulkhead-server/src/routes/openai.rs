@@ -165,6 +165,20 @@ impl OpenAiError {
         }
     }
 
+    /// A 405 on an OpenAI-compatible path (the path exists, the method
+    /// does not).
+    pub fn method_not_allowed(method: &str) -> Self {
+        let method = crate::metrics::method_label(method);
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("{method} is not allowed on this path"),
+            kind: "invalid_request_error",
+            code: codes::METHOD_NOT_ALLOWED.code,
+            param: None,
+            retry_after: None,
+        }
+    }
+
     /// A chat body that could not be read: over the chat body limit
     /// (413 `request_too_large`, as `docs/errors.md` says), or cut off
     /// (400). axum's own answer would be plain text, which no OpenAI SDK
