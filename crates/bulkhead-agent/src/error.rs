@@ -34,6 +34,9 @@ pub enum AgentError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] AgentStoreError),
+    /// Something below the runtime failed (e.g. the vault), not the caller.
+    #[error("{0}")]
+    Internal(String),
     /// Boot-time configuration problem (templates, tools).
     #[error("{0}")]
     Config(String),
@@ -64,7 +67,9 @@ impl AgentError {
             AgentError::Invalid(_) => codes::VALIDATION_FAILED,
             AgentError::Finished => codes::RUN_FINISHED,
             AgentError::Prompt(_) => codes::PROMPT_ERROR,
-            AgentError::Store(_) | AgentError::Config(_) => codes::INTERNAL,
+            AgentError::Store(_) | AgentError::Config(_) | AgentError::Internal(_) => {
+                codes::INTERNAL
+            }
             AgentError::Limited(r) => r.error_code(),
             AgentError::Decided(_) => codes::APPROVAL_DECIDED,
             AgentError::Mismatch(_) => codes::APPROVAL_MISMATCH,

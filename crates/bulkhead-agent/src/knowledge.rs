@@ -77,6 +77,35 @@ pub struct DocumentInfo {
     pub created_at: Timestamp,
     /// Last ingestion.
     pub updated_at: Timestamp,
+    /// SHA-256 over everything ingestion made the document from (content,
+    /// format, title, metadata, embedding model): a document ingested
+    /// again with the same fingerprint is left as it is. `None` for a
+    /// document stored before fingerprints were kept.
+    #[serde(skip)]
+    pub fingerprint: Option<String>,
+}
+
+/// What an ingestion did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// A new document.
+    Created,
+    /// Replaced the document with the same external id.
+    Replaced,
+    /// The document with the same external id was already exactly this
+    /// (same fingerprint): nothing was embedded, paid for or written.
+    Unchanged,
+}
+
+impl Ingested {
+    /// `created`, `replaced` or `unchanged`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ingested::Created => "created",
+            Ingested::Replaced => "replaced",
+            Ingested::Unchanged => "unchanged",
+        }
+    }
 }
 
 /// One chunk to store.
@@ -186,6 +215,13 @@ pub trait KnowledgeStore: Send + Sync {
         event: NewAuditEvent,
         limit: StorageLimit,
     ) -> Result<DocumentInfo, KnowledgeStoreError>;
+    /// The collection's document with this external id, if any.
+    async fn document_by_external_id(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        external_id: &str,
+    ) -> Result<Option<DocumentInfo>, KnowledgeStoreError>;
     /// The tenant's stored documents and their bytes, across collections.
     async fn storage_used(&self, scope: &TenantScope) -> Result<(u64, u64), KnowledgeStoreError>;
     /// Deletes a document; false when there is none with that id in the collection.
@@ -536,6 +572,17 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Extra hits a search returns, for fault-injection tests.
 type FaultHook = Arc<dyn Fn(&TenantScope) -> Vec<Hit> + Send + Sync>;
 
+/// Who a search is for: the tenant, and the agent run it is part of, if
+/// any (agent name, run id) — the embedding call's ledger row and audit
+/// event then name them.
+#[derive(Clone, Copy)]
+pub struct SearchFor<'a> {
+    /// The tenant.
+    pub scope: &'a TenantScope,
+    /// (agent, run id) when the search is part of a run.
+    pub run: Option<(&'a str, &'a str)>,
+}
+
 /// The knowledge service.
 pub struct Knowledge {
     gateway: Arc<Gateway>,
@@ -657,22 +704,33 @@ impl Knowledge {
     async fn embed(
         &self,
         scope: &TenantScope,
+        run: Option<(&str, &str)>,
         model: &str,
         texts: &[String],
     ) -> Result<Vec<Vec<f32>>, KnowledgeServiceError> {
         let mut out = Vec::with_capacity(texts.len());
         for batch in texts.chunks(EMBED_BATCH) {
-            out.extend(self.gateway.embed(scope, model, batch).await?);
+            out.extend(match run {
+                None => self.gateway.embed(scope, model, batch).await?,
+                Some((agent, run_id)) => {
+                    self.gateway
+                        .embed_for_run(scope, model, batch, agent, run_id)
+                        .await?
+                }
+            });
         }
         Ok(out)
     }
 
     /// Ingests a document (atomically; replacing the same external id).
+    /// A document whose external id names one stored with the same
+    /// fingerprint is [`Ingested::Unchanged`]: nothing is embedded (or
+    /// paid for), written or audited.
     pub async fn ingest(
         &self,
         scope: &TenantScope,
         doc: NewDocument,
-    ) -> Result<DocumentInfo, KnowledgeServiceError> {
+    ) -> Result<(DocumentInfo, Ingested), KnowledgeServiceError> {
         bulkhead_knowledge::collection_name(&doc.collection)?;
         if let Some(x) = &doc.external_id {
             bulkhead_knowledge::external_id(x)?;
@@ -684,6 +742,17 @@ impl Knowledge {
             ));
         }
         bulkhead_knowledge::metadata(&doc.metadata)?;
+        let model = self.embedder(scope).map(str::to_owned);
+        let fingerprint = fingerprint(&doc, model.as_deref());
+        if let Some(x) = &doc.external_id
+            && let Some(stored) = self
+                .store
+                .document_by_external_id(scope, &doc.collection, x)
+                .await?
+            && stored.fingerprint.as_deref() == Some(fingerprint.as_str())
+        {
+            return Ok((stored, Ingested::Unchanged));
+        }
         // Before anything is embedded (and paid for): would a new document
         // of this size fit? The write checks again in its transaction.
         let limit = self.storage_limit(scope);
@@ -694,11 +763,10 @@ impl Knowledge {
             return Err(KnowledgeStoreError::Quota(why).into());
         }
         let chunks = bulkhead_knowledge::chunk(&doc.content, doc.format, &self.limits)?;
-        let model = self.embedder(scope).map(str::to_owned);
         let vectors = match &model {
             Some(m) => {
                 let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
-                Some(self.embed(scope, m, &texts).await?)
+                Some(self.embed(scope, None, m, &texts).await?)
             }
             None => None,
         };
@@ -729,6 +797,7 @@ impl Knowledge {
             metadata: doc.metadata.clone(),
             created_at: now,
             updated_at: now,
+            fingerprint: Some(fingerprint),
         };
         let event = NewAuditEvent::new(
             AuditAction::DocumentPut,
@@ -745,7 +814,13 @@ impl Knowledge {
             .put_document(scope, &info, rows, event, limit)
             .await;
         self.invalidate(scope, &doc.collection);
-        Ok(stored?)
+        let stored = stored?;
+        let outcome = if stored.created_at == stored.updated_at {
+            Ingested::Created
+        } else {
+            Ingested::Replaced
+        };
+        Ok((stored, outcome))
     }
 
     /// Deletes a document of a collection.
@@ -819,6 +894,23 @@ impl Knowledge {
         filter: Option<&Value>,
         mode: SearchMode,
     ) -> Result<SearchResult, KnowledgeServiceError> {
+        let caller = SearchFor { scope, run: None };
+        self.search_for(caller, collection, query, top_k, filter, mode)
+            .await
+    }
+
+    /// [`Knowledge::search`] for a caller that may be an agent run: the
+    /// query's embedding call is then billed to the agent and the run.
+    pub async fn search_for(
+        &self,
+        caller: SearchFor<'_>,
+        collection: &str,
+        query: &str,
+        top_k: usize,
+        filter: Option<&Value>,
+        mode: SearchMode,
+    ) -> Result<SearchResult, KnowledgeServiceError> {
+        let scope = caller.scope;
         // A name no client may create cannot exist: reserved collections
         // (the canary's) are not searchable.
         if bulkhead_knowledge::collection_name(collection).is_err() {
@@ -906,7 +998,9 @@ impl Knowledge {
             let (Some(m), SearchMode::Vector | SearchMode::Hybrid) = (&model, mode) else {
                 return Ok::<_, KnowledgeServiceError>(Vec::new());
             };
-            let q = self.embed(scope, m, &[query.to_owned()]).await?;
+            let q = self
+                .embed(scope, caller.run, m, &[query.to_owned()])
+                .await?;
             let qv = q.into_iter().next().unwrap_or_default();
             let index = self.vector_index(scope, collection, m).await?;
             let allowed = allowed.clone();
@@ -958,6 +1052,30 @@ impl Knowledge {
         }
         Ok(SearchResult { mode, results })
     }
+}
+
+/// The document's fingerprint (see [`DocumentInfo::fingerprint`]): each
+/// part length-prefixed, so no two different inputs run together.
+fn fingerprint(doc: &NewDocument, model: Option<&str>) -> String {
+    let format = format!("{:?}", doc.format);
+    let title = doc.title.as_deref().unwrap_or_default();
+    let metadata = doc.metadata.to_string();
+    let parts: [(&str, &[u8]); 5] = [
+        ("content", doc.content.as_bytes()),
+        ("format", format.as_bytes()),
+        ("title", title.as_bytes()),
+        ("metadata", metadata.as_bytes()),
+        ("model", model.unwrap_or_default().as_bytes()),
+    ];
+    let mut buf = Vec::with_capacity(doc.content.len() + 256);
+    for (name, value) in parts {
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        buf.extend_from_slice(value);
+    }
+    // A title of None and of "" differ.
+    buf.push(u8::from(doc.title.is_some()));
+    sha256_hex(&buf)
 }
 
 #[cfg(test)]

@@ -197,7 +197,7 @@ impl From<bulkhead_agent::AgentError> for ApiError {
             AgentError::Finished => ApiError::RunFinished,
             AgentError::Prompt(m) => ApiError::Prompt(m),
             AgentError::Store(s) => ApiError::Internal(s.to_string()),
-            AgentError::Config(m) => ApiError::Internal(m),
+            AgentError::Config(m) | AgentError::Internal(m) => ApiError::Internal(m),
             AgentError::Limited(r) => ApiError::Limited(r),
             AgentError::Decided(_) => ApiError::state(codes::APPROVAL_DECIDED, &e),
             AgentError::Mismatch(_) => ApiError::state(codes::APPROVAL_MISMATCH, &e),

@@ -235,6 +235,7 @@ fn walk(
 struct Summary {
     ingested: u64,
     replaced: u64,
+    unchanged: u64,
     chunks: u64,
     failed: Vec<Value>,
 }
@@ -250,6 +251,7 @@ impl Summary {
         json!({
             "ingested": self.ingested,
             "replaced": self.replaced,
+            "unchanged": self.unchanged,
             "failed": self.failed,
             "chunks": self.chunks,
         })
@@ -334,11 +336,11 @@ fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         let outcome = target.send(entry, &bar);
         bar.inc(1);
         match outcome {
-            Sent::Done { replaced, chunks } => {
-                if replaced {
-                    summary.replaced += 1;
-                } else {
-                    summary.ingested += 1;
+            Sent::Done { status, chunks } => {
+                match status {
+                    Ingest::Created => summary.ingested += 1,
+                    Ingest::Replaced => summary.replaced += 1,
+                    Ingest::Unchanged => summary.unchanged += 1,
                 }
                 summary.chunks += chunks;
             }
@@ -359,10 +361,18 @@ fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// What the server did with a document it took.
+enum Ingest {
+    Created,
+    Replaced,
+    /// Already stored exactly so: not embedded (nor paid for) again.
+    Unchanged,
+}
+
 /// What became of one file.
 enum Sent {
     Done {
-        replaced: bool,
+        status: Ingest,
         chunks: u64,
     },
     /// Not text: skipped with a warning.
@@ -439,7 +449,11 @@ impl Target<'_> {
         let (code, detail) = problem(&answer);
         match status {
             200 | 201 => Sent::Done {
-                replaced: status == 200,
+                status: match answer.get("status").and_then(Value::as_str) {
+                    Some("unchanged") => Ingest::Unchanged,
+                    _ if status == 201 => Ingest::Created,
+                    _ => Ingest::Replaced,
+                },
                 chunks: answer.get("chunks").and_then(Value::as_u64).unwrap_or(0),
             },
             404 => Sent::Fatal(anyhow::anyhow!(

@@ -313,6 +313,7 @@ embedding_model = "embed"
             metadata: json!({"n": doc_no % 10}),
             created_at: now,
             updated_at: now,
+            fingerprint: None,
         };
         let event = NewAuditEvent::new(
             AuditAction::DocumentPut,
@@ -347,7 +348,7 @@ embedding_model = "embed"
     let t = Instant::now();
     let mut chunks = 0u64;
     for i in 0..50 {
-        let info = text_only
+        let (info, _) = text_only
             .ingest(
                 &ingest_scope,
                 bulkhead_agent::knowledge::NewDocument {

@@ -167,6 +167,22 @@ impl KnowledgeStore for MemoryKnowledgeStore {
         })
     }
 
+    async fn document_by_external_id(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        external_id: &str,
+    ) -> Result<Option<DocumentInfo>, KnowledgeStoreError> {
+        self.read(scope, |p| {
+            p.documents
+                .iter()
+                .find(|d| {
+                    d.collection == collection && d.external_id.as_deref() == Some(external_id)
+                })
+                .cloned()
+        })
+    }
+
     async fn storage_used(&self, scope: &TenantScope) -> Result<(u64, u64), KnowledgeStoreError> {
         self.read(scope, |p| {
             (

@@ -125,6 +125,9 @@ pub struct Runtime {
     active: Mutex<HashMap<(TenantUid, RunId), ActiveRun>>,
     tasks: TaskTracker,
     settings_cache: Mutex<HashMap<(TenantUid, String), (AgentSettings, Instant)>>,
+    /// Held while a settings merge reads, merges and writes, so that two
+    /// concurrent PATCHes of one process do not lose either change.
+    settings_write: tokio::sync::Mutex<()>,
     knowledge: Arc<Knowledge>,
     limiter: Arc<Limiter>,
     /// Runs executing at once in this process, admitted fairly when full.
@@ -268,6 +271,7 @@ impl Runtime {
             active: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             settings_cache: Mutex::new(HashMap::new()),
+            settings_write: tokio::sync::Mutex::new(()),
             knowledge,
             limiter,
             run_gate,

@@ -7,7 +7,8 @@ use std::time::Instant;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
 use bulkhead_core::{RunId, ThreadId, Timestamp};
-use serde_json::json;
+use bulkhead_vault::store::CredScope;
+use serde_json::{Value, json};
 
 use super::{Runtime, SETTINGS_TTL, sha256_hex};
 use crate::agent::{Agent, AgentSettings};
@@ -73,15 +74,74 @@ impl Runtime {
         self.cached_settings(scope, &agent.name).await
     }
 
-    /// Replaces a tenant's settings of an agent (validated first).
+    /// Replaces a tenant's settings of an agent (validated first): the body
+    /// is the whole document, and a field left out takes its default.
     pub async fn put_settings(
         &self,
         scope: &TenantScope,
         agent: &str,
         settings: AgentSettings,
     ) -> Result<AgentSettings, AgentError> {
-        let agent = self.agent(scope, agent)?;
+        let agent = self.agent(scope, agent)?.clone();
+        let _write = self.settings_write.lock().await;
+        self.write_settings(scope, &agent, settings).await
+    }
+
+    /// Changes some of a tenant's settings of an agent: `patch` is a JSON
+    /// merge patch (RFC 7396) over the stored document — a field left out
+    /// keeps its value, `null` resets it (a map's key set to `null` is
+    /// removed), and maps merge key by key.
+    pub async fn patch_settings(
+        &self,
+        scope: &TenantScope,
+        agent: &str,
+        patch: &Value,
+    ) -> Result<AgentSettings, AgentError> {
+        let agent = self.agent(scope, agent)?.clone();
+        if !patch.is_object() {
+            return Err(AgentError::Invalid(
+                "the body must be a JSON object (a merge patch of the settings)".to_owned(),
+            ));
+        }
+        let _write = self.settings_write.lock().await;
+        // From the store, not the cache: the merge must start from what is
+        // stored now.
+        let current = self
+            .store
+            .agent_settings(scope, &agent.name)
+            .await?
+            .unwrap_or_default();
+        let mut doc = serde_json::to_value(&current)
+            .map_err(|e| AgentError::Internal(format!("settings encode: {e}")))?;
+        merge_patch(&mut doc, patch);
+        let merged: AgentSettings = serde_json::from_value(doc)
+            .map_err(|e| AgentError::Invalid(format!("settings: {e}")))?;
+        self.write_settings(scope, &agent, merged).await
+    }
+
+    /// Validates and stores a whole settings document (its connections
+    /// must name credentials the tenant has).
+    async fn write_settings(
+        &self,
+        scope: &TenantScope,
+        agent: &Agent,
+        settings: AgentSettings,
+    ) -> Result<AgentSettings, AgentError> {
         settings.validate(agent)?;
+        if !settings.connections.is_empty() {
+            let have = self
+                .vault
+                .list(CredScope::Tenant(scope))
+                .await
+                .map_err(|e| AgentError::Internal(format!("credentials: {e}")))?;
+            for (tool, conn) in &settings.connections {
+                if !have.iter().any(|c| &c.connection == conn) {
+                    return Err(AgentError::Invalid(format!(
+                        "connections.{tool}: this organisation has no connection {conn:?} (store it with PUT /v1/credentials/{conn} first)"
+                    )));
+                }
+            }
+        }
         let event = NewAuditEvent::new(
             AuditAction::AgentSettingsUpdate,
             format!("agent:{}", agent.name),
@@ -176,5 +236,49 @@ fn deletion(d: crate::store::Deletion) -> Result<(), AgentError> {
         crate::store::Deletion::Deleted => Ok(()),
         crate::store::Deletion::NotFound => Err(AgentError::NotFound),
         crate::store::Deletion::InProgress => Err(AgentError::InProgress),
+    }
+}
+
+/// RFC 7396 JSON merge patch: objects merge member by member, `null`
+/// removes a member, anything else replaces the target.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in members {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        // The RFC's own example (section 3).
+        let mut doc = json!({"title": "Goodbye!", "author": {"givenName": "John", "familyName": "Doe"},
+            "tags": ["example", "sample"], "content": "This will be unchanged"});
+        merge_patch(
+            &mut doc,
+            &json!({"title": "Hello!", "phoneNumber": "+01-123-456-7890",
+            "author": {"familyName": null}, "tags": ["example"]}),
+        );
+        assert_eq!(
+            doc,
+            json!({"title": "Hello!", "author": {"givenName": "John"},
+            "tags": ["example"], "content": "This will be unchanged", "phoneNumber": "+01-123-456-7890"})
+        );
     }
 }

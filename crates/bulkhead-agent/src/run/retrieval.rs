@@ -3,12 +3,13 @@
 //! `search_knowledge` tool an agent with collections gets.
 
 use bulkhead_auth::TenantScope;
+use bulkhead_core::RunId;
 use bulkhead_core::codes::ErrorCode;
 use serde_json::{Value, json};
 
 use super::{RunCtx, Runtime};
 use crate::agent::Agent;
-use crate::knowledge::SearchMode;
+use crate::knowledge::{SearchFor, SearchMode};
 
 /// The built-in tool an agent with knowledge collections gets.
 pub(super) const SEARCH_TOOL: &str = "search_knowledge";
@@ -35,12 +36,16 @@ impl Runtime {
     /// as one context message; `None` when nothing was found.
     pub(super) async fn retrieve(&self, ctx: &RunCtx) -> Option<String> {
         let knowledge = &self.knowledge;
+        let run_id = ctx.record.id.to_string();
         let mut lines = Vec::new();
         for collection in &ctx.agent.knowledge {
             // A collection this tenant never created simply has nothing.
             let Ok(found) = knowledge
-                .search(
-                    &ctx.scope,
+                .search_for(
+                    SearchFor {
+                        scope: &ctx.scope,
+                        run: Some((&ctx.agent.name, &run_id)),
+                    },
                     collection,
                     &ctx.input,
                     RETRIEVED_PER_COLLECTION,
@@ -72,8 +77,14 @@ impl Runtime {
         &self,
         agent: &Agent,
         scope: &TenantScope,
+        run_id: RunId,
         args: &Value,
     ) -> (bool, Option<ErrorCode>, String) {
+        let run_id = run_id.to_string();
+        let caller = SearchFor {
+            scope,
+            run: Some((&agent.name, &run_id)),
+        };
         let knowledge = &self.knowledge;
         let query = args["query"].as_str().unwrap_or_default();
         let top_k = args["top_k"].as_u64().unwrap_or(5) as usize;
@@ -84,7 +95,7 @@ impl Runtime {
         let mut results = Vec::new();
         for c in collections {
             if let Ok(found) = knowledge
-                .search(scope, c, query, top_k, None, SearchMode::Hybrid)
+                .search_for(caller, c, query, top_k, None, SearchMode::Hybrid)
                 .await
             {
                 results.extend(found.results.into_iter().map(|h| {

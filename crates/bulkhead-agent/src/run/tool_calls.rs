@@ -10,7 +10,7 @@ use std::time::Instant;
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
 use bulkhead_core::codes::{self, ErrorCode};
-use bulkhead_core::{ApprovalId, Timestamp};
+use bulkhead_core::{ApprovalId, RunId, Timestamp};
 use bulkhead_vault::VaultError;
 use bulkhead_vault::credential::{ConnectionName, CredentialSecret};
 use bulkhead_vault::store::CredScope;
@@ -187,7 +187,7 @@ impl Runtime {
                 reason = "a tool call's duration (its ledger row) is elapsed time on the monotonic clock"
             )]
             let started = Instant::now();
-            let out = self.execute_tool(&ctx.agent, &ctx.scope, p).await;
+            let out = self.execute_tool(&ctx.agent, &ctx.scope, ctx.record.id, p).await;
             (out, started.elapsed())
         }))
         .await;
@@ -350,6 +350,7 @@ impl Runtime {
         &self,
         ctx_agent: &Agent,
         scope: &TenantScope,
+        run_id: RunId,
         p: &Planned<'_>,
     ) -> (bool, Option<ErrorCode>, String) {
         if let Err(refusal) = self.limiter.tool_call(scope).await {
@@ -369,7 +370,7 @@ impl Runtime {
         }
         let tool = match p.target {
             Target::Tool(t) => t,
-            Target::Search => return self.search_tool(ctx_agent, scope, &p.args).await,
+            Target::Search => return self.search_tool(ctx_agent, scope, run_id, &p.args).await,
         };
         // The tripwire: the arguments are everything the request carries
         // besides the configured URL and the credential.

@@ -370,6 +370,7 @@ fn doc(collection: &str, id: &str, external: Option<&str>, bytes: u64) -> Docume
         metadata: json!({}),
         created_at: Timestamp::now(),
         updated_at: Timestamp::now(),
+        fingerprint: None,
     }
 }
 

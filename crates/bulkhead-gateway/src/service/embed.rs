@@ -135,12 +135,42 @@ impl Gateway {
         name: &str,
         inputs: &[String],
     ) -> Result<Vec<Vec<f32>>, GatewayError> {
+        self.embed_in(scope, name, inputs, None).await
+    }
+
+    /// [`Gateway::embed`] on behalf of an agent run (retrieval): the usage
+    /// row and the audit event name the agent and the run, so the agent's
+    /// cost includes what its retrieval paid.
+    pub async fn embed_for_run(
+        &self,
+        scope: &TenantScope,
+        name: &str,
+        inputs: &[String],
+        agent: &str,
+        run_id: &str,
+    ) -> Result<Vec<Vec<f32>>, GatewayError> {
+        self.embed_in(
+            scope,
+            name,
+            inputs,
+            Some((agent.to_owned(), run_id.to_owned())),
+        )
+        .await
+    }
+
+    async fn embed_in(
+        &self,
+        scope: &TenantScope,
+        name: &str,
+        inputs: &[String],
+        run: Option<(String, String)>,
+    ) -> Result<Vec<Vec<f32>>, GatewayError> {
         let (model, dimensions) = self
             .catalog
             .embedding(name)
             .cloned()
             .ok_or_else(|| GatewayError::ModelNotFound(name.to_owned()))?;
-        self.embed_call(scope, model, dimensions, inputs)
+        self.embed_call(scope, model, dimensions, inputs, run)
             .await
             .map(|(v, _)| v)
     }
@@ -171,7 +201,7 @@ impl Gateway {
         }
         let dimensions = request.dimensions.unwrap_or(dimensions);
         let (vectors, tokens) = self
-            .embed_call(scope, model, dimensions, &request.inputs)
+            .embed_call(scope, model, dimensions, &request.inputs, None)
             .await?;
         Ok(Embeddings {
             model: name.clone(),
@@ -186,6 +216,7 @@ impl Gateway {
         model: crate::catalog::Model,
         dimensions: u32,
         inputs: &[String],
+        run: Option<(String, String)>,
     ) -> Result<(Vec<Vec<f32>>, u64), GatewayError> {
         if &model.provider.region != scope.region() {
             return Err(GatewayError::Residency {
@@ -225,7 +256,7 @@ impl Gateway {
             time: Timestamp::now(),
             stream: false,
             prompt: None,
-            run: None,
+            run,
             reservation: Mutex::new(Some(reservation)),
         };
         let body = json!({"model": model.upstream, "input": inputs, "dimensions": dimensions});

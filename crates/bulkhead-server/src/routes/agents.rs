@@ -29,7 +29,7 @@ use crate::state::AppState;
 pub(super) fn table() -> RouteTable {
     RouteTable::new()
         .tenant(routes!(list))
-        .tenant(routes!(get_settings, put_settings))
+        .tenant(routes!(get_settings, put_settings, patch_settings))
         .tenant(routes!(start))
         .tenant(routes!(get_run, delete_run))
         .tenant(routes!(cancel))
@@ -128,7 +128,11 @@ pub async fn get_settings(
 }
 
 /// Replaces the caller's tenant's settings of an agent (tenant admins).
-/// Everything here is data: template syntax in it is never evaluated.
+/// The body is the whole document: a field left out takes its default
+/// (no variables, no instructions, no connections, enabled). To change
+/// some fields and keep the rest, use `PATCH`. Each connection must name
+/// a credential the tenant has stored. Everything here is data: template
+/// syntax in it is never evaluated.
 #[utoipa::path(put, path = "/v1/agents/{agent}/settings", operation_id = "put_agent_settings", tag = "agents", security(("bearer" = [])),
     params(("agent" = String, Path, description = "Agent name")),
     request_body = AgentSettingsBody,
@@ -152,6 +156,38 @@ pub async fn put_settings(
     .await?;
     Ok(AxumJson(
         state.runtime.put_settings(&scope, &agent, body).await?,
+    ))
+}
+
+/// Changes some of the caller's tenant's settings of an agent (tenant
+/// admins): the body is a JSON merge patch (RFC 7396) of the settings
+/// document. A field left out keeps its value; `null` resets a field to
+/// its default, and in `variables` or `connections` removes that key;
+/// the maps merge key by key. Answers the whole document as stored.
+#[utoipa::path(patch, path = "/v1/agents/{agent}/settings", operation_id = "patch_agent_settings", tag = "agents", security(("bearer" = [])),
+    params(("agent" = String, Path, description = "Agent name")),
+    request_body(content = Object, content_type = "application/merge-patch+json",
+        description = "A merge patch of the settings document (`application/json` is accepted too)"),
+    responses((status = 200, body = AgentSettingsBody),
+        problems::TenantAuth,
+        problems::JsonBody,
+        (status = 404, response = problems::NotFound),
+        problems::Timeout))]
+pub async fn patch_settings(
+    State(state): State<AppState>,
+    TenantCtx(scope): TenantCtx,
+    Path(agent): Path<String>,
+    Json(patch): Json<Value>,
+) -> Result<AxumJson<AgentSettings>, ApiError> {
+    authorize(
+        &state,
+        &scope,
+        Action::ManageAgents,
+        Resource::Agent(&agent),
+    )
+    .await?;
+    Ok(AxumJson(
+        state.runtime.patch_settings(&scope, &agent, &patch).await?,
     ))
 }
 

@@ -11,7 +11,7 @@ use axum::Json as AxumJson;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use bulkhead_agent::knowledge::{
-    CollectionInfo, DocumentInfo, Hit, KnowledgeServiceError, NewDocument, SearchMode,
+    CollectionInfo, DocumentInfo, Hit, Ingested, KnowledgeServiceError, NewDocument, SearchMode,
 };
 use bulkhead_auth::{OperatorScope, TenantScope};
 use bulkhead_core::TenantId;
@@ -126,11 +126,20 @@ pub struct DocumentBody {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// What this ingestion did: `created`, `replaced` (the document with
+    /// the same `external_id` was re-chunked and re-embedded) or
+    /// `unchanged` (that document already had this content, format, title
+    /// and metadata, and the same embedding model serves the tenant:
+    /// nothing was embedded, paid for, written or audited). Only in answers
+    /// to an ingestion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
 }
 
 impl From<DocumentInfo> for DocumentBody {
     fn from(d: DocumentInfo) -> Self {
         Self {
+            status: None,
             id: d.id,
             collection: d.collection,
             external_id: d.external_id,
@@ -148,12 +157,14 @@ impl From<DocumentInfo> for DocumentBody {
 
 /// Ingests a document into a collection of the caller's tenant (created
 /// on first use). 201 when new, 200 when it replaced the document with the
-/// same `external_id`. Atomic: a failure leaves no partial document.
+/// same `external_id` or found it unchanged (`status` says which; an
+/// unchanged document is not embedded again). Atomic: a failure leaves no
+/// partial document.
 #[utoipa::path(post, path = "/v1/collections/{collection}/documents", operation_id = "put_document", tag = "knowledge", security(("bearer" = [])),
     params(("collection" = String, Path, description = "Collection, [a-z0-9][a-z0-9_-]{0,63}")),
     request_body = PutDocument,
     responses((status = 201, description = "A new document", body = DocumentBody),
-        (status = 200, description = "Replaced the document with the same `external_id`", body = DocumentBody),
+        (status = 200, description = "Replaced the document with the same `external_id`, or found it unchanged", body = DocumentBody),
         problems::TenantAuth,
         problems::JsonBody,
         (status = 502, response = problems::BadGateway),
@@ -236,12 +247,15 @@ async fn ingest_in(
             },
         )
         .await?;
-    let status = if doc.created_at == doc.updated_at {
+    let (doc, outcome) = doc;
+    let status = if outcome == Ingested::Created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, AxumJson(doc.into())))
+    let mut body = DocumentBody::from(doc);
+    body.status = Some(outcome.as_str());
+    Ok((status, AxumJson(body)))
 }
 
 /// Deletes a document.
@@ -481,7 +495,7 @@ async fn tenant_scope(
     params(("id" = String, Path, description = "Tenant id"), ("collection" = String, Path, description = "Collection, [a-z0-9][a-z0-9_-]{0,63}")),
     request_body = PutDocument,
     responses((status = 201, description = "A new document", body = DocumentBody),
-        (status = 200, description = "Replaced the document with the same `external_id`", body = DocumentBody),
+        (status = 200, description = "Replaced the document with the same `external_id`, or found it unchanged", body = DocumentBody),
         problems::OperatorAuth,
         problems::JsonBody,
         (status = 403, response = problems::Forbidden),

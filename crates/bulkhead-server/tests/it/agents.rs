@@ -553,6 +553,113 @@ async fn runs_and_threads_are_readable_only_by_their_tenant() {
 }
 
 #[tokio::test]
+async fn settings_put_replaces_patch_merges_and_connections_must_exist() {
+    let w = world().await;
+    let settings = "/v1/agents/support/settings";
+    let r = w
+        .app
+        .call(
+            "PUT",
+            settings,
+            Some(&w.acme),
+            Some(json!({"variables": {"team": "ops", "tone": "dry"}, "instructions": "Be brief."})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // PATCH with only connections keeps the variables and instructions.
+    let r = w
+        .app
+        .call(
+            "PATCH",
+            settings,
+            Some(&w.acme),
+            Some(json!({"connections": {"slack": "slack"}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = w.app.call("GET", settings, Some(&w.acme), None).await;
+    assert_eq!(r.body["variables"], json!({"team": "ops", "tone": "dry"}));
+    assert_eq!(r.body["instructions"], "Be brief.");
+    assert_eq!(r.body["connections"], json!({"slack": "slack"}));
+    assert_eq!(r.body["enabled"], true);
+    // Maps merge key by key; null removes a key or resets a field.
+    let r = w
+        .app
+        .call(
+            "PATCH",
+            settings,
+            Some(&w.acme),
+            Some(json!({"variables": {"tone": null, "lang": "en"}, "instructions": null})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["variables"], json!({"team": "ops", "lang": "en"}));
+    assert_eq!(r.body["instructions"], Value::Null);
+    assert_eq!(r.body["connections"], json!({"slack": "slack"}));
+    // A connection the tenant has not stored is refused, naming the field,
+    // on PATCH and on PUT, and nothing changes. globex's "status" credential
+    // does not exist: acme has one, which must not count.
+    for method in ["PATCH", "PUT"] {
+        let r = w
+            .app
+            .call(
+                method,
+                settings,
+                Some(&w.globex),
+                Some(json!({"connections": {"slack": "status"}})),
+            )
+            .await;
+        r.assert_problem(400, "validation_failed");
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("connections.slack") && detail.contains("\"status\""),
+            "{detail}"
+        );
+    }
+    let r = w
+        .app
+        .call("GET", "/v1/agents/support/settings", Some(&w.globex), None)
+        .await;
+    assert_eq!(r.body["connections"], json!({}));
+    // A patch that is not an object, or makes a bad document, is a 400.
+    for body in [json!([1]), json!({"enabled": "yes"}), json!({"unknown": 1})] {
+        let r = w
+            .app
+            .call("PATCH", settings, Some(&w.acme), Some(body))
+            .await;
+        r.assert_problem(400, "validation_failed");
+    }
+    // PUT replaces the whole document: what it leaves out is reset.
+    let r = w
+        .app
+        .call(
+            "PUT",
+            settings,
+            Some(&w.acme),
+            Some(json!({"connections": {"slack": "slack"}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["variables"], json!({}));
+    // Members may not patch.
+    let (_, member) = w.app.api_key("acme", &["member"]).await;
+    let r = w
+        .app
+        .call("PATCH", settings, Some(&member), Some(json!({})))
+        .await;
+    r.assert_problem(403, "forbidden");
+    let events = w.app.audit(&w.acme).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["action"] == "agent.settings.update")
+            .count(),
+        4,
+        "one event per stored change"
+    );
+}
+
+#[tokio::test]
 async fn agents_are_listed_by_region_and_settings_are_validated() {
     let w = world().await;
     w.app.create_tenant("initech", "us").await;

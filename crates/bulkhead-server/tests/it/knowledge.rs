@@ -453,3 +453,142 @@ async fn a_deleted_tenants_vectors_leave_memory() {
     assert_eq!(after, 1, "acme's index was dropped with it");
     assert!(bytes > 0 && bytes <= 512 * 1024 * 1024);
 }
+
+/// Retrieval inside a run (the automatic context and the built-in search
+/// tool) pays for embedding calls: their ledger rows and audit events name
+/// the agent and the run, so the agent's cost includes them.
+#[tokio::test]
+async fn a_runs_retrieval_embeddings_are_billed_to_its_agent_and_run() {
+    use bulkhead_testkit::Reply;
+    let fake = FakeProvider::start().await;
+    let extra = r#"
+[[models]]
+name = "small"
+provider = "fake-eu"
+upstream = "gpt-4o-mini"
+[[agents]]
+name = "kb"
+model = "small"
+prompt = "Answer from the knowledge base."
+knowledge = ["faq"]
+"#;
+    let app = TestApp::with_config(
+        "max_body_bytes = 65536",
+        &format!("{}{extra}", tables(&fake)),
+    )
+    .await;
+    app.create_tenant("acme", "eu").await;
+    let (_, acme) = app.api_key("acme", &["admin"]).await;
+    let (status, body) = put(
+        &app,
+        &acme,
+        "faq",
+        json!({"content": "Our refund window is 30 days.", "title": "Refunds"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    fake.push_all([
+        Reply::tool_call("search_knowledge", json!({"query": "refund window"})),
+        Reply::text("30 days."),
+    ]);
+    let r = app
+        .call(
+            "POST",
+            "/v1/agents/kb/runs",
+            Some(&acme),
+            Some(json!({"input": "What is the refund window?"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "completed", "{}", r.body);
+    let run_id = r.body["id"].as_str().unwrap().to_owned();
+    let r = app
+        .call("GET", "/v1/usage?group_by=agent,model", Some(&acme), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rows = r.body["rows"].as_array().cloned().unwrap_or_default();
+    let embed = |agent: Value| {
+        rows.iter()
+            .filter(|row| row["model"] == "embed" && row["agent"] == agent)
+            .map(|row| row["requests"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    // The document's own embedding is nobody's run; the context search
+    // and the tool's search are the run's.
+    assert_eq!(embed(json!("kb")), 2, "{}", r.body);
+    assert_eq!(embed(Value::Null), 1, "{}", r.body);
+    let events = app.audit(&acme).await;
+    let in_run: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "model.embed" && e["run_id"] == run_id.as_str())
+        .collect();
+    assert_eq!(in_run.len(), 2, "{events:?}");
+    assert!(in_run.iter().all(|e| e["agent"] == "kb"));
+}
+
+/// Ingesting a document again with the same external id, content, format,
+/// title and metadata does nothing — no embedding is paid for, nothing is
+/// written or audited — and says so; any change re-ingests it.
+#[tokio::test]
+async fn an_unchanged_document_is_not_embedded_again() {
+    let (fake, app, acme, _) = app().await;
+    let doc = json!({"external_id": "faq", "title": "FAQ", "content": "Refunds take 30 days.",
+        "metadata": {"team": "support"}});
+    let (status, first) = put(&app, &acme, "kb", doc.clone()).await;
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (201, Some("created")),
+        "{first}"
+    );
+    let embeds = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/embeddings"))
+            .count()
+    };
+    let audited = || async {
+        app.audit(&acme)
+            .await
+            .iter()
+            .filter(|e| e["action"] == "document.put")
+            .count()
+    };
+    let (paid, events) = (embeds(), audited().await);
+    assert_eq!(paid, 1);
+    let (status, again) = put(&app, &acme, "kb", doc.clone()).await;
+    assert_eq!(
+        (status, again["status"].as_str()),
+        (200, Some("unchanged")),
+        "{again}"
+    );
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(
+        again["updated_at"], first["updated_at"],
+        "nothing was written"
+    );
+    assert_eq!(embeds(), paid, "nothing was embedded again");
+    assert_eq!(audited().await, events, "nothing was audited");
+    // Each part of the fingerprint counts.
+    for change in [
+        json!({"content": "Refunds take 14 days."}),
+        json!({"title": "Refunds"}),
+        json!({"metadata": {"team": "billing"}}),
+        json!({"format": "markdown"}),
+    ] {
+        let mut changed = doc.clone();
+        for (k, v) in change.as_object().unwrap() {
+            changed[k] = v.clone();
+        }
+        let (status, body) = put(&app, &acme, "kb", changed.clone()).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("replaced")),
+            "{change}: {body}"
+        );
+        let (_, same) = put(&app, &acme, "kb", changed).await;
+        assert_eq!(same["status"], "unchanged", "{change}");
+        // Back to the original for the next change.
+        let (_, back) = put(&app, &acme, "kb", doc.clone()).await;
+        assert_eq!(back["status"], "replaced");
+    }
+}

@@ -453,6 +453,15 @@ fn entries(f: &Fixture) -> Vec<Entry> {
         )
         .other(200)
         .by(Admins),
+        entry(
+            "PATCH",
+            "/v1/agents/{agent}/settings",
+            "/v1/agents/helper/settings",
+            Some(json!({"variables": {"tone": "dry"}})),
+            200,
+        )
+        .other(200)
+        .by(Admins),
         // Another tenant's credential starts its own tenant's run.
         entry(
             "POST",

@@ -210,8 +210,8 @@ impl KnowledgeStore for SqliteStore {
             partition::exec(
                 tx,
                 "INSERT INTO documents (id, collection, external_id, title, metadata, sha256, bytes, chunks,
-                   embedding_model, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                   embedding_model, created_at, updated_at, fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     doc.id,
                     doc.collection,
@@ -223,7 +223,8 @@ impl KnowledgeStore for SqliteStore {
                     doc.chunks,
                     doc.embedding_model,
                     doc.created_at.to_string(),
-                    doc.updated_at.to_string()
+                    doc.updated_at.to_string(),
+                    doc.fingerprint
                 ],
             )?;
             for c in &chunks {
@@ -236,6 +237,70 @@ impl KnowledgeStore for SqliteStore {
             }
             partition::append_chain(tx, Some(tenant), principal, event)?;
             Ok(doc)
+        })
+        .await
+        .map_err(ks)
+    }
+
+    async fn document_by_external_id(
+        &self,
+        scope: &TenantScope,
+        collection: &str,
+        external_id: &str,
+    ) -> Result<Option<DocumentInfo>, KnowledgeStoreError> {
+        let scope = scope.clone();
+        let (collection, external_id) = (collection.to_owned(), external_id.to_owned());
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                let row = partition::one(
+                    conn,
+                    "SELECT id, title, metadata, sha256, bytes, chunks, embedding_model, created_at,
+                       updated_at, fingerprint
+                     FROM documents WHERE collection = ?1 AND external_id = ?2",
+                    params![collection, external_id],
+                    |r| {
+                        Ok((
+                            (
+                                r.get::<_, String>(0)?,
+                                r.get::<_, Option<String>>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, String>(3)?,
+                                r.get::<_, i64>(4)?,
+                            ),
+                            (
+                                r.get::<_, u32>(5)?,
+                                r.get::<_, Option<String>>(6)?,
+                                r.get::<_, String>(7)?,
+                                r.get::<_, String>(8)?,
+                                r.get::<_, Option<String>>(9)?,
+                            ),
+                        ))
+                    },
+                )
+                .optional()?;
+                let Some((
+                    (id, title, metadata, sha256, bytes),
+                    (chunks, model, created, updated, fingerprint),
+                )) = row
+                else {
+                    return Ok(None);
+                };
+                Ok(Some(DocumentInfo {
+                    id,
+                    collection: collection.clone(),
+                    external_id: Some(external_id.clone()),
+                    title,
+                    chunks,
+                    bytes: bytes as u64,
+                    sha256,
+                    embedding_model: model,
+                    metadata: json_col(&metadata)?,
+                    created_at: ts(&created)?,
+                    updated_at: ts(&updated)?,
+                    fingerprint,
+                }))
+            })
         })
         .await
         .map_err(ks)

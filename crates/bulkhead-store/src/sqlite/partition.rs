@@ -199,7 +199,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage ADD COLUMN boot_id TEXT;
     ALTER TABLE usage ADD COLUMN principal TEXT;
     CREATE INDEX usage_in_flight ON usage (status) WHERE status = 'in_flight';",
-    // v9: stored Responses API responses (the response object and the
+    // v9: a document's fingerprint (content, format, title, metadata,
+    // embedding model), so that ingesting it again unchanged does nothing.
+    "ALTER TABLE documents ADD COLUMN fingerprint TEXT;",
+    // v10: stored Responses API responses (the response object and the
     // conversation it ends, as JSON), for `previous_response_id`.
     "CREATE TABLE responses (
         id             TEXT PRIMARY KEY,

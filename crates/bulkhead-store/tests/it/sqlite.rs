@@ -483,6 +483,7 @@ async fn seed_chunks(
             metadata: serde_json::json!({}),
             created_at: now,
             updated_at: now,
+            fingerprint: None,
         };
         let event = NewAuditEvent::new(
             AuditAction::DocumentPut,
@@ -532,6 +533,7 @@ async fn a_document_over_the_storage_quota_is_refused_in_its_transaction_and_not
             metadata: serde_json::json!({}),
             created_at: now,
             updated_at: now,
+            fingerprint: None,
         }
     };
     let event = || {
@@ -564,9 +566,31 @@ async fn a_document_over_the_storage_quota_is_refused_in_its_transaction_and_not
         "nothing was written"
     );
     // Replacing a document by its external id frees its old place first.
-    put(doc("a2", Some("x"), 20))
+    put(DocumentInfo {
+        fingerprint: Some("fp-a2".into()),
+        ..doc("a2", Some("x"), 20)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Found by its external id: the first id, the new content's fingerprint.
+    let stored = KnowledgeStore::document_by_external_id(&store, &s, "kb", "x")
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap()
+        .expect("the document with external id x");
+    assert_eq!(
+        (
+            stored.id.as_str(),
+            stored.bytes,
+            stored.fingerprint.as_deref()
+        ),
+        ("a", 20, Some("fp-a2"))
+    );
+    assert!(
+        KnowledgeStore::document_by_external_id(&store, &s, "kb", "y")
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Bytes count too.
     KnowledgeStore::delete_document(&store, &s, "kb", "b", event())
         .await

@@ -96,6 +96,19 @@ fn ingest_a_directory_then_again_then_search() {
         (Some(0), Some(3)),
         "{s}"
     );
+    // Once more, exactly the same: nothing to re-embed.
+    let out = ingest(&["--metadata", r#"{"source": "handbook", "run": 2}"#]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(
+        (
+            s["ingested"].as_u64(),
+            s["replaced"].as_u64(),
+            s["unchanged"].as_u64()
+        ),
+        (Some(0), Some(0), Some(3)),
+        "{s}"
+    );
 
     let found = cli_json(
         &op_args(
