@@ -156,7 +156,7 @@ impl OpenAiError {
         Self {
             status: StatusCode::NOT_FOUND,
             message: format!(
-                "Unknown request URL: {method} {shown}. Please check the URL for typos, or see the docs at docs/api.md."
+                "Unknown request URL: {method} {shown}. Please check the URL for typos."
             ),
             kind: "invalid_request_error",
             code: codes::UNKNOWN_URL.code,
