@@ -251,7 +251,7 @@ impl FromRequestParts<AppState> for OpenAiTenant {
 /// with `stream: true`).
 #[utoipa::path(post, path = "/v1/chat/completions", operation_id = "create_chat_completion", tag = "models", security(("bearer" = [])),
     request_body(content = Object, description = "An OpenAI chat completion request"),
-    responses((status = 200, description = "A chat.completion, or an SSE stream of chat.completion.chunk", content((Object = "application/json"), (String = "text/event-stream"))),
+    responses((status = 200, description = "A chat.completion, or an SSE stream of chat.completion.chunk", content((Object = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
         (status = 400, description = "Invalid request or message, or a missing tenant credential", body = OpenAiErrorBody),
         (status = 401, description = "No valid credential", body = OpenAiErrorBody),
         (status = 403, description = "Not allowed, suspended, or a residency refusal", body = OpenAiErrorBody),
@@ -496,7 +496,7 @@ pub async fn embeddings(
 /// `stream: true` for the Responses event stream.
 #[utoipa::path(post, path = "/v1/responses", operation_id = "create_response", tag = "models", security(("bearer" = [])),
     request_body(content = Object, description = "An OpenAI Responses API request"),
-    responses((status = 200, description = "A response, or an SSE stream of Responses events", content((Object = "application/json"), (String = "text/event-stream"))),
+    responses((status = 200, description = "A response, or an SSE stream of Responses events", content((Object = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
         (status = 400, description = "Invalid or unsupported request member (`param` names it), or a missing tenant credential", body = OpenAiErrorBody),
         (status = 401, description = "No valid credential", body = OpenAiErrorBody),
         (status = 403, description = "Not allowed, suspended, or a residency refusal", body = OpenAiErrorBody),
