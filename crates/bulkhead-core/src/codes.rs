@@ -198,6 +198,12 @@ pub const REQUEST_TOO_LARGE: ErrorCode =
     http("request_too_large", 413, "Request too large", OPENAI);
 /// OpenAI shape: unknown model, or one this tenant may not use.
 pub const MODEL_NOT_FOUND: ErrorCode = http("model_not_found", 404, "Model not found", OPENAI);
+/// OpenAI shape: no stored response of this id in the tenant's partition
+/// (another tenant's answers the same).
+pub const RESPONSE_NOT_FOUND: ErrorCode =
+    http("response_not_found", 404, "Response not found", OPENAI);
+/// OpenAI shape: no endpoint at this path under `/v1`.
+pub const UNKNOWN_URL: ErrorCode = http("unknown_url", 404, "Unknown URL", OPENAI);
 /// The tenant has no usable credential for the connection (also a tool
 /// result).
 pub const MISSING_CREDENTIAL: ErrorCode =
@@ -304,6 +310,8 @@ pub const ALL: &[ErrorCode] = &[
     INVALID_REQUEST,
     REQUEST_TOO_LARGE,
     MODEL_NOT_FOUND,
+    RESPONSE_NOT_FOUND,
+    UNKNOWN_URL,
     MISSING_CREDENTIAL,
     RATE_LIMIT_EXCEEDED,
     UPSTREAM_TIMEOUT,

@@ -9,6 +9,15 @@ pub enum GatewayError {
     /// Unknown model, or one the tenant may not use (indistinguishable).
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// No stored response of this id for this tenant (the field is the
+    /// request member that named it, when one did).
+    #[error("Response with id '{id}' not found.")]
+    ResponseNotFound {
+        /// The id asked for.
+        id: String,
+        /// `previous_response_id`, or none for a path.
+        param: Option<&'static str>,
+    },
     /// The model's provider is outside the tenant's region.
     #[error(
         "model `{model}` is served from region `{provider_region}`, but this tenant's data must stay in region `{tenant_region}`"
@@ -63,6 +72,7 @@ impl GatewayError {
     pub fn error_code(&self) -> ErrorCode {
         match self {
             GatewayError::ModelNotFound(_) => codes::MODEL_NOT_FOUND,
+            GatewayError::ResponseNotFound { .. } => codes::RESPONSE_NOT_FOUND,
             GatewayError::Residency { .. } => codes::RESIDENCY_VIOLATION,
             GatewayError::InvalidRequest(_) | GatewayError::InvalidMessage(_) => {
                 codes::INVALID_REQUEST
@@ -88,6 +98,7 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self {
             GatewayError::ModelNotFound(_)
+            | GatewayError::ResponseNotFound { .. }
             | GatewayError::InvalidRequest(_)
             | GatewayError::InvalidMessage(_)
             | GatewayError::MissingCredential(_) => "invalid_request_error",
@@ -115,6 +126,7 @@ impl GatewayError {
     pub fn param(&self) -> Option<&str> {
         match self {
             GatewayError::InvalidMessage(m) => Some(&m.param),
+            GatewayError::ResponseNotFound { param, .. } => *param,
             _ => None,
         }
     }
@@ -153,6 +165,14 @@ mod tests {
         let s = String::new;
         let cases = [
             (GatewayError::ModelNotFound(s()), 404, "model_not_found"),
+            (
+                GatewayError::ResponseNotFound {
+                    id: s(),
+                    param: None,
+                },
+                404,
+                "response_not_found",
+            ),
             (
                 GatewayError::Residency {
                     model: s(),

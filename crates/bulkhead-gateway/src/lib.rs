@@ -9,7 +9,8 @@
 //!
 //! Clients speak the OpenAI Chat Completions format; OpenAI-compatible
 //! providers receive it as it came (model name replaced), Anthropic
-//! providers get it translated to the Messages API and back (`anthropic`).
+//! providers get it translated to the Messages API and back (`anthropic`);
+//! the Responses API is translated to a chat call and back (`responses`).
 
 pub mod anthropic;
 pub mod canary;
@@ -17,6 +18,7 @@ pub mod catalog;
 pub mod error;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
+pub mod responses;
 pub mod service;
 pub mod sse;
 pub mod store;
@@ -26,6 +28,9 @@ pub mod validate;
 
 pub use catalog::{Catalog, Model, Provider};
 pub use error::GatewayError;
-pub use service::{ChatOutcome, ChatRequest, Collaborators, Gateway, ToolUsage};
+pub use service::{
+    ChatOutcome, ChatRequest, Collaborators, Embeddings, EmbeddingsRequest, Gateway,
+    ResponseOutcome, ToolUsage,
+};
 pub use store::{GatewayStore, SettingsChange};
 pub use usage::{UsageRecord, UsageSummary};

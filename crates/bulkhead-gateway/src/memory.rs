@@ -34,6 +34,7 @@ struct Partition {
     /// Audit events in the order they were appended.
     audit: Vec<NewAuditEvent>,
     settings: GatewaySettings,
+    responses: HashMap<String, String>,
 }
 
 /// The gateway's storage in memory: one partition per tenant incarnation.
@@ -144,6 +145,33 @@ impl GatewayStore for MemoryGatewayStore {
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError> {
         self.with(scope, |p| p.audit.push(event))
+    }
+
+    async fn save_response(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+        stored: String,
+    ) -> Result<(), GatewayStoreError> {
+        self.with(scope, |p| {
+            p.responses.insert(id.to_owned(), stored);
+        })
+    }
+
+    async fn load_response(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+    ) -> Result<Option<String>, GatewayStoreError> {
+        self.with(scope, |p| p.responses.get(id).cloned())
+    }
+
+    async fn delete_response(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+    ) -> Result<bool, GatewayStoreError> {
+        self.with(scope, |p| p.responses.remove(id).is_some())
     }
 
     async fn usage_summary(

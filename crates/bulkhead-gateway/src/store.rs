@@ -123,6 +123,26 @@ pub trait GatewayStore: Send + Sync {
         change: &SettingsChange,
         event: NewAuditEvent,
     ) -> Result<(), GatewayStoreError>;
+    /// Keeps a Responses API response (its JSON, opaque here) under `id`
+    /// in the tenant's partition, replacing one of the same id.
+    async fn save_response(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+        stored: String,
+    ) -> Result<(), GatewayStoreError>;
+    /// A stored response of the tenant, if there is one of this id.
+    async fn load_response(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+    ) -> Result<Option<String>, GatewayStoreError>;
+    /// Deletes a stored response of the tenant; whether there was one.
+    async fn delete_response(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+    ) -> Result<bool, GatewayStoreError>;
     /// Replaces the tenant's model allow-list, with its audit event.
     async fn set_allowed_models(
         &self,

@@ -59,11 +59,14 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     req.extensions_mut().insert(RequestDeadline(Deadline::at(
         started + Duration::from_secs(timeout_s),
     )));
-    // Model calls are bounded by their provider's timeout and retries
-    // instead: a long completion must not be cut by the generic limit.
+    // Model calls (chat, responses, embeddings) are bounded by this
+    // deadline passed down to their provider calls instead: a stream that
+    // has started must not be cut by the generic limit.
     let path = req.uri().path();
     // Runs are bounded by their agent's own `timeout_s`.
     let bounded = path != crate::routes::openai::CHAT_PATH
+        && path != crate::routes::openai::RESPONSES_PATH
+        && path != crate::routes::openai::EMBEDDINGS_PATH
         && !(path.starts_with("/v1/agents/")
             && path.ends_with(crate::routes::agents::RUNS_PATH_SUFFIX));
     let scoped_id = request_id.clone();
@@ -110,15 +113,40 @@ pub async fn expose_matched_path(req: Request, next: Next) -> Response {
     res
 }
 
-/// Answers paths no route matches.
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound
+/// Answers paths no route matches, in the shape of the plane the path is
+/// on: under `/v1`, OpenAI's (`unknown_url`), as OpenAI answers, unless
+/// the path's first segment is one of `problem_segments` (the tenant
+/// plane's own resources, which answer problems); elsewhere a problem.
+pub fn not_found(req: &Request, problem_segments: &[String]) -> Response {
+    let path = req.uri().path();
+    let openai = path == "/v1"
+        || path.strip_prefix("/v1/").is_some_and(|rest| {
+            let first = rest.split('/').next().unwrap_or_default();
+            !problem_segments.iter().any(|s| s == first)
+        });
+    if openai {
+        return crate::routes::openai::OpenAiError::unknown_url(req.method().as_str(), path)
+            .into_response();
+    }
+    ApiError::NotFound.into_response()
 }
 
-/// Turns axum's bare 405 into a problem body.
+/// Turns axum's bare 405 into an error body: OpenAI's shape on the
+/// OpenAI-compatible paths, a problem elsewhere.
 pub async fn method_not_allowed(req: Request, next: Next) -> Response {
+    let openai = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|first| crate::routes::openai::OPENAI_SEGMENTS.contains(&first));
+    let method = req.method().clone();
     let res = next.run(req).await;
     if res.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED && !is_problem(&res) {
+        if openai {
+            return crate::routes::openai::OpenAiError::method_not_allowed(method.as_str())
+                .into_response();
+        }
         return ApiError::MethodNotAllowed.into_response();
     }
     res

@@ -2,7 +2,8 @@
 //! an audited operator action in the tenant's chain):
 //! - retention: each tenant's thread messages older than its
 //!   `message_retention_days` are deleted, and so is what runs that ended
-//!   before then stored (steps, outputs, settled approval requests);
+//!   before then stored (steps, outputs, settled approval requests), and
+//!   its stored Responses API responses older than that;
 //! - approval expiry: undecided approval requests past their expiry are
 //!   settled as `expired`, and their runs end (`approval_expired`);
 //! - failed authentications counted in a window that ended are written as

@@ -9,6 +9,22 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use futures_util::{Stream, StreamExt};
 
+/// One server-sent event, as the OpenAPI document describes a
+/// `text/event-stream` answer: each event has a name (`event:`) and one
+/// line of JSON (`data:`).
+#[derive(utoipa::ToSchema)]
+#[expect(
+    dead_code,
+    reason = "only its schema is used: events are written as text"
+)]
+pub struct SseEvent {
+    /// The event's name (`run`, `response.created`, …); chat completion
+    /// chunks have none.
+    pub event: Option<String>,
+    /// The event's JSON, as text.
+    pub data: String,
+}
+
 /// A `text/event-stream` answer sending `events` (each already framed) as
 /// they come.
 pub fn response(events: impl Stream<Item = Bytes> + Send + 'static) -> Response {

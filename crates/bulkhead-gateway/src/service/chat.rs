@@ -84,7 +84,7 @@ impl Gateway {
     /// caller its row is settled; a caller that goes away (a dropped
     /// request, a cancelled or timed-out run) cancels it: the request to
     /// the provider is dropped and the row records `cancelled`.
-    async fn chat_in(
+    pub(super) async fn chat_in(
         &self,
         scope: &TenantScope,
         body: Value,

@@ -19,6 +19,111 @@ use crate::error::GatewayError;
 use crate::upstream::{Endpoint, read_capped};
 use crate::usage::Tokens;
 
+/// Most inputs one `POST /v1/embeddings` request may carry (OpenAI's own
+/// limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// A checked `POST /v1/embeddings` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingsRequest {
+    /// The embedding model alias.
+    pub model: String,
+    /// The texts, in order (a single string is one input).
+    pub inputs: Vec<String>,
+    /// Whether vectors go back as base64 of little-endian f32.
+    pub base64: bool,
+    /// The vector length asked for (the model's own when unset).
+    pub dimensions: Option<u32>,
+}
+
+fn invalid(param: &str, reason: impl Into<String>) -> GatewayError {
+    GatewayError::InvalidMessage(crate::validate::InvalidMessage {
+        param: param.to_owned(),
+        reason: reason.into(),
+    })
+}
+
+impl EmbeddingsRequest {
+    /// Checks a request body: `model` (required), `input` (a string or an
+    /// array of strings; token arrays are refused: the cross-tenant
+    /// tripwire reads text), `encoding_format` (`float` or `base64`),
+    /// `dimensions` (a positive integer). `user` is accepted and ignored.
+    pub fn parse(body: &Value) -> Result<Self, GatewayError> {
+        let Some(obj) = body.as_object() else {
+            return Err(GatewayError::InvalidRequest(
+                "the body must be a JSON object".into(),
+            ));
+        };
+        let Some(model) = obj.get("model").and_then(Value::as_str) else {
+            return Err(invalid("model", "is required and must be a string"));
+        };
+        let token_arrays = "token arrays are not accepted, only text (a string or an array of strings); with LangChain's OpenAIEmbeddings set check_embedding_ctx_length=False";
+        let inputs: Vec<String> = match obj.get("input") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) if !items.is_empty() => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => out.push(s.clone()),
+                        Value::Number(_) | Value::Array(_) => {
+                            return Err(invalid("input", token_arrays));
+                        }
+                        _ => return Err(invalid(&format!("input[{i}]"), "must be a string")),
+                    }
+                }
+                out
+            }
+            Some(Value::Array(_)) => return Err(invalid("input", "must not be empty")),
+            None => return Err(invalid("input", "is required")),
+            Some(_) => {
+                return Err(invalid("input", "must be a string or an array of strings"));
+            }
+        };
+        if inputs.len() > MAX_EMBEDDING_INPUTS {
+            return Err(invalid(
+                "input",
+                format!("at most {MAX_EMBEDDING_INPUTS} inputs per request"),
+            ));
+        }
+        if let Some(i) = inputs.iter().position(String::is_empty) {
+            return Err(invalid(&format!("input[{i}]"), "must not be empty"));
+        }
+        let base64 = match obj.get("encoding_format") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(f)) if f == "float" => false,
+            Some(Value::String(f)) if f == "base64" => true,
+            Some(_) => {
+                return Err(invalid("encoding_format", "must be `float` or `base64`"));
+            }
+        };
+        let dimensions = match obj.get("dimensions") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64().and_then(|d| u32::try_from(d).ok()) {
+                Some(d) if d > 0 => Some(d),
+                _ => return Err(invalid("dimensions", "must be a positive integer")),
+            },
+        };
+        Ok(Self {
+            model: model.to_owned(),
+            inputs,
+            base64,
+            dimensions,
+        })
+    }
+}
+
+/// What `POST /v1/embeddings` answers with: vectors in input order, the
+/// model alias, and the input tokens billed.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    /// The model alias.
+    pub model: String,
+    /// One vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Input tokens (the provider's count, else the gateway's estimate).
+    pub tokens: u64,
+}
+
 impl Gateway {
     /// Embeds `inputs` with the embedding model `name` for the scope's
     /// tenant: the model's provider must be in the tenant's region; one
@@ -69,6 +174,56 @@ impl Gateway {
             .embedding(name)
             .cloned()
             .ok_or_else(|| GatewayError::ModelNotFound(name.to_owned()))?;
+        self.embed_call(scope, model, dimensions, inputs, run, deadline)
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// `POST /v1/embeddings` for the scope's tenant: the model must be an
+    /// embedding model the tenant may use (its allow-list, when it has
+    /// one, names it; indistinguishable from an unknown one otherwise)
+    /// served from its region. Billed, limited and audited like
+    /// [`Gateway::embed`], within the request's `deadline`.
+    pub async fn embeddings(
+        &self,
+        scope: &TenantScope,
+        request: &EmbeddingsRequest,
+        deadline: Option<Deadline>,
+    ) -> Result<Embeddings, GatewayError> {
+        let name = &request.model;
+        let (model, dimensions) = self
+            .catalog
+            .embedding(name)
+            .cloned()
+            .ok_or_else(|| GatewayError::ModelNotFound(name.clone()))?;
+        let settings = self.settings(scope).await?;
+        if settings
+            .allowed_models
+            .as_ref()
+            .is_some_and(|a| !a.contains(name))
+        {
+            return Err(GatewayError::ModelNotFound(name.clone()));
+        }
+        let dimensions = request.dimensions.unwrap_or(dimensions);
+        let (vectors, tokens) = self
+            .embed_call(scope, model, dimensions, &request.inputs, None, deadline)
+            .await?;
+        Ok(Embeddings {
+            model: name.clone(),
+            vectors,
+            tokens,
+        })
+    }
+
+    async fn embed_call(
+        &self,
+        scope: &TenantScope,
+        model: crate::catalog::Model,
+        dimensions: u32,
+        inputs: &[String],
+        run: Option<(String, String)>,
+        deadline: Option<Deadline>,
+    ) -> Result<(Vec<Vec<f32>>, u64), GatewayError> {
         if &model.provider.region != scope.region() {
             return Err(GatewayError::Residency {
                 model: model.name.clone(),
@@ -189,7 +344,7 @@ impl Gateway {
                     billed
                 };
                 call.finish(&self.recorder, billed, "ok");
-                Ok(vectors)
+                Ok((vectors, billed.tokens.input))
             }
             Err(e) => {
                 call.finish(&self.recorder, Billed::default(), e.usage_status());

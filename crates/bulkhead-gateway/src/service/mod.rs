@@ -6,7 +6,8 @@
 //! pass an unlimited limiter, `memory::unlimited_limiter`). This module
 //! holds what every call shares — resolving the model against the tenant
 //! (allow-list, region), the provider key and the outbound check; the
-//! calls themselves are in `chat`, `embed` and `stream`, their bookkeeping
+//! calls themselves are in `chat`, `embed` and `stream` (and the
+//! Responses API over chat in `respond`), their bookkeeping
 //! in `ledger`, fair admission in `slot`, and the tenant settings in
 //! `settings`.
 
@@ -14,6 +15,7 @@ mod chat;
 mod embed;
 mod ledger;
 mod request;
+mod respond;
 mod settings;
 mod slot;
 mod stream;
@@ -39,8 +41,10 @@ use crate::store::{GatewaySettings, GatewayStore};
 use crate::upstream::{ReadError, Upstream};
 
 pub use chat::ChatOutcome;
+pub use embed::{Embeddings, EmbeddingsRequest, MAX_EMBEDDING_INPUTS};
 pub use ledger::ToolUsage;
 pub use request::ChatRequest;
+pub use respond::ResponseOutcome;
 
 use ledger::Recorder;
 

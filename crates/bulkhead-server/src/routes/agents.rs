@@ -274,7 +274,7 @@ fn run_id(raw: &str) -> Result<RunId, ApiError> {
 #[utoipa::path(post, path = "/v1/agents/{agent}/runs", operation_id = "start_run", tag = "agents", security(("bearer" = [])),
     params(("agent" = String, Path, description = "Agent name")),
     request_body = StartRun,
-    responses((status = 200, description = "The ended run, or an SSE stream with `stream: true`", content((RunBody = "application/json"), (String = "text/event-stream"))),
+    responses((status = 200, description = "The ended run, or an SSE stream with `stream: true`", content((RunBody = "application/json"), (crate::sse::SseEvent = "text/event-stream"))),
         (status = 202, body = RunBody, description = "The run paused: a tool call awaits approval"),
         problems::TenantAuth,
         problems::JsonBody,

@@ -54,10 +54,28 @@ pub fn table() -> RouteTable {
 /// Builds the application router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
-    let (routes, _) = table().split();
+    let table = table();
+    // The first segments of the tenant plane's own paths under `/v1`: an
+    // unmatched path there answers a problem, any other under `/v1` an
+    // OpenAI-shaped 404.
+    let mut problem_segments: Vec<String> = table
+        .routes()
+        .iter()
+        .filter_map(|r| r.path.strip_prefix("/v1/"))
+        .filter_map(|rest| rest.split('/').next())
+        .filter(|s| !openai::OPENAI_SEGMENTS.contains(s))
+        .map(str::to_owned)
+        .collect();
+    problem_segments.sort();
+    problem_segments.dedup();
+    let problem_segments = std::sync::Arc::new(problem_segments);
+    let (routes, _) = table.split();
     routes
         .route_layer(axum::middleware::from_fn(request::expose_matched_path))
-        .fallback(request::not_found)
+        .fallback(move |req: axum::extract::Request| {
+            let segments = problem_segments.clone();
+            async move { request::not_found(&req, &segments) }
+        })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(request::method_not_allowed))
         .layer(axum::middleware::from_fn_with_state(

@@ -416,7 +416,8 @@ pub async fn put_models(
     let scope = tenant_scope(&state, &op, &id).await?;
     if let Some(list) = &body.allowed {
         for name in list {
-            if state.catalog.get(name).is_none() {
+            // Chat models and embedding models (`POST /v1/embeddings`).
+            if state.catalog.get(name).is_none() && state.catalog.embedding(name).is_none() {
                 return Err(ApiError::Validation(format!("unknown model {name:?}")));
             }
         }

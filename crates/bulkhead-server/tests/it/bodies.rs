@@ -215,7 +215,12 @@ async fn unknown_paths_and_methods_answer_problems() {
     app.call("GET", "/nope", None, None)
         .await
         .assert_problem(404, "not_found");
-    app.call("GET", "/v1/tenants/acme/me", None, None)
+    // Under /v1, outside the tenant plane's own resources: OpenAI's 404
+    // (`openai_surface.rs` has the rest).
+    let r = app.call("GET", "/v1/tenants/acme/me", None, None).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["error"]["code"], "unknown_url", "{}", r.body);
+    app.call("GET", "/v1/agents/a/b/c/d", None, None)
         .await
         .assert_problem(404, "not_found");
     app.call("PUT", "/v1/me", None, None)

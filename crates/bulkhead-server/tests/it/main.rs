@@ -26,6 +26,7 @@ mod limits;
 mod matrix;
 mod metrics;
 mod model_calls;
+mod openai_surface;
 mod openapi;
 mod policies;
 mod support;

@@ -307,6 +307,43 @@ fn entries(f: &Fixture) -> Vec<Entry> {
             404,
         ),
         entry("GET", "/v1/models", "/v1/models", None, 200).other(200),
+        entry(
+            "GET",
+            "/v1/models/{id}",
+            "/v1/models/no-such-model",
+            None,
+            404,
+        ),
+        entry(
+            "POST",
+            "/v1/embeddings",
+            "/v1/embeddings",
+            Some(json!({"model": "no-such-model", "input": "hi"})),
+            404,
+        ),
+        // Responses' isolation (another tenant's id answers as a missing
+        // one) is `openai_surface.rs`'s: this world has no model to make one.
+        entry(
+            "POST",
+            "/v1/responses",
+            "/v1/responses",
+            Some(json!({"model": "no-such-model", "input": "hi"})),
+            404,
+        ),
+        entry(
+            "GET",
+            "/v1/responses/{id}",
+            "/v1/responses/resp_missing",
+            None,
+            404,
+        ),
+        entry(
+            "DELETE",
+            "/v1/responses/{id}",
+            "/v1/responses/resp_missing",
+            None,
+            404,
+        ),
         entry("GET", "/v1/usage", "/v1/usage", None, 200).other(200),
         entry("GET", "/v1/policies", "/v1/policies", None, 200).other(200),
         // Another tenant's credential sets its own tenant's policies.

@@ -14,7 +14,14 @@ use crate::support::*;
 
 /// The OpenAI-compatible endpoints answer errors in OpenAI's shape, not
 /// as problems (see `routes/openai.rs`).
-const OPENAI_PATHS: &[&str] = &["/v1/chat/completions", "/v1/models"];
+const OPENAI_PATHS: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/models/{id}",
+    "/v1/responses",
+    "/v1/responses/{id}",
+];
 
 async fn document() -> Value {
     let app = TestApp::new().await;

@@ -593,6 +593,7 @@ impl AgentStore for SqliteStore {
         self.tenant_write(scope, move |tx, principal| {
             // Times are RFC 3339 UTC with a fixed layout, so they compare as
             // text. Messages without a run (the canary's) are not memory.
+            let cutoff_micros = cutoff.unix_micros();
             let cutoff = cutoff.to_string();
             let deleted = partition::exec(
                 tx,
@@ -623,16 +624,23 @@ impl AgentStore for SqliteStore {
                     params![run],
                 )?;
             }
-            if deleted > 0 || !purged.is_empty() {
+            // Stored Responses API responses are conversations too.
+            let responses = partition::exec(
+                tx,
+                "DELETE FROM responses WHERE created_micros < ?1",
+                params![cutoff_micros],
+            )?;
+            if deleted > 0 || !purged.is_empty() || responses > 0 {
                 let mut event = event;
                 event.details = json!({
                     "deleted_messages": deleted,
                     "purged_runs": purged.len(),
+                    "deleted_responses": responses,
                     "older_than": cutoff,
                 });
                 partition::append_chain(tx, Some(tenant), principal, event)?;
             }
-            Ok(deleted as u64 + purged.len() as u64)
+            Ok(deleted as u64 + purged.len() as u64 + responses as u64)
         })
         .await
         .map_err(ag)

@@ -10,7 +10,7 @@ use bulkhead_gateway::store::{
     GatewaySettings, GatewayStore, GatewayStoreError, SettingsChange, UsageWrite,
 };
 use bulkhead_gateway::usage::{UsageGroup, UsageRecord, UsageSummary};
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use super::commit::Writer;
@@ -220,6 +220,64 @@ impl GatewayStore for SqliteStore {
             .await
             .map(|_| ())
             .map_err(gw)
+    }
+
+    async fn save_response(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+        stored: String,
+    ) -> Result<(), GatewayStoreError> {
+        let id = id.to_owned();
+        let now = Timestamp::now().unix_micros();
+        self.tenant_write(scope, move |tx, _principal| {
+            partition::exec(
+                tx,
+                "INSERT INTO responses (id, created_micros, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET body = ?3",
+                params![id, now, stored],
+            )?;
+            Ok(())
+        })
+        .await
+        .map_err(gw)
+    }
+
+    async fn load_response(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+    ) -> Result<Option<String>, GatewayStoreError> {
+        let scope = scope.clone();
+        let id = id.to_owned();
+        self.blocking(move |s| {
+            let p = s.partition(scope.tenant(), scope.partition())?;
+            p.with_conn(|conn| {
+                partition::one(
+                    conn,
+                    "SELECT body FROM responses WHERE id = ?1",
+                    params![id],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+                .map_err(StoreError::from)
+            })
+        })
+        .await
+        .map_err(gw)
+    }
+
+    async fn delete_response(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+    ) -> Result<bool, GatewayStoreError> {
+        let id = id.to_owned();
+        self.tenant_write(scope, move |tx, _principal| {
+            Ok(partition::exec(tx, "DELETE FROM responses WHERE id = ?1", params![id])? > 0)
+        })
+        .await
+        .map_err(gw)
     }
 
     async fn usage_summary(

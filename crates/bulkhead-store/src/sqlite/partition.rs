@@ -202,6 +202,13 @@ const MIGRATIONS: &[&str] = &[
     // v9: a document's fingerprint (content, format, title, metadata,
     // embedding model), so that ingesting it again unchanged does nothing.
     "ALTER TABLE documents ADD COLUMN fingerprint TEXT;",
+    // v10: stored Responses API responses (the response object and the
+    // conversation it ends, as JSON), for `previous_response_id`.
+    "CREATE TABLE responses (
+        id             TEXT PRIMARY KEY,
+        created_micros INTEGER NOT NULL,
+        body           TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// File name of the tenant database inside its partition directory.

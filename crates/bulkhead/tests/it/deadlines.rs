@@ -1,6 +1,6 @@
 //! Deadlines on the real binary, against a model provider that never
-//! answers: a chat completion ends at the request's deadline and is not
-//! retried; a cancelled run's model call stops at once and is recorded
+//! answers: a chat completion (and a Responses API call) ends at the
+//! request's deadline and is not retried; a cancelled run's model call stops at once and is recorded
 //! `cancelled`; SIGTERM exits promptly after it, and within
 //! `shutdown_grace_s` while a run is still waiting on the provider, whose
 //! call is then cancelled and recorded too.
@@ -171,6 +171,18 @@ fn deadlines_hold_against_a_hung_provider_and_shutdown_is_bounded() {
         "the request's deadline holds: {longest:?}"
     );
     assert_eq!(fake.request_count(), 2, "a timeout is not retried");
+    // The Responses API is a chat call under the same deadline.
+    let started = Instant::now();
+    let (status, body) = post(
+        &format!("{}/v1/responses", server.url),
+        &key,
+        json!({"model": "small", "input": "hello?"}),
+    );
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
+    assert!(took < Duration::from_secs(REQUEST_TIMEOUT_S + 2), "{took:?}");
+    assert_eq!(fake.request_count(), 3, "a timeout is not retried");
     wait_for("the timed-out call's ledger row", || {
         model_calls(&server.url, &key)
             .iter()
@@ -180,7 +192,7 @@ fn deadlines_hold_against_a_hung_provider_and_shutdown_is_bounded() {
     // 3. SIGTERM while a run waits on the provider: the run is given the
     // grace, then cancelled with its model call, and both are recorded.
     let (run_id, reader) = start_streamed_run(&server.url, &key);
-    wait_for("the second run's model call", || fake.request_count() == 3);
+    wait_for("the second run's model call", || fake.request_count() == 4);
     let in_flight = terminate(server);
     reader.join().unwrap();
     eprintln!(
@@ -206,6 +218,6 @@ fn deadlines_hold_against_a_hung_provider_and_shutdown_is_bounded() {
         call["details"]["input_tokens"].as_u64().unwrap() > 0,
         "{call}"
     );
-    assert_eq!(fake.request_count(), 3, "nothing was sent again");
+    assert_eq!(fake.request_count(), 4, "nothing was sent again");
     server.stop();
 }
