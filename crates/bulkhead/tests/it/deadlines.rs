@@ -181,7 +181,10 @@ fn deadlines_hold_against_a_hung_provider_and_shutdown_is_bounded() {
     let took = started.elapsed();
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
-    assert!(took < Duration::from_secs(REQUEST_TIMEOUT_S + 2), "{took:?}");
+    assert!(
+        took < Duration::from_secs(REQUEST_TIMEOUT_S + 2),
+        "{took:?}"
+    );
     assert_eq!(fake.request_count(), 3, "a timeout is not retried");
     wait_for("the timed-out call's ledger row", || {
         model_calls(&server.url, &key)
