@@ -3,10 +3,12 @@
 //! Each tenant has its own append-only chain, and so does the operator. An
 //! event's `hash` is the SHA-256 of its canonical bytes, which include the
 //! previous event's hash; changing, removing or reordering any event breaks
-//! every hash after it. The canonical bytes are the compact JSON of the
-//! event's fields in the fixed order of [`AuditEvent`] without `hash`
-//! (documented in `docs/audit.md`), so a tenant can verify an export with
-//! any JSON library and SHA-256.
+//! every hash after it. Since format version 2 the canonical bytes are the
+//! RFC 8785 (JCS) canonical JSON of the event without `hash` ([`crate::jcs`]);
+//! version 1 events, written before, keep their form: the compact JSON of
+//! the fields in the fixed order of [`AuditEvent`] without `hash`. Both are
+//! specified in `docs/audit.md`, so a tenant can verify an export with any
+//! JSON library and SHA-256.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -14,8 +16,9 @@ use thiserror::Error;
 
 use crate::{EventId, RequestId, TenantId, Timestamp};
 
-/// Format version of the canonical bytes.
-pub const AUDIT_FORMAT_VERSION: u32 = 1;
+/// Format version of the canonical bytes of new events: 2, RFC 8785.
+/// Events of version 1 (fixed field order) still verify as they were.
+pub const AUDIT_FORMAT_VERSION: u32 = 2;
 
 /// `prev_hash` of the first event of every chain.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -215,8 +218,9 @@ impl NewAuditEvent {
 }
 
 /// One event of a chain, as stored and exported. Field order is part of
-/// the canonical form: do not reorder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// the version 1 canonical form: do not reorder. Serialises as its
+/// [`AuditEvent::line`], the form the hash covers plus `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditEvent {
     /// Canonical format version.
@@ -247,7 +251,6 @@ pub struct AuditEvent {
     /// Structured details. Serialised with every object's keys sorted, at
     /// every level, so what is served and exported is byte for byte the
     /// form the hash covers (docs/audit.md), whatever order the map holds.
-    #[serde(serialize_with = "serialize_sorted")]
     pub details: serde_json::Value,
     /// Hash of the previous event ([`GENESIS_HASH`] for the first).
     pub prev_hash: String,
@@ -271,6 +274,8 @@ struct Canonical<'a> {
     run_id: &'a Option<String>,
     details: &'a serde_json::Value,
     prev_hash: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<&'a str>,
 }
 
 impl AuditEvent {
@@ -304,8 +309,20 @@ impl AuditEvent {
         event
     }
 
-    /// The canonical bytes the hash is computed over.
+    /// The canonical bytes the hash is computed over: the event without
+    /// `hash`, in the form of its version (docs/audit.md).
     pub fn canonical_bytes(&self) -> Vec<u8> {
+        self.form(false).into_bytes()
+    }
+
+    /// The event as served and exported: its canonical form with `hash`
+    /// (for version 2, the RFC 8785 form of the whole event; for version 1,
+    /// `hash` appended last).
+    pub fn line(&self) -> String {
+        self.form(true)
+    }
+
+    fn form(&self, with_hash: bool) -> String {
         let details = sorted(&self.details);
         let c = Canonical {
             v: self.v,
@@ -322,9 +339,14 @@ impl AuditEvent {
             run_id: &self.run_id,
             details: &details,
             prev_hash: &self.prev_hash,
+            hash: with_hash.then_some(self.hash.as_str()),
         };
         // Serialising plain strings, integers and a `Value` cannot fail.
-        serde_json::to_vec(&c).unwrap_or_default()
+        if self.v < 2 {
+            serde_json::to_string(&c).unwrap_or_default()
+        } else {
+            crate::jcs::canonicalize(&serde_json::to_value(&c).unwrap_or_default())
+        }
     }
 
     /// SHA-256 of the canonical bytes, lowercase hex.
@@ -355,12 +377,13 @@ fn sorted(v: &serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// Serialises a `Value` with its object keys sorted (the documented form).
-fn serialize_sorted<S: serde::Serializer>(
-    v: &serde_json::Value,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    sorted(v).serialize(serializer)
+impl Serialize for AuditEvent {
+    /// Writes exactly [`AuditEvent::line`], the form the hash covers.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw = serde_json::value::RawValue::from_string(self.line())
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
 }
 
 /// Lowercase hex of bytes.
@@ -546,8 +569,9 @@ mod tests {
     }
 
     #[test]
-    fn served_form_has_sorted_details_and_hashes_as_documented() {
+    fn version_1_served_form_has_sorted_details_and_hashes_as_documented() {
         let mut e = chain(1).remove(0);
+        e.v = 1;
         e.details = serde_json::json!({"b": 1, "a": {"d": 2, "c": [{"z": 0, "y": 1}]}});
         e.hash = e.compute_hash();
         let text = serde_json::to_string(&e).unwrap();
@@ -561,6 +585,51 @@ mod tests {
             .map(|s| format!("{s}}}"))
             .unwrap();
         assert_eq!(hex(&Sha256::digest(without_hash.as_bytes())), e.hash);
+    }
+
+    /// Version 2: the served line is RFC 8785 canonical as a whole, and the
+    /// hash is the SHA-256 of the RFC 8785 form of the line's object
+    /// without `hash` — what an outside program recomputes (docs/audit.md).
+    #[test]
+    fn version_2_line_is_rfc8785_and_hash_is_recomputable_from_it() {
+        let mut e = chain(1).remove(0);
+        e.details = serde_json::json!({"b": 1.0, "a": {"d": 1e-7, "c": [{"z": 0, "y": "\u{1}é"}]}});
+        e.hash = e.compute_hash();
+        let line = serde_json::to_string(&e).unwrap();
+        assert_eq!(line, e.line());
+        let mut parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(crate::jcs::canonicalize(&parsed), line);
+        assert!(line.starts_with(r#"{"action":"policies.update","agent":null,"details":{"a":{"c":[{"y":"\u0001é","z":0}],"d":1e-7},"b":1},"hash":""#), "{line}");
+        let hash = parsed.as_object_mut().unwrap().remove("hash").unwrap();
+        let recomputed = hex(&Sha256::digest(
+            crate::jcs::canonicalize(&parsed).as_bytes(),
+        ));
+        assert_eq!(hash, serde_json::Value::String(recomputed));
+        let back: AuditEvent = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.compute_hash(), e.hash);
+    }
+
+    /// Chains that began in version 1 and continue in version 2 verify;
+    /// a version 1 event is not rehashed.
+    #[test]
+    fn mixed_version_chains_verify() {
+        let mut c = chain(3);
+        c[0].v = 1;
+        c[0].hash = c[0].compute_hash();
+        c[1].prev_hash = c[0].hash.clone();
+        c[1].hash = c[1].compute_hash();
+        c[2].prev_hash = c[1].hash.clone();
+        c[2].hash = c[2].compute_hash();
+        let back: Vec<AuditEvent> = c
+            .iter()
+            .map(|e| serde_json::from_str(&serde_json::to_string(e).unwrap()).unwrap())
+            .collect();
+        assert_eq!(verify_chain(&back, GENESIS_HASH), Ok(3));
+        assert!(
+            serde_json::to_string(&c[0])
+                .unwrap()
+                .starts_with(r#"{"v":1,"seq":1,"#)
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod codes;
 pub mod config;
 pub mod deadline;
 pub mod ids;
+pub mod jcs;
 pub mod money;
 pub mod principal;
 pub mod secret;

@@ -365,7 +365,10 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     audit_path(as_tenant)
                 ))?;
                 for e in array(&body, "events") {
-                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                    // Each event exactly in the form its hash covers.
+                    let event: AuditEvent = serde_json::from_value(e.clone())
+                        .context("the server sent something that is not an audit event")?;
+                    writeln!(out, "{}", event.line())?;
                     count += 1;
                 }
                 match body["next_after"].as_u64() {

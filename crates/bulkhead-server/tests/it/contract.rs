@@ -480,9 +480,16 @@ async fn the_contract_requests_run_end_to_end() {
 }
 
 /// Recomputes an event's hash from the served JSON exactly as
-/// docs/audit.md says: the compact JSON of every field but `hash`, in the
+/// docs/audit.md says. Version 2: the RFC 8785 form of the event without
+/// `hash`. Version 1: the compact JSON of every field but `hash`, in the
 /// documented order, `details` as served.
 fn documented_hash(event: &Value) -> String {
+    if event["v"] != json!(1) {
+        let mut without = event.clone();
+        without.as_object_mut().unwrap().remove("hash");
+        let canonical = bulkhead_core::jcs::canonicalize(&without);
+        return bulkhead_core::audit::hex(&Sha256::digest(canonical.as_bytes()));
+    }
     const FIELDS: [&str; 14] = [
         "v",
         "seq",
@@ -561,7 +568,13 @@ async fn served_audit_events_hash_as_docs_audit_md_says() {
         assert!(events.len() >= 3, "{text}");
         let mut prev = bulkhead_core::audit::GENESIS_HASH.to_owned();
         for e in events {
-            assert!(sorted_everywhere(&e["details"]), "details not sorted: {e}");
+            assert_eq!(e["v"], json!(2), "{e}");
+            // Served exactly in its RFC 8785 form, hash included.
+            assert!(
+                text.contains(&bulkhead_core::jcs::canonicalize(e)),
+                "not served in canonical form: {e}"
+            );
+            assert!(sorted_everywhere(e), "not sorted: {e}");
             assert_eq!(e["prev_hash"], json!(prev), "{e}");
             assert_eq!(
                 documented_hash(e),
