@@ -7,6 +7,7 @@
 //! without re-checking.
 
 pub mod audit;
+pub mod checkpoint;
 pub mod codes;
 pub mod config;
 pub mod deadline;

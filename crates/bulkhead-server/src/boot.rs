@@ -48,6 +48,9 @@ pub enum BootError {
     /// The limit backend could not be set up.
     #[error("limits: {0}")]
     Limits(String),
+    /// The audit signing key could not be read or generated.
+    #[error("audit signing key: {0}")]
+    AuditKey(String),
     /// The operator token file could not be read or written.
     #[error("operator token file {path}: {message}")]
     OperatorToken {
@@ -130,6 +133,8 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         path: data_dir.clone(),
         message: e.to_string(),
     })?;
+    let audit_keys = crate::audit_keys::AuditKeys::load(&config.audit, data_dir)
+        .map_err(|e| BootError::AuditKey(e.to_string()))?;
     let (token, source) = match &config.operator.token {
         Some(t) => (t.value().clone(), OperatorTokenSource::Configured),
         None => operator_token_file(data_dir)?,
@@ -251,6 +256,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
             config.auth.failures_per_minute_per_peer,
         )),
         egress,
+        audit_keys: Arc::new(audit_keys),
     };
     let startup_operator = bulkhead_core::RequestId::parse("startup")
         .ok()

@@ -5,6 +5,7 @@
 //! type. Only this crate knows axum.
 
 pub mod alerts;
+pub mod audit_keys;
 pub mod auth_failures;
 pub mod authz;
 pub mod boot;

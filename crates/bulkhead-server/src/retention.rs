@@ -98,6 +98,15 @@ pub fn spawn(state: AppState, op: OperatorScope, retention: Duration, approvals:
             async move { apply_once(&s, &o).await }
         },
     );
+    let (s, o) = (state.clone(), op.clone());
+    every(
+        crate::audit_keys::sweep_interval(state.audit_keys.rule),
+        "audit: signed checkpoints",
+        move || {
+            let (s, o) = (s.clone(), o.clone());
+            async move { crate::audit_keys::checkpoint_once(&s, &o).await }
+        },
+    );
     let s = state.clone();
     every(
         Duration::from_secs(crate::auth_failures::WINDOW_S),

@@ -63,4 +63,6 @@ pub struct AppState {
     pub auth_failures: Arc<crate::auth_failures::AuthFailures>,
     /// The egress guard, for early checks of URLs a tenant stores.
     pub egress: bulkhead_egress::Egress,
+    /// The audit signing key, its public keys and the checkpoint rule.
+    pub audit_keys: Arc<crate::audit_keys::AuditKeys>,
 }

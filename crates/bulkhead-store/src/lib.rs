@@ -24,7 +24,10 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use bulkhead_auth::{Directory, FailureAttribution, OperatorScope, TenantScope};
+use std::sync::Arc;
+
 use bulkhead_core::audit::{AuditEvent, NewAuditEvent};
+use bulkhead_core::checkpoint::{AuditSigner, Checkpoint};
 use bulkhead_core::tenant::TenantPatch;
 use bulkhead_core::{ApiKeyId, ApiKeyRecord, Isolation, Region, Role, Tenant, TenantId, Timestamp};
 
@@ -115,6 +118,17 @@ pub struct Page {
     pub limit: u32,
 }
 
+/// When a chain gets a signed checkpoint (`[audit]`): once `events` events
+/// were added since its last one, or once the oldest of those is
+/// `interval_s` seconds old.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointRule {
+    /// Events since the last checkpoint.
+    pub events: u64,
+    /// Age in seconds of the oldest event since the last checkpoint.
+    pub interval_s: u64,
+}
+
 /// The control plane. Every mutation appends its event to the operator's
 /// chain in the same transaction, and mirrors it into the tenant's chain
 /// when it concerns one tenant.
@@ -165,6 +179,20 @@ pub trait ControlStore: Directory {
     ) -> StoreResult<AuditEvent>;
     /// A page of the operator's chain.
     async fn operator_audit(&self, op: &OperatorScope, page: Page) -> StoreResult<Vec<AuditEvent>>;
+    /// Signs a checkpoint of the operator's chain if `rule` says one is due.
+    async fn operator_checkpoint(
+        &self,
+        op: &OperatorScope,
+        signer: Arc<AuditSigner>,
+        rule: CheckpointRule,
+    ) -> StoreResult<Option<Checkpoint>>;
+    /// The operator chain's checkpoints with `seq >= from`, oldest first.
+    async fn operator_checkpoints(
+        &self,
+        op: &OperatorScope,
+        from: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Checkpoint>>;
 }
 
 /// Tenant data, reachable only through a scope.
@@ -184,6 +212,20 @@ pub trait TenantStore: Send + Sync {
     ) -> StoreResult<AuditEvent>;
     /// A page of the scope's tenant chain.
     async fn audit(&self, scope: &TenantScope, page: Page) -> StoreResult<Vec<AuditEvent>>;
+    /// Signs a checkpoint of the scope's chain if `rule` says one is due.
+    async fn checkpoint(
+        &self,
+        scope: &TenantScope,
+        signer: Arc<AuditSigner>,
+        rule: CheckpointRule,
+    ) -> StoreResult<Option<Checkpoint>>;
+    /// The scope chain's checkpoints with `seq >= from`, oldest first.
+    async fn checkpoints(
+        &self,
+        scope: &TenantScope,
+        from: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Checkpoint>>;
 }
 
 /// What the storage-port error tests share: a real SQLite error, and a

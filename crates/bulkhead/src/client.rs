@@ -138,6 +138,23 @@ impl Client {
         Ok((status, body))
     }
 
+    /// GET, copying the body to `out` as it arrives; returns its size.
+    pub fn get_to(&self, path: &str, out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
+        let res = self
+            .agent
+            .get(self.url(path))
+            .header("authorization", format!("Bearer {}", self.token))
+            .call();
+        let mut res = res.with_context(|| format!("cannot reach {}", self.base))?;
+        let status = res.status();
+        if !status.is_success() {
+            let text = res.body_mut().read_to_string().unwrap_or_default();
+            bail!("GET {path} failed: {}", explain(status, &text));
+        }
+        let mut reader = res.body_mut().as_reader();
+        std::io::copy(&mut reader, out).with_context(|| format!("GET {path}: cut off"))
+    }
+
     /// GET.
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
         let res = self

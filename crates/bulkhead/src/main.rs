@@ -8,6 +8,7 @@
 )]
 
 mod approvals;
+mod audit_verify;
 mod client;
 mod commands;
 mod demo;

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use bulkhead_core::audit::{AuditEvent, GENESIS_HASH, verify_chain};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
 
@@ -290,20 +289,44 @@ pub enum AuditCommand {
         #[command(flatten)]
         conn: EitherConnection,
     },
-    /// Write the whole chain as JSON Lines (one event a line) to --output
-    /// or standard output.
+    /// Export a chain as JSON Lines (events and the signed checkpoints
+    /// among them) to --output or standard output: the key's tenant's
+    /// with --api-key, a tenant's with --tenant (operator), else the
+    /// operator's own.
     Export {
+        /// As the operator: this tenant's chain.
+        #[arg(long, conflicts_with = "api_key")]
+        tenant: Option<String>,
+        /// First sequence number (default 1).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last sequence number (default: the newest event).
+        #[arg(long)]
+        to: Option<u64>,
         /// File to write (default: standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
         #[command(flatten)]
         conn: EitherConnection,
     },
-    /// Verify an exported chain (JSON Lines) offline: exit 0, or 1 naming
-    /// the first bad line.
+    /// Verify an export offline: exit 0 printing what it holds, or 1
+    /// naming the first bad line and why.
     Verify {
         /// The exported file.
         file: PathBuf,
+        /// Public keys to check checkpoint signatures with (the output of
+        /// `bulkhead audit keys`); without it signatures are not checked.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// The file is the operator's chain (its events name many tenants).
+        #[arg(long)]
+        operator: bool,
+    },
+    /// Print the public keys that sign checkpoints (JSON; keep it for
+    /// `audit verify --keys`).
+    Keys {
+        #[command(flatten)]
+        conn: TenantConnection,
     },
 }
 
@@ -348,99 +371,97 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             more(&body);
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Export { output, conn } => {
+        AuditCommand::Export {
+            tenant,
+            from,
+            to,
+            output,
+            conn,
+        } => {
             let (client, as_tenant) = conn.client()?;
+            let base = match (&tenant, as_tenant) {
+                (Some(t), false) => format!("/admin/v1/tenants/{t}/audit/export"),
+                (_, true) => "/v1/audit/export".to_owned(),
+                (None, false) => "/admin/v1/audit/export".to_owned(),
+            };
+            let path = query(
+                &base,
+                &[
+                    ("from", from.map(|a| a.to_string())),
+                    ("to", to.map(|a| a.to_string())),
+                ],
+            );
             let mut out: Box<dyn Write> = match &output {
                 Some(p) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(p)
                         .with_context(|| format!("--output: cannot create {}", p.display()))?,
                 )),
-                None => Box::new(std::io::stdout().lock()),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            let mut after = 0u64;
-            let mut count = 0u64;
-            loop {
-                let body = client.get(&format!(
-                    "{}?after={after}&limit=1000",
-                    audit_path(as_tenant)
-                ))?;
-                for e in array(&body, "events") {
-                    // Each event exactly in the form its hash covers.
-                    let event: AuditEvent = serde_json::from_value(e.clone())
-                        .context("the server sent something that is not an audit event")?;
-                    writeln!(out, "{}", event.line())?;
-                    count += 1;
-                }
-                match body["next_after"].as_u64() {
-                    Some(n) => after = n,
-                    None => break,
-                }
-            }
+            let bytes = client.get_to(&path, &mut out)?;
             out.flush()?;
             if let Some(p) = output {
-                eprintln!("wrote {count} events to {}", p.display());
+                eprintln!("wrote {bytes} bytes to {}", p.display());
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { file } => verify(&file),
+        AuditCommand::Keys { conn } => print(&tenant_client(&conn)?.get("/v1/audit/keys")?),
+        AuditCommand::Verify {
+            file,
+            keys,
+            operator,
+        } => verify(&file, keys.as_deref(), operator),
     }
 }
 
-fn verify(file: &Path) -> anyhow::Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let mut events = Vec::new();
-    let mut lines = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<AuditEvent>(line) {
-            Ok(e) => {
-                events.push(e);
-                lines.push(i + 1);
+fn verify(file: &Path, keys: Option<&Path>, operator: bool) -> anyhow::Result<ExitCode> {
+    let keys =
+        match keys {
+            Some(k) => {
+                let text = std::fs::read_to_string(k)
+                    .with_context(|| format!("--keys: cannot read {}", k.display()))?;
+                Some(crate::audit_verify::parse_keys(&text).with_context(|| {
+                    format!("--keys: {} is not a list of audit keys", k.display())
+                })?)
             }
-            Err(_) => {
-                eprintln!("{}: line {}: not an audit event", file.display(), i + 1);
-                return Ok(ExitCode::FAILURE);
-            }
+            None => None,
+        };
+    let input = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?,
+    );
+    match crate::audit_verify::verify(input, keys.as_deref(), operator) {
+        Ok(None) => {
+            eprintln!("{}: no audit events", file.display());
+            Ok(ExitCode::FAILURE)
         }
-    }
-    let Some(first) = events.first() else {
-        eprintln!("{}: no audit events", file.display());
-        return Ok(ExitCode::FAILURE);
-    };
-    // A chain exported whole starts at the genesis; a later part is
-    // checked from its first event on.
-    let first_prev = if first.seq == 1 {
-        GENESIS_HASH.to_owned()
-    } else {
-        first.prev_hash.clone()
-    };
-    match verify_chain(&events, &first_prev) {
-        Ok(n) => {
-            let last = events.last().map(|e| e.seq).unwrap_or_default();
+        Ok(Some(s)) => {
             println!(
-                "{}: {n} events (seq {} to {last}), chain intact",
+                "{}: {} events (seq {} to {}), chain intact",
                 file.display(),
-                first.seq
+                s.events,
+                s.first,
+                s.last
             );
+            println!("head: {}", s.head);
+            match &s.last_checkpoint {
+                Some(c) => println!(
+                    "last valid checkpoint: seq {} at {} by key {}{} ({} in the file)",
+                    c.seq,
+                    c.time,
+                    c.key_id,
+                    if keys.is_some() {
+                        ""
+                    } else {
+                        ", signature not checked (no --keys)"
+                    },
+                    s.checkpoints
+                ),
+                None => println!("last valid checkpoint: none"),
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            let seq = match &e {
-                bulkhead_core::audit::ChainError::HashMismatch { seq }
-                | bulkhead_core::audit::ChainError::Broken { seq }
-                | bulkhead_core::audit::ChainError::Gap { seq, .. }
-                | bulkhead_core::audit::ChainError::ForeignTenant { seq } => *seq,
-            };
-            let line = events
-                .iter()
-                .position(|ev| ev.seq == seq)
-                .and_then(|i| lines.get(i))
-                .copied()
-                .unwrap_or_default();
-            eprintln!("{}: line {line}: {e}", file.display());
+        Err(f) => {
+            eprintln!("{}: line {}: {}", file.display(), f.line, f.reason);
             Ok(ExitCode::FAILURE)
         }
     }

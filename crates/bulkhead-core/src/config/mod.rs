@@ -19,6 +19,7 @@
 
 mod agents;
 mod approvals;
+pub mod audit;
 mod auth;
 mod egress;
 mod error;
@@ -116,6 +117,9 @@ pub struct Config {
     /// `[egress]`
     #[serde(default)]
     pub egress: EgressConfig,
+    /// `[audit]`
+    #[serde(default)]
+    pub audit: audit::AuditConfig,
 }
 
 /// Parses and validates a configuration file's text. `env` answers
@@ -182,6 +186,7 @@ fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result
     kms::validate(&config.kms, &mut errors);
     limits::validate(&config.limits, &mut errors);
     approvals::validate(&mut config.approvals, env, &mut errors);
+    audit::validate(&mut config.audit, env, &mut errors);
     quotas::validate(&mut config.quotas, env, &mut errors);
     egress::validate(&mut config.egress, &mut errors);
     // Last: it spans the sections above (the default, providers, tools).

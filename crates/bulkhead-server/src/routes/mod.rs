@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod agents;
 pub mod approvals;
+pub mod audit;
 pub mod credentials;
 pub mod kms;
 pub mod knowledge;
@@ -37,6 +38,7 @@ pub fn table() -> RouteTable {
     RouteTable::new()
         .merge(system::table())
         .merge(tenant::table())
+        .merge(audit::table())
         .merge(admin::table())
         .merge(credentials::table())
         .merge(openai::table())

@@ -11,6 +11,7 @@ mod agent_attacks;
 mod agents;
 mod api_keys;
 mod approvals;
+mod audit_export;
 mod bodies;
 mod connections;
 mod contract;

@@ -157,6 +157,23 @@ fn entries(f: &Fixture) -> Vec<Entry> {
         entry("GET", "/openapi.json", "/openapi.json", None, 200),
         entry("GET", "/v1/me", "/v1/me", None, 200).other(200),
         entry("GET", "/v1/audit", "/v1/audit", None, 200).other(200),
+        // Another tenant's credential exports its own chain.
+        entry("GET", "/v1/audit/export", "/v1/audit/export", None, 200).other(200),
+        entry("GET", "/v1/audit/keys", "/v1/audit/keys", None, 200).other(200),
+        entry(
+            "GET",
+            "/admin/v1/audit/export",
+            "/admin/v1/audit/export",
+            None,
+            200,
+        ),
+        entry(
+            "GET",
+            "/admin/v1/tenants/{id}/audit/export",
+            "/admin/v1/tenants/acme/audit/export",
+            None,
+            200,
+        ),
         entry("GET", "/admin/v1/tenants", "/admin/v1/tenants", None, 200),
         entry(
             "POST",
@@ -1228,4 +1245,16 @@ async fn another_tenants_audit_is_invisible() {
             .iter()
             .all(|e| !my_ids.contains(e["id"].as_str().unwrap()))
     );
+    // The export of the other tenant's chain holds none of acme's events.
+    let r = app
+        .call("GET", "/v1/audit/export", Some(&f.other_key), None)
+        .await;
+    assert_eq!(r.status, 200);
+    let text = match &r.body {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    assert!(text.contains("\"tenant\":\"globex\""), "{text}");
+    assert!(!text.contains("\"tenant\":\"acme\""), "{text}");
+    assert!(my_ids.iter().all(|id| !text.contains(id)));
 }

@@ -31,6 +31,7 @@ use bulkhead_auth::{
     ApiKeyDigest, Directory, DirectoryError, FailureAttribution, OperatorScope, TenantScope,
 };
 use bulkhead_core::audit::{AuditEvent, NewAuditEvent, Outcome};
+use bulkhead_core::checkpoint::{AuditSigner, Checkpoint};
 use bulkhead_core::tenant::TenantPatch;
 use bulkhead_core::{
     ApiKeyId, ApiKeyRecord, Isolation, Region, Role, Tenant, TenantId, TenantStatus, TenantUid,
@@ -40,7 +41,8 @@ use rusqlite::{Connection, params};
 use serde_json::json;
 
 use crate::{
-    ControlStore, NewApiKeyRecord, NewTenant, Page, StoreError, StoreResult, TenantStore, migrate,
+    CheckpointRule, ControlStore, NewApiKeyRecord, NewTenant, Page, StoreError, StoreResult,
+    TenantStore, migrate,
 };
 use commit::Writer;
 use partition::Partition;
@@ -105,6 +107,8 @@ const CONTROL_MIGRATIONS: &[&str] = &[
     ) STRICT;",
     // v4: each tenant's quota overrides (JSON), over the configured defaults.
     "ALTER TABLE tenants ADD COLUMN quotas TEXT NOT NULL DEFAULT '{}';",
+    // v5: signed checkpoints of the operator's audit chain.
+    partition::CHECKPOINTS_TABLE,
 ];
 
 /// Open partitions, least recently used evicted first. Each open partition
@@ -824,6 +828,40 @@ impl ControlStore for SqliteStore {
         })
         .await
     }
+
+    async fn operator_checkpoint(
+        &self,
+        _op: &OperatorScope,
+        signer: Arc<AuditSigner>,
+        rule: CheckpointRule,
+    ) -> StoreResult<Option<Checkpoint>> {
+        self.blocking(move |s| {
+            let mut conn = s
+                .inner
+                .control
+                .lock()
+                .map_err(|_| StoreError::Internal("control lock poisoned".into()))?;
+            partition::checkpoint_if_due(&mut conn, None, &signer, rule)
+        })
+        .await
+    }
+
+    async fn operator_checkpoints(
+        &self,
+        _op: &OperatorScope,
+        from: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Checkpoint>> {
+        self.blocking(move |s| {
+            let conn = s
+                .inner
+                .control
+                .lock()
+                .map_err(|_| StoreError::Internal("control lock poisoned".into()))?;
+            partition::read_checkpoints(&conn, from, limit)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -864,5 +902,36 @@ impl TenantStore for SqliteStore {
         self.settle(scope).await;
         self.blocking(move |s| s.partition(&tenant, uid)?.page(page))
             .await
+    }
+
+    async fn checkpoint(
+        &self,
+        scope: &TenantScope,
+        signer: Arc<AuditSigner>,
+        rule: CheckpointRule,
+    ) -> StoreResult<Option<Checkpoint>> {
+        let tenant = scope.tenant().clone();
+        let uid = scope.partition();
+        self.blocking(move |s| {
+            s.partition(&tenant, uid)?.with_conn(|conn| {
+                partition::checkpoint_if_due(conn, Some(tenant.clone()), &signer, rule)
+            })
+        })
+        .await
+    }
+
+    async fn checkpoints(
+        &self,
+        scope: &TenantScope,
+        from: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Checkpoint>> {
+        let tenant = scope.tenant().clone();
+        let uid = scope.partition();
+        self.blocking(move |s| {
+            s.partition(&tenant, uid)?
+                .with_conn(|conn| partition::read_checkpoints(conn, from, limit))
+        })
+        .await
     }
 }

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use bulkhead_core::audit::{AuditEvent, GENESIS_HASH, NewAuditEvent};
-use bulkhead_core::{TenantId, TenantUid};
+use bulkhead_core::checkpoint::{AuditSigner, Checkpoint};
+use bulkhead_core::{TenantId, TenantUid, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{Page, StoreError, StoreResult, migrate};
+use crate::{CheckpointRule, Page, StoreError, StoreResult, migrate};
 
 /// Schema of a tenant database, one entry per version.
 const MIGRATIONS: &[&str] = &[
@@ -209,7 +210,16 @@ const MIGRATIONS: &[&str] = &[
         created_micros INTEGER NOT NULL,
         body           TEXT NOT NULL
     ) STRICT;",
+    // v11: signed checkpoints of the audit chain, kept whole as their
+    // canonical JSON (docs/audit.md), one per checkpointed sequence number.
+    CHECKPOINTS_TABLE,
 ];
+
+/// The checkpoints table, in tenant.db and control.db alike.
+pub(crate) const CHECKPOINTS_TABLE: &str = "CREATE TABLE audit_checkpoints (
+        seq  INTEGER PRIMARY KEY,
+        body TEXT NOT NULL
+    ) STRICT;";
 
 /// File name of the tenant database inside its partition directory.
 pub(crate) const DB_FILE: &str = "tenant.db";
@@ -349,6 +359,85 @@ pub(crate) fn append_chain(
         params![sealed.seq as i64, text, sealed.hash],
     )?;
     Ok(sealed)
+}
+
+/// Signs a checkpoint of the chain in `conn`'s database if `rule` says one
+/// is due: events were added since the last checkpoint, and either
+/// `rule.events` of them or the oldest of them is `rule.interval_s` old.
+pub(crate) fn checkpoint_if_due(
+    conn: &mut Connection,
+    tenant: Option<TenantId>,
+    signer: &AuditSigner,
+    rule: CheckpointRule,
+) -> StoreResult<Option<Checkpoint>> {
+    let tx = conn.transaction()?;
+    let head: Option<(i64, String)> = one(
+        &tx,
+        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?;
+    let Some((head_seq, head_hash)) = head else {
+        return Ok(None);
+    };
+    let last: i64 = one(
+        &tx,
+        "SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints",
+        [],
+        |r| r.get(0),
+    )?;
+    if last >= head_seq {
+        return Ok(None);
+    }
+    let now = Timestamp::now();
+    let mut due = (head_seq - last) as u64 >= rule.events;
+    if !due {
+        let oldest: String = one(
+            &tx,
+            "SELECT event FROM audit WHERE seq = ?1",
+            [last + 1],
+            |r| r.get(0),
+        )?;
+        let oldest: AuditEvent = serde_json::from_str(&oldest)
+            .map_err(|e| StoreError::Internal(format!("corrupt audit event: {e}")))?;
+        let age_us = now.unix_micros() - oldest.time.unix_micros();
+        due = age_us >= (rule.interval_s as i64).saturating_mul(1_000_000);
+    }
+    if !due {
+        return Ok(None);
+    }
+    let checkpoint = signer.sign(tenant, head_seq as u64, &head_hash, now);
+    exec(
+        &tx,
+        "INSERT INTO audit_checkpoints (seq, body) VALUES (?1, ?2)",
+        params![head_seq, checkpoint.line()],
+    )?;
+    tx.commit()?;
+    Ok(Some(checkpoint))
+}
+
+/// The checkpoints of `conn`'s chain with `from <= seq`, oldest first, at
+/// most `limit`.
+pub(crate) fn read_checkpoints(
+    conn: &Connection,
+    from: u64,
+    limit: u32,
+) -> StoreResult<Vec<Checkpoint>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT body FROM audit_checkpoints WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![from as i64, limit as i64], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(
+            serde_json::from_str(&row?)
+                .map_err(|e| StoreError::Internal(format!("corrupt checkpoint: {e}")))?,
+        );
+    }
+    Ok(out)
 }
 
 /// Reads a page of the `audit` table of `conn`.

@@ -7,6 +7,7 @@
 )]
 
 mod approvals;
+mod audit;
 mod check;
 mod deadlines;
 mod demo;

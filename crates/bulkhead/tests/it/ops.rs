@@ -673,7 +673,7 @@ fn operator_and_tenant_admin_commands_act_through_the_api() {
     let mut ev: Value = serde_json::from_str(&lines[1]).unwrap();
     ev["target"] = Value::String("tampered".into());
     lines[1] = serde_json::to_string(&ev).unwrap();
-    std::fs::write(&file, lines.join("\n")).unwrap();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let out = cli(&["audit", "verify", &f], &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));

@@ -1,0 +1,191 @@
+//! The platform's audit signing key and the checkpoint sweep.
+//!
+//! Checkpoints are signed with an Ed25519 key: `[audit] signing_key`
+//! (`env:NAME`, 64 hex digits), else the newest key of
+//! `<data_dir>/audit_signing_keys.json` (mode 0600), generated on first
+//! start. Every key of that file stays listed at `GET /v1/audit/keys`, so
+//! checkpoints signed before a rotation still verify. A sweep signs each
+//! chain's checkpoint when `[audit]` says one is due, one tenant at a time
+//! through its own scope.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_auth::OperatorScope;
+use bulkhead_core::Timestamp;
+use bulkhead_core::checkpoint::{AuditPublicKey, AuditSigner};
+use bulkhead_core::config::audit::AuditConfig;
+use bulkhead_store::CheckpointRule;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::state::AppState;
+
+/// File name of the generated audit signing keys inside the data directory.
+pub const AUDIT_KEY_FILE: &str = "audit_signing_keys.json";
+
+/// The signer of new checkpoints and every public key a checkpoint may name.
+#[derive(Debug)]
+pub struct AuditKeys {
+    /// Signs new checkpoints.
+    pub signer: Arc<AuditSigner>,
+    /// Every known public key, the current one marked.
+    pub public: Vec<AuditPublicKey>,
+    /// When checkpoints are due.
+    pub rule: CheckpointRule,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    format: u32,
+    /// Oldest first; the last signs unless `[audit] signing_key` is set.
+    keys: Vec<KeyEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    seed: String,
+    created_at: Timestamp,
+}
+
+/// Why the audit keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct AuditKeyError {
+    path: PathBuf,
+    message: String,
+}
+
+impl AuditKeys {
+    /// Loads (or, without a configured key, creates) the audit keys.
+    pub fn load(config: &AuditConfig, data_dir: &Path) -> Result<Self, AuditKeyError> {
+        let path = data_dir.join(AUDIT_KEY_FILE);
+        let err = |message: String| AuditKeyError {
+            path: path.clone(),
+            message,
+        };
+        let mut file_keys: Vec<AuditSigner> = Vec::new();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: KeyFile =
+                    serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+                if file.format != 1 {
+                    return Err(err(format!("unknown key file format {}", file.format)));
+                }
+                for k in &file.keys {
+                    file_keys.push(
+                        AuditSigner::from_hex(&k.seed)
+                            .ok_or_else(|| err("a key is not 64 hex digits".into()))?,
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e.to_string())),
+        }
+        let configured = config
+            .signing_key
+            .as_ref()
+            .and_then(|k| AuditSigner::from_hex(k.value().expose()));
+        let signer = match configured {
+            Some(s) => s,
+            None => match file_keys.pop() {
+                Some(s) => s,
+                None => {
+                    let mut seed = Zeroizing::new([0u8; 32]);
+                    getrandom::fill(seed.as_mut_slice())
+                        .map_err(|e| err(format!("random source failed: {e}")))?;
+                    write_key_file(&path, &seed).map_err(|e| err(e.to_string()))?;
+                    tracing::info!(path = %path.display(), "generated the audit signing key (mode 0600)");
+                    AuditSigner::from_seed(&seed)
+                }
+            },
+        };
+        let mut public: Vec<AuditPublicKey> = file_keys
+            .iter()
+            .filter(|k| k.id() != signer.id())
+            .map(|k| k.public(false))
+            .collect();
+        public.push(signer.public(true));
+        Ok(Self {
+            signer: Arc::new(signer),
+            public,
+            rule: CheckpointRule {
+                events: config.checkpoint_events,
+                interval_s: config.checkpoint_interval_s,
+            },
+        })
+    }
+}
+
+fn write_key_file(path: &Path, seed: &Zeroizing<[u8; 32]>) -> std::io::Result<()> {
+    let file = KeyFile {
+        format: 1,
+        keys: vec![KeyEntry {
+            seed: bulkhead_core::audit::hex(seed.as_slice()),
+            created_at: Timestamp::now(),
+        }],
+    };
+    let text = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let tmp = path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = options.open(&tmp)?;
+    f.write_all(&text)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Signs every due checkpoint once: the operator's chain, then each
+/// tenant's through its scope. Returns how many were signed.
+pub async fn checkpoint_once(state: &AppState, op: &OperatorScope) -> u64 {
+    let keys = &state.audit_keys;
+    let mut signed = 0;
+    match state
+        .control
+        .operator_checkpoint(op, keys.signer.clone(), keys.rule)
+        .await
+    {
+        Ok(Some(_)) => signed += 1,
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "audit checkpoint: operator chain"),
+    }
+    let tenants = match state.control.list_tenants(op).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "audit checkpoint: could not list tenants");
+            return signed;
+        }
+    };
+    for t in &tenants {
+        let scope = op.act_for_tenant(t);
+        match state
+            .tenants
+            .checkpoint(&scope, keys.signer.clone(), keys.rule)
+            .await
+        {
+            Ok(Some(_)) => signed += 1,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, tenant = %scope.tenant(), "audit checkpoint: could not sign")
+            }
+        }
+    }
+    signed
+}
+
+/// How often the sweep looks for due checkpoints: every 5 seconds (or
+/// `checkpoint_interval_s`, if shorter), so a chain is checkpointed within
+/// seconds of its N-th event.
+pub fn sweep_interval(rule: CheckpointRule) -> Duration {
+    Duration::from_secs(rule.interval_s.clamp(1, 5))
+}
