@@ -19,6 +19,7 @@
 
 mod agents;
 mod approvals;
+mod audit;
 mod auth;
 mod egress;
 mod error;
@@ -41,6 +42,7 @@ use serde::Deserialize;
 
 pub use agents::AgentConfig;
 pub use approvals::{ApprovalsConfig, MAX_APPROVAL_TTL_S};
+pub use audit::{AuditConfig, NatsConfig};
 pub use auth::{AuthConfig, JwtAlgorithm, JwtIssuerConfig, JwtKeySource, KeyFamily};
 pub use egress::{EgressConfig, EgressRule};
 use error::Errors;
@@ -116,6 +118,9 @@ pub struct Config {
     /// `[egress]`
     #[serde(default)]
     pub egress: EgressConfig,
+    /// `[audit]`
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// Parses and validates a configuration file's text. `env` answers
@@ -184,6 +189,7 @@ fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result
     approvals::validate(&mut config.approvals, env, &mut errors);
     quotas::validate(&mut config.quotas, env, &mut errors);
     egress::validate(&mut config.egress, &mut errors);
+    audit::validate(&mut config.audit, env, &mut errors);
     // Last: it spans the sections above (the default, providers, tools).
     regions::validate(config, &mut errors);
     if errors.0.is_empty() {

@@ -209,6 +209,14 @@ const MIGRATIONS: &[&str] = &[
         created_micros INTEGER NOT NULL,
         body           TEXT NOT NULL
     ) STRICT;",
+    // v11: the transactional outbox of the event bus (`[audit.nats]`):
+    // rows written with their event by a trigger of the store's
+    // connection (sqlite/outbox.rs), deleted once acknowledged.
+    "CREATE TABLE outbox (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        msg_id  TEXT NOT NULL,
+        payload TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// File name of the tenant database inside its partition directory.
