@@ -129,12 +129,19 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         Some(fetcher)
     };
     let data_dir = &config.server.data_dir;
-    let store = SqliteStore::open(data_dir).map_err(|e| BootError::Store {
+    let opened = match &config.audit.nats {
+        Some(_) => SqliteStore::open_with_outbox(data_dir),
+        None => SqliteStore::open(data_dir),
+    };
+    let store = opened.map_err(|e| BootError::Store {
         path: data_dir.clone(),
         message: e.to_string(),
     })?;
     let audit_keys = crate::audit_keys::AuditKeys::load(&config.audit, data_dir)
         .map_err(|e| BootError::AuditKey(e.to_string()))?;
+    if let Some(nats) = &config.audit.nats {
+        start_event_bus(&store, nats)?;
+    }
     let (token, source) = match &config.operator.token {
         Some(t) => (t.value().clone(), OperatorTokenSource::Configured),
         None => operator_token_file(data_dir)?,
@@ -322,6 +329,41 @@ pub async fn limiter(
         }
         None => limiter,
     })
+}
+
+/// `[audit.nats]`: the publisher, in the background for the life of the
+/// process (it waits for the server if it is not answering).
+#[cfg(feature = "nats")]
+fn start_event_bus(
+    store: &SqliteStore,
+    nats: &bulkhead_core::config::NatsConfig,
+) -> Result<(), BootError> {
+    let target = bulkhead_store::nats::NatsTarget {
+        url: nats.url.clone(),
+        stream: nats.stream.clone(),
+        subject_prefix: nats.subject_prefix.clone(),
+        auth: match (&nats.user, &nats.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.value().clone())),
+            _ => None,
+        },
+    };
+    let store = store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = bulkhead_store::nats::run(store, target).await {
+            tracing::error!(error = %e, "the audit event bus publisher stopped");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(feature = "nats"))]
+fn start_event_bus(
+    _store: &SqliteStore,
+    _nats: &bulkhead_core::config::NatsConfig,
+) -> Result<(), BootError> {
+    Err(BootError::Config(
+        "[audit.nats] needs a build with the cargo feature `nats`".into(),
+    ))
 }
 
 #[cfg(feature = "redis")]

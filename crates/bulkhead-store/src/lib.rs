@@ -16,8 +16,13 @@
 //! With the feature `redis`, [`redis_limits::RedisBackend`] keeps the
 //! tenants' limit counters (`bulkhead_quota::LimitBackend`) in Redis, so
 //! that several processes enforce one limit together.
+//!
+//! With the feature `nats`, [`nats::run`] publishes each tenant's audit
+//! events to NATS JetStream from the partition's outbox.
 
 pub mod migrate;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis_limits;
 pub mod sqlite;

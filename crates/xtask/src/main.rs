@@ -32,6 +32,10 @@
 //! with 1,000 tenants' policy sets loaded, against the role check it
 //! replaced, and the approval round trip (pause, approve, resume) against
 //! the same run without approval.
+//!
+//! `cargo xtask bench-outbox` measures what `[audit.nats]` (the outbox row
+//! and its publisher) adds to a model call's ledger write, against the
+//! same write with streams off, in one run.
 
 mod agent_bench;
 mod approval_bench;
@@ -39,6 +43,7 @@ mod gateway_bench;
 mod knowledge_bench;
 mod limits_bench;
 mod load;
+mod outbox_bench;
 mod policy_bench;
 mod vault_bench;
 
@@ -107,8 +112,9 @@ fn main() -> anyhow::Result<()> {
         "bench-knowledge" => knowledge_bench::run(std::env::args().skip(2).collect()),
         "bench-limits" => limits_bench::run(std::env::args().skip(2).collect()),
         "bench-policy" => policy_bench::run(std::env::args().skip(2).collect()),
+        "bench-outbox" => outbox_bench::run(std::env::args().skip(2).collect()),
         _ => bail!(
-            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]\n       cargo xtask bench-agent [--duration SECS] [--warmup SECS] [--concurrency N]\n       cargo xtask bench-knowledge [--tenants N] [--chunks N] [--idle-tenants N] [--queries N] [--dims N]\n       cargo xtask bench-limits [--decisions N] [--concurrency N] [--redis-url URL]\n       cargo xtask bench-policy [--tenants N] [--decisions N] [--approval-rounds N]"
+            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]\n       cargo xtask bench-agent [--duration SECS] [--warmup SECS] [--concurrency N]\n       cargo xtask bench-knowledge [--tenants N] [--chunks N] [--idle-tenants N] [--queries N] [--dims N]\n       cargo xtask bench-limits [--decisions N] [--concurrency N] [--redis-url URL]\n       cargo xtask bench-policy [--tenants N] [--decisions N] [--approval-rounds N]\n       cargo xtask bench-outbox [--calls N] [--concurrency N] [--nats-url URL]"
         ),
     }
 }

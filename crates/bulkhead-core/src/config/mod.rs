@@ -42,6 +42,7 @@ use serde::Deserialize;
 
 pub use agents::AgentConfig;
 pub use approvals::{ApprovalsConfig, MAX_APPROVAL_TTL_S};
+pub use audit::{AuditConfig, NatsConfig};
 pub use auth::{AuthConfig, JwtAlgorithm, JwtIssuerConfig, JwtKeySource, KeyFamily};
 pub use egress::{EgressConfig, EgressRule};
 use error::Errors;

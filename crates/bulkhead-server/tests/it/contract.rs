@@ -210,18 +210,18 @@ fn the_default_build_has_every_documented_feature() {
     ] {
         assert_eq!(
             defaults(manifest),
-            r#"default = ["aws-kms", "ann", "redis"]"#,
+            r#"default = ["aws-kms", "ann", "redis", "nats"]"#,
             "{manifest}"
         );
     }
-    for (manifest, feature) in [
-        ("crates/bulkhead-vault/Cargo.toml", "aws-kms"),
-        ("crates/bulkhead-agent/Cargo.toml", "ann"),
-        ("crates/bulkhead-store/Cargo.toml", "redis"),
+    for (manifest, features) in [
+        ("crates/bulkhead-vault/Cargo.toml", r#""aws-kms""#),
+        ("crates/bulkhead-agent/Cargo.toml", r#""ann""#),
+        ("crates/bulkhead-store/Cargo.toml", r#""redis", "nats""#),
     ] {
         assert_eq!(
             defaults(manifest),
-            format!("default = [\"{feature}\"]"),
+            format!("default = [{features}]"),
             "{manifest}"
         );
     }

@@ -17,6 +17,7 @@ mod canary;
 mod commit;
 mod gateway;
 mod knowledge;
+mod outbox;
 mod partition;
 mod policy;
 mod vault;
@@ -45,6 +46,7 @@ use crate::{
     TenantStore, migrate,
 };
 use commit::Writer;
+pub use outbox::{OutboxRow, PendingPartition};
 use partition::Partition;
 
 const CONTROL_MIGRATIONS: &[&str] = &[
@@ -171,6 +173,8 @@ struct Inner {
     boot_id: String,
     /// Every tenant's canary, for the tripwire.
     canaries: Arc<bulkhead_gateway::canary::CanaryScanner>,
+    /// The event bus outbox, when `[audit.nats]` is on.
+    outbox: Option<Arc<outbox::Outbox>>,
 }
 
 /// The embedded SQLite store. Cheap to clone.
@@ -276,6 +280,24 @@ impl SqliteStore {
     /// [`SqliteStore::open`] keeping at most `max_open_partitions` tenant
     /// databases open at once.
     pub fn open_with_limit(root: &Path, max_open_partitions: usize) -> StoreResult<Self> {
+        Self::open_inner(root, max_open_partitions, None)
+    }
+
+    /// [`SqliteStore::open`] writing an outbox row with every tenant audit
+    /// event, for the event bus publisher (sqlite/outbox.rs).
+    pub fn open_with_outbox(root: &Path) -> StoreResult<Self> {
+        Self::open_inner(
+            root,
+            MAX_OPEN_PARTITIONS,
+            Some(Arc::new(outbox::Outbox::default())),
+        )
+    }
+
+    fn open_inner(
+        root: &Path,
+        max_open_partitions: usize,
+        outbox: Option<Arc<outbox::Outbox>>,
+    ) -> StoreResult<Self> {
         create_private_dir(&root.join("tenants"))?;
         let mut conn = Connection::open(root.join("control.db"))?;
         partition::configure(&conn)?;
@@ -289,6 +311,7 @@ impl SqliteStore {
                 write_queues: Mutex::new(HashMap::new()),
                 boot_id: bulkhead_core::RequestId::generate().to_string(),
                 canaries: Arc::new(bulkhead_gateway::canary::CanaryScanner::new()),
+                outbox,
                 partitions: Mutex::new(PartitionCache {
                     open: HashMap::new(),
                     clock: 0,
@@ -399,6 +422,7 @@ impl SqliteStore {
             return Ok(p);
         }
         let p = Arc::new(Partition::open(&self.inner.root, tenant, uid)?);
+        self.install_outbox(&p, tenant, uid)?;
         // Calls a dead process left in flight are billed before anything
         // here reads the ledger.
         let recovered =
@@ -408,6 +432,15 @@ impl SqliteStore {
         }
         cache.insert(uid, p.clone());
         Ok(p)
+    }
+
+    fn install_outbox(&self, p: &Partition, tenant: &TenantId, uid: TenantUid) -> StoreResult<()> {
+        match &self.inner.outbox {
+            Some(outbox) => p.with_conn(|conn| {
+                outbox::install(conn, outbox, tenant, uid).map_err(StoreError::from)
+            }),
+            None => Ok(()),
+        }
     }
 
     fn live_tenant(&self, id: &TenantId) -> StoreResult<Tenant> {
@@ -519,6 +552,7 @@ impl ControlStore for SqliteStore {
             // leaves an orphan directory (swept on open), never a tenant
             // without a partition.
             let part = Arc::new(Partition::create(&s.inner.root, &tenant.id, tenant.uid)?);
+            s.install_outbox(&part, &tenant.id, tenant.uid)?;
             let canary = canary::new_canary()?;
             part.with_conn(|conn| {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -213,6 +213,14 @@ const MIGRATIONS: &[&str] = &[
     // v11: signed checkpoints of the audit chain, kept whole as their
     // canonical JSON (docs/audit.md), one per checkpointed sequence number.
     CHECKPOINTS_TABLE,
+    // v12: the transactional outbox of the event bus (`[audit.nats]`):
+    // rows written with their event by a trigger of the store's
+    // connection (sqlite/outbox.rs), deleted once acknowledged.
+    "CREATE TABLE outbox (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        msg_id  TEXT NOT NULL,
+        payload TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// The checkpoints table, in tenant.db and control.db alike.

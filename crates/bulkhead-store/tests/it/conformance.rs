@@ -69,7 +69,7 @@ pub async fn scope(store: &impl Backend, tenant: &str) -> TenantScope {
 }
 
 /// An event whose target is `marker`, to find it again.
-fn event(marker: &str) -> NewAuditEvent {
+pub fn event(marker: &str) -> NewAuditEvent {
     NewAuditEvent::new(
         AuditAction::PoliciesUpdate,
         marker,

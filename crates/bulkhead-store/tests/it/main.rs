@@ -1,7 +1,8 @@
 //! Store tests: the conformance suite every backend must pass, run here
 //! against the embedded SQLite store, plus SQLite-specific recovery tests,
 //! the vault on top of it (encryption, rotation, crypto-shredding), and
-//! with the feature `redis` the limit counters in Redis.
+//! with the feature `redis` the limit counters in Redis, and the event bus
+//! outbox.
 
 #![expect(
     clippy::unwrap_used,
@@ -9,6 +10,7 @@
 )]
 
 mod conformance;
+mod outbox;
 #[cfg(feature = "redis")]
 mod redis;
 mod sqlite;

@@ -14,6 +14,8 @@ mod demo;
 mod e2e;
 mod kb;
 mod limits;
+#[cfg(feature = "nats")]
+mod nats;
 mod ops;
 mod runs;
 mod sdk_openai;
