@@ -66,6 +66,14 @@ pub(crate) fn install(
          BEGIN
              INSERT INTO outbox (msg_id, payload) VALUES (json_extract(NEW.event, '$.id'), NEW.event);
              SELECT bulkhead_outbox_wake();
+         END;
+         -- A signed checkpoint follows the events it covers on the same
+         -- subject; its message id is its chain head, unique per chain.
+         CREATE TEMP TRIGGER IF NOT EXISTS checkpoint_outbox AFTER INSERT ON main.audit_checkpoints
+         BEGIN
+             INSERT INTO outbox (msg_id, payload)
+                 VALUES ('checkpoint-' || json_extract(NEW.body, '$.head'), NEW.body);
+             SELECT bulkhead_outbox_wake();
          END;",
     )
 }

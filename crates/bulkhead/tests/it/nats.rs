@@ -158,11 +158,19 @@ async fn stream_messages(url: &str) -> Vec<(String, String)> {
         let m = stream.get_raw_message(seq).await.unwrap();
         let id = m.headers.get("Nats-Msg-Id").unwrap().as_str().to_owned();
         let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-        assert_eq!(
-            body["id"].as_str().unwrap(),
-            id,
-            "the message id is the event id"
-        );
+        if body["type"] == "checkpoint" {
+            assert_eq!(
+                format!("checkpoint-{}", body["head"].as_str().unwrap()),
+                id,
+                "a checkpoint's message id is its chain head"
+            );
+        } else {
+            assert_eq!(
+                body["id"].as_str().unwrap(),
+                id,
+                "the message id is the event id"
+            );
+        }
         out.push((m.subject.to_string(), id));
     }
     out
@@ -375,4 +383,65 @@ fn a_sigkill_between_commit_and_publish_loses_and_duplicates_nothing() {
     assert!(ids.len() >= 12, "{ids:?}");
     assert_stream_is_the_chains(&rt, &nats.url(), &[("acme", ids)]);
     drop(server);
+}
+
+/// A signed checkpoint is published on the tenant's subject right after
+/// the event it signs, once, like the events.
+#[test]
+fn checkpoints_follow_the_events_they_sign_on_the_tenants_subject() {
+    let Some(bin) = nats_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&bin, dir.path());
+    let data = dir.path().join("data");
+    let config = config_file(dir.path(), &nats.url());
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("[audit]\ncheckpoint_events = 3\n{text}")).unwrap();
+    let server = Server::start(&data, Some(&config), ENV);
+    let rt = rt();
+    let acme = tenant_with_admin_key(&server.url, &data, "acme", "eu");
+    write_events(&server.url, &data, "acme", 4);
+    let ids = audit_ids(&server.url, &acme);
+    // The sweep signs within seconds; the checkpoint then follows.
+    let mut messages = Vec::new();
+    wait_until("a checkpoint in the stream", BOUND, || {
+        messages = rt.block_on(stream_messages(&nats.url()));
+        messages.iter().any(|(_, id)| id.starts_with("checkpoint-"))
+    });
+    let on_acme: Vec<String> = by_subject(&messages)
+        .remove(&format!("{PREFIX}.acme"))
+        .unwrap_or_default();
+    assert_eq!(
+        messages.len(),
+        on_acme.len(),
+        "nothing elsewhere: {messages:?}"
+    );
+    let at = on_acme
+        .iter()
+        .position(|id| id.starts_with("checkpoint-"))
+        .unwrap();
+    // The events before it are the chain's first ones, in order, once.
+    assert_eq!(on_acme[..at], ids[..at], "{on_acme:?}");
+    let (status, export, _) = get(&format!("{}/v1/audit/export", server.url), Some(&acme), &[]);
+    assert_eq!(status, 200);
+    let text = export
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| export.to_string());
+    let signed: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "checkpoint")
+        .collect();
+    assert!(!signed.is_empty(), "{text}");
+    assert_eq!(
+        on_acme[at],
+        format!("checkpoint-{}", signed[0]["head"].as_str().unwrap()),
+        "the published checkpoint is the one the export serves"
+    );
+    assert_eq!(
+        signed[0]["seq"].as_u64().unwrap() as usize,
+        at,
+        "it signs the event before it"
+    );
+    server.stop();
 }
