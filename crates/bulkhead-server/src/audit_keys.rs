@@ -145,6 +145,73 @@ fn write_key_file(path: &Path, seed: &Zeroizing<[u8; 32]>) -> std::io::Result<()
     std::fs::rename(&tmp, path)
 }
 
+/// What the periodic sweep remembers between passes: the tenants written
+/// since their last checkpoint, and when it last visited every tenant.
+#[derive(Default)]
+pub struct Sweep {
+    pending: std::collections::HashSet<bulkhead_core::TenantId>,
+    last_full: Option<std::time::Instant>,
+}
+
+/// One pass of the periodic sweep. The first pass, and one every
+/// `checkpoint_interval_s` after, visit every tenant ([`checkpoint_once`]);
+/// the others only the tenants written since they were last checkpointed,
+/// so an idle tenant costs the sweep nothing between full passes (its
+/// time-based checkpoint comes with the next full pass at the latest).
+pub async fn checkpoint_sweep(state: &AppState, op: &OperatorScope, sweep: &mut Sweep) -> u64 {
+    let interval = Duration::from_secs(state.audit_keys.rule.interval_s);
+    let written = state.tenants.take_written();
+    if sweep.last_full.is_none_or(|at| at.elapsed() >= interval) {
+        sweep.last_full = Some(std::time::Instant::now());
+        sweep.pending.clear();
+        let signed = checkpoint_once(state, op).await;
+        // Written while the pass ran: looked at again next time.
+        sweep.pending.extend(state.tenants.take_written());
+        return signed;
+    }
+    sweep.pending.extend(written);
+    let keys = &state.audit_keys;
+    let mut signed = 0;
+    match state
+        .control
+        .operator_checkpoint(op, keys.signer.clone(), keys.rule)
+        .await
+    {
+        Ok(Some(_)) => signed += 1,
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "audit checkpoint: operator chain"),
+    }
+    let visit: Vec<_> = sweep.pending.iter().cloned().collect();
+    for id in visit {
+        let tenant = match state.control.get_tenant(op, &id).await {
+            Ok(t) => t,
+            // Deleted since it was written: nothing left to sign.
+            Err(_) => {
+                sweep.pending.remove(&id);
+                continue;
+            }
+        };
+        let scope = op.act_for_tenant(&tenant);
+        match state
+            .tenants
+            .checkpoint(&scope, keys.signer.clone(), keys.rule)
+            .await
+        {
+            // Signed up to its head: nothing pending until it is written again.
+            Ok(Some(_)) => {
+                signed += 1;
+                sweep.pending.remove(&id);
+            }
+            // Not due yet (or nothing unsigned): looked at again next pass.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, tenant = %scope.tenant(), "audit checkpoint: could not sign")
+            }
+        }
+    }
+    signed
+}
+
 /// Signs every due checkpoint once: the operator's chain, then each
 /// tenant's through its scope. Returns how many were signed.
 pub async fn checkpoint_once(state: &AppState, op: &OperatorScope) -> u64 {

@@ -10,6 +10,7 @@
 //!   one aggregated `auth.failure` event per tenant, principal and reason.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_auth::{OperatorScope, TenantScope};
@@ -99,12 +100,16 @@ pub fn spawn(state: AppState, op: OperatorScope, retention: Duration, approvals:
         },
     );
     let (s, o) = (state.clone(), op.clone());
+    let sweep = Arc::new(tokio::sync::Mutex::new(crate::audit_keys::Sweep::default()));
     every(
         crate::audit_keys::sweep_interval(state.audit_keys.rule),
         "audit: signed checkpoints",
         move || {
-            let (s, o) = (s.clone(), o.clone());
-            async move { crate::audit_keys::checkpoint_once(&s, &o).await }
+            let (s, o, sweep) = (s.clone(), o.clone(), sweep.clone());
+            async move {
+                let mut sweep = sweep.lock().await;
+                crate::audit_keys::checkpoint_sweep(&s, &o, &mut sweep).await
+            }
         },
     );
     let s = state.clone();

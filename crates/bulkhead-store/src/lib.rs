@@ -224,6 +224,10 @@ pub trait TenantStore: Send + Sync {
         signer: Arc<AuditSigner>,
         rule: CheckpointRule,
     ) -> StoreResult<Option<Checkpoint>>;
+    /// The tenants whose partitions were written since the last call (the
+    /// chains a checkpoint may have become due on), and forgets them. The
+    /// checkpoint sweep visits these instead of every tenant.
+    fn take_written(&self) -> Vec<TenantId>;
     /// The scope chain's checkpoints with `seq >= from`, oldest first.
     async fn checkpoints(
         &self,

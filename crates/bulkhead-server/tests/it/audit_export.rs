@@ -182,3 +182,36 @@ async fn the_signing_key_is_generated_once_and_old_keys_stay_listed() {
     assert_eq!(ids, vec![(a.signer.id(), false), (c.signer.id(), true)]);
     assert!(!format!("{c:?}").contains(&seed));
 }
+
+/// The periodic sweep visits every tenant on its first pass, then only the
+/// tenants written since: an idle tenant is not looked at between full
+/// passes, and a written one is checkpointed once due.
+#[tokio::test]
+async fn the_sweep_visits_only_tenants_written_since_its_last_pass() {
+    let app = TestApp::with_config("", "[audit]\ncheckpoint_events = 3\n").await;
+    app.create_tenant("acme", "eu").await;
+    app.create_tenant("globex", "eu").await;
+    let (_, acme) = app.api_key("acme", &["admin"]).await;
+    let (_, globex) = app.api_key("globex", &["admin"]).await;
+    append(&app, &acme, 3).await;
+    append(&app, &globex, 3).await;
+    let op = app.operator_scope();
+    let mut sweep = bulkhead_server::audit_keys::Sweep::default();
+    // First pass: every tenant (and the operator's chain).
+    let first = bulkhead_server::audit_keys::checkpoint_sweep(&app.state, &op, &mut sweep).await;
+    assert_eq!(first, 3, "the operator's chain, acme's and globex's");
+    // Only acme is written afterwards: only acme is reported written.
+    append(&app, &acme, 3).await;
+    let written = app.state.tenants.take_written();
+    assert_eq!(
+        written.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        ["acme"]
+    );
+    append(&app, &acme, 1).await;
+    let next = bulkhead_server::audit_keys::checkpoint_sweep(&app.state, &op, &mut sweep).await;
+    assert_eq!(next, 1, "acme, due again; globex untouched");
+    // Nothing written since: nothing to visit, nothing signed.
+    let idle = bulkhead_server::audit_keys::checkpoint_sweep(&app.state, &op, &mut sweep).await;
+    assert_eq!(idle, 0);
+    assert!(app.state.tenants.take_written().is_empty());
+}

@@ -191,6 +191,13 @@ impl SqliteStore {
             done,
         });
         let uid = writer.uid;
+        // The checkpoint sweep looks at the chains written since its last
+        // pass (an over-approximation: any write, event or not).
+        if let Ok(mut written) = self.inner.written.lock()
+            && !written.contains(&writer.tenant)
+        {
+            written.insert(writer.tenant.clone());
+        }
         let lead = {
             let mut queues = self
                 .inner

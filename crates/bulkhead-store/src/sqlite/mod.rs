@@ -175,6 +175,9 @@ struct Inner {
     canaries: Arc<bulkhead_gateway::canary::CanaryScanner>,
     /// The event bus outbox, when `[audit.nats]` is on.
     outbox: Option<Arc<outbox::Outbox>>,
+    /// Tenants written since the checkpoint sweep last asked
+    /// ([`TenantStore::take_written`]).
+    written: Mutex<std::collections::HashSet<TenantId>>,
 }
 
 /// The embedded SQLite store. Cheap to clone.
@@ -312,6 +315,7 @@ impl SqliteStore {
                 boot_id: bulkhead_core::RequestId::generate().to_string(),
                 canaries: Arc::new(bulkhead_gateway::canary::CanaryScanner::new()),
                 outbox,
+                written: Mutex::new(std::collections::HashSet::new()),
                 partitions: Mutex::new(PartitionCache {
                     open: HashMap::new(),
                     clock: 0,
@@ -952,6 +956,14 @@ impl TenantStore for SqliteStore {
             })
         })
         .await
+    }
+
+    fn take_written(&self) -> Vec<TenantId> {
+        self.inner
+            .written
+            .lock()
+            .map(|mut w| w.drain().collect())
+            .unwrap_or_default()
     }
 
     async fn checkpoints(
