@@ -36,9 +36,13 @@
 //! `cargo xtask bench-outbox` measures what `[audit.nats]` (the outbox row
 //! and its publisher) adds to a model call's ledger write, against the
 //! same write with streams off, in one run.
+//! `cargo xtask bench-audit` measures `GET /v1/audit/export` and
+//! `bulkhead audit verify` over one tenant's chain of N events, with peak
+//! memory at N/10 and N, against a raw read of the same file.
 
 mod agent_bench;
 mod approval_bench;
+mod audit_bench;
 mod gateway_bench;
 mod knowledge_bench;
 mod limits_bench;
@@ -113,8 +117,9 @@ fn main() -> anyhow::Result<()> {
         "bench-limits" => limits_bench::run(std::env::args().skip(2).collect()),
         "bench-policy" => policy_bench::run(std::env::args().skip(2).collect()),
         "bench-outbox" => outbox_bench::run(std::env::args().skip(2).collect()),
+        "bench-audit" => audit_bench::run(std::env::args().skip(2).collect()),
         _ => bail!(
-            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]\n       cargo xtask bench-agent [--duration SECS] [--warmup SECS] [--concurrency N]\n       cargo xtask bench-knowledge [--tenants N] [--chunks N] [--idle-tenants N] [--queries N] [--dims N]\n       cargo xtask bench-limits [--decisions N] [--concurrency N] [--redis-url URL]\n       cargo xtask bench-policy [--tenants N] [--decisions N] [--approval-rounds N]\n       cargo xtask bench-outbox [--calls N] [--concurrency N] [--nats-url URL]"
+            "usage: cargo xtask bench [--connections N] [--duration SECS] [--warmup SECS]\n       cargo xtask bench-vault [--tenants N] [--iterations N]\n       cargo xtask bench-gateway [--duration SECS] [--warmup SECS]\n       cargo xtask bench-agent [--duration SECS] [--warmup SECS] [--concurrency N]\n       cargo xtask bench-knowledge [--tenants N] [--chunks N] [--idle-tenants N] [--queries N] [--dims N]\n       cargo xtask bench-limits [--decisions N] [--concurrency N] [--redis-url URL]\n       cargo xtask bench-policy [--tenants N] [--decisions N] [--approval-rounds N]\n       cargo xtask bench-outbox [--calls N] [--concurrency N] [--nats-url URL]\n       cargo xtask bench-audit [--events N]"
         ),
     }
 }
