@@ -149,6 +149,32 @@ fn more(body: &Value) {
     }
 }
 
+/// `--limit` as the list endpoints take it.
+fn check_limit(limit: Option<u32>) -> anyhow::Result<()> {
+    if limit.is_some_and(|l| l == 0 || l > 1000) {
+        bail!("--limit: must be between 1 and 1000");
+    }
+    Ok(())
+}
+
+/// One page of a list: the server's JSON with `--json`, else a table of
+/// the `list` member's `fields` under `headers`, and how to ask for the
+/// next page when there is one.
+fn print_page(
+    body: &Value,
+    format: Format,
+    list: &str,
+    headers: &[&str],
+    fields: &[&str],
+) -> anyhow::Result<ExitCode> {
+    if format.json {
+        return print(body);
+    }
+    table(headers, &rows_of(array(body, list), fields));
+    more(body);
+    Ok(ExitCode::SUCCESS)
+}
+
 // ---------------------------------------------------------------- usage
 
 /// `bulkhead usage`
@@ -346,9 +372,7 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             format,
             conn,
         } => {
-            if limit.is_some_and(|l| l == 0 || l > 1000) {
-                bail!("--limit: must be between 1 and 1000");
-            }
+            check_limit(limit)?;
             let (client, as_tenant) = conn.client()?;
             let path = query(
                 audit_path(as_tenant),
@@ -358,18 +382,8 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 ],
             );
             let body = client.get(&path)?;
-            if format.json {
-                return print(&body);
-            }
-            table(
-                &["seq", "time", "principal", "action", "target", "outcome"],
-                &rows_of(
-                    array(&body, "events"),
-                    &["seq", "time", "principal", "action", "target", "outcome"],
-                ),
-            );
-            more(&body);
-            Ok(ExitCode::SUCCESS)
+            let columns = ["seq", "time", "principal", "action", "target", "outcome"];
+            print_page(&body, format, "events", &columns, &columns)
         }
         AuditCommand::Export {
             tenant,
@@ -1017,9 +1031,7 @@ pub fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             format,
             conn,
         } => {
-            if limit.is_some_and(|l| l == 0 || l > 1000) {
-                bail!("--limit: must be between 1 and 1000");
-            }
+            check_limit(limit)?;
             let path = query(
                 "/v1/runs",
                 &[
@@ -1030,18 +1042,13 @@ pub fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
                 ],
             );
             let body = tenant_client(&conn)?.get(&path)?;
-            if format.json {
-                return print(&body);
-            }
-            table(
+            print_page(
+                &body,
+                format,
+                "runs",
                 &["run", "agent", "status", "created_at", "thread"],
-                &rows_of(
-                    array(&body, "runs"),
-                    &["id", "agent", "status", "created_at", "thread_id"],
-                ),
-            );
-            more(&body);
-            Ok(ExitCode::SUCCESS)
+                &["id", "agent", "status", "created_at", "thread_id"],
+            )
         }
         RunsCommand::Get { id, wait, conn } => {
             let path = query(
@@ -1112,9 +1119,7 @@ pub fn threads(cmd: ThreadsCommand) -> anyhow::Result<ExitCode> {
             format,
             conn,
         } => {
-            if limit.is_some_and(|l| l == 0 || l > 1000) {
-                bail!("--limit: must be between 1 and 1000");
-            }
+            check_limit(limit)?;
             let path = query(
                 "/v1/threads",
                 &[
@@ -1124,18 +1129,13 @@ pub fn threads(cmd: ThreadsCommand) -> anyhow::Result<ExitCode> {
                 ],
             );
             let body = tenant_client(&conn)?.get(&path)?;
-            if format.json {
-                return print(&body);
-            }
-            table(
+            print_page(
+                &body,
+                format,
+                "threads",
                 &["thread", "agents", "runs", "created_at", "last_run_at"],
-                &rows_of(
-                    array(&body, "threads"),
-                    &["id", "agents", "runs", "created_at", "last_run_at"],
-                ),
-            );
-            more(&body);
-            Ok(ExitCode::SUCCESS)
+                &["id", "agents", "runs", "created_at", "last_run_at"],
+            )
         }
         ThreadsCommand::Messages { id, format, conn } => {
             let body = tenant_client(&conn)?.get(&format!("/v1/threads/{}/messages", seg(&id)))?;
