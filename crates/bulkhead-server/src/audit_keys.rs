@@ -129,7 +129,13 @@ fn write_key_file(path: &Path, seed: &Zeroizing<[u8; 32]>) -> std::io::Result<()
             created_at: Timestamp::now(),
         }],
     };
-    let text = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?);
+    replace_key_file(path, &file)
+}
+
+/// Writes the key file whole to a temporary file (mode 0600) and renames
+/// it over the old one, so a crash leaves the old file or the new one.
+fn replace_key_file(path: &Path, file: &KeyFile) -> std::io::Result<()> {
+    let text = Zeroizing::new(serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -143,6 +149,46 @@ fn write_key_file(path: &Path, seed: &Zeroizing<[u8; 32]>) -> std::io::Result<()
     f.write_all(&text)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Adds a newly generated key to `<data_dir>/audit_signing_keys.json`
+/// (creating the file if need be) and returns its public half. The new
+/// key signs from the server's next start; the older keys stay in the
+/// file, so the checkpoints they signed still verify. Refused when
+/// `[audit] signing_key` is configured, since that key would still sign.
+pub fn rotate(config: &AuditConfig, data_dir: &Path) -> Result<AuditPublicKey, AuditKeyError> {
+    let path = data_dir.join(AUDIT_KEY_FILE);
+    let err = |message: String| AuditKeyError {
+        path: path.clone(),
+        message,
+    };
+    if config.signing_key.is_some() {
+        return Err(err(
+            "[audit] signing_key is configured and would still sign; rotate by configuring a new signing_key".into(),
+        ));
+    }
+    let mut file = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+            if file.format != 1 {
+                return Err(err(format!("unknown key file format {}", file.format)));
+            }
+            file
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyFile {
+            format: 1,
+            keys: Vec::new(),
+        },
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut_slice()).map_err(|e| err(format!("random source failed: {e}")))?;
+    file.keys.push(KeyEntry {
+        seed: bulkhead_core::audit::hex(seed.as_slice()),
+        created_at: Timestamp::now(),
+    });
+    replace_key_file(&path, &file).map_err(|e| err(e.to_string()))?;
+    Ok(AuditSigner::from_seed(&seed).public(true))
 }
 
 /// What the periodic sweep remembers between passes: the tenants written

@@ -47,7 +47,7 @@ fn env_lookup(name: &str) -> Option<String> {
 
 /// Loads a configuration file, or the embedded default. On invalid
 /// configuration prints every error (prefixed with the file) and returns `None`.
-fn load_config(path: Option<&Path>) -> anyhow::Result<Option<(Config, PathBuf)>> {
+pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<Option<(Config, PathBuf)>> {
     let Some(path) = path else {
         return Ok(Some((config::embedded_default(), PathBuf::from("."))));
     };

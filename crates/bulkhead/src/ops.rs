@@ -354,6 +354,18 @@ pub enum AuditCommand {
         #[command(flatten)]
         conn: TenantConnection,
     },
+    /// Add a new generated signing key to the data directory's key file;
+    /// it signs from the server's next start, and the older keys stay
+    /// listed so their checkpoints still verify. Prints the new public key.
+    RotateKey {
+        /// Configuration file (for `server.data_dir` and `[audit]`);
+        /// without it, the embedded defaults apply.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory, overriding `server.data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn audit_path(as_tenant: bool) -> &'static str {
@@ -425,6 +437,18 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             keys,
             operator,
         } => verify(&file, keys.as_deref(), operator),
+        AuditCommand::RotateKey { config, data_dir } => {
+            let Some((config, _)) = crate::commands::load_config(config.as_deref())? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let dir = data_dir.unwrap_or(config.server.data_dir);
+            let key = bulkhead_server::audit_keys::rotate(&config.audit, &dir)?;
+            eprintln!(
+                "new audit signing key {}: it signs from the next start",
+                key.id
+            );
+            print(&serde_json::to_value(key)?)
+        }
     }
 }
 

@@ -139,6 +139,8 @@ fn exported_chains_verify_offline_and_tampering_is_named() {
 
     let file = dir.path().join("acme.jsonl");
     let f = file.to_string_lossy().into_owned();
+    // The server's address; a restart below changes it.
+    let url = std::cell::RefCell::new(server.url.clone());
     let export = |key: &str, path: &str| {
         let o = cli(
             &[
@@ -147,7 +149,7 @@ fn exported_chains_verify_offline_and_tampering_is_named() {
                 "--api-key",
                 key,
                 "--url",
-                &server.url,
+                &url.borrow(),
                 "-o",
                 path,
             ],
@@ -306,5 +308,64 @@ fn exported_chains_verify_offline_and_tampering_is_named() {
         &[],
     );
     assert!(o.status.success(), "{:?}", out_text(&o));
+
+    // Rotation: a new key signs from the next start; the old one stays
+    // listed, so the chain verifies across both with the new key list.
+    server.stop();
+    let o = cli(
+        &[
+            "audit",
+            "rotate-key",
+            "--config",
+            &config.to_string_lossy(),
+            "--data-dir",
+            &data.to_string_lossy(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{:?}", out_text(&o));
+    let new_key: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let server = Server::start(&data, Some(&config), &[]);
+    *url.borrow_mut() = server.url.clone();
+    let listed: Value = serde_json::from_slice(
+        &cli(
+            &["audit", "keys", "--api-key", &key, "--url", &server.url],
+            &[],
+        )
+        .stdout,
+    )
+    .unwrap();
+    let listed = listed["keys"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[1]["id"], new_key["id"]);
+    assert_eq!(listed[1]["current"], true);
+    assert_eq!(listed[0]["current"], false);
+    let r = agent()
+        .put(format!("{}/v1/policies", server.url))
+        .header("authorization", format!("Bearer {key}"))
+        .send_json(serde_json::json!({"policies": "// rotated\n"}))
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let new_id = new_key["id"].as_str().unwrap().to_owned();
+    wait_until(
+        "a checkpoint signed with the new key",
+        Duration::from_secs(60),
+        || {
+            let text = export(&key, &f);
+            text.lines()
+                .last()
+                .is_some_and(|l| is_checkpoint(l) && l.contains(&new_id))
+        },
+    );
+    let keys2 = dir.path().join("keys2.json");
+    std::fs::write(
+        &keys2,
+        serde_json::to_string(&serde_json::json!({"keys": listed})).unwrap(),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = both(&file, &keys2, python, &[]);
+    assert!(ok, "{stdout}{stderr}");
+    let (ok, _, stderr) = both(&file, &keys, python, &[]);
+    assert!(!ok && stderr.contains("unknown key"), "{stderr}");
     drop(server);
 }
