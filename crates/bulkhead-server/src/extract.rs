@@ -129,7 +129,7 @@ impl FromRequestParts<AppState> for TenantCtx {
         }
         match state.auth.authenticate(token, tenant_header, &rid).await {
             Ok(scope) => {
-                tracing::Span::current().record("tenant_id", scope.tenant().as_str());
+                bulkhead_telemetry::record_tenant(&scope);
                 state.metrics.tenant_request(scope.tenant().as_str());
                 // Every tenant-plane request counts against the tenant's
                 // requests per minute, whatever it asks for.
@@ -162,7 +162,7 @@ impl FromRequestParts<AppState> for TenantCtx {
                         .failed(token, peer, err.attribution.as_ref())
                 };
                 if let Some(attribution) = &err.attribution {
-                    tracing::Span::current().record("tenant_id", attribution.tenant().as_str());
+                    tracing::Span::current().record("tenant.id", attribution.tenant().as_str());
                     if audit_now {
                         let event = NewAuditEvent::new(
                             AuditAction::AuthFailure,

@@ -21,6 +21,7 @@ pub mod retention;
 pub mod routes;
 mod sse;
 pub mod state;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

@@ -34,6 +34,7 @@ mod quotas;
 pub mod regions;
 mod secret;
 mod server;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 mod tools;
@@ -61,6 +62,7 @@ pub use quotas::{AlertsConfig, QuotaValues, QuotasConfig};
 pub use regions::RegionConfig;
 pub use secret::ConfigSecret;
 pub use server::ServerConfig;
+pub use telemetry::TelemetryConfig;
 pub use tools::{
     ApprovalMode, MAX_TOOL_RESPONSE_BYTES, MAX_TOOL_TIMEOUT_S, Risk, TOOL_HTTP_METHODS, ToolConfig,
     ToolKind,
@@ -121,6 +123,9 @@ pub struct Config {
     /// `[audit]`
     #[serde(default)]
     pub audit: audit::AuditConfig,
+    /// `[telemetry]`
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// Parses and validates a configuration file's text. `env` answers
@@ -190,6 +195,7 @@ fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result
     audit::validate(&mut config.audit, env, &mut errors);
     quotas::validate(&mut config.quotas, env, &mut errors);
     egress::validate(&mut config.egress, &mut errors);
+    telemetry::validate(&mut config.telemetry, env, &mut errors);
     // Last: it spans the sections above (the default, providers, tools).
     regions::validate(config, &mut errors);
     if errors.0.is_empty() {
