@@ -19,6 +19,7 @@ use bulkhead_core::checkpoint::{AuditPublicKey, AuditSigner};
 use bulkhead_core::config::audit::AuditConfig;
 use bulkhead_store::CheckpointRule;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use zeroize::Zeroizing;
 
 use crate::state::AppState;
@@ -241,6 +242,10 @@ pub async fn checkpoint_sweep(state: &AppState, op: &OperatorScope, sweep: &mut 
         match state
             .tenants
             .checkpoint(&scope, keys.signer.clone(), keys.rule)
+            .instrument(bulkhead_telemetry::background_span(
+                &scope,
+                "audit_checkpoint",
+            ))
             .await
         {
             // Signed up to its head: nothing pending until it is written again.

@@ -287,6 +287,10 @@ tools = ["slack"]
         assert_eq!(string(run_span, "gen_ai.operation.name"), "invoke_agent");
         assert_eq!(string(run_span, "gen_ai.agent.name"), "support");
         let trace = run_span.trace_id.clone();
+        // The trace holds this tenant's spans only.
+        for s in spans.iter().filter(|s| s.trace_id == trace) {
+            assert_eq!(string(s, "tenant.id"), *tenant, "{}", s.name);
+        }
         // The request that started the run is its parent (server kind).
         let request = theirs
             .iter()
