@@ -32,12 +32,16 @@ const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
 struct Opts {
     duration: Duration,
     warmup: Duration,
+    /// The one-core mode: bulkhead alone on CPU 0, the fake and the load
+    /// generator on CPU 1.
+    pinned: bool,
 }
 
 fn parse(args: Vec<String>) -> anyhow::Result<Opts> {
     let mut o = Opts {
         duration: Duration::from_secs(10),
         warmup: Duration::from_secs(2),
+        pinned: false,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -50,8 +54,9 @@ fn parse(args: Vec<String>) -> anyhow::Result<Opts> {
             "--warmup" => {
                 o.warmup = Duration::from_secs(value("--warmup")?.parse().context("--warmup")?)
             }
+            "--pinned" => o.pinned = true,
             other => bail!(
-                "unknown argument {other:?}; usage: cargo xtask bench-gateway [--duration SECS] [--warmup SECS]"
+                "unknown argument {other:?}; usage: cargo xtask bench-gateway [--pinned] [--duration SECS] [--warmup SECS]"
             ),
         }
     }
@@ -306,10 +311,139 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
 
+/// Pins every thread of this process (the fake provider's runtime and the
+/// load generator) to CPU `cpu`, with `taskset`.
+fn pin_self(cpu: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpu, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("taskset (util-linux) is needed for --pinned")?;
+    if !status.success() {
+        bail!("taskset could not pin this process to CPU {cpu}");
+    }
+    Ok(())
+}
+
+/// The one-core mode: bulkhead pinned alone on CPU 0, the fake provider
+/// and the load generator on CPU 1, keep-alive, a small non-streamed chat
+/// completion. Prints bulkhead's CPU ms per request (from
+/// `/proc/<pid>/stat`) beside the direct baseline's (the fake's own CPU
+/// for the same requests), its one-core throughput, and the latency it
+/// adds at one connection, against issue 20's goals.
+#[expect(clippy::print_stdout, reason = "a bench prints its figures")]
+fn run_pinned(opts: &Opts) -> anyhow::Result<()> {
+    if std::thread::available_parallelism().map_or(0, usize::from) < 2 {
+        bail!("--pinned needs two CPUs");
+    }
+    let fake = start_fake()?;
+    pin_self("1")?;
+    let dir = std::env::temp_dir().join(format!("bulkhead-gateway-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let server = crate::start_server_on(
+        &dir,
+        &config(&fake.provider),
+        &[("BENCH_PROVIDER_KEY", PROVIDER_KEY)],
+        Some("0"),
+    )?;
+    let pid = server.child.id();
+    let key = crate::create_tenant_key(server.addr)?;
+    smoke(server.addr, &key)?;
+    println!(
+        "bulkhead gateway bench, pinned: bulkhead alone on CPU 0; the fake provider and the 1-thread load generator on CPU 1; {} s per run after {} s warm-up; release build, request logs off; every tenant control on (API-key auth, request and token limits, budget reserve/settle, usage row, audit event)",
+        opts.duration.as_secs(),
+        opts.warmup.as_secs()
+    );
+    let direct = Target::post_json(
+        fake.provider.addr(),
+        "/v1/chat/completions",
+        &chat_body("gpt-4o-mini", false),
+    )
+    .bearer(PROVIDER_KEY)?;
+    let through = Target::post_json(
+        server.addr,
+        "/v1/chat/completions",
+        &chat_body("small", false),
+    )
+    .bearer(&key)?;
+    let level = |connections| Load {
+        connections,
+        duration: opts.duration,
+        warmup: opts.warmup,
+        paced_rps: None,
+    };
+    let one_direct = measure(&direct, &level(1), pid)?;
+    let one_through = measure(&through, &level(1), pid)?;
+    let many_direct = measure(&direct, &level(CLOSED_LEVELS[1]), pid)?;
+    let many_through = measure(&through, &level(CLOSED_LEVELS[1]), pid)?;
+    let rows = [
+        Row {
+            scenario: "plain, 1 conn closed loop".into(),
+            direct: one_direct,
+            through: one_through,
+        },
+        Row {
+            scenario: format!("plain, {} conn closed loop", CLOSED_LEVELS[1]),
+            direct: many_direct,
+            through: many_through,
+        },
+    ];
+    println!();
+    print_table(&rows);
+    println!();
+    println!(
+        "CPU per request, ms (bulkhead: its process on CPU 0; direct: the fake's threads for the same calls):"
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>14}",
+        "scenario", "bulkhead ms", "direct ms", "bulkhead req/s"
+    );
+    let ms = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{:.3}", v / 1000.0));
+    for r in &rows {
+        println!(
+            "{:<34} {:>12} {:>12} {:>14.0}",
+            r.scenario,
+            ms(r.through.cpu_us[0]),
+            ms(r.direct.cpu_us[1]),
+            r.through.figures.rps
+        );
+    }
+    println!();
+    println!("goals (issue 20):");
+    let many = &rows[1].through;
+    let cpu_ms = many.cpu_us[0].map(|v| v / 1000.0);
+    println!(
+        "  CPU per non-streamed call at {} conn: {} ms (<= 0.100: {})",
+        CLOSED_LEVELS[1],
+        ms(many.cpu_us[0]),
+        verdict(cpu_ms.is_some_and(|v| v <= 0.1))
+    );
+    println!(
+        "  throughput on one core: {:.0} req/s (>= 10000: {})",
+        many.figures.rps,
+        verdict(many.figures.rps >= 10_000.0)
+    );
+    let one = &rows[0];
+    let p50 = one.through.figures.p50_us - one.direct.figures.p50_us;
+    let p99 = one.through.figures.p99_us - one.direct.figures.p99_us;
+    println!(
+        "  added latency at 1 connection: p50 {p50:.0} µs (<= 100: {}), p99 {p99:.0} µs (<= 500: {})",
+        verdict(p50 <= 100.0),
+        verdict(p99 <= 500.0)
+    );
+    drop(server);
+    drop(fake);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// Runs the bench.
 #[expect(clippy::print_stdout, reason = "a bench prints its figures")]
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let opts = parse(args)?;
+    if opts.pinned {
+        return run_pinned(&opts);
+    }
     let fake = start_fake()?;
     let dir = std::env::temp_dir().join(format!("bulkhead-gateway-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

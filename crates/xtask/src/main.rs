@@ -157,6 +157,17 @@ secret = "env:BENCH_JWT_SECRET"
 /// `config` (written to `dir`) and a data directory in `dir`. The operator
 /// token is in `BENCH_OPERATOR_TOKEN`; `env` adds variables.
 fn start_server(dir: &Path, config: &str, env: &[(&str, &str)]) -> anyhow::Result<Server> {
+    start_server_on(dir, config, env, None)
+}
+
+/// [`start_server`], the server pinned to the CPUs `cpus` (a `taskset`
+/// list such as `"0"`) when given.
+fn start_server_on(
+    dir: &Path,
+    config: &str,
+    env: &[(&str, &str)],
+    cpus: Option<&str>,
+) -> anyhow::Result<Server> {
     let root = workspace_root();
     let mut build = Command::new(env!("CARGO"));
     build
@@ -184,7 +195,17 @@ fn start_server(dir: &Path, config: &str, env: &[(&str, &str)]) -> anyhow::Resul
     }
     let config_path = dir.join("bench.toml");
     std::fs::write(&config_path, config)?;
-    let mut child = Command::new(root.join("target/release/bulkhead"))
+    let binary = root.join("target/release/bulkhead");
+    // `taskset` execs the binary: the child's pid is the server's.
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(&binary);
+            c
+        }
+        None => Command::new(&binary),
+    };
+    let mut child = command
         .args([
             "--log-format",
             "json",

@@ -7,6 +7,7 @@
 //! official SDKs understand them.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -286,7 +287,11 @@ pub async fn chat(
     // deadline: `[server] request_timeout_s`) and its usage is recorded.
     let gateway = state.gateway.clone();
     let deadline = request_deadline(&state, deadline);
-    let task = tokio::spawn(async move { gateway.chat_until(&scope, value, deadline).await });
+    // The task keeps the request's span: the call's span is its child.
+    let task = tokio::spawn(
+        async move { gateway.chat_until(&scope, value, deadline).await }
+            .instrument(tracing::Span::current()),
+    );
     match task.await {
         Ok(Ok(ChatOutcome::Complete(v))) => axum::Json(v).into_response(),
         Ok(Ok(ChatOutcome::Stream(rx))) => {
@@ -465,8 +470,10 @@ pub async fn embeddings(
     let base64 = request.base64;
     let gateway = state.gateway.clone();
     // As for chat: the call completes (and is recorded) if the client goes.
-    let task =
-        tokio::spawn(async move { gateway.embeddings(&scope, &request, Some(deadline)).await });
+    let task = tokio::spawn(
+        async move { gateway.embeddings(&scope, &request, Some(deadline)).await }
+            .instrument(tracing::Span::current()),
+    );
     let out = task
         .await
         .map_err(|e| OpenAiError::from(GatewayError::Internal(e.to_string())))??;
@@ -527,7 +534,10 @@ pub async fn create_response(
         Err(e) => return e.into_response(),
     };
     let gateway = state.gateway.clone();
-    let task = tokio::spawn(async move { gateway.respond(&scope, &value, Some(deadline)).await });
+    let task = tokio::spawn(
+        async move { gateway.respond(&scope, &value, Some(deadline)).await }
+            .instrument(tracing::Span::current()),
+    );
     match task.await {
         Ok(Ok(ResponseOutcome::Complete(v))) => axum::Json(v).into_response(),
         Ok(Ok(ResponseOutcome::Stream(rx))) => {

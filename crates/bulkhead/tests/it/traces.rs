@@ -225,6 +225,13 @@ tools = ["slack"]
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    // A gateway call of its own: its model call's span is the request's child.
+    let res = agent()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .header("authorization", format!("Bearer {}", keys[1].1))
+        .send_json(json!({"model": "small", "messages": [{"role": "user", "content": "USER-INPUT-CANARY direct"}]}))
+        .unwrap();
+    assert_eq!(res.status(), 200);
     // A clean stop sends every buffered span.
     let logs = server.stop();
 
@@ -382,6 +389,18 @@ tools = ["slack"]
             );
         }
     }
+
+    let direct = spans
+        .iter()
+        .find(|s| s.name == "POST /v1/chat/completions")
+        .expect("the gateway request's span");
+    assert_eq!(string(direct, "tenant.id"), "globex");
+    let call = spans
+        .iter()
+        .find(|s| s.name == "chat small" && s.parent_span_id == direct.span_id)
+        .expect("its model call's span, a child of it");
+    assert_eq!(string(call, "tenant.id"), "globex");
+    assert!(attr(call, "bulkhead.run_id").is_none());
 
     // JSON logs: the run request's line names tenant, request and trace.
     let line = logs
