@@ -203,7 +203,10 @@ impl AlertRule {
             AlertMetric::CrossTenantBlock => {
                 let t = number()?;
                 if !(t >= 0.0 && t.fract() == 0.0 && t <= 1e9) {
-                    return Err(err("threshold", "a count must be a whole number, at least 0"));
+                    return Err(err(
+                        "threshold",
+                        "a count must be a whole number, at least 0",
+                    ));
                 }
                 Ok(t)
             }
@@ -253,7 +256,9 @@ mod tests {
         use serde_json::json;
         let ok = |v| rule(v).unwrap();
         assert_eq!(
-            ok(json!({"name":"errors","metric":"error_rate","threshold":0.02,"window_s":300,"min_samples":50})),
+            ok(
+                json!({"name":"errors","metric":"error_rate","threshold":0.02,"window_s":300,"min_samples":50})
+            ),
             0.02
         );
         assert_eq!(
@@ -261,7 +266,9 @@ mod tests {
             25.0
         );
         assert_eq!(
-            ok(json!({"name":"slow","metric":"p99_latency_ms","of":"model","threshold":2000,"window_s":300})),
+            ok(
+                json!({"name":"slow","metric":"p99_latency_ms","of":"model","threshold":2000,"window_s":300})
+            ),
             2000.0
         );
         let field = |v| rule(v).unwrap_err().field;
@@ -278,7 +285,9 @@ mod tests {
             "window_s"
         );
         assert_eq!(
-            field(json!({"name":"e","metric":"error_rate","of":"tool","threshold":0.1,"window_s":60})),
+            field(
+                json!({"name":"e","metric":"error_rate","of":"tool","threshold":0.1,"window_s":60})
+            ),
             "of"
         );
         assert_eq!(
@@ -294,7 +303,9 @@ mod tests {
             "threshold"
         );
         assert_eq!(
-            field(json!({"name":"e","metric":"error_rate","threshold":0.1,"window_s":60,"min_samples":0})),
+            field(
+                json!({"name":"e","metric":"error_rate","threshold":0.1,"window_s":60,"min_samples":0})
+            ),
             "min_samples"
         );
         assert!(

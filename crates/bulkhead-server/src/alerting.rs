@@ -559,7 +559,12 @@ impl AlertEngine {
     /// An answered tenant-plane request (the request middleware).
     pub fn request(self: &Arc<Self>, scope: &TenantScope, status: u16, code: &str) {
         self.metrics.request(scope.tenant().as_str(), status, code);
-        self.feed(scope, Event::Request { error: status >= 500 });
+        self.feed(
+            scope,
+            Event::Request {
+                error: status >= 500,
+            },
+        );
     }
 
     /// A credential presented with another tenant's `X-Tenant-ID`: the
@@ -728,7 +733,8 @@ impl Worker {
             }
         }
         if let Some(url) = &self.sinks.operator_webhook {
-            let outcome = crate::alerts::deliver_via(|| Ok(self.client.post(url)), key, &bytes).await;
+            let outcome =
+                crate::alerts::deliver_via(|| Ok(self.client.post(url)), key, &bytes).await;
             if let Err(e) = outcome {
                 tracing::warn!(error = %e, rule = %t.rule.name, "could not post an alert to the operator's webhook");
             }
@@ -754,7 +760,9 @@ mod tests {
 
     #[test]
     fn a_rule_fires_once_and_resolves_once() {
-        let mut r = state(json!({"name":"e","metric":"error_rate","threshold":0.02,"window_s":60,"min_samples":50}));
+        let mut r = state(
+            json!({"name":"e","metric":"error_rate","threshold":0.02,"window_s":60,"min_samples":50}),
+        );
         let t = 1_000_000;
         // 49 samples at 100 % errors: under min_samples, nothing.
         for _ in 0..49 {
@@ -774,16 +782,39 @@ mod tests {
 
     #[test]
     fn p99_is_the_bin_bound_above_99_percent() {
-        let mut r = state(json!({"name":"slow","metric":"p99_latency_ms","of":"model","threshold":1000,"window_s":300}));
+        let mut r = state(
+            json!({"name":"slow","metric":"p99_latency_ms","of":"model","threshold":1000,"window_s":300}),
+        );
         let t = 5_000;
         for _ in 0..99 {
-            r.add(t, Sample { bad: false, nanos: 0, latency_ms: Some(10.0) });
+            r.add(
+                t,
+                Sample {
+                    bad: false,
+                    nanos: 0,
+                    latency_ms: Some(10.0),
+                },
+            );
         }
-        r.add(t, Sample { bad: false, nanos: 0, latency_ms: Some(5000.0) });
+        r.add(
+            t,
+            Sample {
+                bad: false,
+                nanos: 0,
+                latency_ms: Some(5000.0),
+            },
+        );
         let (p99, n) = r.value(t);
         assert_eq!(n, 100);
         assert!((10.0..11.0).contains(&p99), "{p99}");
-        r.add(t, Sample { bad: false, nanos: 0, latency_ms: Some(5000.0) });
+        r.add(
+            t,
+            Sample {
+                bad: false,
+                nanos: 0,
+                latency_ms: Some(5000.0),
+            },
+        );
         let (p99, _) = r.value(t);
         assert!((5000.0..5500.0).contains(&p99), "{p99}");
     }

@@ -185,7 +185,11 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
     let alerts = crate::alerting::AlertEngine::start(
         &config.alerts,
         crate::alerting::AlertSinks {
-            key: config.alerting.signing_key.as_ref().map(|k| k.value().clone()),
+            key: config
+                .alerting
+                .signing_key
+                .as_ref()
+                .map(|k| k.value().clone()),
             operator_webhook: config.alerting.operator_webhook.clone(),
             egress: egress.clone(),
         },

@@ -503,8 +503,14 @@ mod tests {
             acme.contains(r#"bulkhead_tenant_model_tokens_total{tenant="acme",model="small",direction="input"} 10"#),
             "{acme}"
         );
-        assert!(acme.contains(r#"bulkhead_tenant_model_cost_usd_total{tenant="acme",model="small"} 1.5"#));
-        assert!(acme.contains(r#"bulkhead_tenant_http_requests_total{tenant="acme",status="200",code="ok"} 1"#));
+        assert!(
+            acme.contains(
+                r#"bulkhead_tenant_model_cost_usd_total{tenant="acme",model="small"} 1.5"#
+            )
+        );
+        assert!(acme.contains(
+            r#"bulkhead_tenant_http_requests_total{tenant="acme",status="200",code="ok"} 1"#
+        ));
         assert!(!acme.contains("globex") && !acme.contains("initech") && !acme.contains("_other"));
         assert!(acme.ends_with("# EOF\n"));
         // Over the cap: initech counts under _other and has no series of its own.
@@ -514,9 +520,14 @@ mod tests {
         let mut all = String::new();
         prometheus_client::encoding::text::encode(&mut all, &registry).unwrap();
         assert!(all.contains(r#"bulkhead_tenant_http_requests_total{tenant="_other",status="502",code="upstream_error"} 1"#), "{all}");
-        assert!(all.contains(r#"bulkhead_tenant_tool_calls_total{tenant="globex",tool="notify",outcome="ok"} 1"#));
+        assert!(all.contains(
+            r#"bulkhead_tenant_tool_calls_total{tenant="globex",tool="notify",outcome="ok"} 1"#
+        ));
         // One HELP line per family, whatever the number of tenants.
-        assert_eq!(all.matches("# HELP bulkhead_tenant_http_requests ").count(), 1);
+        assert_eq!(
+            all.matches("# HELP bulkhead_tenant_http_requests ").count(),
+            1
+        );
         m.forget("acme");
         assert_eq!(m.encode_tenant("acme"), "# EOF\n");
     }

@@ -255,8 +255,7 @@ pub trait TenantStore: Send + Sync {
         event: NewAuditEvent,
     ) -> StoreResult<u64>;
     /// A page of the tenant's alert transitions (`seq > after`), oldest first.
-    async fn alert_events(&self, scope: &TenantScope, page: Page)
-    -> StoreResult<Vec<StoredAlert>>;
+    async fn alert_events(&self, scope: &TenantScope, page: Page) -> StoreResult<Vec<StoredAlert>>;
 }
 
 /// One recorded alert transition.

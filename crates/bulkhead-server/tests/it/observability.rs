@@ -82,20 +82,32 @@ async fn each_tenant_scrapes_only_its_own_series() {
 
     let mine = text(&app, "/v1/metrics", Some(&acme)).await;
     assert_eq!(
-        sample(&mine, r#"bulkhead_tenant_model_calls_total{tenant="acme",model="small",kind="model",status="ok"}"#),
+        sample(
+            &mine,
+            r#"bulkhead_tenant_model_calls_total{tenant="acme",model="small",kind="model",status="ok"}"#
+        ),
         Some(5.0),
         "{mine}"
     );
     assert_eq!(
-        sample(&mine, r#"bulkhead_tenant_model_tokens_total{tenant="acme",model="small",direction="input"}"#),
+        sample(
+            &mine,
+            r#"bulkhead_tenant_model_tokens_total{tenant="acme",model="small",direction="input"}"#
+        ),
         Some(35.0)
     );
     assert_eq!(
-        sample(&mine, r#"bulkhead_tenant_http_requests_total{tenant="acme",status="200",code="ok"}"#),
+        sample(
+            &mine,
+            r#"bulkhead_tenant_http_requests_total{tenant="acme",status="200",code="ok"}"#
+        ),
         Some(5.0)
     );
     assert_eq!(
-        sample(&mine, r#"bulkhead_tenant_model_call_duration_seconds_count{tenant="acme",model="small"}"#),
+        sample(
+            &mine,
+            r#"bulkhead_tenant_model_call_duration_seconds_count{tenant="acme",model="small"}"#
+        ),
         Some(5.0)
     );
     assert!(mine.contains("bulkhead_tenant_model_cost_usd_total{tenant=\"acme\""));
@@ -104,7 +116,10 @@ async fn each_tenant_scrapes_only_its_own_series() {
     let theirs = text(&app, "/v1/metrics", Some(&globex)).await;
     // Its four reads (the scrape itself is counted once it is answered).
     assert_eq!(
-        sample(&theirs, r#"bulkhead_tenant_http_requests_total{tenant="globex",status="200",code="ok"}"#),
+        sample(
+            &theirs,
+            r#"bulkhead_tenant_http_requests_total{tenant="globex",status="200",code="ok"}"#
+        ),
         Some(4.0),
         "{theirs}"
     );
@@ -123,7 +138,10 @@ async fn each_tenant_scrapes_only_its_own_series() {
 /// queries is one the server exposes: a per-tenant family (with its
 /// histogram suffixes) or a name in `exposition`.
 fn dashboard_queries_only_exposed_metrics(exposition: &str) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/grafana/bulkhead-tenants.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/bulkhead-tenants.json"
+    );
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut known: Vec<String> = Vec::new();
     for name in bulkhead_server::tenant_metrics::exposed_names() {
@@ -166,7 +184,10 @@ fn dashboard_queries_only_exposed_metrics(exposition: &str) {
                 end += 1;
             }
             let name = &e[start..end];
-            assert!(known.iter().any(|k| k == name), "the dashboard queries {name}, which is not exposed");
+            assert!(
+                known.iter().any(|k| k == name),
+                "the dashboard queries {name}, which is not exposed"
+            );
             queried += 1;
             i = end;
         }
@@ -204,7 +225,10 @@ async fn one_tenants_error_rate_fires_and_resolves_its_alert_alone() {
     }
     // globex: 300 answered requests, no errors.
     for _ in 0..300 {
-        assert_eq!(app.call("GET", "/v1/me", Some(&globex), None).await.status, 200);
+        assert_eq!(
+            app.call("GET", "/v1/me", Some(&globex), None).await.status,
+            200
+        );
     }
     // acme: two provider failures (502), then fine requests. The rule
     // needs 50 samples: it fires at the 50th (2/50 = 4 % > 2 %).
@@ -216,16 +240,24 @@ async fn one_tenants_error_rate_fires_and_resolves_its_alert_alone() {
         assert_eq!(r.status, 502, "{}", r.body);
     }
     for _ in 0..60 {
-        assert_eq!(app.call("GET", "/v1/me", Some(&acme), None).await.status, 200);
+        assert_eq!(
+            app.call("GET", "/v1/me", Some(&acme), None).await.status,
+            200
+        );
     }
-    eventually("acme's alert.fired webhook", Duration::from_secs(10), || async {
-        !posted(&saas, "/echo/acme").is_empty()
-    })
+    eventually(
+        "acme's alert.fired webhook",
+        Duration::from_secs(10),
+        || async { !posted(&saas, "/echo/acme").is_empty() },
+    )
     .await;
     // The platform as a whole stays well below 2 %.
     let all = text(&app, "/metrics", None).await;
     let (mut total, mut errors) = (0.0, 0.0);
-    for l in all.lines().filter(|l| l.starts_with("bulkhead_tenant_http_requests_total{")) {
+    for l in all
+        .lines()
+        .filter(|l| l.starts_with("bulkhead_tenant_http_requests_total{"))
+    {
         let v: f64 = l.rsplit(' ').next().unwrap().parse().unwrap();
         total += v;
         if l.contains("status=\"5") {
@@ -237,11 +269,16 @@ async fn one_tenants_error_rate_fires_and_resolves_its_alert_alone() {
 
     // Back below: 2 errors in 100 or more samples is at most 2 %.
     for _ in 0..50 {
-        assert_eq!(app.call("GET", "/v1/me", Some(&acme), None).await.status, 200);
+        assert_eq!(
+            app.call("GET", "/v1/me", Some(&acme), None).await.status,
+            200
+        );
     }
-    eventually("acme's alert.resolved webhook", Duration::from_secs(10), || async {
-        posted(&saas, "/echo/acme").len() == 2
-    })
+    eventually(
+        "acme's alert.resolved webhook",
+        Duration::from_secs(10),
+        || async { posted(&saas, "/echo/acme").len() == 2 },
+    )
     .await;
     let hooks = posted(&saas, "/echo/acme");
     let types: Vec<&str> = hooks.iter().map(|(t, _)| t.as_str()).collect();
@@ -250,7 +287,10 @@ async fn one_tenants_error_rate_fires_and_resolves_its_alert_alone() {
         let body = String::from_utf8(req.body.clone()).unwrap();
         assert_signed(req, &body);
         let v: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!((v["tenant"].as_str(), v["rule"].as_str()), (Some("acme"), Some("errors")));
+        assert_eq!(
+            (v["tenant"].as_str(), v["rule"].as_str()),
+            (Some("acme"), Some("errors"))
+        );
         assert_eq!(v["metric"], "error_rate");
         assert_eq!(v["window_s"], 300);
     }
@@ -258,14 +298,16 @@ async fn one_tenants_error_rate_fires_and_resolves_its_alert_alone() {
     assert_eq!(fired["samples"], 50);
     assert_eq!(fired["value"], 0.04);
     // The operator heard the same two; globex's webhook heard nothing.
-    let op: Vec<String> = posted(&saas, "/echo/operator").into_iter().map(|(t, _)| t).collect();
+    let op: Vec<String> = posted(&saas, "/echo/operator")
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
     assert_eq!(op, ["alert.fired", "alert.resolved"]);
     assert!(posted(&saas, "/echo/globex").is_empty());
 
     // Audit: exactly one alert.fired and one alert.resolved for acme, none for globex.
-    let actions = |events: Vec<Value>, action: &str| {
-        events.iter().filter(|e| e["action"] == action).count()
-    };
+    let actions =
+        |events: Vec<Value>, action: &str| events.iter().filter(|e| e["action"] == action).count();
     let events = app.audit(&acme).await;
     assert_eq!(actions(events.clone(), "alert.fired"), 1);
     assert_eq!(actions(events, "alert.resolved"), 1);
@@ -274,7 +316,9 @@ async fn one_tenants_error_rate_fires_and_resolves_its_alert_alone() {
     assert_eq!(actions(events, "alert.resolved"), 0);
 
     // The events list and the metric say the same.
-    let r = app.call("GET", "/v1/alerts/events", Some(&acme), None).await;
+    let r = app
+        .call("GET", "/v1/alerts/events", Some(&acme), None)
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let listed: Vec<&str> = r.body["events"]
         .as_array()
@@ -283,16 +327,24 @@ async fn one_tenants_error_rate_fires_and_resolves_its_alert_alone() {
         .map(|e| e["type"].as_str().unwrap())
         .collect();
     assert_eq!(listed, ["alert.fired", "alert.resolved"]);
-    let r = app.call("GET", "/v1/alerts/events", Some(&globex), None).await;
+    let r = app
+        .call("GET", "/v1/alerts/events", Some(&globex), None)
+        .await;
     assert_eq!(r.body["events"], json!([]));
     let mine = text(&app, "/v1/metrics", Some(&acme)).await;
     assert_eq!(
-        sample(&mine, r#"bulkhead_tenant_alerts_total{tenant="acme",rule="errors",state="fired"}"#),
+        sample(
+            &mine,
+            r#"bulkhead_tenant_alerts_total{tenant="acme",rule="errors",state="fired"}"#
+        ),
         Some(1.0),
         "{mine}"
     );
     assert_eq!(
-        sample(&mine, r#"bulkhead_tenant_alert_firing{tenant="acme",rule="errors"}"#),
+        sample(
+            &mine,
+            r#"bulkhead_tenant_alert_firing{tenant="acme",rule="errors"}"#
+        ),
         Some(0.0)
     );
     let r = app.call("GET", "/v1/alerts", Some(&acme), None).await;
@@ -309,7 +361,9 @@ async fn bad_rules_are_refused_naming_the_field() {
     let (_, member) = app.api_key("acme", &["member"]).await;
     let rule = |extra: Value| {
         let mut r = json!({"name": "e", "metric": "error_rate", "threshold": 0.1, "window_s": 300});
-        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        r.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         json!({"rules": [r], "webhook": null})
     };
     for (body, field) in [
@@ -317,8 +371,14 @@ async fn bad_rules_are_refused_naming_the_field() {
         (rule(json!({"window_s": 5})), "rules[0].window_s"),
         (rule(json!({"name": "Not OK"})), "rules[0].name"),
         (rule(json!({"of": "model"})), "rules[0].of"),
-        (rule(json!({"metric": "spend_usd", "threshold": 25})), "rules[0].threshold"),
-        (rule(json!({"metric": "cross_tenant_block", "threshold": 0})), "rules[0].metric"),
+        (
+            rule(json!({"metric": "spend_usd", "threshold": 25})),
+            "rules[0].threshold",
+        ),
+        (
+            rule(json!({"metric": "cross_tenant_block", "threshold": 0})),
+            "rules[0].metric",
+        ),
         (rule(json!({"min_samples": 0})), "rules[0].min_samples"),
         (json!({"rules": [], "webhook": "ftp://x"}), "webhook"),
     ] {
@@ -332,7 +392,11 @@ async fn bad_rules_are_refused_naming_the_field() {
     }
     let r = put_alerts(&app, &admin, rule(json!({"colour": "red"}))).await;
     r.assert_problem(400, "invalid_body");
-    assert!(r.body["detail"].as_str().unwrap().contains("colour"), "{}", r.body);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("colour"),
+        "{}",
+        r.body
+    );
     // Nothing was stored by the refusals; members may not change rules.
     let r = app.call("GET", "/v1/alerts", Some(&admin), None).await;
     assert_eq!(r.body["rules"], json!([]));

@@ -985,8 +985,11 @@ impl TenantStore for SqliteStore {
     async fn alert_rules(&self, scope: &TenantScope) -> StoreResult<Option<String>> {
         let tenant = scope.tenant().clone();
         let uid = scope.partition();
-        self.blocking(move |s| s.partition(&tenant, uid)?.with_conn(|c| alerts::read_rules(c)))
-            .await
+        self.blocking(move |s| {
+            s.partition(&tenant, uid)?
+                .with_conn(|c| alerts::read_rules(c))
+        })
+        .await
     }
 
     async fn set_alert_rules(
