@@ -421,3 +421,75 @@ async fn bad_rules_are_refused_naming_the_field() {
     assert_eq!(update["details"]["webhook_set"], true);
     assert!(!update.to_string().contains("secret-token"));
 }
+
+/// A credential presented with another tenant's `X-Tenant-ID` is refused,
+/// counted for the credential's tenant, and raises the operator's
+/// `cross_tenant_block` alert (not the tenant's webhook).
+#[tokio::test]
+async fn a_tenant_header_mismatch_raises_an_operator_alert() {
+    let fake = FakeProvider::start().await;
+    let saas = SaasStandIn::start().await;
+    let app = TestApp::with_config("", &tables(&fake, &saas)).await;
+    app.create_tenant("acme", "eu").await;
+    app.create_tenant("globex", "eu").await;
+    let (_, acme) = app.api_key("acme", &["admin"]).await;
+    let hook = format!("{}/echo/acme", saas.base_url());
+    let r = put_alerts(&app, &acme, json!({"rules": [], "webhook": hook})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A tenant cannot replace the operator's rule.
+    let r = put_alerts(
+        &app,
+        &acme,
+        json!({"rules": [{"name": "cross_tenant_block", "metric": "error_rate",
+            "threshold": 0.5, "window_s": 300}], "webhook": null}),
+    )
+    .await;
+    r.assert_problem(400, "validation_failed");
+    let r = app
+        .call_with(
+            "GET",
+            "/v1/me",
+            Some(&acme),
+            None,
+            &[("x-tenant-id", "globex")],
+        )
+        .await;
+    r.assert_problem(403, "tenant_mismatch");
+    eventually("the operator's alert", Duration::from_secs(10), || async {
+        !posted(&saas, "/echo/operator").is_empty()
+    })
+    .await;
+    let (kind, req) = &posted(&saas, "/echo/operator")[0];
+    assert_eq!(kind, "alert.fired");
+    let body = String::from_utf8(req.body.clone()).unwrap();
+    assert_signed(req, &body);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (
+            v["tenant"].as_str(),
+            v["rule"].as_str(),
+            v["metric"].as_str()
+        ),
+        (
+            Some("acme"),
+            Some("cross_tenant_block"),
+            Some("cross_tenant_block")
+        )
+    );
+    assert!(posted(&saas, "/echo/acme").is_empty());
+    let mine = text(&app, "/v1/metrics", Some(&acme)).await;
+    assert_eq!(
+        sample(
+            &mine,
+            r#"bulkhead_tenant_cross_tenant_blocks_total{tenant="acme",kind="tenant_header_mismatch"}"#
+        ),
+        Some(1.0),
+        "{mine}"
+    );
+    let r = app
+        .call("GET", "/v1/alerts/events", Some(&acme), None)
+        .await;
+    assert_eq!(r.body["events"][0]["rule"], "cross_tenant_block");
+    let r = app.call("GET", "/v1/alerts", Some(&acme), None).await;
+    assert_eq!(r.body["firing"], json!(["cross_tenant_block"]));
+}
