@@ -452,7 +452,7 @@ impl AlertEngine {
             .collect();
         for gone in old.iter().filter(|r| r.firing) {
             self.metrics
-                .alert(scope.tenant().as_str(), &gone.compiled.rule.name, false);
+                .clear_firing(scope.tenant().as_str(), &gone.compiled.rule.name);
         }
         t.webhook = settings.webhook.clone();
     }

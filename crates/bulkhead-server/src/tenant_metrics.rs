@@ -380,6 +380,15 @@ impl TenantMetrics {
             .set(i64::from(fired));
     }
 
+    /// Clears a rule's firing gauge without a transition (the rule was
+    /// removed while firing).
+    pub fn clear_firing(&self, tenant: &str, rule: &str) {
+        self.series(tenant)
+            .firing
+            .get(vec![("rule", s(rule))])
+            .set(0);
+    }
+
     /// The collector that puts every tenant's series in the process
     /// registry.
     pub fn collector(self: &Arc<Self>) -> Box<dyn Collector> {
