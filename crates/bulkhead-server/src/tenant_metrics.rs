@@ -395,10 +395,16 @@ impl TenantMetrics {
         Box::new(AllTenants(self.clone()))
     }
 
-    /// One tenant's series alone, as OpenMetrics text with the same
-    /// names and labels as in `GET /metrics` (no families, only `# EOF`,
-    /// for a tenant without series of its own).
-    pub fn encode_tenant(&self, tenant: &str) -> String {
+    /// The scope's tenant's series alone, as OpenMetrics text with the
+    /// same names and labels as in `GET /metrics` (no families, only
+    /// `# EOF`, for a tenant without series of its own). It takes the
+    /// scope, not a name, so only an authenticated tenant's own series
+    /// can be asked for.
+    pub fn encode_tenant(&self, scope: &bulkhead_auth::TenantScope) -> String {
+        self.encode_one(scope.tenant().as_str())
+    }
+
+    fn encode_one(&self, tenant: &str) -> String {
         let series = self
             .tenants
             .read()
@@ -507,7 +513,7 @@ mod tests {
             },
         );
         m.request("initech", 502, "upstream_error");
-        let acme = m.encode_tenant("acme");
+        let acme = m.encode_one("acme");
         assert!(
             acme.contains(r#"bulkhead_tenant_model_tokens_total{tenant="acme",model="small",direction="input"} 10"#),
             "{acme}"
@@ -523,7 +529,7 @@ mod tests {
         assert!(!acme.contains("globex") && !acme.contains("initech") && !acme.contains("_other"));
         assert!(acme.ends_with("# EOF\n"));
         // Over the cap: initech counts under _other and has no series of its own.
-        assert_eq!(m.encode_tenant("initech"), "# EOF\n");
+        assert_eq!(m.encode_one("initech"), "# EOF\n");
         let mut registry = Registry::with_prefix("bulkhead");
         registry.register_collector(m.collector());
         let mut all = String::new();
@@ -538,6 +544,6 @@ mod tests {
             1
         );
         m.forget("acme");
-        assert_eq!(m.encode_tenant("acme"), "# EOF\n");
+        assert_eq!(m.encode_one("acme"), "# EOF\n");
     }
 }

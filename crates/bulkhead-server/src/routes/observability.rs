@@ -49,10 +49,7 @@ pub async fn metrics(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state
-            .metrics
-            .per_tenant()
-            .encode_tenant(scope.tenant().as_str()),
+        state.metrics.per_tenant().encode_tenant(&scope),
     ))
 }
 
