@@ -186,6 +186,10 @@ impl Upstream {
             if provider.kind == ProviderKind::Anthropic {
                 req = req.header("anthropic-version", ANTHROPIC_VERSION);
             }
+            // The call joins the caller's trace (W3C Trace Context).
+            if let Some(tp) = bulkhead_telemetry::traceparent() {
+                req = req.header("traceparent", tp);
+            }
             let budget = Deadline::cap(deadline, provider.timeout);
             if budget.is_zero() {
                 return Err(GatewayError::UpstreamTimeout(0));

@@ -129,7 +129,7 @@ impl FromRequestParts<AppState> for TenantCtx {
         }
         match state.auth.authenticate(token, tenant_header, &rid).await {
             Ok(scope) => {
-                tracing::Span::current().record("tenant_id", scope.tenant().as_str());
+                bulkhead_telemetry::record_tenant(&scope);
                 state.metrics.tenant_request(scope.tenant().as_str());
                 if let Some(slot) = parts.extensions.get::<crate::request::TenantSlot>() {
                     let _ = slot.0.set(scope.clone());
@@ -165,7 +165,7 @@ impl FromRequestParts<AppState> for TenantCtx {
                         .failed(token, peer, err.attribution.as_ref())
                 };
                 if let Some(attribution) = &err.attribution {
-                    tracing::Span::current().record("tenant_id", attribution.tenant().as_str());
+                    tracing::Span::current().record("tenant.id", attribution.tenant().as_str());
                     if matches!(err.failure, AuthFailure::TenantMismatch) {
                         state.alerts.header_mismatch(attribution.tenant());
                     }

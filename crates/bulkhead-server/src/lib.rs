@@ -22,6 +22,7 @@ pub mod retention;
 pub mod routes;
 mod sse;
 pub mod state;
+pub mod telemetry;
 pub mod tenant_metrics;
 
 use std::future::Future;

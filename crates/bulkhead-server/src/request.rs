@@ -40,8 +40,8 @@ pub struct TenantSlot(pub std::sync::Arc<std::sync::OnceLock<bulkhead_auth::Tena
 #[derive(Debug, Clone, Copy)]
 pub struct RequestDeadline(pub Deadline);
 
-/// Assigns the request id, opens the request span (with an empty
-/// `tenant_id` field that authentication fills in), enforces the timeout
+/// Assigns the request id, opens the request span (joined to the
+/// caller's `traceparent`, with a `tenant.id` that authentication fills in), enforces the timeout
 /// and records metrics.
 pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let request_id = req
@@ -54,16 +54,11 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     let tenant = TenantSlot::default();
     req.extensions_mut().insert(tenant.clone());
     let method = req.method().clone();
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        // Only known methods by name: a client-chosen method of any
-        // length must not reach the log verbatim.
-        method = crate::metrics::method_label(method.as_str()),
-        route = tracing::field::Empty,
-        tenant_id = tracing::field::Empty,
-        status = tracing::field::Empty,
-    );
+    // Only known methods by name: a client-chosen method of any length
+    // must not reach the log verbatim.
+    let method_label = crate::metrics::method_label(method.as_str());
+    let span = bulkhead_telemetry::request_span(method_label, request_id.as_str());
+    crate::telemetry::accept(&span, req.headers());
     let started = Instant::now();
     let timeout_s = state.settings.request_timeout_s;
     // The request's deadline, for handlers that pass it down to the calls
@@ -98,11 +93,23 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
             .get::<MatchedPath>()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| crate::metrics::UNMATCHED.to_owned());
-        tracing::Span::current().record("route", route.as_str());
         let status = res.status().as_u16();
-        tracing::Span::current().record("status", status);
+        let span = tracing::Span::current();
+        span.record("http.route", route.as_str());
+        span.record("otel.name", format!("{method_label} {route}").as_str());
+        span.record("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+            span.record("error.type", status.to_string().as_str());
+        }
         let elapsed = started.elapsed();
-        tracing::info!(elapsed_us = elapsed.as_micros() as u64, "request finished");
+        tracing::info!(
+            method = method_label,
+            route = route.as_str(),
+            status,
+            elapsed_us = elapsed.as_micros() as u64,
+            "request finished"
+        );
         state
             .metrics
             .observe_request(method.as_str(), &route, status, elapsed);

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bulkhead_auth::{OperatorScope, TenantScope};
 
@@ -34,22 +35,29 @@ async fn every_tenant(state: &AppState, op: &OperatorScope, task: &str) -> Vec<T
 pub async fn apply_once(state: &AppState, op: &OperatorScope) -> u64 {
     let mut deleted = 0;
     for scope in every_tenant(state, op, "retention").await {
-        let days = match state.gateway.settings(&scope).await {
-            Ok(s) => s.message_retention_days,
-            Err(e) => {
-                tracing::error!(error = %e, tenant = %scope.tenant(), "retention: could not read settings");
-                continue;
-            }
-        };
-        let Some(days) = days else { continue };
-        match state.runtime.apply_retention(&scope, days).await {
-            Ok(n) => deleted += n,
-            Err(e) => {
-                tracing::error!(error = %e, tenant = %scope.tenant(), "retention: could not delete old messages")
-            }
-        }
+        let span = bulkhead_telemetry::background_span(&scope, "retention");
+        deleted += retain(state, &scope).instrument(span).await;
     }
     deleted
+}
+
+/// Deletes one tenant's messages past its retention; how many.
+async fn retain(state: &AppState, scope: &TenantScope) -> u64 {
+    let days = match state.gateway.settings(scope).await {
+        Ok(s) => s.message_retention_days,
+        Err(e) => {
+            tracing::error!(error = %e, tenant = %scope.tenant(), "retention: could not read settings");
+            return 0;
+        }
+    };
+    let Some(days) = days else { return 0 };
+    match state.runtime.apply_retention(scope, days).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, tenant = %scope.tenant(), "retention: could not delete old messages");
+            0
+        }
+    }
 }
 
 /// One pass over every tenant's approval requests; returns how many
@@ -57,7 +65,8 @@ pub async fn apply_once(state: &AppState, op: &OperatorScope) -> u64 {
 pub async fn expire_approvals_once(state: &AppState, op: &OperatorScope) -> usize {
     let mut expired = 0;
     for scope in every_tenant(state, op, "approval expiry").await {
-        match state.runtime.expire_due(&scope).await {
+        let span = bulkhead_telemetry::background_span(&scope, "approval_expiry");
+        match state.runtime.expire_due(&scope).instrument(span).await {
             Ok(n) => expired += n,
             Err(e) => {
                 tracing::error!(error = %e, tenant = %scope.tenant(), "approval expiry: could not settle expired requests")

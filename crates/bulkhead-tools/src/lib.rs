@@ -338,6 +338,11 @@ impl ToolBox {
                 }
             }
         };
+        // The call joins the run's trace (W3C Trace Context).
+        let request = match bulkhead_telemetry::traceparent() {
+            Some(tp) => request.header("traceparent", tp),
+            None => request,
+        };
         let seconds = tool.timeout_s;
         let exchange = async {
             let response = request.send().await.map_err(request_error)?;

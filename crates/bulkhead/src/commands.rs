@@ -147,7 +147,10 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("shutdown requested; draining in-flight requests");
 }
 
-pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn serve(
+    args: ServeArgs,
+    log_style: bulkhead_server::telemetry::LogStyle,
+) -> anyhow::Result<ExitCode> {
     let Some((mut config, base)) = load_config(args.config.as_deref())? else {
         return Ok(ExitCode::FAILURE);
     };
@@ -161,7 +164,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let telemetry = runtime.block_on(async {
+        bulkhead_server::telemetry::init(log_style, "info", &config.telemetry)
+    })?;
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        tracing::info!(endpoint = %endpoint, sample_ratio = config.telemetry.sample_ratio, "exporting traces over OTLP/HTTP");
+    }
+    let result = runtime.block_on(async move {
         let boot = boot::boot(&config, &base).await?;
         match &boot.operator_token {
             OperatorTokenSource::Configured => tracing::info!("operator token taken from the configuration"),
@@ -197,7 +206,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         bulkhead_server::serve(listener, boot.state, shutdown_signal()).await?;
         tracing::info!("stopped");
         anyhow::Ok(ExitCode::SUCCESS)
-    })
+    });
+    // After the server stopped: the last spans (the shutdown's included).
+    telemetry.shutdown();
+    result
 }
 
 /// The tenant attributes `create` and `update` take.

@@ -114,22 +114,13 @@ fn log_colour() -> bool {
     !no_color && std::io::stderr().is_terminal()
 }
 
-fn init_logging(format: LogFormat, default_level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(log_colour())
-        .with_writer(std::io::stderr);
+/// The log style the `--log-format` flag asks for.
+fn log_style(format: LogFormat) -> bulkhead_server::telemetry::LogStyle {
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Text => bulkhead_server::telemetry::LogStyle::Text {
+            colour: log_colour(),
+        },
+        LogFormat::Json => bulkhead_server::telemetry::LogStyle::Json,
     }
 }
 
@@ -141,10 +132,14 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    init_logging(cli.log_format, level);
+    let style = log_style(cli.log_format);
+    // `serve` sets up logging itself, with its `[telemetry]`.
+    if !matches!(cli.command, Command::Serve(_)) {
+        let _ = bulkhead_server::telemetry::init_logs(style, level);
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::demo(args),
-        Command::Serve(args) => commands::serve(args),
+        Command::Serve(args) => commands::serve(args, style),
         Command::Check(args) => commands::check(args),
         Command::Tenant(cmd) => commands::tenant(cmd),
         Command::Key(cmd) => commands::key(cmd),

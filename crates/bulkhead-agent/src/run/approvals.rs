@@ -10,6 +10,7 @@
 
 use bulkhead_core::audit::AuditAction;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{NewAuditEvent, Outcome};
@@ -296,10 +297,34 @@ impl Runtime {
             .await
             .ok();
         let this = self.clone();
-        self.tasks.spawn(async move {
-            this.execute(ctx, tx, token, done_tx, lease, Some(decided))
-                .await
+        let run_id = record.id.to_string();
+        let run = bulkhead_telemetry::RunRef {
+            agent: &record.agent,
+            run_id: &run_id,
+        };
+        // The resumed run is a child of the request (or sweep) whose
+        // decision resumed it; each decided approval shows its wait.
+        let span = bulkhead_telemetry::run_span(scope, run, true);
+        span.in_scope(|| {
+            for a in &decided {
+                let wait = span_wait_s(a);
+                let s = bulkhead_telemetry::approval_span(
+                    scope,
+                    run,
+                    &a.tool,
+                    &a.id.to_string(),
+                    a.status.as_str(),
+                );
+                s.record("bulkhead.approval.wait_s", wait);
+            }
         });
+        self.tasks.spawn(
+            async move {
+                this.execute(ctx, tx, token, done_tx, lease, Some(decided))
+                    .await
+            }
+            .instrument(span),
+        );
         Ok(())
     }
 
@@ -533,4 +558,10 @@ impl Runtime {
             approval: Some(a.id),
         })
     }
+}
+
+/// How long an approval waited for its decision, in whole seconds.
+fn span_wait_s(a: &Approval) -> i64 {
+    let end = a.decided_at.unwrap_or(a.expires_at);
+    (end.unix_seconds() - a.created_at.unix_seconds()).max(0)
 }

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bulkhead_auth::{OperatorScope, TenantScope};
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
@@ -265,10 +266,28 @@ impl Runtime {
             deadline,
         };
         let this = self.clone();
-        self.tasks.spawn(async move {
-            this.execute(ctx, tx, token, done_tx, Some(lease), None)
-                .await
-        });
+        let run_id = record.id.to_string();
+        let span = bulkhead_telemetry::run_span(
+            scope,
+            bulkhead_telemetry::RunRef {
+                agent: &record.agent,
+                run_id: &run_id,
+            },
+            false,
+        );
+        span.record(
+            "gen_ai.conversation.id",
+            record.thread_id.to_string().as_str(),
+        );
+        // The run outlives the request that started it: its span (a child
+        // of the request's) goes with its task.
+        self.tasks.spawn(
+            async move {
+                this.execute(ctx, tx, token, done_tx, Some(lease), None)
+                    .await
+            }
+            .instrument(span),
+        );
         Ok(RunStarted {
             run: record,
             events: rx,
@@ -356,6 +375,26 @@ impl Runtime {
         if let Ok(Ended::Paused(approvals)) = outcome {
             match self.pause(&mut ctx, &approvals).await {
                 Ok(()) => {
+                    let run_id = ctx.record.id.to_string();
+                    for a in &approvals {
+                        // A mark of the wait's start; its end is the span
+                        // the decision's resume makes.
+                        let _ = bulkhead_telemetry::approval_span(
+                            &scope,
+                            bulkhead_telemetry::RunRef {
+                                agent: &ctx.record.agent,
+                                run_id: &run_id,
+                            },
+                            &a.tool,
+                            &a.id.to_string(),
+                            "requested",
+                        );
+                    }
+                    bulkhead_telemetry::record_outcome(
+                        &tracing::Span::current(),
+                        "awaiting_approval",
+                    );
+                    tracing::Span::current().record("bulkhead.run.status", "awaiting_approval");
                     if let Some(lease) = lease {
                         lease.release().await;
                     }
@@ -413,6 +452,15 @@ impl Runtime {
                 record.error = Some(f);
             }
         }
+        let span = tracing::Span::current();
+        span.record("bulkhead.run.status", record.status.as_str());
+        bulkhead_telemetry::record_outcome(
+            &span,
+            match &record.error {
+                None => "completed",
+                Some(f) => &f.code,
+            },
+        );
         let outcome = if record.status == RunStatus::Completed {
             Outcome::Success
         } else {

@@ -6,6 +6,7 @@ use bulkhead_auth::TenantScope;
 use bulkhead_core::codes::ErrorCode;
 use bulkhead_core::{Deadline, RunId};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::{RunCtx, Runtime};
 use crate::agent::Agent;
@@ -39,8 +40,16 @@ impl Runtime {
         let run_id = ctx.record.id.to_string();
         let mut lines = Vec::new();
         for collection in &ctx.agent.knowledge {
+            let span = bulkhead_telemetry::retrieval_span(
+                &ctx.scope,
+                Some(bulkhead_telemetry::RunRef {
+                    agent: &ctx.agent.name,
+                    run_id: &run_id,
+                }),
+                collection,
+            );
             // A collection this tenant never created simply has nothing.
-            let Ok(found) = knowledge
+            let searched = knowledge
                 .search_for(
                     SearchFor {
                         scope: &ctx.scope,
@@ -53,8 +62,10 @@ impl Runtime {
                     None,
                     SearchMode::Hybrid,
                 )
-                .await
-            else {
+                .instrument(span.clone())
+                .await;
+            record_search(&span, &searched);
+            let Ok(found) = searched else {
                 continue;
             };
             for h in found.results {
@@ -96,16 +107,40 @@ impl Runtime {
         };
         let mut results = Vec::new();
         for c in collections {
-            if let Ok(found) = knowledge
+            let span = bulkhead_telemetry::retrieval_span(
+                scope,
+                Some(bulkhead_telemetry::RunRef {
+                    agent: &agent.name,
+                    run_id: &run_id,
+                }),
+                c,
+            );
+            let searched = knowledge
                 .search_for(caller, c, query, top_k, None, SearchMode::Hybrid)
-                .await
-            {
+                .instrument(span.clone())
+                .await;
+            record_search(&span, &searched);
+            if let Ok(found) = searched {
                 results.extend(found.results.into_iter().map(|h| {
                     json!({"collection": c, "title": h.title, "heading": h.heading, "text": h.text, "score": h.score})
                 }));
             }
         }
         (true, None, json!({"results": results}).to_string())
+    }
+}
+
+/// A retrieval's result count and outcome on its span.
+fn record_search<E: std::fmt::Display>(
+    span: &tracing::Span,
+    searched: &Result<crate::knowledge::SearchResult, E>,
+) {
+    match searched {
+        Ok(found) => {
+            bulkhead_telemetry::record_results(span, found.results.len());
+            bulkhead_telemetry::record_outcome(span, "ok");
+        }
+        Err(_) => bulkhead_telemetry::record_outcome(span, "error"),
     }
 }
 

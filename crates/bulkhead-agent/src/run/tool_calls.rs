@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::time::Instant;
+use tracing::Instrument;
 
 use bulkhead_auth::TenantScope;
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
@@ -181,16 +182,35 @@ impl Runtime {
         // cannot lead to a call being made twice.
         self.flush(ctx, tx).await?;
         // Independent calls run concurrently.
-        let outputs = futures_util::future::join_all(planned.iter().map(|p| async {
-            #[expect(
-                clippy::disallowed_methods,
-                reason = "a tool call's duration (its ledger row) is elapsed time on the monotonic clock"
-            )]
-            let started = Instant::now();
-            let out = self
-                .execute_tool(&ctx.agent, &ctx.scope, (ctx.record.id, ctx.deadline), p)
-                .await;
-            (out, started.elapsed())
+        let run_id = ctx.record.id.to_string();
+        let outputs = futures_util::future::join_all(planned.iter().map(|p| {
+            let span = bulkhead_telemetry::tool_span(
+                &ctx.scope,
+                bulkhead_telemetry::RunRef {
+                    agent: &ctx.agent.name,
+                    run_id: &run_id,
+                },
+                &p.name,
+                &p.id,
+            );
+            async {
+                #[expect(
+                    clippy::disallowed_methods,
+                    reason = "a tool call's duration (its ledger row) is elapsed time on the monotonic clock"
+                )]
+                let started = Instant::now();
+                let out = self
+                    .execute_tool(&ctx.agent, &ctx.scope, (ctx.record.id, ctx.deadline), p)
+                    .await;
+                let status = match (&out.0, &out.1) {
+                    (true, _) => "ok",
+                    (false, Some(c)) => c.code,
+                    (false, None) => "error",
+                };
+                bulkhead_telemetry::record_outcome(&tracing::Span::current(), status);
+                (out, started.elapsed())
+            }
+            .instrument(span)
         }))
         .await;
         // Only as much of the results as the agent's limits allow is kept

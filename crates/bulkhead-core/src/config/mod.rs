@@ -35,6 +35,7 @@ mod quotas;
 pub mod regions;
 mod secret;
 mod server;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 mod tools;
@@ -63,6 +64,7 @@ pub use quotas::{AlertsConfig, QuotaValues, QuotasConfig};
 pub use regions::RegionConfig;
 pub use secret::ConfigSecret;
 pub use server::ServerConfig;
+pub use telemetry::TelemetryConfig;
 pub use tools::{
     ApprovalMode, MAX_TOOL_RESPONSE_BYTES, MAX_TOOL_TIMEOUT_S, Risk, TOOL_HTTP_METHODS, ToolConfig,
     ToolKind,
@@ -129,6 +131,9 @@ pub struct Config {
     /// `[alerting]`
     #[serde(default)]
     pub alerting: AlertingConfig,
+    /// `[telemetry]`
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// Parses and validates a configuration file's text. `env` answers
@@ -199,6 +204,7 @@ fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result
     quotas::validate(&mut config.quotas, env, &mut errors);
     egress::validate(&mut config.egress, &mut errors);
     alerting::validate(&config.alerts, &mut config.alerting, env, &mut errors);
+    telemetry::validate(&mut config.telemetry, env, &mut errors);
     // Last: it spans the sections above (the default, providers, tools).
     regions::validate(config, &mut errors);
     if errors.0.is_empty() {

@@ -13,6 +13,7 @@ use bulkhead_core::config::ProviderKind;
 use bulkhead_core::{Deadline, Timestamp};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::ledger::{Billed, Call, answer_bytes, estimate_tokens, openai_tokens};
 use super::request::ChatRequest;
@@ -92,10 +93,36 @@ impl Gateway {
         deadline: Option<Deadline>,
     ) -> Result<ChatOutcome, GatewayError> {
         let request = ChatRequest::parse(body)?;
+        let (model, settings) = self.resolve(scope, &request.model).await?;
+        let span = bulkhead_telemetry::model_span(
+            scope,
+            model_ref("chat", &model, request.stream),
+            run.as_ref()
+                .map(|(agent, run_id)| bulkhead_telemetry::RunRef { agent, run_id }),
+        );
+        let result = self
+            .chat_resolved(scope, request, model, settings, run, deadline)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            bulkhead_telemetry::record_outcome(&span, e.code());
+        }
+        result
+    }
+
+    /// The call, once its model is known, in the model call's span.
+    async fn chat_resolved(
+        &self,
+        scope: &TenantScope,
+        request: ChatRequest,
+        model: crate::catalog::Model,
+        settings: crate::store::GatewaySettings,
+        run: Option<(String, String)>,
+        deadline: Option<Deadline>,
+    ) -> Result<ChatOutcome, GatewayError> {
         let stream = request.stream;
         let wants_usage = request.include_usage;
         let choices = request.choices;
-        let (model, settings) = self.resolve(scope, &request.model).await?;
         // What one choice may use: the request's limit, else the model's
         // maximum output (sent to Anthropic, which needs a limit, so the
         // estimate is what the provider is held to).
@@ -149,6 +176,7 @@ impl Gateway {
                 .flatten(),
             run,
             reservation: Mutex::new(Some(reservation)),
+            span: tracing::Span::current(),
         };
         // The call runs in its own task, so its row is always settled. A
         // caller that goes away (a dropped request, a cancelled run) stops
@@ -161,7 +189,7 @@ impl Gateway {
         // a deleted one's id does not inherit its place in the queue.
         let tenant = scope.partition().to_string();
         let weight = self.weight(scope);
-        self.recorder.tasks.spawn(async move {
+        let task = async move {
             let queued = async {
                 match deadline {
                     Some(d) => tokio::time::timeout_at(
@@ -178,13 +206,17 @@ impl Gateway {
                     Some(slot) => slot,
                     None => {
                         // Never sent: no usage, the reservation is given back.
+                        bulkhead_telemetry::record_outcome(&call.span, "upstream_timeout");
                         let _ = done_tx.send(Err(GatewayError::UpstreamTimeout(0)));
                         return;
                     }
                 },
                 // Nothing was sent: no usage, and the reservation (dropped
                 // with `call`) is given back.
-                () = done_tx.closed() => return,
+                () = done_tx.closed() => {
+                    bulkhead_telemetry::record_outcome(&call.span, "cancelled");
+                    return;
+                }
                 () = recorder.stop.cancelled() => return,
             };
             if let Err(e) = call.begin(&recorder).await {
@@ -250,13 +282,56 @@ impl Gateway {
             call.finish(&recorder, billed, status);
             drop(tx);
             drop(slot);
-        });
+        };
+        self.recorder
+            .tasks
+            .spawn(task.instrument(tracing::Span::current()));
         done_rx.await.unwrap_or_else(|_| {
             Err(GatewayError::Internal(
                 "the model call's task stopped".into(),
             ))
         })
     }
+}
+
+/// The span attributes of a model call to `model`.
+pub(super) fn model_ref<'a>(
+    operation: &'static str,
+    model: &'a crate::catalog::Model,
+    stream: bool,
+) -> bulkhead_telemetry::ModelRef<'a> {
+    bulkhead_telemetry::ModelRef {
+        operation,
+        model: &model.name,
+        provider_kind: match model.provider.kind {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::AzureOpenai => "azure-openai",
+        },
+        provider: &model.provider.name,
+        base_url: &model.provider.base_url,
+        stream,
+    }
+}
+
+/// The provider's answer (OpenAI or Anthropic, as received) on the call's
+/// span: its id, model and finish (stop) reasons.
+fn record_answer(span: &tracing::Span, value: &Value) {
+    let mut finish: Vec<&str> = value["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["finish_reason"].as_str())
+        .collect();
+    if let Some(stop) = value["stop_reason"].as_str() {
+        finish.push(stop);
+    }
+    bulkhead_telemetry::record_response(
+        span,
+        value["id"].as_str(),
+        value["model"].as_str(),
+        &finish,
+    );
 }
 
 /// What the first part of a call gave: a stream to pump, or the whole
@@ -294,6 +369,9 @@ async fn complete(
             Billed::default(),
         )
     })?;
+    if bulkhead_telemetry::exporting() {
+        record_answer(&call.span, &value);
+    }
     let (value, tokens) = match provider.kind {
         ProviderKind::Openai | ProviderKind::AzureOpenai => {
             let Value::Object(mut obj) = value else {

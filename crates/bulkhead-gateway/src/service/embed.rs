@@ -11,6 +11,7 @@ use bulkhead_core::audit::AuditAction;
 use bulkhead_core::config::ProviderKind;
 use bulkhead_core::{Deadline, Timestamp};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::ledger::{Billed, Call, estimate_tokens, openai_tokens};
 use super::{Gateway, read_error};
@@ -215,7 +216,33 @@ impl Gateway {
         })
     }
 
+    /// One embedding call, in its span (`embeddings <model>`).
     async fn embed_call(
+        &self,
+        scope: &TenantScope,
+        model: crate::catalog::Model,
+        dimensions: u32,
+        inputs: &[String],
+        run: Option<(String, String)>,
+        deadline: Option<Deadline>,
+    ) -> Result<(Vec<Vec<f32>>, u64), GatewayError> {
+        let span = bulkhead_telemetry::model_span(
+            scope,
+            super::chat::model_ref("embeddings", &model, false),
+            run.as_ref()
+                .map(|(agent, run_id)| bulkhead_telemetry::RunRef { agent, run_id }),
+        );
+        let result = self
+            .embed_call_in(scope, model, dimensions, inputs, run, deadline)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            bulkhead_telemetry::record_outcome(&span, e.code());
+        }
+        result
+    }
+
+    async fn embed_call_in(
         &self,
         scope: &TenantScope,
         model: crate::catalog::Model,
@@ -264,6 +291,7 @@ impl Gateway {
             prompt: None,
             run,
             reservation: Mutex::new(Some(reservation)),
+            span: tracing::Span::current(),
         };
         let body = json!({"model": model.upstream, "input": inputs, "dimensions": dimensions});
         let permit = model
@@ -298,6 +326,9 @@ impl Gateway {
                 GatewayError::Upstream("the provider answered with malformed JSON".into())
             })?;
             let tokens = openai_tokens(value.get("usage").unwrap_or(&Value::Null));
+            if let Some(m) = value["model"].as_str() {
+                bulkhead_telemetry::record_response(&call.span, None, Some(m), &[]);
+            }
             let mut vectors: Vec<(u64, Vec<f32>)> = Vec::with_capacity(inputs.len());
             for item in value["data"].as_array().into_iter().flatten() {
                 let index = item["index"].as_u64().unwrap_or(vectors.len() as u64);

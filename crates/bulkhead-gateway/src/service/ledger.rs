@@ -134,6 +134,9 @@ pub(super) struct Call {
     pub(super) run: Option<(String, String)>,
     /// The budget and token reservation, settled by [`Call::finish`].
     pub(super) reservation: Mutex<Option<Reservation>>,
+    /// The call's span (`chat <model>`, `embeddings <model>`): usage and
+    /// outcome are recorded on it when the call is settled.
+    pub(super) span: tracing::Span,
 }
 
 impl Call {
@@ -206,6 +209,13 @@ impl Call {
     pub(super) fn finish(&self, recorder: &Recorder, billed: Billed, status: &str) {
         let tokens = billed.tokens;
         let (usage, event) = self.record(billed, status);
+        bulkhead_telemetry::record_usage(
+            &self.span,
+            tokens.input,
+            tokens.output,
+            &nanos_to_usd(usage.cost_nanos),
+        );
+        bulkhead_telemetry::record_outcome(&self.span, status);
         recorder.observer().model_call(
             &self.scope,
             &bulkhead_auth::observe::ModelCall {

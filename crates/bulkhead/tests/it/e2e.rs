@@ -210,7 +210,7 @@ secret = "env:TEST_JWT_SECRET"
     }
     // Every request line carries its request id, and tenant requests their tenant.
     assert!(logs_first.iter().any(|l| l.contains("\"request finished\"")
-        && l.contains("\"tenant_id\":\"acme\"")
+        && l.contains("\"tenant.id\":\"acme\"")
         && l.contains("e2e-1")));
 }
 

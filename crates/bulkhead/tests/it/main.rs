@@ -22,3 +22,4 @@ mod sdk_openai;
 mod secrets;
 mod support;
 mod tidy;
+mod traces;
