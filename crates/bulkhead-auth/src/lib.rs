@@ -18,6 +18,7 @@ pub mod authenticator;
 pub mod jwks;
 pub mod jwt;
 pub mod memory;
+pub mod observe;
 pub mod operator;
 pub mod scope;
 

@@ -142,6 +142,12 @@ audit_actions! {
     LimitExceeded => "limit.exceeded",
     /// A budget alert threshold was crossed.
     BudgetAlert => "budget.alert",
+    /// An alert rule started firing.
+    AlertFired => "alert.fired",
+    /// A firing alert rule resolved.
+    AlertResolved => "alert.resolved",
+    /// A tenant's alert rules or webhook were replaced.
+    AlertRulesUpdate => "alert.rules_update",
     /// The operator read every tenant's usage.
     UsageReport => "usage.report",
     /// An authentication failure.

@@ -6,6 +6,7 @@
 //! `TenantId` being a safe path component and a `Region` being well formed
 //! without re-checking.
 
+pub mod alert;
 pub mod audit;
 pub mod checkpoint;
 pub mod codes;

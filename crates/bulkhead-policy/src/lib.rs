@@ -47,7 +47,8 @@ entity Connection = { tenant: String };
 entity Collection = { tenant: String };
 
 action read_profile, read_audit, read_usage, use_models, read_credentials,
-       read_policies, manage_policies, read_approvals, delete_history
+       read_policies, manage_policies, read_approvals, delete_history,
+       manage_alerts
   appliesTo { principal: User, resource: Tenant };
 action manage_credentials appliesTo { principal: User, resource: Connection };
 action read_agents, manage_agents, run_agent
@@ -145,6 +146,9 @@ pub enum Action {
     ReadApprovals,
     /// Delete a thread or a run with what it stored (admins by default).
     DeleteHistory,
+    /// Read and replace the tenant's alert rules, and read its alert
+    /// events (admins by default).
+    ManageAlerts,
 }
 
 impl Action {
@@ -170,6 +174,7 @@ impl Action {
             Action::ManageCollections => "manage_collections",
             Action::Approve => "approve",
             Action::ReadApprovals => "read_approvals",
+            Action::ManageAlerts => "manage_alerts",
         }
     }
 }

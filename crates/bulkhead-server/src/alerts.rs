@@ -57,14 +57,23 @@ async fn deliver(
     url: &str,
     bytes: &[u8],
 ) -> Result<u16, String> {
+    deliver_via(|| Ok(client.post(url)), key, bytes).await
+}
+
+/// [`deliver`] with the request built by `post` (a client behind the
+/// egress guard, for URLs a tenant chose).
+pub(crate) async fn deliver_via(
+    post: impl Fn() -> Result<reqwest::RequestBuilder, String>,
+    key: &SecretString,
+    bytes: &[u8],
+) -> Result<u16, String> {
     let mut outcome = Err("not sent".to_owned());
     for attempt in 0..3u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
         }
         let t = Timestamp::now().unix_seconds();
-        let sent = client
-            .post(url)
+        let sent = post()?
             .header("content-type", "application/json")
             .header("bulkhead-signature", signature(key, t, bytes))
             .body(bytes.to_vec())
@@ -82,7 +91,7 @@ async fn deliver(
     outcome
 }
 
-fn webhook_client() -> Result<reqwest::Client, String> {
+pub(crate) fn webhook_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())

@@ -177,6 +177,29 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         })
         .map_err(|e| BootError::Kms(format!("model gateway: {e}")))?,
     );
+    // Transitions of timed evaluations, and tenant header mismatches, are
+    // recorded as the operator acting for the tenant.
+    let alerting_operator = bulkhead_core::RequestId::parse("alerting")
+        .ok()
+        .and_then(|rid| OperatorAuthenticator::new(&token).verify(Some(token.expose()), &rid));
+    let alerts = crate::alerting::AlertEngine::start(
+        &config.alerts,
+        crate::alerting::AlertSinks {
+            key: config
+                .alerting
+                .signing_key
+                .as_ref()
+                .map(|k| k.value().clone()),
+            operator_webhook: config.alerting.operator_webhook.clone(),
+            egress: egress.clone(),
+        },
+        metrics.per_tenant().clone(),
+        store_arc.clone(),
+        store_arc.clone(),
+        alerting_operator,
+    )
+    .map_err(BootError::Limits)?;
+    gateway.set_observer(Arc::new(crate::alerting::EngineObserver(alerts.clone())));
     let (tools, agents, prompts) = agent_parts(config, base_dir)?;
     let embedders = config
         .knowledge_embedding_models()
@@ -254,6 +277,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
                 .as_ref()
                 .map(|t| bulkhead_auth::TokenDigest::new(t.value())),
             approvals_signed: config.approvals.signing_key.is_some(),
+            alerts_signed: config.alerting.signing_key.is_some(),
             connections: crate::conn::ConnLimits::from_config(&config.server),
         }),
         limiter,
@@ -264,6 +288,7 @@ pub async fn boot(config: &Config, base_dir: &Path) -> Result<Boot, BootError> {
         )),
         egress,
         audit_keys: Arc::new(audit_keys),
+        alerts,
     };
     let startup_operator = bulkhead_core::RequestId::parse("startup")
         .ok()

@@ -424,6 +424,9 @@ impl IntoResponse for ApiError {
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut res = (status, bytes).into_response();
+        // For the request middleware's per-tenant metrics and alerts.
+        res.extensions_mut()
+            .insert(crate::request::ProblemCode(self.code()));
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

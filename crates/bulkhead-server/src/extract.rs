@@ -131,6 +131,9 @@ impl FromRequestParts<AppState> for TenantCtx {
             Ok(scope) => {
                 bulkhead_telemetry::record_tenant(&scope);
                 state.metrics.tenant_request(scope.tenant().as_str());
+                if let Some(slot) = parts.extensions.get::<crate::request::TenantSlot>() {
+                    let _ = slot.0.set(scope.clone());
+                }
                 // Every tenant-plane request counts against the tenant's
                 // requests per minute, whatever it asks for.
                 if let Err(refusal) = state.limiter.request(&scope).await {
@@ -163,6 +166,9 @@ impl FromRequestParts<AppState> for TenantCtx {
                 };
                 if let Some(attribution) = &err.attribution {
                     tracing::Span::current().record("tenant.id", attribution.tenant().as_str());
+                    if matches!(err.failure, AuthFailure::TenantMismatch) {
+                        state.alerts.header_mismatch(attribution.tenant());
+                    }
                     if audit_now {
                         let event = NewAuditEvent::new(
                             AuditAction::AuthFailure,

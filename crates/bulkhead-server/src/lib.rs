@@ -4,6 +4,7 @@
 //! domain function with the caller's scope, and map the result to an API
 //! type. Only this crate knows axum.
 
+pub mod alerting;
 pub mod alerts;
 pub mod audit_keys;
 pub mod auth_failures;
@@ -22,6 +23,7 @@ pub mod routes;
 mod sse;
 pub mod state;
 pub mod telemetry;
+pub mod tenant_metrics;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

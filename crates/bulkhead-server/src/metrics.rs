@@ -9,9 +9,12 @@
 //! under `tenant="_other"` (an underscore is not valid in a tenant id, so
 //! it cannot collide with one). Without a metrics token, authentication
 //! failures are counted by a coarse class, not by internal reason.
+//!
+//! The per-tenant families (model calls, tools, runs, alerts…) are in
+//! [`crate::tenant_metrics`], under the same cap.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulkhead_core::codes;
@@ -21,6 +24,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::tenant_metrics::TenantMetrics;
 
 /// The label of methods outside [`METHODS`], refusal codes and failure
 /// reasons outside their known lists.
@@ -157,6 +162,9 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Family<ReasonLabels, Counter>,
     connections_timed_out: Counter,
+    /// The per-tenant families (`crate::tenant_metrics`), in this registry
+    /// through a collector.
+    per_tenant: Arc<TenantMetrics>,
 }
 
 /// Counts one open connection until dropped.
@@ -244,8 +252,11 @@ impl Metrics {
             "Connections closed for a slow request head or an idle keep-alive",
             connections_timed_out.clone(),
         );
+        let per_tenant = Arc::new(TenantMetrics::new(options.max_tenants));
+        registry.register_collector(per_tenant.collector());
         Self {
             registry,
+            per_tenant,
             options,
             connections_open,
             connections_refused,
@@ -322,6 +333,12 @@ impl Metrics {
         self.tenant_requests.remove(&TenantLabels {
             tenant: tenant.to_owned(),
         });
+        self.per_tenant.forget(tenant);
+    }
+
+    /// The per-tenant families.
+    pub fn per_tenant(&self) -> &Arc<TenantMetrics> {
+        &self.per_tenant
     }
 
     /// Records a request refused over a tenant limit.

@@ -25,6 +25,16 @@ pub fn current_request_id() -> Option<RequestId> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
+/// The problem code of an error response (`ApiError` and the OpenAI
+/// errors put it on the response), for the per-tenant metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemCode(pub &'static str);
+
+/// Where the tenant extractor leaves the request's scope, so that the
+/// middleware can count the answer for the tenant (and its alert rules).
+#[derive(Debug, Clone, Default)]
+pub struct TenantSlot(pub std::sync::Arc<std::sync::OnceLock<bulkhead_auth::TenantScope>>);
+
 /// When the request must be answered: `[server] request_timeout_s` from
 /// its arrival.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +51,8 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         .and_then(|v| RequestId::parse(v).ok())
         .unwrap_or_else(RequestId::generate);
     req.extensions_mut().insert(request_id.clone());
+    let tenant = TenantSlot::default();
+    req.extensions_mut().insert(tenant.clone());
     let method = req.method().clone();
     // Only known methods by name: a client-chosen method of any length
     // must not reach the log verbatim.
@@ -101,6 +113,14 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         state
             .metrics
             .observe_request(method.as_str(), &route, status, elapsed);
+        if let Some(scope) = tenant.0.get() {
+            let code = match res.extensions().get::<ProblemCode>() {
+                Some(c) => c.0,
+                None if status < 400 => "ok",
+                None => crate::metrics::OTHER,
+            };
+            state.alerts.request(scope, status, code);
+        }
         if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
             res.headers_mut().insert(REQUEST_ID_HEADER, v);
         }

@@ -26,6 +26,8 @@ pub struct Settings {
     pub metrics_token: Option<TokenDigest>,
     /// Whether approval webhooks can be signed (`[approvals] signing_key`).
     pub approvals_signed: bool,
+    /// Whether alert webhooks can be signed (`[alerting] signing_key`).
+    pub alerts_signed: bool,
     /// Connection limits `serve` enforces.
     pub connections: crate::conn::ConnLimits,
 }
@@ -65,4 +67,6 @@ pub struct AppState {
     pub egress: bulkhead_egress::Egress,
     /// The audit signing key, its public keys and the checkpoint rule.
     pub audit_keys: Arc<crate::audit_keys::AuditKeys>,
+    /// Per-tenant alert rules (and the gateway's observer).
+    pub alerts: Arc<crate::alerting::AlertEngine>,
 }

@@ -235,6 +235,36 @@ pub trait TenantStore: Send + Sync {
         from: u64,
         limit: u32,
     ) -> StoreResult<Vec<Checkpoint>>;
+    /// The tenant's own alert rules, as stored by
+    /// [`set_alert_rules`](Self::set_alert_rules) (`None`: none set).
+    async fn alert_rules(&self, scope: &TenantScope) -> StoreResult<Option<String>>;
+    /// Replaces the tenant's alert rules (`None` removes them), in one
+    /// transaction with `event`.
+    async fn set_alert_rules(
+        &self,
+        scope: &TenantScope,
+        rules: Option<String>,
+        event: NewAuditEvent,
+    ) -> StoreResult<()>;
+    /// Records one alert transition (its JSON body) in one transaction
+    /// with its audit event; returns its sequence number.
+    async fn record_alert(
+        &self,
+        scope: &TenantScope,
+        body: String,
+        event: NewAuditEvent,
+    ) -> StoreResult<u64>;
+    /// A page of the tenant's alert transitions (`seq > after`), oldest first.
+    async fn alert_events(&self, scope: &TenantScope, page: Page) -> StoreResult<Vec<StoredAlert>>;
+}
+
+/// One recorded alert transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAlert {
+    /// Position among the tenant's alert events, from 1.
+    pub seq: u64,
+    /// The JSON body, as its webhooks were sent.
+    pub body: String,
 }
 
 /// What the storage-port error tests share: a real SQLite error, and a

@@ -141,6 +141,10 @@ impl Runtime {
                     m
                 }
                 Err(foreign) => {
+                    self.gateway.observer().cross_tenant(
+                        &ctx.scope,
+                        bulkhead_auth::observe::CrossTenant::ForeignFragment,
+                    );
                     let event = NewAuditEvent::new(
                         AuditAction::SecurityForeignFragment,
                         format!("run:{}", ctx.record.id),

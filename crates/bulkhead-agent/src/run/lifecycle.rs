@@ -481,6 +481,17 @@ impl Runtime {
             "input_tokens": record.input_tokens,
             "output_tokens": record.output_tokens,
         }));
+        let finished_at = record.finished_at.unwrap_or(record.created_at);
+        self.gateway.observer().run_end(
+            &scope,
+            &bulkhead_auth::observe::RunEnd {
+                agent: &record.agent,
+                status: record.status.as_str(),
+                duration: std::time::Duration::from_micros(
+                    (finished_at.unix_micros() - record.created_at.unix_micros()).max(0) as u64,
+                ),
+            },
+        );
         let last_steps = std::mem::take(&mut ctx.pending);
         ctx.steps.extend(last_steps.iter().map(|w| w.step.clone()));
         if let Err(e) = self

@@ -18,6 +18,7 @@
 //! of I/O and tests can supply their own.
 
 mod agents;
+mod alerting;
 mod approvals;
 pub mod audit;
 mod auth;
@@ -42,6 +43,7 @@ mod tools;
 use serde::Deserialize;
 
 pub use agents::AgentConfig;
+pub use alerting::{AlertingConfig, valid_webhook};
 pub use approvals::{ApprovalsConfig, MAX_APPROVAL_TTL_S};
 pub use audit::{AuditConfig, NatsConfig};
 pub use auth::{AuthConfig, JwtAlgorithm, JwtIssuerConfig, JwtKeySource, KeyFamily};
@@ -123,6 +125,12 @@ pub struct Config {
     /// `[audit]`
     #[serde(default)]
     pub audit: audit::AuditConfig,
+    /// `[[alerts]]`: the platform's default alert rules.
+    #[serde(default)]
+    pub alerts: Vec<crate::alert::AlertRule>,
+    /// `[alerting]`
+    #[serde(default)]
+    pub alerting: AlertingConfig,
     /// `[telemetry]`
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -195,6 +203,7 @@ fn validate(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result
     audit::validate(&mut config.audit, env, &mut errors);
     quotas::validate(&mut config.quotas, env, &mut errors);
     egress::validate(&mut config.egress, &mut errors);
+    alerting::validate(&config.alerts, &mut config.alerting, env, &mut errors);
     telemetry::validate(&mut config.telemetry, env, &mut errors);
     // Last: it spans the sections above (the default, providers, tools).
     regions::validate(config, &mut errors);

@@ -216,6 +216,18 @@ impl Call {
             &nanos_to_usd(usage.cost_nanos),
         );
         bulkhead_telemetry::record_outcome(&self.span, status);
+        recorder.observer().model_call(
+            &self.scope,
+            &bulkhead_auth::observe::ModelCall {
+                model: &usage.model,
+                kind: usage.kind,
+                status,
+                input_tokens: tokens.input,
+                output_tokens: tokens.output,
+                cost_nanos: usage.cost_nanos,
+                latency: std::time::Duration::from_millis(usage.latency_ms),
+            },
+        );
         let model = usage.model.clone();
         let cost = usage.cost_nanos;
         let write = recorder.store.record_usage(&self.scope, usage, event);
@@ -281,6 +293,18 @@ pub(super) struct Recorder {
     /// Cancelled when the server's shutdown grace is over: calls still
     /// going stop and are recorded `cancelled`.
     pub(super) stop: tokio_util::sync::CancellationToken,
+    /// Told of every settled call (the server's per-tenant metrics and
+    /// alerts); set once, after construction ([`Gateway::set_observer`]).
+    pub(super) observer: Arc<std::sync::OnceLock<Arc<dyn bulkhead_auth::observe::Observer>>>,
+}
+
+impl Recorder {
+    pub(super) fn observer(&self) -> &dyn bulkhead_auth::observe::Observer {
+        match self.observer.get() {
+            Some(o) => o.as_ref(),
+            None => &bulkhead_auth::observe::NoObserver,
+        }
+    }
 }
 
 impl Gateway {
@@ -361,6 +385,14 @@ impl Gateway {
             run_id: Some(call.run_id.to_owned()),
             tool: Some(call.tool.to_owned()),
         };
+        self.recorder.observer().tool_call(
+            scope,
+            &bulkhead_auth::observe::ToolCall {
+                tool: call.tool,
+                outcome: call.status,
+                latency: std::time::Duration::from_millis(call.latency_ms),
+            },
+        );
         let write = self.recorder.store.record_usage_row(scope, usage);
         self.recorder.tasks.spawn(async move {
             if let Err(e) = write.await {

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bulkhead_auth::TenantScope;
+use bulkhead_auth::observe::{CrossTenant, Observer};
 use bulkhead_core::audit::{AuditAction, NewAuditEvent, Outcome};
 use bulkhead_core::{SecretString, TenantUid, Timestamp};
 use bulkhead_quota::Limiter;
@@ -102,6 +103,7 @@ impl Gateway {
                 store: store.clone(),
                 tasks: TaskTracker::new(),
                 stop: tokio_util::sync::CancellationToken::new(),
+                observer: Arc::new(std::sync::OnceLock::new()),
             },
             store,
             settings_cache: Mutex::new(HashMap::new()),
@@ -109,6 +111,17 @@ impl Gateway {
             alarm,
             limiter,
         })
+    }
+
+    /// Sets who is told of settled calls, tool calls, run ends and
+    /// blocked leaks; a second call changes nothing.
+    pub fn set_observer(&self, observer: Arc<dyn Observer>) {
+        let _ = self.recorder.observer.set(observer);
+    }
+
+    /// The observer ([`NoObserver`] until one is set).
+    pub fn observer(&self) -> &dyn Observer {
+        self.recorder.observer()
     }
 
     /// The limiter that enforces tenants' limits.
@@ -136,6 +149,7 @@ impl Gateway {
         };
         tracing::error!(tenant = %scope.tenant(), channel = channel.as_str(), "blocked a request carrying another tenant's canary");
         self.alarm.raise(scope, victim, channel).await;
+        self.observer().cross_tenant(scope, CrossTenant::Canary);
         Err(GatewayError::CrossTenantLeak)
     }
 

@@ -338,6 +338,7 @@ pub async fn delete_tenant(
     // A deleted tenant is no longer named by the metrics, and its place
     // under `server.metrics_max_tenants` goes to the next tenant.
     state.metrics.forget_tenant(tenant.id.as_str());
+    state.alerts.forget(tenant.uid);
     state
         .vault
         .forget(bulkhead_vault::store::KeyOwner::Tenant(tenant.uid));

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod credentials;
 pub mod kms;
 pub mod knowledge;
+pub mod observability;
 pub mod openai;
 pub mod policies;
 pub mod system;
@@ -51,6 +52,7 @@ pub fn table() -> RouteTable {
         .merge(approvals::table())
         .merge(policies::table())
         .merge(kms::table())
+        .merge(observability::table())
 }
 
 /// Builds the application router.

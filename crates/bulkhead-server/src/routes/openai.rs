@@ -223,6 +223,8 @@ impl IntoResponse for OpenAiError {
             },
         };
         let mut res = (self.status, axum::Json(body)).into_response();
+        res.extensions_mut()
+            .insert(crate::request::ProblemCode(self.code));
         if let Some(v) = self
             .retry_after
             .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())

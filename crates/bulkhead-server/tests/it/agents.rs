@@ -470,6 +470,24 @@ async fn a_fragment_owned_by_another_tenant_is_refused_before_any_model_call() {
             .iter()
             .any(|e| e["action"] == "security.foreign_fragment")
     );
+    // Counted for acme with its run (two runs: one completed, one failed).
+    let mine = w.app.call("GET", "/v1/metrics", Some(&w.acme), None).await;
+    let mine = mine.body.as_str().unwrap();
+    assert!(
+        mine.contains(
+            r#"bulkhead_tenant_cross_tenant_blocks_total{tenant="acme",kind="foreign_fragment"} 1"#
+        ),
+        "{mine}"
+    );
+    assert!(mine.contains(
+        r#"bulkhead_tenant_runs_total{tenant="acme",agent="support",status="failed"} 1"#
+    ));
+    assert!(mine.contains(
+        r#"bulkhead_tenant_runs_total{tenant="acme",agent="support",status="completed"} 1"#
+    ));
+    assert!(mine.contains(
+        r#"bulkhead_tenant_run_duration_seconds_count{tenant="acme",agent="support"} 2"#
+    ));
 }
 
 #[tokio::test]
@@ -1097,6 +1115,21 @@ async fn a_bug_that_hands_one_tenant_anothers_chunk_is_caught_by_the_canary() {
         "{}",
         metrics.body
     );
+    // Counted for the sending tenant, and the operator's built-in
+    // cross_tenant_block rule fired for it.
+    let app = &w.app;
+    let acme = w.acme.clone();
+    bulkhead_testkit::wait::eventually(
+        "the cross_tenant_block alert",
+        std::time::Duration::from_secs(10),
+        || async {
+            let mine = app.call("GET", "/v1/metrics", Some(&acme), None).await;
+            let mine = mine.body.as_str().unwrap().to_owned();
+            mine.contains(r#"bulkhead_tenant_cross_tenant_blocks_total{tenant="acme",kind="canary"} 1"#)
+                && mine.contains(r#"bulkhead_tenant_alerts_total{tenant="acme",rule="cross_tenant_block",state="fired"} 1"#)
+        },
+    )
+    .await;
 
     // A model that got hold of the canary cannot send it out through a
     // tool either: the call is refused and nothing reaches Slack.

@@ -27,6 +27,7 @@ mod limits;
 mod matrix;
 mod metrics;
 mod model_calls;
+mod observability;
 mod openai_surface;
 mod openapi;
 mod policies;

@@ -363,6 +363,26 @@ fn entries(f: &Fixture) -> Vec<Entry> {
         ),
         entry("GET", "/v1/usage", "/v1/usage", None, 200).other(200),
         entry("GET", "/v1/policies", "/v1/policies", None, 200).other(200),
+        // The caller's own tenant's series only (and the owner's never:
+        // its id is a marker).
+        entry("GET", "/v1/metrics", "/v1/metrics", None, 200).other(200),
+        entry("GET", "/v1/alerts", "/v1/alerts", None, 200)
+            .other(200)
+            .by(Admins),
+        // Another tenant's credential sets its own tenant's rules.
+        entry(
+            "PUT",
+            "/v1/alerts",
+            "/v1/alerts",
+            Some(json!({"rules": [{"name": "errors", "metric": "error_rate",
+                "threshold": 0.5, "window_s": 300, "min_samples": 1000}], "webhook": null})),
+            200,
+        )
+        .other(200)
+        .by(Admins),
+        entry("GET", "/v1/alerts/events", "/v1/alerts/events", None, 200)
+            .other(200)
+            .by(Admins),
         // Another tenant's credential sets its own tenant's policies.
         entry(
             "PUT",

@@ -12,6 +12,7 @@
 //! updated under its write lock right after each commit.
 
 mod agent;
+mod alerts;
 mod approval;
 mod canary;
 mod commit;
@@ -977,6 +978,60 @@ impl TenantStore for SqliteStore {
         self.blocking(move |s| {
             s.partition(&tenant, uid)?
                 .with_conn(|conn| partition::read_checkpoints(conn, from, limit))
+        })
+        .await
+    }
+
+    async fn alert_rules(&self, scope: &TenantScope) -> StoreResult<Option<String>> {
+        let tenant = scope.tenant().clone();
+        let uid = scope.partition();
+        self.blocking(move |s| {
+            s.partition(&tenant, uid)?
+                .with_conn(|c| alerts::read_rules(c))
+        })
+        .await
+    }
+
+    async fn set_alert_rules(
+        &self,
+        scope: &TenantScope,
+        rules: Option<String>,
+        event: NewAuditEvent,
+    ) -> StoreResult<()> {
+        let tenant = scope.tenant().clone();
+        self.tenant_write(scope, move |tx, principal| {
+            alerts::write_rules(tx, rules.as_deref())?;
+            partition::append_chain(tx, Some(tenant), principal, event)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_alert(
+        &self,
+        scope: &TenantScope,
+        body: String,
+        event: NewAuditEvent,
+    ) -> StoreResult<u64> {
+        let tenant = scope.tenant().clone();
+        self.tenant_write(scope, move |tx, principal| {
+            let seq = alerts::insert_event(tx, Timestamp::now().unix_micros(), &body)?;
+            partition::append_chain(tx, Some(tenant), principal, event)?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn alert_events(
+        &self,
+        scope: &TenantScope,
+        page: Page,
+    ) -> StoreResult<Vec<crate::StoredAlert>> {
+        let tenant = scope.tenant().clone();
+        let uid = scope.partition();
+        self.blocking(move |s| {
+            s.partition(&tenant, uid)?
+                .with_conn(|c| alerts::page(c, page))
         })
         .await
     }

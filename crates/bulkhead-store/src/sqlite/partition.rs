@@ -221,6 +221,14 @@ const MIGRATIONS: &[&str] = &[
         msg_id  TEXT NOT NULL,
         payload TEXT NOT NULL
     ) STRICT;",
+    // v13: the tenant's alert transitions (`alert.fired`, `alert.resolved`),
+    // each as the JSON body its webhooks were sent, for `GET
+    // /v1/alerts/events`. The rules themselves are a `settings` row.
+    "CREATE TABLE alert_events (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_micros INTEGER NOT NULL,
+        body      TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// The checkpoints table, in tenant.db and control.db alike.

@@ -319,3 +319,66 @@ pub async fn chains_survive_restart_and_concurrency<S: Backend>(open: impl Fn(&P
         [11, 12, 13, 14, 15]
     );
 }
+
+/// Alert rules and alert events: per tenant, written with their audit
+/// event, paged in order, kept across a reopen, absent for another tenant.
+pub async fn alert_rules_and_events<S: Backend>(open: impl Fn(&Path) -> S) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        create(&store, "acme").await;
+        create(&store, "globex").await;
+        let a = scope(&store, "acme").await;
+        let g = scope(&store, "globex").await;
+        assert_eq!(store.alert_rules(&a).await.unwrap(), None);
+        let rules = r#"{"rules":[],"webhook":null}"#.to_owned();
+        store
+            .set_alert_rules(&a, Some(rules.clone()), event("acme.rules"))
+            .await
+            .unwrap();
+        assert_eq!(store.alert_rules(&a).await.unwrap(), Some(rules));
+        assert_eq!(store.alert_rules(&g).await.unwrap(), None);
+        for (i, t) in ["alert.fired", "alert.resolved", "alert.fired"]
+            .iter()
+            .enumerate()
+        {
+            let seq = store
+                .record_alert(
+                    &a,
+                    format!(r#"{{"type":"{t}"}}"#),
+                    event(&format!("acme.alert.{i}")),
+                )
+                .await
+                .unwrap();
+            assert_eq!(seq, i as u64 + 1);
+        }
+        let page = store
+            .alert_events(&a, Page { after: 1, limit: 1 })
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(
+            (page[0].seq, page[0].body.as_str()),
+            (2, r#"{"type":"alert.resolved"}"#)
+        );
+        assert!(store.alert_events(&g, ALL).await.unwrap().is_empty());
+        // Each transition is in the chain with it.
+        let chain = store.audit(&a, ALL).await.unwrap();
+        assert_eq!(
+            chain
+                .iter()
+                .filter(|e| e.target.starts_with("acme.alert."))
+                .count(),
+            3
+        );
+        // Removing the rules leaves the events.
+        store
+            .set_alert_rules(&a, None, event("acme.rules.cleared"))
+            .await
+            .unwrap();
+        assert_eq!(store.alert_rules(&a).await.unwrap(), None);
+    }
+    let store = open(dir.path());
+    let a = scope(&store, "acme").await;
+    assert_eq!(store.alert_events(&a, ALL).await.unwrap().len(), 3);
+}

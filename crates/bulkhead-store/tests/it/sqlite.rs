@@ -36,6 +36,11 @@ async fn conformance_chains_survive_restart_and_concurrency() {
 }
 
 #[tokio::test]
+async fn conformance_alert_rules_and_events() {
+    conformance::alert_rules_and_events(open).await;
+}
+
+#[tokio::test]
 async fn orphaned_partitions_are_swept_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
