@@ -245,6 +245,25 @@ pub enum PolicyError {
 pub struct TenantPolicies {
     set: Arc<PolicySet>,
     text: Arc<str>,
+    /// Decisions on the tenant itself already made under this set: the
+    /// hot path (every model call asks `use_models` on `Tenant`) asks the
+    /// same question again and again, and the answer depends only on the
+    /// set, the tenant, the principal, its roles and the action. A new
+    /// set (a policy change) starts with an empty cache.
+    decisions: Arc<std::sync::Mutex<HashMap<String, Decision>>>,
+}
+
+/// Most cached decisions of one policy set; past it the cache starts over.
+const MAX_CACHED_DECISIONS: usize = 4096;
+
+impl TenantPolicies {
+    fn new(set: PolicySet, text: &str) -> Self {
+        Self {
+            set: Arc::new(set),
+            text: Arc::from(text),
+            decisions: Arc::default(),
+        }
+    }
 }
 
 impl TenantPolicies {
@@ -321,19 +340,13 @@ impl PolicyEngine {
             "platform",
         )?;
         let engine = Self {
-            base: TenantPolicies {
-                set: Arc::new(PolicySet::new()),
-                text: Arc::from(""),
-            },
+            base: TenantPolicies::new(PolicySet::new(), ""),
             schema,
             authorizer: Authorizer::new(),
         };
         engine.validate(&set)?;
         Ok(Self {
-            base: TenantPolicies {
-                set: Arc::new(set),
-                text: Arc::from(""),
-            },
+            base: TenantPolicies::new(set, ""),
             ..engine
         })
     }
@@ -376,10 +389,7 @@ impl PolicyEngine {
         let mut set = (*self.base.set).clone();
         add_policies(&mut set, text, "tenant")?;
         self.validate(&set)?;
-        Ok(TenantPolicies {
-            set: Arc::new(set),
-            text: Arc::from(text),
-        })
+        Ok(TenantPolicies::new(set, text))
     }
 
     /// Decides whether the scope's principal may do `action` on `resource`
@@ -430,6 +440,46 @@ impl PolicyEngine {
     /// The decision with the principal in `tenant` and the resource in
     /// `owner` (always the same outside the guardrail's tests).
     fn decide_in(
+        &self,
+        policies: &TenantPolicies,
+        tenant: &str,
+        owner: &str,
+        who: &bulkhead_core::Principal,
+        action: Action,
+        resource: &Resource<'_>,
+    ) -> Result<Decision, PolicyError> {
+        // Only decisions on the tenant itself are cached: no context, no
+        // resource attributes beyond the tenant.
+        let key = matches!(resource, Resource::Tenant).then(|| {
+            let mut roles: Vec<&str> = who.roles().iter().map(|r| r.as_str()).collect();
+            roles.sort_unstable();
+            format!(
+                "{tenant}\u{0}{owner}\u{0}{}\u{0}{}\u{0}{}",
+                who.id(),
+                roles.join(","),
+                action.as_str()
+            )
+        });
+        if let Some(k) = &key
+            && let Ok(cache) = policies.decisions.lock()
+            && let Some(d) = cache.get(k)
+        {
+            return Ok(d.clone());
+        }
+        let decision = self.evaluate(policies, tenant, owner, who, action, resource)?;
+        if let Some(k) = key
+            && let Ok(mut cache) = policies.decisions.lock()
+        {
+            if cache.len() >= MAX_CACHED_DECISIONS {
+                cache.clear();
+            }
+            cache.insert(k, decision.clone());
+        }
+        Ok(decision)
+    }
+
+    /// Evaluates the request with Cedar.
+    fn evaluate(
         &self,
         policies: &TenantPolicies,
         tenant: &str,

@@ -372,3 +372,69 @@ fn the_permissive_platform_permits_every_role_but_not_across_tenants() {
         .unwrap();
     assert!(!d.allowed, "the guardrail still holds: {d:?}");
 }
+
+#[test]
+fn cached_decisions_on_the_tenant_follow_the_set_the_principal_and_the_tenant() {
+    let e = PolicyEngine::new(None).unwrap();
+    let p = e.platform();
+    let member = user(&[Role::Member]);
+    let viewer = user(&[Role::Viewer]);
+    // Asked twice: the second answer is the cache's, and the same.
+    for _ in 0..2 {
+        assert!(allowed(
+            &e,
+            &p,
+            &member,
+            Action::UseModels,
+            &Resource::Tenant
+        ));
+        assert!(allowed(
+            &e,
+            &p,
+            &viewer,
+            Action::ReadAudit,
+            &Resource::Tenant
+        ));
+    }
+    assert_eq!(p.decisions.lock().unwrap().len(), 2);
+    // Another tenant's question is not answered from acme's entry.
+    let forbid_globex = e
+        .compile(r#"forbid(principal, action == Action::"use_models", resource) when { principal.tenant == "globex" };"#)
+        .unwrap();
+    assert!(allowed(
+        &e,
+        &forbid_globex,
+        &member,
+        Action::UseModels,
+        &Resource::Tenant
+    ));
+    assert!(
+        !e.decide(
+            &forbid_globex,
+            "globex",
+            &member,
+            Action::UseModels,
+            &Resource::Tenant
+        )
+        .unwrap()
+        .allowed
+    );
+    // A new set (a policy change) does not see the old set's answers.
+    let forbid_all = e
+        .compile(r#"forbid(principal, action == Action::"use_models", resource);"#)
+        .unwrap();
+    assert!(!allowed(
+        &e,
+        &forbid_all,
+        &member,
+        Action::UseModels,
+        &Resource::Tenant
+    ));
+    assert!(allowed(
+        &e,
+        &p,
+        &member,
+        Action::UseModels,
+        &Resource::Tenant
+    ));
+}

@@ -106,6 +106,15 @@ provider = "fake"
 upstream = "gpt-4o-mini"
 price_input_per_mtok = "0.15"
 price_output_per_mtok = "0.60"
+
+# Every tenant control on, set high enough never to refuse the bench:
+# each call is counted against the request and token limits and reserves
+# and settles its cost against the budgets.
+[quotas.default]
+requests_per_minute = 100000000
+tokens_per_minute = 100000000000
+daily_budget_usd = "1000000"
+monthly_budget_usd = "10000000"
 "#,
         fake.base_url()
     )

@@ -246,24 +246,37 @@ impl Call {
 }
 
 impl Call {
-    /// Writes the call's `in_flight` ledger row (its estimate) and waits
-    /// until it is durable: only then may the request be sent, so a crash
-    /// after it reached the provider still leaves the call in the ledger.
-    /// A ledger that cannot be written refuses the call, never sends it
-    /// unrecorded.
+    /// Queues the call's `in_flight` ledger row (its estimate) without
+    /// waiting for it to be durable: it commits with the tenant's other
+    /// writes within the store's deferral window (docs/benchmarks.md,
+    /// "the ledger's loss window"), so a crash loses at most the calls
+    /// sent in that window. A ledger that failed to write refuses the
+    /// next calls until a write succeeds again: calls are not made
+    /// unrecorded for long.
     pub(super) async fn begin(&self, recorder: &Recorder) -> Result<(), GatewayError> {
-        let (usage, _) = self.record(
-            Billed {
-                tokens: self.est,
-                estimated: true,
-            },
-            "in_flight",
-        );
-        recorder
-            .store
-            .begin_usage(&self.scope, usage)
-            .await
-            .map_err(|e| GatewayError::Internal(format!("could not write the ledger: {e}")))
+        use std::sync::atomic::Ordering;
+        if recorder.ledger_failed.load(Ordering::Relaxed) {
+            // Wait for this one: it says whether the ledger is back.
+            let (usage, _) = self.record(self.estimate(), "in_flight");
+            let written = recorder.store.begin_usage(&self.scope, usage).await;
+            if let Err(e) = written {
+                return Err(GatewayError::Internal(format!(
+                    "could not write the ledger: {e}"
+                )));
+            }
+            recorder.ledger_failed.store(false, Ordering::Relaxed);
+            return Ok(());
+        }
+        let (usage, _) = self.record(self.estimate(), "in_flight");
+        let write = recorder.store.begin_usage(&self.scope, usage);
+        let failed = recorder.ledger_failed.clone();
+        recorder.tasks.spawn(async move {
+            if let Err(e) = write.await {
+                failed.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, "could not write a model call's in-flight ledger row");
+            }
+        });
+        Ok(())
     }
 
     /// The provider's counts, or the local count when it reported none:
@@ -296,6 +309,10 @@ pub(super) struct Recorder {
     /// Told of every settled call (the server's per-tenant metrics and
     /// alerts); set once, after construction ([`Gateway::set_observer`]).
     pub(super) observer: Arc<std::sync::OnceLock<Arc<dyn bulkhead_auth::observe::Observer>>>,
+    /// Set when a call's `in_flight` row could not be written, cleared
+    /// by the next that could: while set, calls are refused rather than
+    /// made unrecorded.
+    pub(super) ledger_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Recorder {

@@ -104,6 +104,7 @@ impl Gateway {
                 tasks: TaskTracker::new(),
                 stop: tokio_util::sync::CancellationToken::new(),
                 observer: Arc::new(std::sync::OnceLock::new()),
+                ledger_failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             },
             store,
             settings_cache: Mutex::new(HashMap::new()),

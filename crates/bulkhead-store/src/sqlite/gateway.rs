@@ -13,7 +13,7 @@ use bulkhead_gateway::usage::{UsageGroup, UsageRecord, UsageSummary};
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use super::commit::Writer;
+use super::commit::{Urgency, Writer};
 use super::partition;
 use crate::StoreError;
 
@@ -181,9 +181,11 @@ fn usage_write(
 impl GatewayStore for SqliteStore {
     fn begin_usage(&self, scope: &TenantScope, usage: UsageRecord) -> UsageWrite {
         let boot = self.inner.boot_id.clone();
-        let queued = self.queue_write(Writer::of(scope), move |tx, principal| {
-            insert_usage(tx, &usage, Some((&boot, principal)))
-        });
+        let queued = self.queue_write_with(
+            Writer::of(scope),
+            Urgency::Deferred,
+            move |tx, principal| insert_usage(tx, &usage, Some((&boot, principal))),
+        );
         usage_write(queued)
     }
 
@@ -196,18 +198,24 @@ impl GatewayStore for SqliteStore {
         // Queued now (reads that follow include it), committed with the
         // tenant's other writes.
         let tenant = scope.tenant().clone();
-        let queued = self.queue_write(Writer::of(scope), move |tx, principal| {
-            insert_usage(tx, &usage, None)?;
-            partition::append_chain(tx, Some(tenant), principal, event)?;
-            Ok(())
-        });
+        let queued = self.queue_write_with(
+            Writer::of(scope),
+            Urgency::Deferred,
+            move |tx, principal| {
+                insert_usage(tx, &usage, None)?;
+                partition::append_chain(tx, Some(tenant), principal, event)?;
+                Ok(())
+            },
+        );
         usage_write(queued)
     }
 
     fn record_usage_row(&self, scope: &TenantScope, usage: UsageRecord) -> UsageWrite {
-        let queued = self.queue_write(Writer::of(scope), move |tx, _principal| {
-            insert_usage(tx, &usage, None)
-        });
+        let queued = self.queue_write_with(
+            Writer::of(scope),
+            Urgency::Deferred,
+            move |tx, _principal| insert_usage(tx, &usage, None),
+        );
         usage_write(queued)
     }
 

@@ -201,6 +201,30 @@ price_output_per_mtok = "2"
             .await
             .expect("the stream never started")
     });
+    // The in-flight row commits within the ledger's deferral window; the
+    // kill comes once it is on disk (read from the tenant's database file
+    // by another connection, as a restart would), as a kill more than that
+    // window after the call was sent does.
+    bulkhead_testkit::wait::wait_until(
+        "the in-flight row on disk",
+        Duration::from_secs(30),
+        || {
+            tenant_dbs(&data).iter().any(|db| {
+                rusqlite::Connection::open_with_flags(
+                    db,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .and_then(|c| {
+                    c.query_row(
+                        "SELECT count(*) FROM usage WHERE status = 'in_flight'",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                })
+                .is_ok_and(|n| n == 1)
+            })
+        },
+    );
     drop(server); // SIGKILL mid-stream.
     client.join().unwrap();
 
@@ -410,4 +434,21 @@ mod shared {
         assert_eq!(last.0, 200, "{}", last.1);
         b.stop();
     }
+}
+
+/// Every tenant database file under a data directory.
+fn tenant_dbs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "tenant.db") {
+                found.push(path);
+            }
+        }
+    }
+    found
 }

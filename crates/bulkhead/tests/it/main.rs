@@ -13,6 +13,7 @@ mod deadlines;
 mod demo;
 mod e2e;
 mod kb;
+mod ledger;
 mod limits;
 #[cfg(feature = "nats")]
 mod nats;
