@@ -96,7 +96,9 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         let status = res.status().as_u16();
         let span = tracing::Span::current();
         span.record("http.route", route.as_str());
-        span.record("otel.name", format!("{method_label} {route}").as_str());
+        // The exported span is named `<METHOD> <route>` from these two
+        // attributes (`telemetry::otlp::shape`): it cannot be renamed here
+        // once it has children.
         span.record("http.response.status_code", i64::from(status));
         if status >= 500 {
             span.record("otel.status_code", "error");
