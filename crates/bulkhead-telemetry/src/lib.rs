@@ -74,6 +74,14 @@ pub fn request_span(method: &'static str, request_id: &str) -> Span {
     )
 }
 
+/// Names a span for the export (`chat small`), only when spans are
+/// exported: the name costs an allocation per span otherwise wasted.
+fn name(span: &Span, name: impl FnOnce() -> String) {
+    if exporting() {
+        span.record("otel.name", name().as_str());
+    }
+}
+
 /// Records the authenticated tenant on the current request span.
 pub fn record_tenant(scope: &TenantScope) {
     Span::current().record("tenant.id", scope.tenant().as_str());
@@ -82,10 +90,10 @@ pub fn record_tenant(scope: &TenantScope) {
 /// An agent run: `invoke_agent <agent>` (internal: the agent runs in
 /// process). Its outcome goes on with [`record_outcome`].
 pub fn run_span(scope: &TenantScope, run: RunRef<'_>, resumed: bool) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: TARGET,
         "invoke_agent",
-        otel.name = format!("invoke_agent {}", run.agent),
+        otel.name = Empty,
         otel.kind = "internal",
         otel.status_code = Empty,
         gen_ai.operation.name = "invoke_agent",
@@ -98,7 +106,9 @@ pub fn run_span(scope: &TenantScope, run: RunRef<'_>, resumed: bool) -> Span {
         bulkhead.run.resumed = resumed,
         bulkhead.run.status = Empty,
         error.type = Empty,
-    )
+    );
+    name(&span, || format!("invoke_agent {}", run.agent));
+    span
 }
 
 /// What a model or embedding call is: for the span's attributes.
@@ -122,10 +132,10 @@ pub struct ModelRef<'a> {
 /// <model>`), client kind. Its answer and usage go on with
 /// [`record_response`], [`record_usage`] and [`record_outcome`].
 pub fn model_span(scope: &TenantScope, m: ModelRef<'_>, run: Option<RunRef<'_>>) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: TARGET,
         "model_call",
-        otel.name = format!("{} {}", m.operation, m.model),
+        otel.name = Empty,
         otel.kind = "client",
         otel.status_code = Empty,
         gen_ai.operation.name = m.operation,
@@ -146,7 +156,9 @@ pub fn model_span(scope: &TenantScope, m: ModelRef<'_>, run: Option<RunRef<'_>>)
         bulkhead.cost_usd = Empty,
         bulkhead.status = Empty,
         error.type = Empty,
-    )
+    );
+    name(&span, || format!("{} {}", m.operation, m.model));
+    span
 }
 
 /// The provider's answer on a model span: `gen_ai.response.id`,
@@ -192,10 +204,10 @@ pub fn record_outcome(span: &Span, status: &str) {
 
 /// One tool call: `execute_tool <tool>` (internal).
 pub fn tool_span(scope: &TenantScope, run: RunRef<'_>, tool: &str, call_id: &str) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: TARGET,
         "execute_tool",
-        otel.name = format!("execute_tool {tool}"),
+        otel.name = Empty,
         otel.kind = "internal",
         otel.status_code = Empty,
         gen_ai.operation.name = "execute_tool",
@@ -208,16 +220,18 @@ pub fn tool_span(scope: &TenantScope, run: RunRef<'_>, tool: &str, call_id: &str
         bulkhead.run_id = run.run_id,
         bulkhead.status = Empty,
         error.type = Empty,
-    )
+    );
+    name(&span, || format!("execute_tool {tool}"));
+    span
 }
 
 /// A retrieval from the tenant's knowledge (`retrieval <collections>`,
 /// internal: the index is in process).
 pub fn retrieval_span(scope: &TenantScope, run: Option<RunRef<'_>>, collections: &str) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: TARGET,
         "retrieval",
-        otel.name = format!("retrieval {collections}"),
+        otel.name = Empty,
         otel.kind = "internal",
         otel.status_code = Empty,
         gen_ai.operation.name = "retrieval",
@@ -229,7 +243,9 @@ pub fn retrieval_span(scope: &TenantScope, run: Option<RunRef<'_>>, collections:
         bulkhead.retrieval.results = Empty,
         bulkhead.status = Empty,
         error.type = Empty,
-    )
+    );
+    name(&span, || format!("retrieval {collections}"));
+    span
 }
 
 /// The number of passages a retrieval returned.
@@ -251,10 +267,10 @@ pub fn approval_span(
     approval_id: &str,
     state: &str,
 ) -> Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: TARGET,
         "approval",
-        otel.name = format!("await_approval {tool}"),
+        otel.name = Empty,
         otel.kind = "internal",
         gen_ai.tool.name = tool,
         tenant.id = scope.tenant().as_str(),
@@ -264,7 +280,9 @@ pub fn approval_span(
         bulkhead.approval.id = approval_id,
         bulkhead.approval.state = state,
         bulkhead.approval.wait_s = Empty,
-    )
+    );
+    name(&span, || format!("await_approval {tool}"));
+    span
 }
 
 /// Work a background task does for one tenant (a retention sweep, an

@@ -17,6 +17,30 @@ use super::context::SpanContext;
 /// Formats events as JSON lines.
 pub struct JsonLines;
 
+/// The span field formatter of the JSON log: none. [`JsonLines`] reads
+/// what it needs from the spans' [`SpanContext`], so formatting every
+/// span's fields into text (the fmt layer's default, on every span and
+/// every `record`) would be work thrown away on the hot path.
+pub struct NoFields;
+
+impl<'w> FormatFields<'w> for NoFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        _writer: Writer<'w>,
+        _fields: R,
+    ) -> fmt::Result {
+        Ok(())
+    }
+
+    fn add_fields(
+        &self,
+        _current: &'w mut tracing_subscriber::fmt::FormattedFields<Self>,
+        _fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        Ok(())
+    }
+}
+
 struct Fields<'a>(&'a mut Map<String, Value>);
 
 impl Visit for Fields<'_> {

@@ -165,7 +165,11 @@ fn install(
     let result = match style {
         LogStyle::Text { colour } => registry.with(fmt.with_ansi(colour)).try_init(),
         LogStyle::Json => registry
-            .with(fmt.with_ansi(false).event_format(json::JsonLines))
+            .with(
+                fmt.with_ansi(false)
+                    .fmt_fields(json::NoFields)
+                    .event_format(json::JsonLines),
+            )
             .try_init(),
     };
     result.map_err(|_| TelemetryError::AlreadySet)?;
@@ -218,12 +222,34 @@ pub fn accept(span: &Span, headers: &HeaderMap) {
             span.record("traceparent", tp);
         }
         None => {
-            let mut id = [0u8; 16];
-            if getrandom::fill(&mut id).is_ok() {
-                span.record("trace_id", bulkhead_core::audit::hex(&id).as_str());
-            }
+            span.record("trace_id", local_trace_id().as_str());
         }
     }
+}
+
+/// A fresh trace id for a request's log lines when nothing is exported:
+/// unique enough to find them together, from a per-thread generator
+/// seeded once from the system (no system call per request).
+fn local_trace_id() -> String {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed) | 1
+        });
+    }
+    // splitmix64: two outputs make the 128-bit id.
+    let next = || {
+        STATE.with(|s| {
+            let mut z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            s.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+    };
+    format!("{:016x}{:016x}", next(), next())
 }
 
 /// The outbound `traceparent` of the current span: its own context when
